@@ -1,13 +1,74 @@
-//! Switchboard: an embedded event bus for programs that host plugins.
+//! Switchboard: an embedded, lock-free, high-throughput event bus for
+//! programs that host plugins.
 //!
-//! The bus engine lands in the next change; for now this crate re-exports
-//! the pattern matcher every dispatch goes through.
+//! Plugins publish named events carrying data; other plugins subscribe with
+//! fnmatch globs (`trivia.*`, `*`) and are called by a pool of worker
+//! threads, without the publisher waiting.
 //!
 //! ```
-//! use switchboard::matcher::Pattern;
+//! use serde_json::json;
+//! use switchboard::{Bus, Event, HandlerResult, Priority};
 //!
-//! assert!(Pattern::new("trivia.*")?.is_match("trivia.started"));
-//! # Ok::<(), switchboard::matcher::PatternError>(())
+//! let bus = Bus::builder().workers(2).history_size(100).build()?;
+//! bus.subscribe("trivia.*", "stats", |event: &Event| -> HandlerResult {
+//!     assert!(event.name().starts_with("trivia."));
+//!     Ok(())
+//! })?;
+//! bus.publish(
+//!     Event::new("trivia.started", json!({"question": "2+2?"}), "trivia")
+//!         .with_priority(Priority::High),
+//! )?;
+//! bus.flush(); // every event published before this has been dispatched
+//! assert_eq!(bus.stats().dispatched, 1);
+//! assert_eq!(bus.history(Some(10), Some("trivia.*"))?.len(), 1);
+//! bus.shutdown();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Guarantees
+//!
+//! * No handler runs while the bus holds a lock: handlers may publish,
+//!   subscribe and unsubscribe freely.
+//! * Once [`Bus::unsubscribe`] returns, the handler is never started again;
+//!   [`Bus::unsubscribe_and_wait`] also waits for running calls.
+//! * A handler's `Err` or panic is counted, logged, passed to the error
+//!   hook, and never stops other handlers or the worker.
+//! * Nothing is lost silently: every event is dispatched, given back to the
+//!   publisher in a [`PublishError`], or counted in [`Stats::dropped`] (only
+//!   under [`Overflow::Shed`]).
+//! * Events published from inside handlers are queued, never run nested.
+//! * With several workers, events are dispatched in parallel: there is no
+//!   order between events taken by different workers. With one worker,
+//!   events of one priority are dispatched in publish order.
+//!
+//! The pattern matcher is re-exported as [`matcher`].
 
 pub use switchboard_matcher as matcher;
+
+mod bus;
+mod error;
+mod event;
+mod flush;
+mod history;
+mod loom;
+mod queue;
+mod snapshot;
+mod stats;
+mod subscription;
+mod worker;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+pub use crate::bus::{Bus, BusBuilder, ErrorHook, WeakBus};
+pub use crate::error::{
+    BuildError, HandlerPanic, NameError, PayloadError, PublishError, SubscribeError, MAX_NAME_LEN,
+};
+pub use crate::event::{Event, EventId, Payload, Priority, TypedPayload};
+pub use crate::queue::Overflow;
+pub use crate::stats::Stats;
+pub use crate::subscription::{HandlerResult, SubscribeOptions, SubscriptionId};
+
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

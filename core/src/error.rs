@@ -1,0 +1,252 @@
+//! One error type per operation. `Display` says what was wrong; errors from
+//! `publish` give the event back.
+
+use std::fmt;
+
+use crate::event::Event;
+
+/// The longest event name or subscription pattern the bus accepts, in bytes.
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// What is wrong with an event name or a subscription pattern.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NameError {
+    /// It is the empty string.
+    Empty,
+    /// It is longer than [`MAX_NAME_LEN`] bytes.
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// It contains a NUL character.
+    Nul,
+}
+
+impl NameError {
+    pub(crate) fn check(text: &str) -> Result<(), NameError> {
+        if text.is_empty() {
+            Err(NameError::Empty)
+        } else if text.len() > MAX_NAME_LEN {
+            Err(NameError::TooLong { len: text.len(), max: MAX_NAME_LEN })
+        } else if text.contains('\0') {
+            Err(NameError::Nul)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::Empty => f.write_str("it is empty"),
+            NameError::TooLong { len, max } => write!(f, "it is {len} bytes long, more than {max}"),
+            NameError::Nul => f.write_str("it contains a NUL character"),
+        }
+    }
+}
+
+/// Why [`BusBuilder::build`](crate::BusBuilder::build) failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `workers(0)`: nothing would ever dispatch.
+    ZeroWorkers,
+    /// `capacity(0)`: no event could ever be queued.
+    ZeroCapacity,
+    /// `batch_size(0)`: workers could take nothing.
+    ZeroBatchSize,
+    /// The operating system refused to start a worker thread.
+    Spawn(std::io::Error),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::ZeroWorkers => f.write_str("a bus needs at least one worker"),
+            BuildError::ZeroCapacity => f.write_str("queue capacity must be at least 1"),
+            BuildError::ZeroBatchSize => f.write_str("batch size must be at least 1"),
+            BuildError::Spawn(e) => write!(f, "could not start a worker thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::Spawn(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why a subscribe call failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// The pattern is not acceptable.
+    InvalidPattern {
+        /// The pattern as given (cut to 64 characters).
+        pattern: String,
+        /// What is wrong with it.
+        reason: NameError,
+    },
+    /// The plugin name is not acceptable.
+    InvalidPlugin {
+        /// What is wrong with it.
+        reason: NameError,
+    },
+    /// The bus has been shut down.
+    Closed,
+}
+
+impl fmt::Display for SubscribeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubscribeError::InvalidPattern { pattern, reason } => {
+                write!(f, "invalid pattern {pattern:?}: {reason}")
+            }
+            SubscribeError::InvalidPlugin { reason } => write!(f, "invalid plugin name: {reason}"),
+            SubscribeError::Closed => f.write_str("the bus is shut down"),
+        }
+    }
+}
+
+impl std::error::Error for SubscribeError {}
+
+/// Why a publish call did not accept the event. Every variant gives the
+/// event back, so nothing is lost silently.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The bus has been shut down.
+    Closed(Box<Event>),
+    /// The queue was full and the overflow policy is
+    /// [`Overflow::Error`](crate::Overflow::Error), or a handler published
+    /// into a full queue and its worker's spill buffer was full too.
+    Full(Box<Event>),
+    /// The event's name is not acceptable.
+    InvalidName {
+        /// The event.
+        event: Box<Event>,
+        /// What is wrong with its name.
+        reason: NameError,
+    },
+    /// Published from a handler chain deeper than the bus allows (a loop
+    /// such as A → B → A ends here).
+    DepthExceeded {
+        /// The event.
+        event: Box<Event>,
+        /// The depth it would have had.
+        depth: u32,
+        /// The bus's maximum.
+        max: u32,
+    },
+}
+
+impl PublishError {
+    /// The event that was not accepted.
+    pub fn into_event(self) -> Event {
+        match self {
+            PublishError::Closed(e) | PublishError::Full(e) => *e,
+            PublishError::InvalidName { event, .. } | PublishError::DepthExceeded { event, .. } => {
+                *event
+            }
+        }
+    }
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::Closed(_) => f.write_str("the bus is shut down"),
+            PublishError::Full(_) => f.write_str("the queue is full"),
+            PublishError::InvalidName { event, reason } => {
+                write!(f, "invalid event name {:?}: {reason}", truncate(event.name()))
+            }
+            PublishError::DepthExceeded { depth, max, .. } => {
+                write!(f, "dispatch depth {depth} exceeds the maximum of {max}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+/// The error a typed handler reports when an event's payload is not the type
+/// it expects.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PayloadError {
+    /// The event carries a Rust value of another type.
+    WrongType {
+        /// The type the handler expects.
+        expected: &'static str,
+        /// The type the event carries.
+        found: &'static str,
+    },
+    /// The event carries JSON that does not deserialise into the expected type.
+    Json {
+        /// The type the handler expects.
+        expected: &'static str,
+        /// Why deserialising failed.
+        error: serde_json::Error,
+    },
+}
+
+impl fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PayloadError::WrongType { expected, found } => {
+                write!(f, "payload is a {found}, not a {expected}")
+            }
+            PayloadError::Json { expected, error } => {
+                write!(f, "payload does not deserialise into a {expected}: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PayloadError {}
+
+/// A handler that panicked, reported to the error hook like an `Err`.
+#[derive(Debug)]
+pub struct HandlerPanic {
+    message: String,
+}
+
+impl HandlerPanic {
+    pub(crate) fn new(payload: &(dyn std::any::Any + Send)) -> HandlerPanic {
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "a non-string panic payload".to_owned()
+        };
+        HandlerPanic { message }
+    }
+
+    /// The panic's message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for HandlerPanic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "handler panicked: {}", self.message)
+    }
+}
+
+impl std::error::Error for HandlerPanic {}
+
+pub(crate) fn truncate(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}

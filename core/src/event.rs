@@ -1,0 +1,285 @@
+//! Events: a name, a payload, where it came from, and when.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// How urgently an event is dispatched, or in which order a subscription's
+/// handler runs among the handlers of one event. `Low < Normal < High`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Served after the others, but never starved (see [`BusBuilder::starvation_limit`](crate::BusBuilder::starvation_limit)).
+    Low = 0,
+    /// The default.
+    #[default]
+    Normal = 1,
+    /// Served first.
+    High = 2,
+}
+
+impl Priority {
+    /// All priorities, lowest first.
+    pub const ALL: [Priority; 3] = [Priority::Low, Priority::Normal, Priority::High];
+
+    /// `0` for `Low`, `1` for `Normal`, `2` for `High`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A process-unique, and with overwhelming likelihood globally unique, event
+/// identifier: 64 bits chosen once per process, then a 64-bit counter.
+///
+/// Ids from one process increase in creation order. The process part lets a
+/// bridge between processes drop duplicates by id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId(u128);
+
+impl EventId {
+    fn next() -> EventId {
+        static COUNTER: AtomicU64 = AtomicU64::new(1);
+        static PROCESS: OnceLock<u64> = OnceLock::new();
+        let process = *PROCESS.get_or_init(|| {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.write_u128(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            h.finish()
+        });
+        // Relaxed: uniqueness needs only the atomicity of the increment.
+        let seq = COUNTER.fetch_add(1, Ordering::Relaxed);
+        EventId(((process as u128) << 64) | seq as u128)
+    }
+
+    /// The id as one 128-bit number.
+    pub fn as_u128(self) -> u128 {
+        self.0
+    }
+
+    /// Rebuilds an id from [`as_u128`](EventId::as_u128) (for example after
+    /// it crossed a process boundary).
+    pub fn from_u128(id: u128) -> EventId {
+        EventId(id)
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// What an event carries: JSON, or a Rust value.
+#[derive(Clone)]
+pub enum Payload {
+    /// Dynamic data, as plugins written against JSON expect.
+    Json(Value),
+    /// A typed Rust value; see [`Event::typed`].
+    Typed(TypedPayload),
+}
+
+/// A Rust value carried by an event, with its JSON form made on first demand.
+#[derive(Clone)]
+pub struct TypedPayload {
+    value: Arc<dyn Any + Send + Sync>,
+    type_name: &'static str,
+    to_json: fn(&(dyn Any + Send + Sync)) -> Value,
+    json: Arc<OnceLock<Value>>,
+}
+
+impl TypedPayload {
+    /// The Rust type's name, as `std::any::type_name` gives it.
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+
+    /// The value, if it is a `T`.
+    pub fn downcast_ref<T: Any>(&self) -> Option<&T> {
+        self.value.downcast_ref()
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Payload::Json(v) => f.debug_tuple("Json").field(v).finish(),
+            Payload::Typed(t) => f.debug_tuple("Typed").field(&t.type_name).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for TypedPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TypedPayload").field("type_name", &self.type_name).finish_non_exhaustive()
+    }
+}
+
+/// A named event with its payload.
+///
+/// Build one with [`Event::new`] (JSON data) or [`Event::typed`] (a Rust
+/// value), then hand it to [`Bus::publish`](crate::Bus::publish). Handlers
+/// receive `&Event`; the bus keeps events in `Arc`s, so keeping one (as the
+/// history does) costs a reference count.
+///
+/// # Examples
+///
+/// ```
+/// use serde_json::json;
+/// use switchboard::{Event, Priority};
+///
+/// let event = Event::new("trivia.started", json!({"question": "2+2?"}), "trivia")
+///     .with_priority(Priority::High);
+/// assert_eq!(event.name(), "trivia.started");
+/// assert_eq!(event.data()["question"], "2+2?");
+/// assert_eq!(event.source(), "trivia");
+/// ```
+#[derive(Clone)]
+pub struct Event {
+    id: EventId,
+    name: Box<str>,
+    payload: Payload,
+    source: Box<str>,
+    priority: Priority,
+    timestamp: SystemTime,
+    depth: u32,
+}
+
+impl Event {
+    /// An event carrying JSON data, at [`Priority::Normal`].
+    pub fn new(name: impl Into<String>, data: Value, source: impl Into<String>) -> Event {
+        Event::with_payload(name.into(), Payload::Json(data), source.into())
+    }
+
+    /// An event carrying a Rust value. Typed handlers
+    /// ([`Bus::subscribe_typed`](crate::Bus::subscribe_typed)) receive it as
+    /// `&T` without any conversion; JSON handlers see it serialised, made
+    /// once, on the first call to [`data`](Event::data).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::Event;
+    ///
+    /// #[derive(serde::Serialize)]
+    /// struct Quote { id: u32, text: String }
+    ///
+    /// let event = Event::typed("quote.added", Quote { id: 7, text: "hi".into() }, "quotes");
+    /// assert_eq!(event.downcast_ref::<Quote>().unwrap().id, 7);
+    /// assert_eq!(event.data()["text"], "hi");
+    /// ```
+    pub fn typed<T>(name: impl Into<String>, value: T, source: impl Into<String>) -> Event
+    where
+        T: Serialize + Any + Send + Sync,
+    {
+        fn to_json<T: Serialize + Any>(value: &(dyn Any + Send + Sync)) -> Value {
+            value
+                .downcast_ref::<T>()
+                .and_then(|v| serde_json::to_value(v).ok())
+                .unwrap_or(Value::Null)
+        }
+        let payload = TypedPayload {
+            value: Arc::new(value),
+            type_name: std::any::type_name::<T>(),
+            to_json: to_json::<T>,
+            json: Arc::new(OnceLock::new()),
+        };
+        Event::with_payload(name.into(), Payload::Typed(payload), source.into())
+    }
+
+    fn with_payload(name: String, payload: Payload, source: String) -> Event {
+        Event {
+            id: EventId::next(),
+            name: name.into_boxed_str(),
+            payload,
+            source: source.into_boxed_str(),
+            priority: Priority::Normal,
+            timestamp: SystemTime::now(),
+            depth: 0,
+        }
+    }
+
+    /// The same event at another priority.
+    pub fn with_priority(mut self, priority: Priority) -> Event {
+        self.priority = priority;
+        self
+    }
+
+    /// The id given when the event was created.
+    pub fn id(&self) -> EventId {
+        self.id
+    }
+
+    /// The event's name, such as `trivia.started`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The payload as JSON. For a typed payload this is its serialisation
+    /// (`null` if it cannot be serialised), made on first use.
+    pub fn data(&self) -> &Value {
+        match &self.payload {
+            Payload::Json(v) => v,
+            Payload::Typed(t) => t.json.get_or_init(|| (t.to_json)(&*t.value)),
+        }
+    }
+
+    /// The payload as it was given.
+    pub fn payload(&self) -> &Payload {
+        &self.payload
+    }
+
+    /// The typed payload, if the event carries a `T`.
+    pub fn downcast_ref<T: Any>(&self) -> Option<&T> {
+        match &self.payload {
+            Payload::Typed(t) => t.downcast_ref(),
+            Payload::Json(_) => None,
+        }
+    }
+
+    /// Who published it (a plugin name, by convention).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// How urgently it is dispatched.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// When it was created.
+    pub fn timestamp(&self) -> SystemTime {
+        self.timestamp
+    }
+
+    /// How deep in a chain of handler-published events it was published: 0
+    /// from outside any handler, `n + 1` from a handler of a depth-`n` event.
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    pub(crate) fn set_depth(&mut self, depth: u32) {
+        self.depth = depth;
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("payload", &self.payload)
+            .field("source", &self.source)
+            .field("priority", &self.priority)
+            .field("depth", &self.depth)
+            .finish()
+    }
+}

@@ -1,0 +1,73 @@
+//! Flush epochs: knowing when every event accepted before a moment has been
+//! dispatched, without a counter per event that workers would fight over.
+//!
+//! Each accepted event is counted in one of two buckets, chosen by the parity
+//! of the current epoch. `flush` advances the epoch (so new events go to the
+//! other bucket) and waits for the old bucket to empty. A publisher re-reads
+//! the epoch after counting itself and retries if it moved, so its count is
+//! always in the bucket of an epoch that was current *after* the count: any
+//! flush that starts after the publish returned waits for it. Flushes are
+//! serialised so that a bucket is never reused while a flush waits on it.
+//! Modelled in `loom_tests.rs`.
+
+use crossbeam_utils::CachePadded;
+
+use crate::loom::{backoff, fence, AtomicUsize, Mutex, Ordering};
+
+#[derive(Debug)]
+pub(crate) struct Epochs {
+    epoch: AtomicUsize,
+    inflight: [CachePadded<AtomicUsize>; 2],
+    flushing: Mutex<()>,
+}
+
+impl Epochs {
+    pub(crate) fn new() -> Epochs {
+        Epochs {
+            epoch: AtomicUsize::new(0),
+            inflight: [
+                CachePadded::new(AtomicUsize::new(0)),
+                CachePadded::new(AtomicUsize::new(0)),
+            ],
+            flushing: Mutex::new(()),
+        }
+    }
+
+    /// Counts one event in; returns its bucket, to hand back to [`end`](Epochs::end).
+    #[inline]
+    pub(crate) fn begin(&self) -> usize {
+        loop {
+            // SeqCst: the count must be ordered against a flusher's epoch
+            // advance and its read of the bucket (see the module docs).
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            let bucket = epoch & 1;
+            self.inflight[bucket].fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if self.epoch.load(Ordering::SeqCst) == epoch {
+                return bucket;
+            }
+            self.inflight[bucket].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Counts `n` events of `bucket` out (dispatched, or never accepted).
+    #[inline]
+    pub(crate) fn end(&self, bucket: usize, n: usize) {
+        if n > 0 {
+            // Release: the dispatch's effects happen-before a flusher that
+            // reads the bucket empty.
+            self.inflight[bucket].fetch_sub(n, Ordering::Release);
+        }
+    }
+
+    /// Returns once every event counted in before the call is counted out.
+    pub(crate) fn flush(&self) {
+        let _serial = self.flushing.lock();
+        let old = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
+        fence(Ordering::SeqCst);
+        let mut round = 0;
+        while self.inflight[old].load(Ordering::SeqCst) != 0 {
+            backoff(&mut round);
+        }
+    }
+}

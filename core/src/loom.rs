@@ -1,0 +1,208 @@
+//! The one place the crate takes its synchronisation primitives from.
+//!
+//! Under `cfg(loom)` every atomic, lock, condition variable, thread and
+//! thread-local comes from `loom`, and the two structures loom cannot see
+//! into (crossbeam's `ArrayQueue` and arc-swap's `ArcSwap`) are replaced by
+//! stand-ins built on loom's `Mutex`, so the models in `loom_tests.rs`
+//! explore *our* protocols: snapshot swap, the subscription gate, flush
+//! epochs, parking and shutdown. Code elsewhere never names `std::sync`.
+
+#[cfg(not(loom))]
+mod imp {
+    pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::thread::JoinHandle;
+    pub(crate) use std::thread_local;
+
+    /// A mutex without poisoning: a panicking handler can never poison it
+    /// (handlers never run under it anyway).
+    #[derive(Debug, Default)]
+    pub(crate) struct Mutex<T>(parking_lot::Mutex<T>);
+
+    pub(crate) type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
+
+    impl<T> Mutex<T> {
+        pub(crate) fn new(value: T) -> Mutex<T> {
+            Mutex(parking_lot::Mutex::new(value))
+        }
+
+        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+            self.0.lock()
+        }
+    }
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Condvar(parking_lot::Condvar);
+
+    impl Condvar {
+        pub(crate) fn new() -> Condvar {
+            Condvar(parking_lot::Condvar::new())
+        }
+
+        pub(crate) fn wait<'a, T>(&self, mut guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+            self.0.wait(&mut guard);
+            guard
+        }
+
+        pub(crate) fn notify_one(&self) {
+            self.0.notify_one();
+        }
+
+        pub(crate) fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
+
+    pub(crate) fn spawn<F>(name: String, f: F) -> std::io::Result<JoinHandle<()>>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        std::thread::Builder::new().name(name).spawn(f)
+    }
+
+    /// Waits a little before trying again: spins first, then yields, then
+    /// sleeps, so a waiter costs nothing when the wait is long.
+    pub(crate) fn backoff(round: &mut u32) {
+        *round = round.saturating_add(1);
+        if *round < 64 {
+            std::hint::spin_loop();
+        } else if *round < 128 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    }
+
+    /// How many empty looks a worker takes before it parks.
+    pub(crate) const SPINS_BEFORE_PARK: u32 = 64;
+
+    /// One turn of a busy wait.
+    pub(crate) fn spin_hint() {
+        std::hint::spin_loop();
+    }
+}
+
+#[cfg(loom)]
+mod imp {
+    pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::thread::JoinHandle;
+    pub(crate) use loom::thread_local;
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+
+    pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
+    impl<T> Mutex<T> {
+        pub(crate) fn new(value: T) -> Mutex<T> {
+            Mutex(loom::sync::Mutex::new(value))
+        }
+
+        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner())
+        }
+    }
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Condvar(loom::sync::Condvar);
+
+    impl Condvar {
+        pub(crate) fn new() -> Condvar {
+            Condvar(loom::sync::Condvar::new())
+        }
+
+        pub(crate) fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+            self.0.wait(guard).unwrap_or_else(|e| e.into_inner())
+        }
+
+        pub(crate) fn notify_one(&self) {
+            self.0.notify_one();
+        }
+
+        pub(crate) fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
+
+    pub(crate) fn spawn<F>(_name: String, f: F) -> std::io::Result<JoinHandle<()>>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        Ok(loom::thread::spawn(f))
+    }
+
+    pub(crate) fn backoff(_round: &mut u32) {
+        loom::thread::yield_now();
+    }
+
+    pub(crate) const SPINS_BEFORE_PARK: u32 = 0;
+
+    pub(crate) fn spin_hint() {
+        loom::thread::yield_now();
+    }
+}
+
+pub(crate) use imp::*;
+
+/// A bounded MPMC queue: crossbeam's `ArrayQueue`, or under loom a locked
+/// `VecDeque` with the same interface.
+#[cfg(not(loom))]
+pub(crate) type BoundedQueue<T> = crossbeam_queue::ArrayQueue<T>;
+
+#[cfg(loom)]
+#[derive(Debug)]
+pub(crate) struct BoundedQueue<T> {
+    items: loom::sync::Mutex<std::collections::VecDeque<T>>,
+    capacity: usize,
+}
+
+#[cfg(loom)]
+impl<T> BoundedQueue<T> {
+    pub(crate) fn new(capacity: usize) -> BoundedQueue<T> {
+        BoundedQueue { items: loom::sync::Mutex::new(Default::default()), capacity }
+    }
+
+    pub(crate) fn push(&self, value: T) -> Result<(), T> {
+        let mut items = self.items.lock().unwrap();
+        if items.len() == self.capacity {
+            return Err(value);
+        }
+        items.push_back(value);
+        Ok(())
+    }
+
+    pub(crate) fn pop(&self) -> Option<T> {
+        self.items.lock().unwrap().pop_front()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.items.lock().unwrap().len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An atomically replaceable `Arc<T>`: arc-swap's `ArcSwap`, or under loom a
+/// locked `Arc` with the same interface.
+#[cfg(not(loom))]
+pub(crate) type ArcCell<T> = arc_swap::ArcSwap<T>;
+
+#[cfg(loom)]
+#[derive(Debug)]
+pub(crate) struct ArcCell<T>(loom::sync::Mutex<std::sync::Arc<T>>);
+
+#[cfg(loom)]
+impl<T> ArcCell<T> {
+    pub(crate) fn from_pointee(value: T) -> ArcCell<T> {
+        ArcCell(loom::sync::Mutex::new(std::sync::Arc::new(value)))
+    }
+
+    pub(crate) fn load_full(&self) -> std::sync::Arc<T> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub(crate) fn store(&self, value: std::sync::Arc<T>) {
+        *self.0.lock().unwrap() = value;
+    }
+}

@@ -1,0 +1,277 @@
+//! Three bounded queues, one per priority, sharing one capacity; workers
+//! park on them when idle and publishers wait on them when full.
+//!
+//! # Protocols (modelled in `loom_tests.rs`)
+//!
+//! *Reservation.* A publisher first reserves a slot (`queued += 1`, refused
+//! past the capacity), then checks `closed`, then pushes. Shutdown sets
+//! `closed`, then workers drain until `queued == 0`. Sequential consistency
+//! on `queued` and `closed` means a publisher either sees `closed` and backs
+//! out, or its reservation is seen by the draining workers, which wait for
+//! the push. No accepted event is stranded.
+//!
+//! *Parking.* A worker that found nothing registers as a sleeper
+//! (`sleepers += 1`) under the park lock, then re-reads `queued`, and only
+//! then waits. A publisher reserves (`queued += 1`), pushes, then reads
+//! `sleepers` and, if any, takes the lock and notifies. Either the worker
+//! sees the reservation and does not sleep, or the publisher sees the
+//! sleeper and its notification (under the lock) cannot be lost.
+//!
+//! *Room.* A blocked publisher registers in `room_waiters` under the room
+//! lock, re-checks for room, then waits; a worker frees room, then reads
+//! `room_waiters` and notifies under the lock. Same handshake.
+
+use crate::event::Priority;
+use crate::loom::{
+    backoff, fence, spin_hint, AtomicBool, AtomicUsize, BoundedQueue, Condvar, Mutex, Ordering,
+};
+
+/// What publish does when the queues are full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// The publisher waits for room; nothing is lost. The default.
+    #[default]
+    Block,
+    /// Publish returns [`PublishError::Full`](crate::PublishError::Full) with
+    /// the event.
+    Error,
+    /// Make room by dropping the oldest queued event of the lowest priority
+    /// below the new event's; if no queued event has a lower priority, the new
+    /// event is the one dropped. Every drop is counted in
+    /// [`Stats::dropped`](crate::Stats::dropped).
+    Shed,
+}
+
+/// One queued event and the flush epoch it belongs to.
+#[derive(Debug)]
+pub(crate) struct Queued<T> {
+    pub(crate) item: T,
+    pub(crate) epoch: usize,
+}
+
+/// The outcome of offering an event to the queues.
+#[derive(Debug)]
+pub(crate) enum Offer<T> {
+    /// Queued. If a queued event was dropped to make room, here it is.
+    Accepted { dropped: Option<Queued<T>> },
+    /// Not queued: full (policy `Error`, or a caller that may not block).
+    Full(T),
+    /// Not queued: the bus is closed.
+    Closed(T),
+    /// Not queued and nothing queued: under `Shed`, the new event itself was
+    /// the lowest and was dropped.
+    Shed(T),
+}
+
+#[derive(Debug)]
+pub(crate) struct Queues<T> {
+    lanes: [BoundedQueue<Queued<T>>; 3],
+    capacity: usize,
+    /// Reserved or queued events, across all lanes.
+    queued: AtomicUsize,
+    closed: AtomicBool,
+    sleepers: AtomicUsize,
+    park: Mutex<()>,
+    wake: Condvar,
+    room_waiters: AtomicUsize,
+    room: Mutex<()>,
+    room_freed: Condvar,
+}
+
+impl<T> Queues<T> {
+    pub(crate) fn new(capacity: usize) -> Queues<T> {
+        Queues {
+            lanes: [
+                BoundedQueue::new(capacity),
+                BoundedQueue::new(capacity),
+                BoundedQueue::new(capacity),
+            ],
+            capacity,
+            queued: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            park: Mutex::new(()),
+            wake: Condvar::new(),
+            room_waiters: AtomicUsize::new(0),
+            room: Mutex::new(()),
+            room_freed: Condvar::new(),
+        }
+    }
+
+    /// Offers `item` at `priority`. With `block`, waits for room under
+    /// `Overflow::Block`; without, a full queue answers `Full`.
+    pub(crate) fn offer(
+        &self,
+        item: T,
+        priority: Priority,
+        epoch: usize,
+        policy: Overflow,
+        block: bool,
+    ) -> Offer<T> {
+        let mut shed_tried = false;
+        loop {
+            match self.reserve() {
+                Reserve::Closed => return Offer::Closed(item),
+                Reserve::Ok => {
+                    self.push_reserved(Queued { item, epoch }, priority);
+                    return Offer::Accepted { dropped: None };
+                }
+                Reserve::Full => {}
+            }
+            match policy {
+                Overflow::Error => return Offer::Full(item),
+                Overflow::Block if !block => return Offer::Full(item),
+                // Loop: the next reservation sees room, or `closed`.
+                Overflow::Block => self.wait_for_room(),
+                Overflow::Shed if shed_tried => return Offer::Shed(item),
+                Overflow::Shed => {
+                    // Drop the oldest event of the lowest lane below ours;
+                    // its slot (still counted in `queued`) becomes ours.
+                    for lane in &self.lanes[..priority.index()] {
+                        if let Some(victim) = lane.pop() {
+                            self.push_reserved(Queued { item, epoch }, priority);
+                            return Offer::Accepted { dropped: Some(victim) };
+                        }
+                    }
+                    // Nothing lower is queued: one more try, in case room
+                    // appeared meanwhile, then the new event is the one shed.
+                    shed_tried = true;
+                }
+            }
+        }
+    }
+
+    fn reserve(&self) -> Reserve {
+        // SeqCst: the reservation handshake with shutdown and with parking.
+        let before = self.queued.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if before >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Reserve::Full;
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            self.wake_all();
+            return Reserve::Closed;
+        }
+        Reserve::Ok
+    }
+
+    fn push_reserved(&self, queued: Queued<T>, priority: Priority) {
+        // The reservation guarantees room: the lanes' total never exceeds
+        // `capacity`, and each lane alone can hold `capacity`.
+        if self.lanes[priority.index()].push(queued).is_err() {
+            unreachable!("a reserved slot is always free");
+        }
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _guard = self.park.lock();
+            self.wake.notify_one();
+        }
+    }
+
+    fn wait_for_room(&self) {
+        let mut round = 0;
+        while round < 64 {
+            if self.queued.load(Ordering::SeqCst) < self.capacity
+                || self.closed.load(Ordering::SeqCst)
+            {
+                return;
+            }
+            backoff(&mut round);
+        }
+        let guard = self.room.lock();
+        self.room_waiters.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let guard = if self.queued.load(Ordering::SeqCst) >= self.capacity
+            && !self.closed.load(Ordering::SeqCst)
+        {
+            self.room_freed.wait(guard)
+        } else {
+            guard
+        };
+        self.room_waiters.fetch_sub(1, Ordering::SeqCst);
+        drop(guard);
+    }
+
+    /// Takes up to `max` events from lane `lane` into `batch`. Returns how many.
+    pub(crate) fn take(&self, lane: usize, max: usize, batch: &mut Vec<Queued<T>>) -> usize {
+        let mut n = 0;
+        while n < max {
+            match self.lanes[lane].pop() {
+                Some(q) => {
+                    batch.push(q);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        if n > 0 {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if self.room_waiters.load(Ordering::SeqCst) > 0 {
+                let _guard = self.room.lock();
+                self.room_freed.notify_all();
+            }
+        }
+        n
+    }
+
+    /// Which lanes hold events, lowest priority first.
+    pub(crate) fn nonempty(&self) -> [bool; 3] {
+        [!self.lanes[0].is_empty(), !self.lanes[1].is_empty(), !self.lanes[2].is_empty()]
+    }
+
+    /// Events queued per lane, lowest priority first.
+    pub(crate) fn depths(&self) -> [usize; 3] {
+        [self.lanes[0].len(), self.lanes[1].len(), self.lanes[2].len()]
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Whether nothing is queued or reserved.
+    pub(crate) fn is_drained(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.queued.load(Ordering::SeqCst) == 0
+    }
+
+    /// Parks the calling worker until an event may be there, or the bus closes.
+    pub(crate) fn park(&self) {
+        let guard = self.park.lock();
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let idle = self.queued.load(Ordering::SeqCst) == 0 && !self.closed.load(Ordering::SeqCst);
+        let guard = if idle { self.wake.wait(guard) } else { guard };
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        drop(guard);
+        if !idle {
+            // Something is reserved or queued (or the bus is closing): look
+            // again instead of sleeping.
+            spin_hint();
+        }
+    }
+
+    /// Refuses new events from now on and wakes every worker and waiter.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        {
+            let _guard = self.park.lock();
+            self.wake.notify_all();
+        }
+        let _guard = self.room.lock();
+        self.room_freed.notify_all();
+    }
+}
+
+enum Reserve {
+    Ok,
+    Full,
+    Closed,
+}

@@ -1,0 +1,131 @@
+//! Counters that never become a contention point: publisher-side counters
+//! are striped over cache lines by thread, worker-side counters belong to one
+//! worker each. Reading sums them (a slightly stale but consistent-enough
+//! view: each counter is exact once the bus is quiet).
+
+use crossbeam_utils::CachePadded;
+
+use crate::loom::{thread_local, AtomicU64, Ordering};
+
+const STRIPES: usize = 16;
+
+/// A snapshot of a bus's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Events accepted by `publish`.
+    pub published: u64,
+    /// Handler invocations (one event reaching three handlers counts three).
+    pub dispatched: u64,
+    /// Events taken off the queues and matched (whether or not any handler matched).
+    pub events_dispatched: u64,
+    /// Handler invocations that returned `Err` or panicked.
+    pub handler_errors: u64,
+    /// Of `handler_errors`, those that panicked.
+    pub handler_panics: u64,
+    /// Events dropped by the `Shed` overflow policy.
+    pub dropped: u64,
+    /// Events given back to the publisher with an error (`Full`, `Closed`,
+    /// invalid name).
+    pub rejected: u64,
+    /// Events refused because they were published too deep in a handler chain.
+    pub depth_refused: u64,
+    /// Events waiting, per priority (`[low, normal, high]`).
+    pub queue_depth: [u64; 3],
+    /// Live subscriptions.
+    pub subscriptions: u64,
+}
+
+#[derive(Debug, Default)]
+struct Stripe {
+    published: AtomicU64,
+    dropped: AtomicU64,
+    rejected: AtomicU64,
+    depth_refused: AtomicU64,
+}
+
+/// Counters owned by one worker (only it writes them).
+#[derive(Debug, Default)]
+pub(crate) struct WorkerCounters {
+    pub(crate) dispatched: AtomicU64,
+    pub(crate) events: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) panics: AtomicU64,
+}
+
+impl WorkerCounters {
+    #[inline]
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        // Relaxed: a statistic; only its owner writes it.
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Counters {
+    stripes: Box<[CachePadded<Stripe>]>,
+    pub(crate) workers: Box<[CachePadded<WorkerCounters>]>,
+}
+
+/// Which publisher-side counter to bump.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Count {
+    Published,
+    Dropped,
+    Rejected,
+    DepthRefused,
+}
+
+thread_local! {
+    // Not `const`-initialised: loom's thread_local! does not take that form.
+    #[allow(clippy::missing_const_for_thread_local)]
+    static STRIPE: u8 = 0;
+}
+
+fn stripe_index() -> usize {
+    // The address of a thread-local differs per thread: a free, stable spread.
+    STRIPE.with(|s| (s as *const u8 as usize >> 4) % STRIPES)
+}
+
+impl Counters {
+    pub(crate) fn new(workers: usize) -> Counters {
+        Counters {
+            stripes: (0..STRIPES).map(|_| CachePadded::new(Stripe::default())).collect(),
+            workers: (0..workers).map(|_| CachePadded::new(WorkerCounters::default())).collect(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn bump(&self, which: Count) {
+        let s = &self.stripes[stripe_index()];
+        let c = match which {
+            Count::Published => &s.published,
+            Count::Dropped => &s.dropped,
+            Count::Rejected => &s.rejected,
+            Count::DepthRefused => &s.depth_refused,
+        };
+        // Relaxed: a statistic, read as a sum.
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn read(&self) -> Stats {
+        let sum = |f: fn(&Stripe) -> &AtomicU64| -> u64 {
+            self.stripes.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
+        };
+        let wsum = |f: fn(&WorkerCounters) -> &AtomicU64| -> u64 {
+            self.workers.iter().map(|w| f(w).load(Ordering::Relaxed)).sum()
+        };
+        Stats {
+            published: sum(|s| &s.published),
+            dropped: sum(|s| &s.dropped),
+            rejected: sum(|s| &s.rejected),
+            depth_refused: sum(|s| &s.depth_refused),
+            dispatched: wsum(|w| &w.dispatched),
+            events_dispatched: wsum(|w| &w.events),
+            handler_errors: wsum(|w| &w.errors),
+            handler_panics: wsum(|w| &w.panics),
+            queue_depth: [0; 3],
+            subscriptions: 0,
+        }
+    }
+}

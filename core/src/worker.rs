@@ -1,0 +1,170 @@
+//! The worker loop: take a batch from the lane the fairness rule picks,
+//! load the snapshot once, dispatch every event of the batch, repeat; spin
+//! briefly when there is nothing, then park.
+
+use std::cell::RefCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::bus::Shared;
+use crate::error::HandlerPanic;
+use crate::event::Event;
+use crate::loom::{spin_hint, thread_local, SPINS_BEFORE_PARK};
+use crate::queue::Queued;
+use crate::snapshot::{Matched, Snapshot};
+use crate::stats::WorkerCounters;
+use crate::subscription::Subscription;
+
+/// What a thread knows about the bus it works for.
+#[derive(Debug, Default)]
+pub(crate) struct Context {
+    /// The id of the bus this thread is a worker of (0: none).
+    pub(crate) bus: usize,
+    /// The depth of the event being handled.
+    pub(crate) depth: u32,
+    /// The subscriptions whose handlers this thread is running, innermost last.
+    pub(crate) running: Vec<usize>,
+    /// Events its handlers published while the queues were full.
+    pub(crate) spill: Vec<Queued<Arc<Event>>>,
+}
+
+thread_local! {
+    pub(crate) static CONTEXT: RefCell<Context> = RefCell::new(Context::default());
+}
+
+/// How many calls of `sub` this thread itself is running.
+pub(crate) fn own_calls(sub: &Subscription) -> usize {
+    let key = sub as *const Subscription as usize;
+    CONTEXT.with(|c| c.borrow().running.iter().filter(|&&k| k == key).count())
+}
+
+/// Whether this thread is a worker of the bus `id`.
+pub(crate) fn is_worker_of(id: usize) -> bool {
+    CONTEXT.with(|c| c.borrow().bus == id)
+}
+
+/// Picks which lane to serve: the highest non-empty one, unless a lane has
+/// been passed over `limit` times in a row while non-empty.
+#[derive(Debug, Default)]
+pub(crate) struct Fairness {
+    skipped: [u32; 3],
+}
+
+impl Fairness {
+    pub(crate) fn pick(&mut self, nonempty: [bool; 3], limit: u32) -> Option<usize> {
+        let starving = (0..3)
+            .filter(|&l| nonempty[l] && self.skipped[l] >= limit)
+            .max_by_key(|&l| self.skipped[l]);
+        let lane = starving.or_else(|| (0..3).rev().find(|&l| nonempty[l]))?;
+        for (l, skipped) in self.skipped.iter_mut().enumerate() {
+            if l == lane || !nonempty[l] {
+                *skipped = 0;
+            } else {
+                *skipped += 1;
+            }
+        }
+        Some(lane)
+    }
+}
+
+pub(crate) fn run(shared: Arc<Shared>, index: usize) {
+    CONTEXT.with(|c| c.borrow_mut().bus = shared.id);
+    let counters = &shared.counters.workers[index];
+    let mut fairness = Fairness::default();
+    let mut batch: Vec<Queued<Arc<Event>>> = Vec::with_capacity(shared.config.batch_size);
+    let mut scratch = Vec::new();
+    let mut idle = 0u32;
+    loop {
+        let spilled = CONTEXT.with(|c| std::mem::take(&mut c.borrow_mut().spill));
+        if !spilled.is_empty() {
+            batch.extend(spilled);
+        } else if let Some(lane) =
+            fairness.pick(shared.queues.nonempty(), shared.config.starvation_limit)
+        {
+            shared.queues.take(lane, shared.config.batch_size, &mut batch);
+        }
+        if !batch.is_empty() {
+            idle = 0;
+            // Load after taking the batch: an event published after a
+            // subscribe returned is matched against a snapshot holding it.
+            let snapshot = shared.snapshot.load_full();
+            let mut ended = [0usize; 2];
+            for queued in batch.drain(..) {
+                dispatch(&shared, &snapshot, &queued.item, counters, &mut scratch);
+                ended[queued.epoch] += 1;
+            }
+            shared.epochs.end(0, ended[0]);
+            shared.epochs.end(1, ended[1]);
+            continue;
+        }
+        if shared.queues.is_closed() && shared.queues.is_drained() {
+            break;
+        }
+        idle += 1;
+        if idle <= SPINS_BEFORE_PARK {
+            spin_hint();
+            continue;
+        }
+        shared.queues.park();
+        idle = 0;
+    }
+    CONTEXT.with(|c| c.borrow_mut().bus = 0);
+    shared.worker_exited();
+}
+
+fn dispatch(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    event: &Arc<Event>,
+    counters: &WorkerCounters,
+    scratch: &mut Vec<usize>,
+) {
+    let mut matched = Matched::new();
+    snapshot.matching(event.name(), scratch, &mut matched);
+    WorkerCounters::add(&counters.events, 1);
+    if matched.is_empty() {
+        return;
+    }
+    CONTEXT.with(|c| c.borrow_mut().depth = event.depth());
+    let mut calls = 0;
+    for sub in matched {
+        if !sub.gate.enter() {
+            continue;
+        }
+        let key = Arc::as_ptr(sub) as usize;
+        CONTEXT.with(|c| c.borrow_mut().running.push(key));
+        let outcome = catch_unwind(AssertUnwindSafe(|| (sub.handler)(event)));
+        CONTEXT.with(|c| c.borrow_mut().running.pop());
+        sub.gate.exit();
+        calls += 1;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => shared.handler_failed(event, sub, &*error, counters, false),
+            Err(panic) => {
+                let error = HandlerPanic::new(&*panic);
+                shared.handler_failed(event, sub, &error, counters, true);
+            }
+        }
+    }
+    WorkerCounters::add(&counters.dispatched, calls);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fairness;
+
+    #[test]
+    fn highest_lane_first() {
+        let mut f = Fairness::default();
+        assert_eq!(f.pick([true, true, true], 8), Some(2));
+        assert_eq!(f.pick([true, false, false], 8), Some(0));
+        assert_eq!(f.pick([false, false, false], 8), None);
+    }
+
+    #[test]
+    fn a_passed_over_lane_is_served_after_the_limit() {
+        let mut f = Fairness::default();
+        let picks: Vec<usize> = (0..10).map(|_| f.pick([true, false, true], 3).unwrap()).collect();
+        assert_eq!(picks, vec![2, 2, 2, 0, 2, 2, 2, 0, 2, 2]);
+    }
+}

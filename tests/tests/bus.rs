@@ -1,0 +1,481 @@
+//! The seed's test list, ported and made meaningful, plus the bus's
+//! guarantees under real threads.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use switchboard::{
+    BuildError, Bus, Event, NameError, Overflow, Priority, PublishError, SubscribeError,
+    SubscribeOptions,
+};
+
+fn ev(name: &str) -> Event {
+    Event::new(name, json!({}), "test")
+}
+
+fn recorder(
+) -> (Arc<Mutex<Vec<String>>>, impl Fn(&Event) -> switchboard::HandlerResult + Send + Sync + Clone)
+{
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    (log, move |e: &Event| {
+        l.lock().unwrap().push(e.name().to_owned());
+        Ok(())
+    })
+}
+
+#[test]
+fn publish_reaches_exact_and_wildcard_subscribers() {
+    let bus = Bus::builder().workers(2).build().unwrap();
+    let (exact, h1) = recorder();
+    let (wild, h2) = recorder();
+    let (all, h3) = recorder();
+    bus.subscribe("trivia.started", "a", h1).unwrap();
+    bus.subscribe("trivia.*", "b", h2).unwrap();
+    bus.subscribe("*", "c", h3).unwrap();
+    for name in ["trivia.started", "trivia.round.won", "quote.added", "trivia."] {
+        bus.publish(ev(name)).unwrap();
+    }
+    bus.flush();
+    assert_eq!(*exact.lock().unwrap(), vec!["trivia.started"]);
+    let mut w = wild.lock().unwrap().clone();
+    w.sort();
+    assert_eq!(w, vec!["trivia.", "trivia.round.won", "trivia.started"]);
+    assert_eq!(all.lock().unwrap().len(), 4);
+    let stats = bus.stats();
+    assert_eq!(stats.published, 4);
+    assert_eq!(stats.dispatched, 1 + 3 + 4);
+    assert_eq!(stats.events_dispatched, 4);
+}
+
+#[test]
+fn high_priority_runs_first_when_the_worker_is_busy() {
+    let bus = Bus::builder().workers(1).build().unwrap();
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let gate_rx = Mutex::new(gate_rx);
+    let started = Arc::new(AtomicBool::new(false));
+    let s = started.clone();
+    bus.subscribe("block", "t", move |_| {
+        s.store(true, Ordering::SeqCst);
+        gate_rx.lock().unwrap().recv().unwrap();
+        Ok(())
+    })
+    .unwrap();
+    let (log, h) = recorder();
+    bus.subscribe("p.*", "t", h).unwrap();
+    bus.publish(ev("block")).unwrap();
+    while !started.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    bus.publish(ev("p.low").with_priority(Priority::Low)).unwrap();
+    bus.publish(ev("p.normal").with_priority(Priority::Normal)).unwrap();
+    bus.publish(ev("p.high").with_priority(Priority::High)).unwrap();
+    gate_tx.send(()).unwrap();
+    bus.flush();
+    assert_eq!(*log.lock().unwrap(), vec!["p.high", "p.normal", "p.low"]);
+}
+
+#[test]
+fn low_priority_is_not_starved() {
+    // One worker, batches of one, limit 2: a LOW event waits at most two
+    // HIGH batches while HIGH events keep coming.
+    let bus = Bus::builder().workers(1).batch_size(1).starvation_limit(2).build().unwrap();
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let gate_rx = Mutex::new(gate_rx);
+    let started = Arc::new(AtomicBool::new(false));
+    let s = started.clone();
+    bus.subscribe("block", "t", move |_| {
+        s.store(true, Ordering::SeqCst);
+        gate_rx.lock().unwrap().recv().unwrap();
+        Ok(())
+    })
+    .unwrap();
+    let (log, h) = recorder();
+    bus.subscribe("p.*", "t", h).unwrap();
+    bus.publish(ev("block")).unwrap();
+    while !started.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    bus.publish(ev("p.low").with_priority(Priority::Low)).unwrap();
+    for i in 0..10 {
+        bus.publish(ev(&format!("p.high{i}")).with_priority(Priority::High)).unwrap();
+    }
+    gate_tx.send(()).unwrap();
+    bus.flush();
+    let log = log.lock().unwrap();
+    let low_at = log.iter().position(|n| n == "p.low").unwrap();
+    assert_eq!(low_at, 2, "LOW should run after exactly two HIGH batches: {log:?}");
+    assert_eq!(log.len(), 11);
+}
+
+#[test]
+fn subscriber_priority_orders_handlers_of_one_event() {
+    let bus = Bus::builder().workers(1).build().unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    for (plugin, prio) in [
+        ("logging", Priority::Low),
+        ("stats", Priority::Normal),
+        ("validation", Priority::High),
+        ("stats2", Priority::Normal),
+    ] {
+        let o = order.clone();
+        bus.subscribe_with("quote.*", plugin, SubscribeOptions::new().priority(prio), move |_| {
+            o.lock().unwrap().push(plugin);
+            Ok(())
+        })
+        .unwrap();
+    }
+    bus.publish(ev("quote.added")).unwrap();
+    bus.flush();
+    assert_eq!(*order.lock().unwrap(), vec!["validation", "stats", "stats2", "logging"]);
+}
+
+#[test]
+fn errors_and_panics_are_isolated_counted_and_reported() {
+    let reported = Arc::new(Mutex::new(Vec::new()));
+    let r = reported.clone();
+    let bus = Bus::builder()
+        .workers(1)
+        .error_hook(move |event, plugin, error| {
+            r.lock().unwrap().push(format!("{} {} {}", event.name(), plugin, error));
+        })
+        .build()
+        .unwrap();
+    let bad = bus.subscribe("x", "bad", |_| Err("boom".into())).unwrap();
+    bus.subscribe("x", "panicky", |_| panic!("kaboom")).unwrap();
+    let (log, h) = recorder();
+    bus.subscribe("x", "good", h).unwrap();
+    for _ in 0..3 {
+        bus.publish(ev("x")).unwrap();
+    }
+    bus.flush();
+    assert_eq!(log.lock().unwrap().len(), 3, "the good handler ran for every event");
+    let stats = bus.stats();
+    assert_eq!(stats.handler_errors, 6);
+    assert_eq!(stats.handler_panics, 3);
+    assert_eq!(stats.dispatched, 9);
+    assert_eq!(bus.subscription_errors(bad), Some(3));
+    {
+        let reported = reported.lock().unwrap();
+        assert_eq!(reported.len(), 6);
+        assert!(reported.contains(&"x bad boom".to_owned()));
+        assert!(reported.contains(&"x panicky handler panicked: kaboom".to_owned()));
+    }
+    // The worker survived: the bus still works.
+    bus.publish(ev("x")).unwrap();
+    bus.flush();
+    assert_eq!(log.lock().unwrap().len(), 4);
+}
+
+#[test]
+fn unsubscribe_stops_delivery_and_reports_counts() {
+    let bus = Bus::new().unwrap();
+    let (log, h) = recorder();
+    bus.subscribe("a.*", "p", h.clone()).unwrap();
+    bus.subscribe("b", "p", h.clone()).unwrap();
+    bus.subscribe("a.*", "q", h).unwrap();
+    assert_eq!(bus.subscriptions(None).get("a.*").unwrap(), &vec!["p".to_owned(), "q".to_owned()]);
+    assert_eq!(bus.unsubscribe("a.*", "p"), 1);
+    assert_eq!(bus.unsubscribe("a.*", "p"), 0);
+    bus.publish(ev("a.x")).unwrap();
+    bus.flush();
+    assert_eq!(log.lock().unwrap().len(), 1, "only q's subscription is left");
+    assert_eq!(bus.unsubscribe_all("p"), 1);
+    assert_eq!(bus.subscriptions(Some("p")).len(), 0);
+    assert_eq!(bus.stats().subscriptions, 1);
+}
+
+#[test]
+fn history_is_bounded_filtered_and_most_recent_first() {
+    let bus = Bus::builder().history_size(5).build().unwrap();
+    for i in 0..8 {
+        bus.publish(ev(&format!("{}.{i}", if i % 2 == 0 { "even" } else { "odd" }))).unwrap();
+    }
+    let all: Vec<String> =
+        bus.history(None, None).unwrap().iter().map(|e| e.name().to_owned()).collect();
+    assert_eq!(all, vec!["odd.7", "even.6", "odd.5", "even.4", "odd.3"]);
+    let odd: Vec<String> =
+        bus.history(Some(2), Some("odd.*")).unwrap().iter().map(|e| e.name().to_owned()).collect();
+    assert_eq!(odd, vec!["odd.7", "odd.5"]);
+    assert!(matches!(bus.history(None, Some("")), Err(SubscribeError::InvalidPattern { .. })));
+    let off = Bus::builder().history_size(0).build().unwrap();
+    off.publish(ev("x")).unwrap();
+    assert!(off.history(None, None).unwrap().is_empty());
+}
+
+#[test]
+fn bad_input_gets_typed_errors() {
+    assert!(matches!(Bus::builder().workers(0).build(), Err(BuildError::ZeroWorkers)));
+    assert!(matches!(Bus::builder().capacity(0).build(), Err(BuildError::ZeroCapacity)));
+    assert_eq!(
+        Bus::builder().batch_size(0).build().unwrap_err().to_string(),
+        "batch size must be at least 1"
+    );
+    let bus = Bus::new().unwrap();
+    let noop = |_: &Event| Ok(());
+    assert_eq!(
+        bus.subscribe("", "p", noop).unwrap_err(),
+        SubscribeError::InvalidPattern { pattern: String::new(), reason: NameError::Empty }
+    );
+    assert!(matches!(
+        bus.subscribe("a\0", "p", noop),
+        Err(SubscribeError::InvalidPattern { reason: NameError::Nul, .. })
+    ));
+    assert!(matches!(
+        bus.subscribe(&"a".repeat(5000), "p", noop),
+        Err(SubscribeError::InvalidPattern { reason: NameError::TooLong { .. }, .. })
+    ));
+    assert!(matches!(
+        bus.subscribe("a", "", noop),
+        Err(SubscribeError::InvalidPlugin { reason: NameError::Empty })
+    ));
+    let err = bus.publish(ev("")).unwrap_err();
+    assert_eq!(err.to_string(), "invalid event name \"\": it is empty");
+    assert!(matches!(
+        bus.publish(ev("a\0b")),
+        Err(PublishError::InvalidName { reason: NameError::Nul, .. })
+    ));
+    let long = "n".repeat(1 << 20);
+    let back = bus.publish(ev(&long)).unwrap_err().into_event();
+    assert_eq!(back.name().len(), 1 << 20, "the event is given back");
+    assert_eq!(bus.stats().rejected, 3);
+}
+
+#[test]
+fn handler_chains_end_at_the_maximum_depth() {
+    let bus = Bus::builder().workers(2).max_depth(5).build().unwrap();
+    let depths = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(AtomicUsize::new(0));
+    for (from, to) in [("ping", "pong"), ("pong", "ping")] {
+        let weak = bus.downgrade();
+        let (d, r) = (depths.clone(), refused.clone());
+        bus.subscribe(from, "loop", move |e| {
+            d.lock().unwrap().push(e.depth());
+            let bus = weak.upgrade().expect("bus alive");
+            match bus.publish(ev(to)) {
+                Ok(_) => {}
+                Err(PublishError::DepthExceeded { depth, max, .. }) => {
+                    assert_eq!((depth, max), (6, 5));
+                    r.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(other) => panic!("{other}"),
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    bus.publish(ev("ping")).unwrap();
+    // flush waits for the chain: each link is published before its parent's handler returns.
+    bus.flush();
+    assert_eq!(*depths.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(refused.load(Ordering::SeqCst), 1);
+    assert_eq!(bus.stats().depth_refused, 1);
+    // Still usable.
+    bus.publish(ev("other")).unwrap();
+    bus.flush();
+}
+
+#[test]
+fn handlers_may_subscribe_unsubscribe_and_publish_without_deadlock() {
+    let bus = Bus::builder().workers(2).build().unwrap();
+    let weak = bus.downgrade();
+    let (log, h) = recorder();
+    bus.subscribe("start", "p", move |_| {
+        let bus = weak.upgrade().unwrap();
+        bus.subscribe("next", "p", h.clone())?;
+        bus.unsubscribe("start", "p");
+        bus.publish(ev("next"))?;
+        bus.flush(); // returns at once inside a handler
+        Ok(())
+    })
+    .unwrap();
+    bus.publish(ev("start")).unwrap();
+    bus.flush();
+    bus.flush();
+    assert_eq!(*log.lock().unwrap(), vec!["next"]);
+    assert!(bus.subscriptions(Some("p")).contains_key("next"));
+    assert!(!bus.subscriptions(Some("p")).contains_key("start"));
+}
+
+#[test]
+fn unsubscribe_and_wait_from_inside_its_own_handler_does_not_deadlock() {
+    let bus = Bus::builder().workers(2).build().unwrap();
+    let weak = bus.downgrade();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    bus.subscribe("x", "self", move |_| {
+        c.fetch_add(1, Ordering::SeqCst);
+        weak.upgrade().unwrap().unsubscribe_and_wait("x", "self");
+        Ok(())
+    })
+    .unwrap();
+    bus.publish(ev("x")).unwrap();
+    bus.flush();
+    bus.publish(ev("x")).unwrap();
+    bus.flush();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn typed_payloads_reach_typed_handlers_and_mismatches_are_errors() {
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Quote {
+        id: u32,
+        text: String,
+    }
+    let bus = Bus::builder().workers(1).build().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    bus.subscribe_typed("quote.added", "search", move |_e, q: &Quote| {
+        g.lock().unwrap().push(q.id);
+        Ok(())
+    })
+    .unwrap();
+    let (json_seen, h) = recorder();
+    bus.subscribe("quote.added", "dynamic", h).unwrap();
+    bus.publish(Event::typed("quote.added", Quote { id: 1, text: "a".into() }, "q")).unwrap();
+    bus.publish(Event::new("quote.added", json!({"id": 2, "text": "b"}), "q")).unwrap();
+    bus.publish(Event::typed("quote.added", 42u64, "q")).unwrap();
+    bus.publish(Event::new("quote.added", json!({"nope": true}), "q")).unwrap();
+    bus.flush();
+    assert_eq!(*got.lock().unwrap(), vec![1, 2]);
+    assert_eq!(json_seen.lock().unwrap().len(), 4);
+    let stats = bus.stats();
+    assert_eq!(stats.handler_errors, 2, "a u64 and bad JSON are handler errors, not panics");
+    assert_eq!(stats.handler_panics, 0);
+}
+
+#[test]
+fn overflow_error_gives_the_event_back_and_shed_drops_lowest_first() {
+    let blocker = |bus: &Bus| {
+        let (tx, rx) = mpsc::channel::<()>();
+        let rx = Mutex::new(rx);
+        let started = Arc::new(AtomicBool::new(false));
+        let s = started.clone();
+        bus.subscribe("block", "t", move |_| {
+            s.store(true, Ordering::SeqCst);
+            rx.lock().unwrap().recv().unwrap();
+            Ok(())
+        })
+        .unwrap();
+        bus.publish(ev("block")).unwrap();
+        while !started.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        tx
+    };
+    let bus = Bus::builder().workers(1).capacity(2).overflow(Overflow::Error).build().unwrap();
+    let release = blocker(&bus);
+    bus.publish(ev("a")).unwrap();
+    bus.publish(ev("b")).unwrap();
+    match bus.publish(ev("c")) {
+        Err(PublishError::Full(e)) => assert_eq!(e.name(), "c"),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    release.send(()).unwrap();
+    bus.flush();
+    assert_eq!(bus.stats().rejected, 1);
+
+    let bus = Bus::builder().workers(1).capacity(2).overflow(Overflow::Shed).build().unwrap();
+    let (log, h) = recorder();
+    bus.subscribe("e.*", "t", h).unwrap();
+    let release = blocker(&bus);
+    bus.publish(ev("e.low").with_priority(Priority::Low)).unwrap();
+    bus.publish(ev("e.normal")).unwrap();
+    bus.publish(ev("e.high").with_priority(Priority::High)).unwrap(); // sheds e.low
+    bus.publish(ev("e.low2").with_priority(Priority::Low)).unwrap(); // is itself shed
+    release.send(()).unwrap();
+    bus.flush();
+    assert_eq!(*log.lock().unwrap(), vec!["e.high", "e.normal"]);
+    let stats = bus.stats();
+    assert_eq!(stats.dropped, 2);
+    assert_eq!(stats.published, 5);
+}
+
+#[test]
+fn blocking_publish_waits_for_room_and_loses_nothing() {
+    let bus = Bus::builder().workers(1).capacity(4).build().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    bus.subscribe("*", "t", move |_| {
+        c.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    })
+    .unwrap();
+    for i in 0..10_000 {
+        bus.publish(ev(&format!("e{i}"))).unwrap();
+    }
+    bus.flush();
+    assert_eq!(count.load(Ordering::SeqCst), 10_000);
+}
+
+#[test]
+fn shutdown_drains_and_refuses_later_publishes() {
+    let bus = Bus::builder().workers(2).build().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    bus.subscribe("*", "t", move |_| {
+        std::thread::sleep(Duration::from_micros(10));
+        c.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    })
+    .unwrap();
+    for _ in 0..500 {
+        bus.publish(ev("x")).unwrap();
+    }
+    bus.shutdown();
+    assert_eq!(count.load(Ordering::SeqCst), 500, "shutdown dispatched everything accepted");
+    assert!(bus.is_closed());
+    assert!(matches!(bus.publish(ev("late")), Err(PublishError::Closed(_))));
+    assert!(matches!(bus.subscribe("x", "p", |_| Ok(())), Err(SubscribeError::Closed)));
+    bus.shutdown(); // idempotent
+}
+
+#[test]
+fn a_handler_holding_the_bus_does_not_outlive_shutdown() {
+    let bus = Bus::builder().workers(2).build().unwrap();
+    let inner = bus.clone();
+    let probe = Arc::new(());
+    let p = probe.clone();
+    bus.subscribe("x", "t", move |_| {
+        let _ = (&inner, &p);
+        Ok(())
+    })
+    .unwrap();
+    bus.shutdown();
+    // The handler (and the Bus and probe it held) was dropped.
+    assert_eq!(Arc::strong_count(&probe), 1);
+}
+
+#[test]
+fn dropping_the_last_handle_shuts_down_and_drains() {
+    let count = Arc::new(AtomicUsize::new(0));
+    {
+        let bus = Bus::builder().workers(1).build().unwrap();
+        let weak = bus.downgrade();
+        let c = count.clone();
+        bus.subscribe("*", "t", move |_| {
+            let _ = &weak;
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        for _ in 0..100 {
+            bus.publish(ev("x")).unwrap();
+        }
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 100);
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Bus>();
+    check::<switchboard::WeakBus>();
+    check::<Event>();
+    check::<PublishError>();
+    check::<SubscribeError>();
+    check::<switchboard::Stats>();
+}
