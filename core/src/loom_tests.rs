@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicUsize as StdUsize, Ordering as Std};
 use std::sync::Arc;
 
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use loom::sync::Mutex;
 use loom::thread;
 
 use crate::event::{Event, Priority};
@@ -52,41 +51,39 @@ fn loom_gate_unsubscribe_and_wait() {
 /// returns, even with another flush racing the publish.
 #[test]
 fn loom_flush_waits_for_earlier_events() {
-    model(|| {
+    // Three threads with two spin-waits: one preemption keeps it tractable.
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(1);
+    builder.max_branches = 100_000;
+    builder.check(|| {
         let epochs = Arc::new(Epochs::new());
-        let queue: Arc<Mutex<Vec<usize>>> = Arc::new(Mutex::new(Vec::new()));
+        let published = Arc::new(AtomicBool::new(false));
         let dispatched = Arc::new(AtomicBool::new(false));
+        // Publishes (counts in), says so, then plays the worker (counts out).
         let publisher = {
-            let (epochs, queue) = (epochs.clone(), queue.clone());
+            let (epochs, published, dispatched) =
+                (epochs.clone(), published.clone(), dispatched.clone());
             thread::spawn(move || {
                 let bucket = epochs.begin();
-                queue.lock().unwrap().push(bucket);
+                published.store(true, Ordering::SeqCst);
+                dispatched.store(true, Ordering::SeqCst);
+                epochs.end(bucket, 1);
             })
         };
         let racing_flush = {
             let epochs = epochs.clone();
             thread::spawn(move || epochs.flush())
         };
-        let worker = {
-            let (epochs, queue, dispatched) = (epochs.clone(), queue.clone(), dispatched.clone());
-            thread::spawn(move || loop {
-                let item = queue.lock().unwrap().pop();
-                if let Some(bucket) = item {
-                    dispatched.store(true, Ordering::SeqCst);
-                    epochs.end(bucket, 1);
-                    break;
-                }
-                thread::yield_now();
-            })
-        };
-        publisher.join().unwrap();
+        while !published.load(Ordering::SeqCst) {
+            thread::yield_now();
+        }
         epochs.flush();
         assert!(
             dispatched.load(Ordering::SeqCst),
             "flush returned before an earlier event was dispatched"
         );
         racing_flush.join().unwrap();
-        worker.join().unwrap();
+        publisher.join().unwrap();
     });
 }
 
