@@ -216,7 +216,7 @@ pub(crate) struct Shared {
     pub(crate) queues: Queues<Arc<Event>>,
     pub(crate) epochs: Epochs,
     pub(crate) counters: Counters,
-    history: Option<History>,
+    pub(crate) history: Option<History>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     live_workers: AtomicUsize,
     shut: AtomicBool,
@@ -646,14 +646,14 @@ impl Bus {
             shared.counters.bump(Count::Rejected);
             return Err(PublishError::InvalidName { event: Box::new(event), reason });
         }
-        let (on_worker, depth) = CONTEXT.with(|c| {
+        // On a worker: one level deeper, and in the flush bucket of the
+        // event being handled, so a flush also waits for the cascade.
+        let parent = CONTEXT.with(|c| {
             let c = c.borrow();
-            if c.bus == shared.id {
-                (true, c.depth + 1)
-            } else {
-                (false, 0)
-            }
+            (c.bus == shared.id).then_some((c.depth + 1, c.bucket))
         });
+        let on_worker = parent.is_some();
+        let depth = parent.map_or(0, |(depth, _)| depth);
         if depth > shared.config.max_depth {
             shared.counters.bump(Count::DepthRefused);
             return Err(PublishError::DepthExceeded {
@@ -666,16 +666,12 @@ impl Bus {
         let id = event.id();
         let priority = event.priority();
         let event = Arc::new(event);
-        // The history's reference, taken only when history is on.
-        let mut keep = shared.history.as_ref().map(|_| event.clone());
-        let bucket = shared.epochs.begin();
+        let bucket = match parent {
+            Some((_, bucket)) => shared.epochs.begin_in(bucket),
+            None => shared.epochs.begin(),
+        };
         let offer =
             shared.queues.offer(event, priority, bucket, shared.config.overflow, !on_worker);
-        let may_be_kept = matches!(offer, Offer::Accepted { .. })
-            || (on_worker && matches!(offer, Offer::Full(_)));
-        if !may_be_kept {
-            keep = None;
-        }
         match offer {
             Offer::Accepted { dropped } => {
                 if let Some(victim) = dropped {
@@ -687,7 +683,7 @@ impl Bus {
                     );
                     // The victim was counted as published when it was accepted.
                 }
-                Ok(self.accepted(id, keep))
+                Ok(self.accepted(id))
             }
             Offer::Full(event) if on_worker && shared.config.overflow == Overflow::Block => {
                 let spilled = CONTEXT.with(|c| {
@@ -700,9 +696,8 @@ impl Bus {
                     }
                 });
                 if spilled {
-                    return Ok(self.accepted(id, keep));
+                    return Ok(self.accepted(id));
                 }
-                drop(keep);
                 shared.epochs.end(bucket, 1);
                 shared.counters.bump(Count::Rejected);
                 Err(PublishError::Full(unwrap_event(event)))
@@ -727,17 +722,15 @@ impl Bus {
         }
     }
 
-    fn accepted(&self, id: EventId, keep: Option<Arc<Event>>) -> EventId {
-        let shared = self.shared();
-        shared.counters.bump(Count::Published);
-        if let (Some(history), Some(event)) = (&shared.history, keep) {
-            history.record(&event);
-        }
+    fn accepted(&self, id: EventId) -> EventId {
+        self.shared().counters.bump(Count::Published);
         id
     }
 
     /// Returns once every event published before the call has been
-    /// dispatched (all its handlers have returned).
+    /// dispatched (all its handlers have returned), and so have the events
+    /// those handlers published, transitively: a flush waits for whole
+    /// cascades (bounded by `max_depth`).
     ///
     /// Called from inside a handler it returns at once: the event being
     /// handled was published before the call and cannot finish while its
@@ -753,6 +746,10 @@ impl Bus {
     /// Up to `limit` (all if `None`) recent events whose name matches
     /// `pattern` (all if `None`), most recent first. Empty when history is
     /// off.
+    ///
+    /// Events enter the history when a worker takes them off the queues (so
+    /// after [`flush`](Bus::flush), every earlier event is there), in the
+    /// order workers take them.
     ///
     /// # Errors
     ///

@@ -8,6 +8,9 @@
 //! always in the bucket of an epoch that was current *after* the count: any
 //! flush that starts after the publish returned waits for it. Flushes are
 //! serialised so that a bucket is never reused while a flush waits on it.
+//!
+//! An event published by a handler is counted in its parent's bucket, so a
+//! flush waits for the cascades of the events it waits for.
 //! Modelled in `loom_tests.rs`.
 
 use crossbeam_utils::CachePadded;
@@ -48,6 +51,18 @@ impl Epochs {
             }
             self.inflight[bucket].fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// Counts one event in, in the same bucket as an event still in flight
+    /// (its parent): that bucket cannot be waited out, or reused, while the
+    /// parent is counted in it, so no epoch check is needed.
+    #[inline]
+    pub(crate) fn begin_in(&self, bucket: usize) -> usize {
+        // Relaxed is enough: the parent's own count keeps any flusher of
+        // this bucket waiting until after the parent ends (a Release that
+        // follows this increment in program order).
+        self.inflight[bucket].fetch_add(1, Ordering::Relaxed);
+        bucket
     }
 
     /// Counts `n` events of `bucket` out (dispatched, or never accepted).

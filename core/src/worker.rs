@@ -22,6 +22,9 @@ pub(crate) struct Context {
     pub(crate) bus: usize,
     /// The depth of the event being handled.
     pub(crate) depth: u32,
+    /// The flush bucket of the event being handled: events its handlers
+    /// publish are counted in the same one, so a flush waits for cascades.
+    pub(crate) bucket: usize,
     /// The subscriptions whose handlers this thread is running, innermost last.
     pub(crate) running: Vec<usize>,
     /// Events its handlers published while the queues were full.
@@ -85,12 +88,15 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
         }
         if !batch.is_empty() {
             idle = 0;
+            if let Some(history) = &shared.history {
+                history.record(&batch);
+            }
             // Load after taking the batch: an event published after a
             // subscribe returned is matched against a snapshot holding it.
             let snapshot = shared.snapshot.load_full();
             let mut ended = [0usize; 2];
             for queued in batch.drain(..) {
-                dispatch(&shared, &snapshot, &queued.item, counters, &mut scratch);
+                dispatch(&shared, &snapshot, &queued, counters, &mut scratch);
                 ended[queued.epoch] += 1;
             }
             shared.epochs.end(0, ended[0]);
@@ -115,17 +121,22 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
 fn dispatch(
     shared: &Shared,
     snapshot: &Snapshot,
-    event: &Arc<Event>,
+    queued: &Queued<Arc<Event>>,
     counters: &WorkerCounters,
     scratch: &mut Vec<usize>,
 ) {
+    let event = &queued.item;
     let mut matched = Matched::new();
     snapshot.matching(event.name(), scratch, &mut matched);
     WorkerCounters::add(&counters.events, 1);
     if matched.is_empty() {
         return;
     }
-    CONTEXT.with(|c| c.borrow_mut().depth = event.depth());
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        c.depth = event.depth();
+        c.bucket = queued.epoch;
+    });
     let mut calls = 0;
     for sub in matched {
         if !sub.gate.enter() {
