@@ -114,8 +114,10 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
         shared.queues.park();
         idle = 0;
     }
-    CONTEXT.with(|c| c.borrow_mut().bus = 0);
+    // Still marked as this bus's worker: if dropping the handlers drops the
+    // last `Bus`, its shutdown must not try to join this very thread.
     shared.worker_exited();
+    CONTEXT.with(|c| c.borrow_mut().bus = 0);
 }
 
 fn dispatch(

@@ -472,6 +472,39 @@ fn dropping_the_last_handle_shuts_down_and_drains() {
 }
 
 #[test]
+fn a_handler_holding_the_only_handle_can_shut_the_bus_down() {
+    let probe = Arc::new(());
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    {
+        let bus = Bus::builder().workers(2).build().unwrap();
+        let inner = Mutex::new(Some(bus.clone()));
+        let p = probe.clone();
+        let done = Mutex::new(done_tx);
+        bus.subscribe("stop", "t", move |_| {
+            let _ = &p;
+            if let Some(bus) = inner.lock().unwrap().as_ref() {
+                bus.shutdown(); // from a worker: closes, does not join itself
+                done.lock().unwrap().send(()).unwrap();
+            }
+            Ok(())
+        })
+        .unwrap();
+        bus.publish(ev("stop")).unwrap();
+        // Our handle goes; the handler's clone is now the only one.
+    }
+    done_rx.recv_timeout(Duration::from_secs(10)).expect("the handler ran");
+    // The workers drain, the last drops the handlers (and the last Bus)
+    // without deadlocking on itself.
+    for _ in 0..1000 {
+        if Arc::strong_count(&probe) == 1 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("the handlers were never dropped");
+}
+
+#[test]
 fn public_types_are_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Bus>();
