@@ -46,6 +46,7 @@
 
 pub mod reference;
 
+mod bytes;
 mod error;
 mod parse;
 mod pattern;

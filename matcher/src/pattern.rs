@@ -85,7 +85,7 @@ impl Segment {
         for step in &self.steps {
             match step {
                 Step::Literal(lit) => {
-                    if !bytes[at..].starts_with(lit) {
+                    if !crate::bytes::starts_with(&bytes[at..], lit) {
                         return None;
                     }
                     at += lit.len();

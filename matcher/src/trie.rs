@@ -91,7 +91,7 @@ impl<V: Copy> PrefixTrie<V> {
             let Ok(k) = kids.binary_search_by_key(&byte, |&(b, _)| b) else { return };
             let child = &self.nodes[kids[k].1 as usize];
             let label = &self.labels[child.label.0 as usize..child.label.1 as usize];
-            if !name[at..].starts_with(label) {
+            if !crate::bytes::starts_with(&name[at..], label) {
                 return;
             }
             at += label.len();
