@@ -36,7 +36,15 @@ mod tests {
 
     #[test]
     fn agrees_with_std() {
-        let samples: [&[u8]; 7] = [b"", b"a", b"ab", b"plugin42.", b"plugin42.action7", b"0123456789abcdefX", b"0123456789abcdefY"];
+        let samples: [&[u8]; 7] = [
+            b"",
+            b"a",
+            b"ab",
+            b"plugin42.",
+            b"plugin42.action7",
+            b"0123456789abcdefX",
+            b"0123456789abcdefY",
+        ];
         for a in samples {
             for b in samples {
                 assert_eq!(eq(a, b), a == b, "{a:?} {b:?}");

@@ -273,6 +273,30 @@ impl Shape {
         }
     }
 
+    /// The literal every match ends with (possibly empty).
+    pub(crate) fn literal_suffix(&self) -> &[u8] {
+        let tail = match self {
+            Shape::Never => return &[],
+            Shape::Exact(seg) => seg,
+            Shape::Starred { tail, .. } => tail,
+        };
+        match tail.steps.last() {
+            Some(Step::Literal(lit)) => lit,
+            _ => &[],
+        }
+    }
+
+    /// Whether the pattern is `*<literal>`: every name with the literal
+    /// suffix matches.
+    pub(crate) fn is_star_suffix(&self) -> bool {
+        match self {
+            Shape::Starred { head, middles, tail } => {
+                head.steps.is_empty() && middles.is_empty() && tail.as_literal().is_some()
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the pattern is `<literal>*`: every name with the literal
     /// prefix matches.
     pub(crate) fn is_prefix_star(&self) -> bool {

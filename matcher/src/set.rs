@@ -8,9 +8,13 @@
 //! * **anchored** — a literal prefix (`plugin42.*`, `a9[0-9]*`): a compressed
 //!   trie of the prefixes, walked once along the name; `<literal>*` matches
 //!   outright, anything else is verified with its own [`Pattern`];
-//! * **floating** — no literal prefix but a literal somewhere (`*.ended3`,
-//!   `?.login`): one Aho-Corasick automaton over each pattern's longest
-//!   literal finds the candidates, which are then verified;
+//! * **tail-anchored** — no literal prefix but a literal suffix (`*.ended3`,
+//!   `?.login`): a compressed trie of the reversed suffixes, walked once
+//!   backwards along the name; `*<literal>` matches outright, anything else
+//!   is verified;
+//! * **floating** — a literal only in the middle (`*.ended*`, `?x?`): one
+//!   Aho-Corasick automaton over each pattern's longest literal finds the
+//!   candidates, which are then verified;
 //! * **match-all** — only stars: every name matches;
 //! * **residual** — no literal anywhere (`?*`, `[0-9]*`): verified one by one.
 //!   These are rare in practice; their cost is the one that grows with their
@@ -70,6 +74,8 @@ struct Inner {
     exact: FxHashMap<Box<[u8]>, (u32, u32)>,
     exact_ids: Vec<u32>,
     anchored: PrefixTrie<TrieValue>,
+    /// Reversed literal suffixes; the top bit marks `*<literal>`.
+    tail_anchored: PrefixTrie<TrieValue>,
     /// Floating patterns: the automaton's pattern `k` is a literal shared by
     /// the patterns `floating_ids[floating_ranges[k].0..floating_ranges[k].1]`.
     floating: Option<AhoCorasick>,
@@ -118,6 +124,7 @@ impl PatternSet {
 
         let mut exact_pairs: Vec<(&[u8], u32)> = Vec::new();
         let mut anchored: Vec<(&[u8], TrieValue)> = Vec::new();
+        let mut reversed_suffixes: Vec<(Vec<u8>, TrieValue)> = Vec::new();
         let mut floating_pairs: Vec<(&[u8], u32)> = Vec::new();
         let mut match_all = Vec::new();
         let mut residual = Vec::new();
@@ -131,6 +138,10 @@ impl PatternSet {
             } else if !shape.literal_prefix().is_empty() {
                 let flag = if shape.is_prefix_star() { PREFIX_STAR } else { 0 };
                 anchored.push((shape.literal_prefix(), i | flag));
+            } else if !shape.literal_suffix().is_empty() {
+                let flag = if shape.is_star_suffix() { PREFIX_STAR } else { 0 };
+                let reversed: Vec<u8> = shape.literal_suffix().iter().rev().copied().collect();
+                reversed_suffixes.push((reversed, i | flag));
             } else if let Some(lit) = shape.required_literal() {
                 floating_pairs.push((lit, i));
             } else if !matches!(shape, crate::pattern::Shape::Never) {
@@ -160,8 +171,11 @@ impl PatternSet {
         }
         let floating_ids = if floating.is_some() { floating_ids } else { Vec::new() };
 
+        let tail_anchored =
+            PrefixTrie::new(reversed_suffixes.iter().map(|(k, v)| (&k[..], *v)).collect());
         let inner = Inner {
             anchored: PrefixTrie::new(anchored),
+            tail_anchored,
             patterns,
             exact,
             exact_ids,
@@ -212,6 +226,25 @@ impl PatternSet {
         }
         if !inner.anchored.is_empty() {
             inner.anchored.for_each_prefix(bytes, |v| {
+                let i = (v & !PREFIX_STAR) as usize;
+                if v & PREFIX_STAR != 0 || inner.patterns[i].is_match(name) {
+                    out.push(i);
+                }
+            });
+        }
+        if !inner.tail_anchored.is_empty() {
+            let mut stack = [0u8; 256];
+            let mut heap = Vec::new();
+            let reversed: &mut [u8] = if bytes.len() <= stack.len() {
+                &mut stack[..bytes.len()]
+            } else {
+                heap.resize(bytes.len(), 0);
+                &mut heap
+            };
+            for (dst, src) in reversed.iter_mut().zip(bytes.iter().rev()) {
+                *dst = *src;
+            }
+            inner.tail_anchored.for_each_prefix(reversed, |v| {
                 let i = (v & !PREFIX_STAR) as usize;
                 if v & PREFIX_STAR != 0 || inner.patterns[i].is_match(name) {
                     out.push(i);

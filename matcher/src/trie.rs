@@ -5,12 +5,19 @@
 //! reports the values of every node whose key is a prefix of the name, so
 //! its cost depends on the name's length and not on how many keys there are.
 
-/// A node: its label is `labels[label.0..label.1]`; its children are
-/// `children[kids.0..kids.1]`, sorted by the first byte of their label; its
-/// values are `values[vals.0..vals.1]`.
+/// Label bytes kept inside the node, so that a visit touches one cache line.
+const INLINE: usize = 8;
+
+/// A node: its label (the bytes of the edge into it) is `inline[..len]` when
+/// it is at most `INLINE` bytes long, else `labels[at..at + len]`; its
+/// children are the nodes `kids.0..kids.1` (contiguous, sorted by first label
+/// byte, which `firsts` holds for a compact binary search); its values are
+/// `values[vals.0..vals.1]`.
 #[derive(Clone, Debug)]
 struct Node {
-    label: (u32, u32),
+    inline: [u8; INLINE],
+    label_len: u32,
+    label_at: u32,
     kids: (u32, u32),
     vals: (u32, u32),
 }
@@ -19,8 +26,8 @@ struct Node {
 #[derive(Clone, Debug)]
 pub(crate) struct PrefixTrie<V> {
     nodes: Vec<Node>,
-    /// `(first label byte, node index)` for every child, grouped per parent.
-    children: Vec<(u8, u32)>,
+    /// The first label byte of every node, indexed like `nodes`.
+    firsts: Vec<u8>,
     labels: Vec<u8>,
     values: Vec<V>,
 }
@@ -31,11 +38,11 @@ impl<V: Copy> PrefixTrie<V> {
         entries.sort_by(|a, b| a.0.cmp(b.0));
         let mut trie = PrefixTrie {
             nodes: Vec::new(),
-            children: Vec::new(),
+            firsts: Vec::new(),
             labels: Vec::new(),
             values: Vec::with_capacity(entries.len()),
         };
-        trie.nodes.push(Node { label: (0, 0), kids: (0, 0), vals: (0, 0) });
+        trie.push_node(&[]);
         // An explicit stack instead of recursion: adversarial keys
         // ("a", "aa", "aaa", …) would otherwise recurse once per byte.
         // Each job: (node index, entries below it, depth already consumed).
@@ -47,8 +54,9 @@ impl<V: Copy> PrefixTrie<V> {
             let vals_start = trie.values.len() as u32;
             trie.values.extend(items[..ending].iter().map(|&(_, v)| v));
             trie.nodes[node].vals = (vals_start, trie.values.len() as u32);
-            // Group the rest by their next byte.
-            let kids_start = trie.children.len();
+            // Group the rest by their next byte; each group is one child,
+            // and a node's children are pushed next to each other.
+            let kids_start = trie.nodes.len();
             let mut i = range.start + ending;
             while i < range.end {
                 let byte = entries[i].0[depth];
@@ -59,21 +67,43 @@ impl<V: Copy> PrefixTrie<V> {
                 // The group shares the common prefix of its first and last key.
                 let (first, last) = (entries[i].0, entries[j - 1].0);
                 let common = first.iter().zip(last).take_while(|(a, b)| a == b).count();
-                let label_start = trie.labels.len() as u32;
-                trie.labels.extend_from_slice(&first[depth..common]);
-                let child = trie.nodes.len();
-                trie.nodes.push(Node {
-                    label: (label_start, trie.labels.len() as u32),
-                    kids: (0, 0),
-                    vals: (0, 0),
-                });
-                trie.children.push((byte, child as u32));
+                let child = trie.push_node(&first[depth..common]);
                 stack.push((child, i..j, common));
                 i = j;
             }
-            trie.nodes[node].kids = (kids_start as u32, trie.children.len() as u32);
+            trie.nodes[node].kids = (kids_start as u32, trie.nodes.len() as u32);
         }
         trie
+    }
+
+    fn push_node(&mut self, label: &[u8]) -> usize {
+        let mut inline = [0u8; INLINE];
+        let label_at = if label.len() <= INLINE {
+            inline[..label.len()].copy_from_slice(label);
+            0
+        } else {
+            self.labels.extend_from_slice(label);
+            (self.labels.len() - label.len()) as u32
+        };
+        self.nodes.push(Node {
+            inline,
+            label_len: label.len() as u32,
+            label_at,
+            kids: (0, 0),
+            vals: (0, 0),
+        });
+        self.firsts.push(label.first().copied().unwrap_or(0));
+        self.nodes.len() - 1
+    }
+
+    #[inline]
+    fn label<'a>(&'a self, node: &'a Node) -> &'a [u8] {
+        let len = node.label_len as usize;
+        if len <= INLINE {
+            &node.inline[..len]
+        } else {
+            &self.labels[node.label_at as usize..node.label_at as usize + len]
+        }
     }
 
     /// Calls `f` with the values of every key that is a prefix of `name`,
@@ -83,18 +113,19 @@ impl<V: Copy> PrefixTrie<V> {
         let mut node = &self.nodes[0];
         let mut at = 0;
         loop {
-            for &v in &self.values[node.vals.0 as usize..node.vals.1 as usize] {
-                f(v);
+            if node.vals.0 != node.vals.1 {
+                for &v in &self.values[node.vals.0 as usize..node.vals.1 as usize] {
+                    f(v);
+                }
             }
             let Some(&byte) = name.get(at) else { return };
-            let kids = &self.children[node.kids.0 as usize..node.kids.1 as usize];
-            let Ok(k) = kids.binary_search_by_key(&byte, |&(b, _)| b) else { return };
-            let child = &self.nodes[kids[k].1 as usize];
-            let label = &self.labels[child.label.0 as usize..child.label.1 as usize];
-            if !crate::bytes::starts_with(&name[at..], label) {
+            let (lo, hi) = (node.kids.0 as usize, node.kids.1 as usize);
+            let Ok(k) = self.firsts[lo..hi].binary_search(&byte) else { return };
+            let child = &self.nodes[lo + k];
+            if !crate::bytes::starts_with(&name[at..], self.label(child)) {
                 return;
             }
-            at += label.len();
+            at += child.label_len as usize;
             node = child;
         }
     }
