@@ -27,7 +27,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
+use rustc_hash::FxHasher;
 
 use crate::error::PatternError;
 use crate::pattern::Pattern;
@@ -70,8 +71,11 @@ pub struct PatternSet {
 
 struct Inner {
     patterns: Vec<Pattern>,
-    /// Whole-name literals: name → range of `exact_ids`.
-    exact: FxHashMap<Box<[u8]>, (u32, u32)>,
+    /// Whole-name literals: `(key start, key end, ids start, ids end)`, the
+    /// key in `exact_keys`, the ids in `exact_ids`. A raw table so that the
+    /// key comparison is ours (inline for short keys, no `memcmp` call).
+    exact: HashTable<(u32, u32, u32, u32)>,
+    exact_keys: Vec<u8>,
     exact_ids: Vec<u32>,
     anchored: PrefixTrie<TrieValue>,
     /// Reversed literal suffixes; the top bit marks `*<literal>`.
@@ -149,8 +153,17 @@ impl PatternSet {
             }
         }
 
-        let (exact, exact_ids) = group(exact_pairs);
-        let exact = exact.into_iter().map(|(k, r)| (Box::<[u8]>::from(k), r)).collect();
+        let (exact_groups, exact_ids) = group(exact_pairs);
+        let mut exact = HashTable::with_capacity(exact_groups.len());
+        let mut exact_keys = Vec::new();
+        for (key, (start, end)) in exact_groups {
+            let at = exact_keys.len() as u32;
+            exact_keys.extend_from_slice(key);
+            let entry = (at, exact_keys.len() as u32, start, end);
+            exact.insert_unique(hash_bytes(key), entry, |e| {
+                hash_bytes(&exact_keys[e.0 as usize..e.1 as usize])
+            });
+        }
 
         let (floating_groups, floating_ids) = group(floating_pairs);
         let mut floating = None;
@@ -178,6 +191,7 @@ impl PatternSet {
             tail_anchored,
             patterns,
             exact,
+            exact_keys,
             exact_ids,
             floating,
             floating_ranges,
@@ -221,7 +235,7 @@ impl PatternSet {
         out.clear();
         let inner = &*self.inner;
         let bytes = name.as_bytes();
-        if let Some(&(start, end)) = inner.exact.get(bytes) {
+        if let Some((start, end)) = inner.exact_lookup(bytes) {
             out.extend(inner.exact_ids[start as usize..end as usize].iter().map(|&i| i as usize));
         }
         if !inner.anchored.is_empty() {
@@ -233,18 +247,7 @@ impl PatternSet {
             });
         }
         if !inner.tail_anchored.is_empty() {
-            let mut stack = [0u8; 256];
-            let mut heap = Vec::new();
-            let reversed: &mut [u8] = if bytes.len() <= stack.len() {
-                &mut stack[..bytes.len()]
-            } else {
-                heap.resize(bytes.len(), 0);
-                &mut heap
-            };
-            for (dst, src) in reversed.iter_mut().zip(bytes.iter().rev()) {
-                *dst = *src;
-            }
-            inner.tail_anchored.for_each_prefix(reversed, |v| {
+            inner.tail_anchored.for_each_reversed_suffix(bytes, |v| {
                 let i = (v & !PREFIX_STAR) as usize;
                 if v & PREFIX_STAR != 0 || inner.patterns[i].is_match(name) {
                     out.push(i);
@@ -276,13 +279,35 @@ impl PatternSet {
     /// Whether any pattern matches `name`.
     pub fn is_match(&self, name: &str) -> bool {
         let inner = &*self.inner;
-        if !inner.match_all.is_empty() || inner.exact.contains_key(name.as_bytes()) {
+        if !inner.match_all.is_empty() || inner.exact_lookup(name.as_bytes()).is_some() {
             return true;
         }
         let mut out = Vec::new();
         self.matches_into(name, &mut out);
         !out.is_empty()
     }
+}
+
+impl Inner {
+    /// The range of `exact_ids` for the whole-name literal `name`.
+    #[inline]
+    fn exact_lookup(&self, name: &[u8]) -> Option<(u32, u32)> {
+        if self.exact.is_empty() {
+            return None;
+        }
+        let keys = &self.exact_keys;
+        self.exact
+            .find(hash_bytes(name), |e| crate::bytes::eq(&keys[e.0 as usize..e.1 as usize], name))
+            .map(|e| (e.2, e.3))
+    }
+}
+
+#[inline]
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = FxHasher::default();
+    h.write(bytes);
+    h.finish()
 }
 
 /// A distinct key and the range of its ids.

@@ -130,6 +130,31 @@ impl<V: Copy> PrefixTrie<V> {
         }
     }
 
+    /// Like [`for_each_prefix`](PrefixTrie::for_each_prefix) for a trie of
+    /// reversed keys: calls `f` with the values of every key whose reverse
+    /// is a suffix of `name`, reading `name` backwards in place.
+    #[inline]
+    pub(crate) fn for_each_reversed_suffix(&self, name: &[u8], mut f: impl FnMut(V)) {
+        let mut node = &self.nodes[0];
+        let mut end = name.len();
+        loop {
+            if node.vals.0 != node.vals.1 {
+                for &v in &self.values[node.vals.0 as usize..node.vals.1 as usize] {
+                    f(v);
+                }
+            }
+            let Some(&byte) = end.checked_sub(1).map(|i| &name[i]) else { return };
+            let (lo, hi) = (node.kids.0 as usize, node.kids.1 as usize);
+            let Ok(k) = self.firsts[lo..hi].binary_search(&byte) else { return };
+            let child = &self.nodes[lo + k];
+            if !crate::bytes::ends_with_reversed(&name[..end], self.label(child)) {
+                return;
+            }
+            end -= child.label_len as usize;
+            node = child;
+        }
+    }
+
     /// Whether the trie holds no value.
     pub(crate) fn is_empty(&self) -> bool {
         self.values.is_empty()

@@ -25,6 +25,7 @@ struct Row {
 fn main() {
     let sizes = [10usize, 1_000, 10_000, 100_000];
     let mut rows = Vec::new();
+    let mut sets = Vec::new();
     for &n in &sizes {
         let w = matcher_workload(n, NAMES, 42);
         let build = median_time(5, || {
@@ -34,21 +35,7 @@ fn main() {
         let singles: Vec<Pattern> =
             w.patterns.iter().map(|p| Pattern::new(p).expect("valid pattern")).collect();
 
-        let mut out = Vec::new();
-        let mut set_total = 0usize;
-        // Each round goes over the names SET_PASSES times, so that a round
-        // lasts long enough to ride out a noisy neighbour.
-        let set_time = median_time(ROUNDS, || {
-            set_total = 0;
-            for _ in 0..SET_PASSES {
-                for name in &w.names {
-                    set.matches_into(black_box(name), &mut out);
-                    set_total += out.len();
-                }
-            }
-        });
-        set_total /= SET_PASSES;
-
+        let set_total: usize = w.names.iter().map(|name| set.matches(name).len()).sum();
         // The naive loop is slow at large sizes: give it fewer names, and
         // compare its counts with the set's on exactly those names.
         let naive_names = (NAMES * 1_000 / n.max(1)).clamp(50, NAMES);
@@ -67,9 +54,37 @@ fn main() {
         rows.push(Row {
             patterns: n,
             build_ms: build.as_secs_f64() * 1e3,
-            set_ns: set_time.as_secs_f64() * 1e9 / (NAMES * SET_PASSES) as f64,
+            set_ns: 0.0,
             naive_ns: naive_time.as_secs_f64() * 1e9 / naive_names as f64,
         });
+        sets.push((set, w.names, set_total));
+    }
+
+    // The sets are timed round-robin, one pass of every size per round, so
+    // that drift on a shared machine (frequency, neighbours) hits every size
+    // alike; each size's time is its median over the rounds.
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); sets.len()];
+    let mut out = Vec::new();
+    for round in 0..=ROUNDS {
+        for (i, (set, names, expected)) in sets.iter().enumerate() {
+            let start = Instant::now();
+            let mut total = 0usize;
+            for _ in 0..SET_PASSES {
+                for name in names {
+                    set.matches_into(black_box(name), &mut out);
+                    total += out.len();
+                }
+            }
+            let took = start.elapsed();
+            assert_eq!(total, SET_PASSES * expected, "the set's answers changed between passes");
+            if round > 0 {
+                times[i].push(took.as_secs_f64() * 1e9 / (NAMES * SET_PASSES) as f64);
+            }
+        }
+    }
+    for (row, mut t) in rows.iter_mut().zip(times) {
+        t.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        row.set_ns = t[t.len() / 2];
     }
 
     println!("patterns   build (ms)   set (ns/name)   loop (ns/name)   loop/set");
