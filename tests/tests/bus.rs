@@ -26,6 +26,26 @@ fn recorder(
     })
 }
 
+/// Keeps a one-worker bus's worker busy inside a handler until the returned
+/// sender sends (or is dropped), so that events can be queued behind it.
+fn hold_worker(bus: &Bus) -> mpsc::Sender<()> {
+    let (tx, rx) = mpsc::channel::<()>();
+    let rx = Mutex::new(rx);
+    let started = Arc::new(AtomicBool::new(false));
+    let s = started.clone();
+    bus.subscribe("block", "holder", move |_| {
+        s.store(true, Ordering::SeqCst);
+        let _ = rx.lock().unwrap().recv();
+        Ok(())
+    })
+    .unwrap();
+    bus.publish(ev("block")).unwrap();
+    while !started.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    tx
+}
+
 #[test]
 fn publish_reaches_exact_and_wildcard_subscribers() {
     let bus = Bus::builder().workers(2).build().unwrap();
@@ -53,22 +73,9 @@ fn publish_reaches_exact_and_wildcard_subscribers() {
 #[test]
 fn high_priority_runs_first_when_the_worker_is_busy() {
     let bus = Bus::builder().workers(1).build().unwrap();
-    let (gate_tx, gate_rx) = mpsc::channel::<()>();
-    let gate_rx = Mutex::new(gate_rx);
-    let started = Arc::new(AtomicBool::new(false));
-    let s = started.clone();
-    bus.subscribe("block", "t", move |_| {
-        s.store(true, Ordering::SeqCst);
-        gate_rx.lock().unwrap().recv().unwrap();
-        Ok(())
-    })
-    .unwrap();
     let (log, h) = recorder();
     bus.subscribe("p.*", "t", h).unwrap();
-    bus.publish(ev("block")).unwrap();
-    while !started.load(Ordering::SeqCst) {
-        std::thread::yield_now();
-    }
+    let gate_tx = hold_worker(&bus);
     bus.publish(ev("p.low").with_priority(Priority::Low)).unwrap();
     bus.publish(ev("p.normal").with_priority(Priority::Normal)).unwrap();
     bus.publish(ev("p.high").with_priority(Priority::High)).unwrap();
@@ -82,22 +89,9 @@ fn low_priority_is_not_starved() {
     // One worker, batches of one, limit 2: a LOW event waits at most two
     // HIGH batches while HIGH events keep coming.
     let bus = Bus::builder().workers(1).batch_size(1).starvation_limit(2).build().unwrap();
-    let (gate_tx, gate_rx) = mpsc::channel::<()>();
-    let gate_rx = Mutex::new(gate_rx);
-    let started = Arc::new(AtomicBool::new(false));
-    let s = started.clone();
-    bus.subscribe("block", "t", move |_| {
-        s.store(true, Ordering::SeqCst);
-        gate_rx.lock().unwrap().recv().unwrap();
-        Ok(())
-    })
-    .unwrap();
     let (log, h) = recorder();
     bus.subscribe("p.*", "t", h).unwrap();
-    bus.publish(ev("block")).unwrap();
-    while !started.load(Ordering::SeqCst) {
-        std::thread::yield_now();
-    }
+    let gate_tx = hold_worker(&bus);
     bus.publish(ev("p.low").with_priority(Priority::Low)).unwrap();
     for i in 0..10 {
         bus.publish(ev(&format!("p.high{i}")).with_priority(Priority::High)).unwrap();
@@ -351,25 +345,8 @@ fn typed_payloads_reach_typed_handlers_and_mismatches_are_errors() {
 
 #[test]
 fn overflow_error_gives_the_event_back_and_shed_drops_lowest_first() {
-    let blocker = |bus: &Bus| {
-        let (tx, rx) = mpsc::channel::<()>();
-        let rx = Mutex::new(rx);
-        let started = Arc::new(AtomicBool::new(false));
-        let s = started.clone();
-        bus.subscribe("block", "t", move |_| {
-            s.store(true, Ordering::SeqCst);
-            rx.lock().unwrap().recv().unwrap();
-            Ok(())
-        })
-        .unwrap();
-        bus.publish(ev("block")).unwrap();
-        while !started.load(Ordering::SeqCst) {
-            std::thread::yield_now();
-        }
-        tx
-    };
     let bus = Bus::builder().workers(1).capacity(2).overflow(Overflow::Error).build().unwrap();
-    let release = blocker(&bus);
+    let release = hold_worker(&bus);
     bus.publish(ev("a")).unwrap();
     bus.publish(ev("b")).unwrap();
     match bus.publish(ev("c")) {
@@ -383,7 +360,7 @@ fn overflow_error_gives_the_event_back_and_shed_drops_lowest_first() {
     let bus = Bus::builder().workers(1).capacity(2).overflow(Overflow::Shed).build().unwrap();
     let (log, h) = recorder();
     bus.subscribe("e.*", "t", h).unwrap();
-    let release = blocker(&bus);
+    let release = hold_worker(&bus);
     bus.publish(ev("e.low").with_priority(Priority::Low)).unwrap();
     bus.publish(ev("e.normal")).unwrap();
     bus.publish(ev("e.high").with_priority(Priority::High)).unwrap(); // sheds e.low
