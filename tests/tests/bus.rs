@@ -491,3 +491,38 @@ fn public_types_are_send_and_sync() {
     check::<SubscribeError>();
     check::<switchboard::Stats>();
 }
+
+/// CPU time (user + system, in clock ticks) of this process's threads whose
+/// name starts with `prefix`.
+#[cfg(target_os = "linux")]
+fn cpu_ticks_of_threads(prefix: &str) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        total += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    }
+    total
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_idle_bus_parks_its_workers() {
+    let bus = Bus::builder().workers(2).name("idlepark").build().unwrap();
+    bus.subscribe("x", "t", |_| Ok(())).unwrap();
+    bus.publish(ev("x")).unwrap();
+    bus.flush();
+    std::thread::sleep(Duration::from_millis(50)); // past the brief spin
+    let before = cpu_ticks_of_threads("idlepark");
+    std::thread::sleep(Duration::from_millis(500));
+    let used = cpu_ticks_of_threads("idlepark") - before;
+    // Spinning workers would burn ~100 ticks (2 threads x 0.5 s); parked ones none.
+    assert!(used <= 2, "idle workers used {used} clock ticks in 0.5 s");
+}
