@@ -72,12 +72,27 @@ mod imp {
         }
     }
 
-    /// How many empty looks a worker takes before it parks.
-    pub(crate) const SPINS_BEFORE_PARK: u32 = 64;
-
     /// One turn of a busy wait.
     pub(crate) fn spin_hint() {
         std::hint::spin_loop();
+    }
+
+    /// The `round`-th empty look of an idle worker: spin a little, then
+    /// yield the processor a little; `false` once it is time to park.
+    /// Parking costs a futex wake-up (microseconds) on the next event, so a
+    /// short grace period keeps bursts cheap; past it an idle bus uses no CPU.
+    pub(crate) fn idle_turn(round: u32) -> bool {
+        const SPINS: u32 = 64;
+        const YIELDS: u32 = 32;
+        if round <= SPINS {
+            std::hint::spin_loop();
+            true
+        } else if round <= SPINS + YIELDS {
+            std::thread::yield_now();
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -134,7 +149,11 @@ mod imp {
         loom::thread::yield_now();
     }
 
-    pub(crate) const SPINS_BEFORE_PARK: u32 = 0;
+    /// Under loom a worker parks at once: the model explores the parking
+    /// protocol, not the grace period.
+    pub(crate) fn idle_turn(_round: u32) -> bool {
+        false
+    }
 
     pub(crate) fn spin_hint() {
         loom::thread::yield_now();

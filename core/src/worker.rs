@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::bus::Shared;
 use crate::error::HandlerPanic;
 use crate::event::Event;
-use crate::loom::{spin_hint, thread_local, SPINS_BEFORE_PARK};
+use crate::loom::{idle_turn, thread_local};
 use crate::queue::Queued;
 use crate::snapshot::{Matched, Snapshot};
 use crate::stats::WorkerCounters;
@@ -107,8 +107,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
             break;
         }
         idle += 1;
-        if idle <= SPINS_BEFORE_PARK {
-            spin_hint();
+        if idle_turn(idle) {
             continue;
         }
         shared.queues.park();
