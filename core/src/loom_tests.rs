@@ -184,3 +184,37 @@ fn loom_bus_publish_flush_shutdown() {
         assert_eq!(calls.load(Std::SeqCst), 1);
     });
 }
+
+/// Concurrent writers never lose each other's changes, and a worker
+/// dispatching meanwhile sees a consistent snapshot.
+#[test]
+fn loom_concurrent_subscribes_are_both_kept() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(1);
+    builder.max_branches = 100_000;
+    builder.check(|| {
+        let calls = Arc::new(StdUsize::new(0));
+        let bus = Bus::builder().workers(1).history_size(0).capacity(4).build().unwrap();
+        let writers: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|plugin| {
+                let (bus, calls) = (bus.clone(), calls.clone());
+                thread::spawn(move || {
+                    bus.subscribe("x", plugin, move |_e: &Event| {
+                        calls.fetch_add(1, Std::SeqCst);
+                        Ok(())
+                    })
+                    .unwrap();
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        bus.publish(Event::new("x", serde_json::Value::Null, "t")).unwrap();
+        bus.flush();
+        assert_eq!(calls.load(Std::SeqCst), 2, "a concurrent subscribe was lost");
+        assert_eq!(bus.subscriptions(None)["x"].len(), 2);
+        bus.shutdown();
+    });
+}
