@@ -30,7 +30,9 @@ pub struct Stats {
     pub rejected: u64,
     /// Events refused because they were published too deep in a handler chain.
     pub depth_refused: u64,
-    /// Events waiting, per priority (`[low, normal, high]`).
+    /// Events waiting in the queues, per priority (`[low, normal, high]`).
+    /// Events a handler published into a full queue wait in its worker's
+    /// spill buffer instead and are not counted here.
     pub queue_depth: [u64; 3],
     /// Live subscriptions.
     pub subscriptions: u64,
