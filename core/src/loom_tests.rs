@@ -20,6 +20,16 @@ fn model<F: Fn() + Sync + Send + 'static>(f: F) {
     builder.check(f);
 }
 
+/// Like [`model`], exploring schedules with at most one preemption: for the
+/// models with three or four threads and spin-waits, which are otherwise
+/// intractable.
+fn model_one_preemption<F: Fn() + Sync + Send + 'static>(f: F) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(1);
+    builder.max_branches = 100_000;
+    builder.check(f);
+}
+
 /// Unsubscribe-and-wait: once `wait_idle` returns, no call is running and
 /// none starts.
 #[test]
@@ -51,11 +61,7 @@ fn loom_gate_unsubscribe_and_wait() {
 /// returns, even with another flush racing the publish.
 #[test]
 fn loom_flush_waits_for_earlier_events() {
-    // Three threads with two spin-waits: one preemption keeps it tractable.
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(1);
-    builder.max_branches = 100_000;
-    builder.check(|| {
+    model_one_preemption(|| {
         let epochs = Arc::new(Epochs::new());
         let published = Arc::new(AtomicBool::new(false));
         let dispatched = Arc::new(AtomicBool::new(false));
@@ -163,10 +169,7 @@ fn loom_shutdown_strands_nothing() {
 /// unsubscribe stops it; shutdown joins the worker.
 #[test]
 fn loom_bus_publish_flush_shutdown() {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(1);
-    builder.max_branches = 100_000;
-    builder.check(|| {
+    model_one_preemption(|| {
         let calls = Arc::new(StdUsize::new(0));
         let bus = Bus::builder().workers(1).history_size(0).capacity(4).build().unwrap();
         let counter = calls.clone();
@@ -189,10 +192,7 @@ fn loom_bus_publish_flush_shutdown() {
 /// dispatching meanwhile sees a consistent snapshot.
 #[test]
 fn loom_concurrent_subscribes_are_both_kept() {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(1);
-    builder.max_branches = 100_000;
-    builder.check(|| {
+    model_one_preemption(|| {
         let calls = Arc::new(StdUsize::new(0));
         let bus = Bus::builder().workers(1).history_size(0).capacity(4).build().unwrap();
         let writers: Vec<_> = ["a", "b"]
