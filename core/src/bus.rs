@@ -686,21 +686,24 @@ impl Bus {
                 Ok(self.accepted(id))
             }
             Offer::Full(event) if on_worker && shared.config.overflow == Overflow::Block => {
-                let spilled = CONTEXT.with(|c| {
+                // A handler must not wait on its own worker: spill instead.
+                let refused = CONTEXT.with(|c| {
                     let mut c = c.borrow_mut();
                     if c.spill.len() < shared.config.capacity {
-                        c.spill.push(Queued { item: event.clone(), epoch: bucket });
-                        true
+                        c.spill.push(Queued { item: event, epoch: bucket });
+                        None
                     } else {
-                        false
+                        Some(event)
                     }
                 });
-                if spilled {
-                    return Ok(self.accepted(id));
+                match refused {
+                    None => Ok(self.accepted(id)),
+                    Some(event) => {
+                        shared.epochs.end(bucket, 1);
+                        shared.counters.bump(Count::Rejected);
+                        Err(PublishError::Full(unwrap_event(event)))
+                    }
                 }
-                shared.epochs.end(bucket, 1);
-                shared.counters.bump(Count::Rejected);
-                Err(PublishError::Full(unwrap_event(event)))
             }
             Offer::Full(event) => {
                 shared.epochs.end(bucket, 1);

@@ -526,3 +526,41 @@ fn an_idle_bus_parks_its_workers() {
     // Spinning workers would burn ~100 ticks (2 threads x 0.5 s); parked ones none.
     assert!(used <= 2, "idle workers used {used} clock ticks in 0.5 s");
 }
+
+#[test]
+fn a_handler_publishing_into_a_full_queue_spills_then_gets_full_back() {
+    // One worker, capacity 2: while the handler runs nothing drains, so two
+    // children fill the queue, two more go to the worker's spill buffer (its
+    // size is the capacity) and the rest come back as Full.
+    let bus = Bus::builder().workers(1).capacity(2).build().unwrap();
+    let weak = bus.downgrade();
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let o = outcomes.clone();
+    bus.subscribe("parent", "t", move |_| {
+        let bus = weak.upgrade().unwrap();
+        for i in 0..6 {
+            let outcome = match bus.publish(ev(&format!("child{i}"))) {
+                Ok(_) => "ok",
+                Err(PublishError::Full(e)) => {
+                    assert_eq!(e.name(), format!("child{i}"), "the event is given back");
+                    "full"
+                }
+                Err(other) => panic!("{other}"),
+            };
+            o.lock().unwrap().push(outcome);
+        }
+        Ok(())
+    })
+    .unwrap();
+    let (log, h) = recorder();
+    bus.subscribe("child*", "t", h).unwrap();
+    bus.publish(ev("parent")).unwrap();
+    bus.flush();
+    assert_eq!(*outcomes.lock().unwrap(), vec!["ok", "ok", "ok", "ok", "full", "full"]);
+    let mut delivered = log.lock().unwrap().clone();
+    delivered.sort();
+    assert_eq!(delivered, vec!["child0", "child1", "child2", "child3"]);
+    let stats = bus.stats();
+    assert_eq!(stats.rejected, 2);
+    assert_eq!(stats.published, 5);
+}
