@@ -6,6 +6,36 @@ use std::sync::Arc;
 use serde_json::Value;
 use switchboard::{Bus, Event};
 
+/// Publishers that flood the bus with `name` until dropped (or stopped).
+struct Flood {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Flood {
+    fn start(bus: &Bus, name: &'static str, publishers: usize) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..publishers)
+            .map(|_| {
+                let (bus, stop) = (bus.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        bus.publish(Event::new(name, Value::Null, "p")).unwrap();
+                    }
+                })
+            })
+            .collect();
+        Flood { stop, threads }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+    }
+}
+
 #[test]
 fn a_million_events_from_two_threads_then_shutdown_loses_none() {
     let bus = Bus::builder().workers(2).capacity(8192).history_size(0).build().unwrap();
@@ -52,17 +82,7 @@ fn unsubscribe_is_final_under_a_flood_from_two_publishers() {
             Ok(())
         })
         .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let publishers: Vec<_> = (0..2)
-            .map(|_| {
-                let (bus, stop) = (bus.clone(), stop.clone());
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        bus.publish(Event::new("flood.x", Value::Null, "p")).unwrap();
-                    }
-                })
-            })
-            .collect();
+        let flood = Flood::start(&bus, "flood.x", 2);
         while calls.load(Ordering::SeqCst) < 1_000 {
             std::thread::yield_now();
         }
@@ -70,10 +90,7 @@ fn unsubscribe_is_final_under_a_flood_from_two_publishers() {
         assert_eq!(bus.unsubscribe_and_wait("flood.*", "victim"), 1);
         let at_return = calls.load(Ordering::SeqCst);
         std::thread::sleep(std::time::Duration::from_millis(5));
-        stop.store(true, Ordering::Relaxed);
-        for p in publishers {
-            p.join().unwrap();
-        }
+        flood.stop();
         bus.flush();
         assert_eq!(
             calls.load(Ordering::SeqCst),
@@ -93,22 +110,13 @@ fn plain_unsubscribe_lets_at_most_the_running_calls_finish() {
         Ok(())
     })
     .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let (bus, stop) = (bus.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                bus.publish(Event::new("flood", Value::Null, "p")).unwrap();
-            }
-        })
-    };
+    let flood = Flood::start(&bus, "flood", 1);
     while calls.load(Ordering::SeqCst) < 1_000 {
         std::thread::yield_now();
     }
     assert_eq!(bus.unsubscribe("flood", "victim"), 1);
     let at_return = calls.load(Ordering::SeqCst);
-    stop.store(true, Ordering::Relaxed);
-    publisher.join().unwrap();
+    flood.stop();
     bus.flush();
     // Each of the two workers may have been inside one call at that moment.
     assert!(calls.load(Ordering::SeqCst) <= at_return + 2);
@@ -152,15 +160,7 @@ fn handlers_that_publish_and_subscribe_under_load() {
 fn many_subscribes_and_unsubscribes_while_events_flow() {
     let bus = Bus::builder().workers(2).build().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let (bus, stop) = (bus.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                bus.publish(Event::new("plugin7.action1", Value::Null, "p")).unwrap();
-            }
-        })
-    };
+    let flood = Flood::start(&bus, "plugin7.action1", 1);
     for i in 0..20_000 {
         let h = hits.clone();
         bus.subscribe(
@@ -175,8 +175,7 @@ fn many_subscribes_and_unsubscribes_while_events_flow() {
     }
     let removed: usize = (0..50).map(|p| bus.unsubscribe_all(&format!("plugin{p}"))).sum();
     assert_eq!(removed, 20_000);
-    stop.store(true, Ordering::Relaxed);
-    publisher.join().unwrap();
+    flood.stop();
     bus.flush();
     let before = hits.load(Ordering::Relaxed);
     bus.publish(Event::new("plugin7.action1", Value::Null, "p")).unwrap();
