@@ -48,6 +48,7 @@ pub mod reference;
 
 mod bytes;
 mod error;
+mod keys;
 mod parse;
 mod pattern;
 mod set;

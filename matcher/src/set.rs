@@ -27,10 +27,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use hashbrown::HashTable;
-use rustc_hash::FxHasher;
 
 use crate::error::PatternError;
+use crate::keys::{self, KeyTable};
 use crate::pattern::Pattern;
 use crate::trie::PrefixTrie;
 
@@ -71,14 +70,18 @@ pub struct PatternSet {
 
 struct Inner {
     patterns: Vec<Pattern>,
-    /// Whole-name literals: `(key start, key end, ids start, ids end)`, the
-    /// key in `exact_keys`, the ids in `exact_ids`. A raw table so that the
-    /// key comparison is ours (inline for short keys, no `memcmp` call).
-    exact: HashTable<(u32, u32, u32, u32)>,
-    exact_keys: Vec<u8>,
-    exact_ids: Vec<u32>,
+    /// Whole-name literals, keyed by [`keys::whole_hash`].
+    exact: KeyTable,
+    /// Literal prefixes cut after their last dot, keyed like the prefixes
+    /// [`keys::prefixes`] reports; the top bit marks `<prefix>.*`.
+    dot_prefix: KeyTable,
+    /// Literal suffixes cut before their first dot, keyed like the suffixes
+    /// [`keys::suffixes`] reports; the top bit marks `*.<suffix>`.
+    dot_suffix: KeyTable,
+    /// Literal prefixes with no dot; the top bit marks `<prefix>*`.
     anchored: PrefixTrie<TrieValue>,
-    /// Reversed literal suffixes; the top bit marks `*<literal>`.
+    /// Reversed literal suffixes with no dot; the top bit marks
+    /// `*<literal>`.
     tail_anchored: PrefixTrie<TrieValue>,
     /// Floating patterns: the automaton's pattern `k` is a literal shared by
     /// the patterns `floating_ids[floating_ranges[k].0..floating_ranges[k].1]`.
@@ -126,7 +129,9 @@ impl PatternSet {
         let patterns: Vec<Pattern> = patterns.into_iter().collect();
         assert!(patterns.len() <= MAX_SET_LEN, "a PatternSet holds at most {MAX_SET_LEN} patterns");
 
-        let mut exact_pairs: Vec<(&[u8], u32)> = Vec::new();
+        let mut exact = Vec::new();
+        let mut dot_prefix = Vec::new();
+        let mut dot_suffix = Vec::new();
         let mut anchored: Vec<(&[u8], TrieValue)> = Vec::new();
         let mut reversed_suffixes: Vec<(Vec<u8>, TrieValue)> = Vec::new();
         let mut floating_pairs: Vec<(&[u8], u32)> = Vec::new();
@@ -135,34 +140,36 @@ impl PatternSet {
         for (i, pattern) in patterns.iter().enumerate() {
             let i = i as u32;
             let shape = pattern.shape();
+            let prefix = shape.literal_prefix();
+            let suffix = shape.literal_suffix();
             if let Some(lit) = shape.exact_literal() {
-                exact_pairs.push((lit, i));
+                exact.push((lit, keys::whole_hash(lit), i | PREFIX_STAR));
             } else if shape.is_match_all() {
                 match_all.push(i);
-            } else if !shape.literal_prefix().is_empty() {
+            } else if let Some(last_dot) = memchr::memrchr(b'.', prefix) {
+                // Only `<prefix>.*` itself needs no verifying: the key is
+                // then its whole literal prefix.
+                let key = &prefix[..=last_dot];
+                let whole = shape.is_prefix_star() && key.len() == prefix.len();
+                let flag = if whole { PREFIX_STAR } else { 0 };
+                dot_prefix.push((key, keys::prefix_hash(key), i | flag));
+            } else if !prefix.is_empty() {
                 let flag = if shape.is_prefix_star() { PREFIX_STAR } else { 0 };
-                anchored.push((shape.literal_prefix(), i | flag));
-            } else if !shape.literal_suffix().is_empty() {
+                anchored.push((prefix, i | flag));
+            } else if let Some(first_dot) = memchr::memchr(b'.', suffix) {
+                let key = &suffix[first_dot..];
+                let whole = shape.is_star_suffix() && first_dot == 0;
+                let flag = if whole { PREFIX_STAR } else { 0 };
+                dot_suffix.push((key, keys::suffix_hash(key), i | flag));
+            } else if !suffix.is_empty() {
                 let flag = if shape.is_star_suffix() { PREFIX_STAR } else { 0 };
-                let reversed: Vec<u8> = shape.literal_suffix().iter().rev().copied().collect();
+                let reversed: Vec<u8> = suffix.iter().rev().copied().collect();
                 reversed_suffixes.push((reversed, i | flag));
             } else if let Some(lit) = shape.required_literal() {
                 floating_pairs.push((lit, i));
             } else if !matches!(shape, crate::pattern::Shape::Never) {
                 residual.push(i);
             }
-        }
-
-        let (exact_groups, exact_ids) = group(exact_pairs);
-        let mut exact = HashTable::with_capacity(exact_groups.len());
-        let mut exact_keys = Vec::new();
-        for (key, (start, end)) in exact_groups {
-            let at = exact_keys.len() as u32;
-            exact_keys.extend_from_slice(key);
-            let entry = (at, exact_keys.len() as u32, start, end);
-            exact.insert_unique(hash_bytes(key), entry, |e| {
-                hash_bytes(&exact_keys[e.0 as usize..e.1 as usize])
-            });
         }
 
         let (floating_groups, floating_ids) = group(floating_pairs);
@@ -186,13 +193,17 @@ impl PatternSet {
 
         let tail_anchored =
             PrefixTrie::new(reversed_suffixes.iter().map(|(k, v)| (&k[..], *v)).collect());
+        let exact = KeyTable::new(exact);
+        let dot_prefix = KeyTable::new(dot_prefix);
+        let dot_suffix = KeyTable::new(dot_suffix);
+        let anchored = PrefixTrie::new(anchored);
         let inner = Inner {
-            anchored: PrefixTrie::new(anchored),
+            anchored,
             tail_anchored,
             patterns,
             exact,
-            exact_keys,
-            exact_ids,
+            dot_prefix,
+            dot_suffix,
             floating,
             floating_ranges,
             floating_ids,
@@ -235,24 +246,29 @@ impl PatternSet {
         out.clear();
         let inner = &*self.inner;
         let bytes = name.as_bytes();
-        if let Some((start, end)) = inner.exact_lookup(bytes) {
-            out.extend(inner.exact_ids[start as usize..end as usize].iter().map(|&i| i as usize));
+        // The dot-aligned keys first, looked up in batches.
+        let mut lookups = Lookups { inner, name, probes: [Probe::default(); BATCH], len: 0 };
+        let whole = if inner.dot_prefix.is_empty() {
+            keys::whole_hash(bytes)
+        } else {
+            keys::prefixes(bytes, |len, hash| lookups.push(Kind::Prefix, len, hash, out))
+        };
+        if !inner.exact.is_empty() {
+            lookups.push(Kind::Exact, bytes.len(), whole, out);
         }
-        if !inner.anchored.is_empty() {
-            inner.anchored.for_each_prefix(bytes, |v| {
-                let i = (v & !PREFIX_STAR) as usize;
-                if v & PREFIX_STAR != 0 || inner.patterns[i].is_match(name) {
-                    out.push(i);
-                }
+        if !inner.dot_suffix.is_empty() {
+            keys::suffixes(bytes, |start, hash| {
+                lookups.push(Kind::Suffix, bytes.len() - start, hash, out);
             });
+        }
+        lookups.flush(out);
+
+        let mut verify = |v: TrieValue| verify(inner, name, v, out);
+        if !inner.anchored.is_empty() {
+            inner.anchored.for_each_prefix(bytes, &mut verify);
         }
         if !inner.tail_anchored.is_empty() {
-            inner.tail_anchored.for_each_reversed_suffix(bytes, |v| {
-                let i = (v & !PREFIX_STAR) as usize;
-                if v & PREFIX_STAR != 0 || inner.patterns[i].is_match(name) {
-                    out.push(i);
-                }
-            });
+            inner.tail_anchored.for_each_reversed_suffix(bytes, &mut verify);
         }
         if let Some(ac) = &inner.floating {
             for m in ac.find_overlapping_iter(bytes) {
@@ -278,8 +294,7 @@ impl PatternSet {
 
     /// Whether any pattern matches `name`.
     pub fn is_match(&self, name: &str) -> bool {
-        let inner = &*self.inner;
-        if !inner.match_all.is_empty() || inner.exact_lookup(name.as_bytes()).is_some() {
+        if !self.inner.match_all.is_empty() {
             return true;
         }
         let mut out = Vec::new();
@@ -288,26 +303,101 @@ impl PatternSet {
     }
 }
 
-impl Inner {
-    /// The range of `exact_ids` for the whole-name literal `name`.
-    #[inline]
-    fn exact_lookup(&self, name: &[u8]) -> Option<(u32, u32)> {
-        if self.exact.is_empty() {
-            return None;
-        }
-        let keys = &self.exact_keys;
-        self.exact
-            .find(hash_bytes(name), |e| crate::bytes::eq(&keys[e.0 as usize..e.1 as usize], name))
-            .map(|e| (e.2, e.3))
+/// Pushes pattern `v & !PREFIX_STAR` onto `out` if it matches `name`: at
+/// once when `v` has the `PREFIX_STAR` bit, which says the bucket that
+/// found it has decided already.
+#[inline(always)]
+fn verify(inner: &Inner, name: &str, v: TrieValue, out: &mut Vec<usize>) {
+    let i = (v & !PREFIX_STAR) as usize;
+    if v & PREFIX_STAR != 0 || inner.patterns[i].is_match(name) {
+        out.push(i);
     }
 }
 
-#[inline]
-fn hash_bytes(bytes: &[u8]) -> u64 {
-    use std::hash::Hasher;
-    let mut h = FxHasher::default();
-    h.write(bytes);
-    h.finish()
+/// How many key lookups are batched: enough for a name with a few dots.
+const BATCH: usize = 8;
+
+/// Which table a lookup goes to.
+#[derive(Clone, Copy, Debug, Default)]
+enum Kind {
+    #[default]
+    Exact,
+    Prefix,
+    Suffix,
+}
+
+/// One key lookup: of the `len` first (`Prefix`), last (`Suffix`) or all
+/// (`Exact`) bytes of the name, whose hash is `hash`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Probe {
+    hash: u64,
+    len: u32,
+    kind: Kind,
+}
+
+/// The lookups of one name's dot-aligned keys, gathered so that the cache
+/// misses of a batch overlap: each lookup's first slot is read for the
+/// whole batch before any is resolved, which would otherwise wait for one
+/// miss after another behind branches the CPU cannot predict.
+struct Lookups<'a> {
+    inner: &'a Inner,
+    name: &'a str,
+    probes: [Probe; BATCH],
+    len: usize,
+}
+
+impl Lookups<'_> {
+    /// Adds a lookup of a `len`-byte key; resolves the batch when it is
+    /// full. Keys longer than any table holds are not looked up.
+    #[inline(always)]
+    fn push(&mut self, kind: Kind, len: usize, hash: u64, out: &mut Vec<usize>) {
+        if len > keys::MAX_KEY_LEN {
+            return;
+        }
+        self.probes[self.len] = Probe { hash, len: len as u32, kind };
+        self.len += 1;
+        if self.len == BATCH {
+            self.flush(out);
+        }
+    }
+
+    /// Resolves the lookups gathered so far.
+    #[inline(always)]
+    fn flush(&mut self, out: &mut Vec<usize>) {
+        let probes = &self.probes[..self.len];
+        self.len = 0;
+        let inner = self.inner;
+        let mut tags = [0u32; BATCH];
+        for (tag, probe) in tags.iter_mut().zip(probes) {
+            *tag = inner.table(probe.kind).first_tag(probe.hash);
+        }
+        let bytes = self.name.as_bytes();
+        for (&tag, probe) in tags.iter().zip(probes) {
+            if tag == 0 {
+                continue;
+            }
+            let len = probe.len as usize;
+            let key = match probe.kind {
+                Kind::Exact => bytes,
+                Kind::Prefix => &bytes[..len],
+                Kind::Suffix => &bytes[bytes.len() - len..],
+            };
+            for &v in inner.table(probe.kind).get(probe.hash, key) {
+                verify(inner, self.name, v, out);
+            }
+        }
+    }
+}
+
+impl Inner {
+    #[inline(always)]
+    fn table(&self, kind: Kind) -> &KeyTable {
+        match kind {
+            Kind::Exact => &self.exact,
+            Kind::Prefix => &self.dot_prefix,
+            Kind::Suffix => &self.dot_suffix,
+        }
+    }
 }
 
 /// A distinct key and the range of its ids.
@@ -342,7 +432,7 @@ impl fmt::Debug for PatternSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PatternSet")
             .field("len", &self.len())
-            .field("exact", &self.inner.exact_ids.len())
+            .field("exact", &self.inner.exact.len())
             .field("floating", &self.inner.floating_ids.len())
             .field("match_all", &self.inner.match_all.len())
             .field("residual", &self.inner.residual.len())

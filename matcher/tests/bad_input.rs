@@ -65,3 +65,50 @@ fn duplicate_patterns_each_get_their_index() {
     assert_eq!(set.matches("a.b"), vec![0, 1, 2, 3, 4, 5]);
     assert!(PatternSet::empty().matches("a").is_empty());
 }
+
+/// Dot-aligned keys are looked up in batches and long keys partly out of
+/// line: names with many dots, keys longer than a slot holds, and names far
+/// longer than any key must all answer like a loop of patterns.
+#[test]
+fn many_dots_and_long_keys_agree_with_a_loop() {
+    let long = "segment-that-is-long".repeat(3);
+    let patterns = vec![
+        format!("{long}.*"),
+        format!("{long}.x.*"),
+        format!("*.{long}"),
+        format!("?{long}.{long}"),
+        format!("{long}.{long}"),
+        "a.*".to_string(),
+        "a.a.a.a.a.a.a.a.a.a.*".to_string(),
+        "*.a.a".to_string(),
+        "a.?.a*".to_string(),
+        format!("*.{}", "b".repeat(MAX_PATTERN_LEN - 2)),
+        format!("{}.*", "c".repeat(MAX_PATTERN_LEN - 2)),
+    ];
+    let set = PatternSet::new(&patterns).unwrap();
+    let singles: Vec<Pattern> = patterns.iter().map(|p| Pattern::new(p).unwrap()).collect();
+    let names = vec![
+        format!("{long}.x.y"),
+        format!("{long}.{long}"),
+        format!("q{long}.{long}"),
+        format!("z.{long}"),
+        format!("{long}x.{long}"),
+        "a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a".to_string(),
+        "a.b.a.a".to_string(),
+        ".".repeat(40),
+        format!("x.{}", "b".repeat(MAX_PATTERN_LEN - 2)),
+        format!("x.x.{}", "b".repeat(MAX_PATTERN_LEN + 10)),
+        format!("{}.{}", "c".repeat(MAX_PATTERN_LEN - 2), "a.".repeat(5000)),
+        format!("{}.{}", "a.".repeat(5000), "b".repeat(MAX_PATTERN_LEN - 2)),
+    ];
+    for name in &names {
+        let expected: Vec<usize> =
+            (0..singles.len()).filter(|&i| singles[i].is_match(name)).collect();
+        assert_eq!(set.matches(name), expected, "name {:?}", &name[..name.len().min(80)]);
+    }
+    // The loop itself must find these, or the test proves little.
+    assert_eq!(set.matches(&names[0]), vec![0, 1]);
+    assert_eq!(set.matches(&names[2]), vec![2, 3]);
+    assert_eq!(set.matches(&names[10]), vec![10]);
+    assert_eq!(set.matches(&names[11]), vec![5, 6, 8, 9]);
+}
