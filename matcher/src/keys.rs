@@ -35,8 +35,8 @@ fn fold(acc: u64, segment: u64) -> u64 {
     (acc.rotate_left(23) ^ segment).wrapping_mul(K)
 }
 
-/// The table hash of a fold: [`KeyTable`] takes its tag from the top half
-/// and its slot from the low bits, so both must depend on every input bit.
+/// The table hash of a fold: [`KeyTable`] takes its control byte from the
+/// top bits and its slot from the low ones, so both must depend on every input bit.
 #[inline(always)]
 fn finish(acc: u64) -> u64 {
     let x = acc ^ (acc >> 31);
@@ -49,13 +49,11 @@ fn finish(acc: u64) -> u64 {
 pub(crate) fn prefixes(name: &[u8], mut f: impl FnMut(usize, u64)) -> u64 {
     let mut acc = PREFIX_SEED;
     let mut start = 0;
-    for (i, &byte) in name.iter().enumerate() {
-        if byte == b'.' {
-            acc = fold(acc, segment_hash(&name[start..i]));
-            f(i + 1, finish(acc));
-            start = i + 1;
-        }
-    }
+    for_each_dot(name, |dot| {
+        acc = fold(acc, segment_hash(&name[start..dot]));
+        f(dot + 1, finish(acc));
+        start = dot + 1;
+    });
     finish(fold(acc, segment_hash(&name[start..]) ^ LAST))
 }
 
@@ -65,11 +63,57 @@ pub(crate) fn prefixes(name: &[u8], mut f: impl FnMut(usize, u64)) -> u64 {
 pub(crate) fn suffixes(name: &[u8], mut f: impl FnMut(usize, u64)) {
     let mut acc = SUFFIX_SEED;
     let mut end = name.len();
-    for (i, &byte) in name.iter().enumerate().rev() {
-        if byte == b'.' {
-            acc = fold(acc, segment_hash(&name[i + 1..end]));
-            f(i, finish(acc));
-            end = i;
+    for_each_dot_rev(name, |dot| {
+        acc = fold(acc, segment_hash(&name[dot + 1..end]));
+        f(dot, finish(acc));
+        end = dot;
+    });
+}
+
+/// The high bit of every byte of `word` that is a `.`, and no other bit.
+#[inline(always)]
+fn dot_bits(word: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let x = word ^ 0x2e2e_2e2e_2e2e_2e2e;
+    // A byte's high bit ends up set iff the byte of `x` is zero; no carry
+    // crosses bytes, since (x & 0x7f) + 0x7f <= 0xfe.
+    !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+}
+
+/// The bytes of `chunk` (at most 8) as a little-endian word, zero-padded.
+#[inline(always)]
+fn word(chunk: &[u8]) -> u64 {
+    if let Ok(full) = <[u8; 8]>::try_from(chunk) {
+        return u64::from_le_bytes(full);
+    }
+    // A short last chunk: a loop of at most 7 bytes, not a `memcpy` call.
+    chunk.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b))
+}
+
+/// Calls `f` with the offset of every `.` of `name`, ascending; eight bytes
+/// at a time.
+#[inline(always)]
+fn for_each_dot(name: &[u8], mut f: impl FnMut(usize)) {
+    for (k, chunk) in name.chunks(8).enumerate() {
+        let mut bits = dot_bits(word(chunk));
+        while bits != 0 {
+            f(k * 8 + bits.trailing_zeros() as usize / 8);
+            bits &= bits - 1;
+        }
+    }
+}
+
+/// Calls `f` with the offset of every `.` of `name`, descending.
+#[inline(always)]
+fn for_each_dot_rev(name: &[u8], mut f: impl FnMut(usize)) {
+    for (k, chunk) in name.rchunks(8).enumerate() {
+        // `chunk` is the 8 (or fewer, first) bytes ending k * 8 from the end.
+        let base = name.len() - k * 8 - chunk.len();
+        let mut bits = dot_bits(word(chunk));
+        while bits != 0 {
+            let top = 63 - bits.leading_zeros() as usize;
+            f(base + top / 8);
+            bits ^= 1 << top;
         }
     }
 }
@@ -104,20 +148,17 @@ pub(crate) fn suffix_hash(key: &[u8]) -> u64 {
 }
 
 /// Key bytes kept in the slot itself, so that a lookup of a short key
-/// touches one cache line.
-const INLINE_KEY: usize = 20;
+/// reads one slot.
+const INLINE_KEY: usize = 24;
 /// Of a longer key, the slot keeps this many first bytes, then the offset of
 /// the rest in [`KeyTable::long_keys`].
 const KEPT: usize = INLINE_KEY - 4;
 
-/// One slot of the open-addressing table: 32 bytes, aligned, so a slot never
-/// straddles two cache lines.
+/// One slot of the table: 32 bytes, aligned, so a slot never straddles two
+/// cache lines.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C, align(32))]
 struct Slot {
-    /// The top half of the key's hash with the low bit set; 0 marks an
-    /// empty slot.
-    tag: u32,
     /// The key's length in bytes.
     len: u16,
     /// Whether `vals` is the key's only value; else the key's values are
@@ -134,19 +175,25 @@ struct Slot {
 pub(crate) const MAX_KEY_LEN: usize = crate::MAX_PATTERN_LEN;
 
 /// A map from byte-string keys to the values stored under them. The caller
-/// hashes; the table compares. Linear probing in a table at most half full,
-/// with short keys and single values inline, so that most lookups read one
-/// cache line.
+/// hashes; the table compares.
+///
+/// Linear probing over a byte of control per slot: 0 for an empty slot,
+/// else seven bits of the key's hash with the top bit set. The control bytes
+/// are small enough to stay in cache when the slots are not, so a lookup of
+/// an absent key rarely reads a slot, and one of a present key reads one
+/// slot (short keys and single values are inline). The table is at most
+/// half full.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct KeyTable {
+    ctrl: Vec<u8>,
     slots: Vec<Slot>,
     long_keys: Vec<u8>,
     values: Vec<u32>,
 }
 
 #[inline(always)]
-fn tag_of(hash: u64) -> u32 {
-    (hash >> 32) as u32 | 1
+fn ctrl_of(hash: u64) -> u8 {
+    (hash >> 57) as u8 | 0x80
 }
 
 impl KeyTable {
@@ -165,6 +212,7 @@ impl KeyTable {
         let distinct = entries.windows(2).filter(|w| w[0].0 != w[1].0).count() + 1;
         let size = (distinct * 2).next_power_of_two();
         let mut out = KeyTable {
+            ctrl: vec![0; size],
             slots: vec![Slot::default(); size],
             long_keys: Vec::new(),
             values: Vec::new(),
@@ -174,14 +222,13 @@ impl KeyTable {
         while i < entries.len() {
             let (key, hash, first) = entries[i];
             let group = entries[i..].iter().take_while(|e| e.0 == key).count();
+            assert!(key.len() <= MAX_KEY_LEN, "keys are at most MAX_KEY_LEN bytes");
             let mut slot = Slot {
-                tag: tag_of(hash),
-                len: u16::try_from(key.len()).expect("keys are at most MAX_KEY_LEN bytes"),
+                len: key.len() as u16,
                 single: group == 1,
                 vals: first,
                 key: [0; INLINE_KEY],
             };
-            assert!(key.len() <= MAX_KEY_LEN, "keys are at most MAX_KEY_LEN bytes");
             if group > 1 {
                 slot.vals = u32::try_from(out.values.len()).expect("a set holds < 2^31 values");
                 out.values.push(group as u32);
@@ -196,47 +243,51 @@ impl KeyTable {
                 out.long_keys.extend_from_slice(&key[KEPT..]);
             }
             let mut at = hash as usize & mask;
-            while out.slots[at].tag != 0 {
+            while out.ctrl[at] != 0 {
                 at = (at + 1) & mask;
             }
+            out.ctrl[at] = ctrl_of(hash);
             out.slots[at] = slot;
             i += group;
         }
         out
     }
 
-    /// The tag of the first slot `hash` probes: 0 when `hash`'s key is
-    /// certainly absent. Reading it first for a batch of lookups lets their
-    /// cache misses overlap.
+    /// Whether `hash`'s key may be present, from its first control byte
+    /// alone. Reading it for a batch of lookups before resolving any lets
+    /// their cache misses overlap.
     #[inline(always)]
-    pub(crate) fn first_tag(&self, hash: u64) -> u32 {
-        match self.slots.len() {
-            0 => 0,
-            n => self.slots[hash as usize & (n - 1)].tag,
+    pub(crate) fn may_hold(&self, hash: u64) -> bool {
+        match self.ctrl.len() {
+            0 => false,
+            n => self.ctrl[hash as usize & (n - 1)] != 0,
         }
     }
 
     /// The values stored under `key`, whose hash is `hash`.
     #[inline(always)]
     pub(crate) fn get(&self, hash: u64, key: &[u8]) -> &[u32] {
-        if self.slots.is_empty() {
+        if self.ctrl.is_empty() {
             return &[];
         }
-        let mask = self.slots.len() - 1;
-        let tag = tag_of(hash);
+        let mask = self.ctrl.len() - 1;
+        let want = ctrl_of(hash);
         let mut at = hash as usize & mask;
         loop {
-            let slot = &self.slots[at];
-            if slot.tag == tag && usize::from(slot.len) == key.len() && self.key_eq(slot, key) {
-                return if slot.single {
-                    std::slice::from_ref(&slot.vals)
-                } else {
-                    let start = slot.vals as usize;
-                    &self.values[start + 1..start + 1 + self.values[start] as usize]
-                };
-            }
-            if slot.tag == 0 {
+            let ctrl = self.ctrl[at];
+            if ctrl == 0 {
                 return &[];
+            }
+            if ctrl == want {
+                let slot = &self.slots[at];
+                if usize::from(slot.len) == key.len() && self.key_eq(slot, key) {
+                    return if slot.single {
+                        std::slice::from_ref(&slot.vals)
+                    } else {
+                        let start = slot.vals as usize;
+                        &self.values[start + 1..start + 1 + self.values[start] as usize]
+                    };
+                }
             }
             at = (at + 1) & mask;
         }
@@ -259,19 +310,42 @@ impl KeyTable {
 
     /// How many keys the table holds.
     pub(crate) fn len(&self) -> usize {
-        self.slots.iter().filter(|s| s.tag != 0).count()
+        self.ctrl.iter().filter(|&&c| c != 0).count()
     }
 
     /// Whether the table holds no key.
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.ctrl.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dots_are_found_both_ways() {
+        for name in ["", ".", "a", "a.b", "........", ".........", "é.x.", "abcdefg.hijklmn.opq"] {
+            let expected: Vec<usize> =
+                name.bytes().enumerate().filter(|&(_, b)| b == b'.').map(|(i, _)| i).collect();
+            let mut forwards = Vec::new();
+            for_each_dot(name.as_bytes(), |i| forwards.push(i));
+            assert_eq!(forwards, expected, "{name:?}");
+            let mut backwards = Vec::new();
+            for_each_dot_rev(name.as_bytes(), |i| backwards.push(i));
+            backwards.reverse();
+            assert_eq!(backwards, expected, "{name:?}");
+        }
+        // Every byte value next to a dot: no false positive, no miss.
+        let all: Vec<u8> = (0..=255u8).flat_map(|b| [b, b'.', b]).collect();
+        let mut found = 0;
+        for_each_dot(&all, |i| {
+            assert_eq!(all[i], b'.');
+            found += 1;
+        });
+        assert_eq!(found, all.iter().filter(|&&b| b == b'.').count());
+    }
 
     #[test]
     fn key_hashes_agree_with_the_walks_over_a_name() {
@@ -327,7 +401,7 @@ mod tests {
                 vec![(i * 2) as u32]
             };
             assert_eq!(table.get(whole_hash(key), key), &expected[..], "key {i}");
-            assert_ne!(table.first_tag(whole_hash(key)), 0);
+            assert!(table.may_hold(whole_hash(key)));
             let mut absent = key.clone();
             absent.push(b'q');
             assert!(table.get(whole_hash(&absent), &absent).is_empty(), "key {i} + q");
@@ -335,6 +409,6 @@ mod tests {
         let empty = KeyTable::new(Vec::new());
         assert!(empty.is_empty());
         assert!(empty.get(whole_hash(b"x"), b"x").is_empty());
-        assert_eq!(empty.first_tag(7), 0);
+        assert!(!empty.may_hold(7));
     }
 }

@@ -247,7 +247,7 @@ impl PatternSet {
         let inner = &*self.inner;
         let bytes = name.as_bytes();
         // The dot-aligned keys first, looked up in batches.
-        let mut lookups = Lookups { inner, name, probes: [Probe::default(); BATCH], len: 0 };
+        let mut lookups = Lookups { inner, name, hashes: [0; BATCH], lens: [0; BATCH], len: 0 };
         let whole = if inner.dot_prefix.is_empty() {
             keys::whole_hash(bytes)
         } else {
@@ -286,7 +286,7 @@ impl PatternSet {
                 out.push(i as usize);
             }
         }
-        if out.len() > 1 {
+        if out.len() > 1 && out.windows(2).any(|w| w[0] >= w[1]) {
             out.sort_unstable();
             out.dedup();
         }
@@ -318,33 +318,31 @@ fn verify(inner: &Inner, name: &str, v: TrieValue, out: &mut Vec<usize>) {
 const BATCH: usize = 8;
 
 /// Which table a lookup goes to.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 enum Kind {
-    #[default]
     Exact,
     Prefix,
     Suffix,
 }
 
-/// One key lookup: of the `len` first (`Prefix`), last (`Suffix`) or all
-/// (`Exact`) bytes of the name, whose hash is `hash`.
-#[derive(Clone, Copy, Debug, Default)]
-struct Probe {
-    hash: u64,
-    len: u32,
-    kind: Kind,
-}
-
 /// The lookups of one name's dot-aligned keys, gathered so that the cache
-/// misses of a batch overlap: each lookup's first slot is read for the
-/// whole batch before any is resolved, which would otherwise wait for one
-/// miss after another behind branches the CPU cannot predict.
+/// misses of a batch overlap: each lookup's first control byte is read for
+/// the whole batch before any is resolved, which would otherwise wait for
+/// one miss after another behind branches the CPU cannot predict.
+///
+/// Lookup `k` is of the `lens[k] & LEN_MASK` first (`Prefix`), last
+/// (`Suffix`) or all (`Exact`) bytes of the name, the kind in the bits
+/// above; its hash is `hashes[k]`.
 struct Lookups<'a> {
     inner: &'a Inner,
     name: &'a str,
-    probes: [Probe; BATCH],
+    hashes: [u64; BATCH],
+    lens: [u32; BATCH],
     len: usize,
 }
+
+const LEN_MASK: u32 = (1 << 16) - 1;
+const _: () = assert!(keys::MAX_KEY_LEN <= LEN_MASK as usize);
 
 impl Lookups<'_> {
     /// Adds a lookup of a `len`-byte key; resolves the batch when it is
@@ -354,7 +352,8 @@ impl Lookups<'_> {
         if len > keys::MAX_KEY_LEN {
             return;
         }
-        self.probes[self.len] = Probe { hash, len: len as u32, kind };
+        self.hashes[self.len] = hash;
+        self.lens[self.len] = len as u32 | (kind as u32) << 16;
         self.len += 1;
         if self.len == BATCH {
             self.flush(out);
@@ -364,25 +363,28 @@ impl Lookups<'_> {
     /// Resolves the lookups gathered so far.
     #[inline(always)]
     fn flush(&mut self, out: &mut Vec<usize>) {
-        let probes = &self.probes[..self.len];
+        let n = self.len;
         self.len = 0;
         let inner = self.inner;
-        let mut tags = [0u32; BATCH];
-        for (tag, probe) in tags.iter_mut().zip(probes) {
-            *tag = inner.table(probe.kind).first_tag(probe.hash);
+        let kind = |packed: u32| match packed >> 16 {
+            0 => Kind::Exact,
+            1 => Kind::Prefix,
+            _ => Kind::Suffix,
+        };
+        let mut may = [false; BATCH];
+        for (k, may) in may[..n].iter_mut().enumerate() {
+            *may = inner.table(kind(self.lens[k])).may_hold(self.hashes[k]);
         }
         let bytes = self.name.as_bytes();
-        for (&tag, probe) in tags.iter().zip(probes) {
-            if tag == 0 {
-                continue;
-            }
-            let len = probe.len as usize;
-            let key = match probe.kind {
+        for (k, _) in may[..n].iter().enumerate().filter(|(_, &may)| may) {
+            let len = (self.lens[k] & LEN_MASK) as usize;
+            let kind = kind(self.lens[k]);
+            let key = match kind {
                 Kind::Exact => bytes,
                 Kind::Prefix => &bytes[..len],
                 Kind::Suffix => &bytes[bytes.len() - len..],
             };
-            for &v in inner.table(probe.kind).get(probe.hash, key) {
+            for &v in inner.table(kind).get(self.hashes[k], key) {
                 verify(inner, self.name, v, out);
             }
         }
