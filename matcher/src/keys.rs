@@ -8,66 +8,58 @@
 //! of patterns — unlike a trie, whose walk takes one cache miss per branching
 //! level (and numbered plugins branch at every digit).
 //!
-//! [`prefixes`] walks a name forwards and hashes each segment (the bytes
-//! between dots) once: the hash of every prefix ending at a dot, and of the
-//! whole name, is a fold of those segment hashes; [`suffixes`] does the same
-//! backwards. A key is hashed by the same walk, so the two always agree. [`KeyTable`] maps
-//! keys to the values stored under them.
-
-use rustc_hash::FxHasher;
+//! Keys are hashed eight bytes at a time, and so is a name, in one pass
+//! that also finds its dots: the hash of the prefix that ends at a dot is the
+//! running hash of the words before it, folded with the dot's word cut after
+//! the dot. [`prefixes`] walks forwards (prefixes and the whole name),
+//! [`suffixes`] backwards. [`KeyTable`] maps keys to the values stored under
+//! them.
+//!
+//! The hash is fast, not collision-resistant: keys come from the program's
+//! own subscriptions, and a collision costs a key comparison, never a wrong
+//! answer.
 
 const PREFIX_SEED: u64 = 0x243f_6a88_85a3_08d3;
 const SUFFIX_SEED: u64 = 0x1319_8a2e_0370_7344;
-/// Told apart from a dot-terminated segment: the last one of a whole name.
-const LAST: u64 = 0xa409_3822_299f_31d0;
 const K: u64 = 0xf135_7aea_2e62_a9c5;
 
-#[inline]
-fn segment_hash(segment: &[u8]) -> u64 {
-    use std::hash::Hasher;
-    let mut h = FxHasher::default();
-    h.write(segment);
-    h.finish()
+/// Folds the word `word` into the running hash `acc`: the high and low
+/// halves of their 128-bit product, xored, as in `rustc-hash`.
+#[inline(always)]
+fn mix(acc: u64, word: u64) -> u64 {
+    let full = u128::from(acc ^ word) * u128::from(K);
+    (full as u64) ^ ((full >> 64) as u64)
 }
 
+/// The hash of a key of `len` bytes whose words folded into `acc`.
+/// [`KeyTable`] takes its control byte from the top bits and its slot from
+/// the low ones, so both must depend on every input bit.
 #[inline(always)]
-fn fold(acc: u64, segment: u64) -> u64 {
-    (acc.rotate_left(23) ^ segment).wrapping_mul(K)
+fn finish(acc: u64, len: usize) -> u64 {
+    let x = mix(acc, len as u64);
+    x ^ (x >> 32)
 }
 
-/// The table hash of a fold: [`KeyTable`] takes its control byte from the
-/// top bits and its slot from the low ones, so both must depend on every input bit.
+/// Bytes `at..at + 8` of `bytes` as a little-endian word.
 #[inline(always)]
-fn finish(acc: u64) -> u64 {
-    let x = acc ^ (acc >> 31);
-    x.wrapping_mul(K) ^ (x >> 29)
+fn load(bytes: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(w)
 }
 
-/// Calls `f(len, hash)` for every prefix of `name` that ends with a dot,
-/// shortest first, and returns the hash of the whole name.
+/// The `n` (1 to 8) bytes of `bytes` from `at` as a little-endian word, in
+/// its low bytes. When `bytes` has room, one load that overlaps the bytes
+/// before and shifts them out; else a loop of at most 7 bytes.
 #[inline(always)]
-pub(crate) fn prefixes(name: &[u8], mut f: impl FnMut(usize, u64)) -> u64 {
-    let mut acc = PREFIX_SEED;
-    let mut start = 0;
-    for_each_dot(name, |dot| {
-        acc = fold(acc, segment_hash(&name[start..dot]));
-        f(dot + 1, finish(acc));
-        start = dot + 1;
-    });
-    finish(fold(acc, segment_hash(&name[start..]) ^ LAST))
-}
-
-/// Calls `f(start, hash)` for every suffix of `name` that starts with a
-/// dot, shortest first.
-#[inline(always)]
-pub(crate) fn suffixes(name: &[u8], mut f: impl FnMut(usize, u64)) {
-    let mut acc = SUFFIX_SEED;
-    let mut end = name.len();
-    for_each_dot_rev(name, |dot| {
-        acc = fold(acc, segment_hash(&name[dot + 1..end]));
-        f(dot, finish(acc));
-        end = dot;
-    });
+fn word_at(bytes: &[u8], at: usize, n: usize) -> u64 {
+    if n == 8 {
+        load(bytes, at)
+    } else if at + n >= 8 {
+        load(bytes, at + n - 8) >> (8 * (8 - n))
+    } else {
+        bytes[at..at + n].iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b))
+    }
 }
 
 /// The high bit of every byte of `word` that is a `.`, and no other bit.
@@ -80,59 +72,57 @@ fn dot_bits(word: u64) -> u64 {
     !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
 }
 
-/// The bytes of `chunk` (at most 8) as a little-endian word, zero-padded.
+/// Calls `f(len, hash)` for every prefix of `name` that ends with a dot,
+/// shortest first, and returns the hash of the whole name. The hash of a
+/// prefix is the hash of the whole of a key equal to it.
 #[inline(always)]
-fn word(chunk: &[u8]) -> u64 {
-    if let Ok(full) = <[u8; 8]>::try_from(chunk) {
-        return u64::from_le_bytes(full);
-    }
-    // A short last chunk: a loop of at most 7 bytes, not a `memcpy` call.
-    chunk.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b))
-}
-
-/// Calls `f` with the offset of every `.` of `name`, ascending; eight bytes
-/// at a time.
-#[inline(always)]
-fn for_each_dot(name: &[u8], mut f: impl FnMut(usize)) {
-    for (k, chunk) in name.chunks(8).enumerate() {
-        let mut bits = dot_bits(word(chunk));
+pub(crate) fn prefixes(name: &[u8], mut f: impl FnMut(usize, u64)) -> u64 {
+    let mut acc = PREFIX_SEED;
+    for k in 0..name.len().div_ceil(8) {
+        let w = word_at(name, k * 8, (name.len() - k * 8).min(8));
+        let mut bits = dot_bits(w);
         while bits != 0 {
-            f(k * 8 + bits.trailing_zeros() as usize / 8);
+            // The dot's byte is the last one the prefix keeps of `w`.
+            let keep = bits.trailing_zeros() as usize / 8 + 1;
+            let cut = if keep == 8 { w } else { w & ((1 << (8 * keep)) - 1) };
+            let len = k * 8 + keep;
+            f(len, finish(mix(acc, cut), len));
             bits &= bits - 1;
         }
+        acc = mix(acc, w);
     }
+    finish(acc, name.len())
 }
 
-/// Calls `f` with the offset of every `.` of `name`, descending.
+/// Calls `f(start, hash)` for every suffix of `name` that starts with a
+/// dot, shortest first. Suffixes are hashed backwards, by words taken from
+/// the end, a short first word being kept in its high bytes.
 #[inline(always)]
-fn for_each_dot_rev(name: &[u8], mut f: impl FnMut(usize)) {
-    for (k, chunk) in name.rchunks(8).enumerate() {
-        // `chunk` is the 8 (or fewer, first) bytes ending k * 8 from the end.
-        let base = name.len() - k * 8 - chunk.len();
-        let mut bits = dot_bits(word(chunk));
+pub(crate) fn suffixes(name: &[u8], mut f: impl FnMut(usize, u64)) {
+    let mut acc = SUFFIX_SEED;
+    for k in 0..name.len().div_ceil(8) {
+        let n = (name.len() - k * 8).min(8);
+        // Byte `b` of `w` is byte `base + b` of the name.
+        let base = (name.len() - k * 8) as isize - 8;
+        let w = word_at(name, name.len() - k * 8 - n, n) << (8 * (8 - n));
+        let mut bits = dot_bits(w);
         while bits != 0 {
+            // The dot's byte is the first one the suffix keeps of `w`.
             let top = 63 - bits.leading_zeros() as usize;
-            f(base + top / 8);
+            let b = top / 8;
+            let cut = w & !((1u64 << (8 * b)) - 1);
+            let start = (base + b as isize) as usize;
+            f(start, finish(mix(acc, cut), name.len() - start));
             bits ^= 1 << top;
         }
+        acc = mix(acc, w);
     }
 }
 
-/// The hash [`prefixes`] returns for the whole of `key`.
+/// The hash [`prefixes`] gives `key`, as a whole name or as a prefix of
+/// a longer one.
 pub(crate) fn whole_hash(key: &[u8]) -> u64 {
     prefixes(key, |_, _| {})
-}
-
-/// The hash [`prefixes`] gives `key`, which must end with a dot.
-pub(crate) fn prefix_hash(key: &[u8]) -> u64 {
-    debug_assert_eq!(key.last(), Some(&b'.'));
-    let mut hash = 0;
-    prefixes(key, |len, h| {
-        if len == key.len() {
-            hash = h;
-        }
-    });
-    hash
 }
 
 /// The hash [`suffixes`] gives `key`, which must start with a dot.
@@ -149,7 +139,7 @@ pub(crate) fn suffix_hash(key: &[u8]) -> u64 {
 
 /// Key bytes kept in the slot itself, so that a lookup of a short key
 /// reads one slot.
-const INLINE_KEY: usize = 24;
+const INLINE_KEY: usize = 20;
 /// Of a longer key, the slot keeps this many first bytes, then the offset of
 /// the rest in [`KeyTable::long_keys`].
 const KEPT: usize = INLINE_KEY - 4;
@@ -161,10 +151,10 @@ const KEPT: usize = INLINE_KEY - 4;
 struct Slot {
     /// The key's length in bytes.
     len: u16,
-    /// Whether `vals` is the key's only value; else the key's values are
-    /// `values[vals + 1..][..values[vals]]`.
-    single: bool,
-    vals: u32,
+    /// How many of `vals` are the key's values (1 or 2); 0 when they are
+    /// `values[vals[0] + 1..][..values[vals[0]]]` instead.
+    inline: u16,
+    vals: [u32; 2],
     /// The key when it is at most `INLINE_KEY` bytes long; else its first
     /// `KEPT` bytes and the offset of the rest in `long_keys`, little-endian.
     key: [u8; INLINE_KEY],
@@ -181,7 +171,7 @@ pub(crate) const MAX_KEY_LEN: usize = crate::MAX_PATTERN_LEN;
 /// else seven bits of the key's hash with the top bit set. The control bytes
 /// are small enough to stay in cache when the slots are not, so a lookup of
 /// an absent key rarely reads a slot, and one of a present key reads one
-/// slot (short keys and single values are inline). The table is at most
+/// slot (short keys and up to two values are inline). The table is at most
 /// half full.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct KeyTable {
@@ -210,7 +200,7 @@ impl KeyTable {
             return KeyTable::default();
         }
         let distinct = entries.windows(2).filter(|w| w[0].0 != w[1].0).count() + 1;
-        let size = (distinct * 2).next_power_of_two();
+        let size = (distinct * 4 / 3 + 1).next_power_of_two();
         let mut out = KeyTable {
             ctrl: vec![0; size],
             slots: vec![Slot::default(); size],
@@ -223,16 +213,21 @@ impl KeyTable {
             let (key, hash, first) = entries[i];
             let group = entries[i..].iter().take_while(|e| e.0 == key).count();
             assert!(key.len() <= MAX_KEY_LEN, "keys are at most MAX_KEY_LEN bytes");
-            let mut slot = Slot {
-                len: key.len() as u16,
-                single: group == 1,
-                vals: first,
-                key: [0; INLINE_KEY],
-            };
-            if group > 1 {
-                slot.vals = u32::try_from(out.values.len()).expect("a set holds < 2^31 values");
-                out.values.push(group as u32);
-                out.values.extend(entries[i..i + group].iter().map(|e| e.2));
+            let mut slot =
+                Slot { len: key.len() as u16, inline: 1, vals: [first, 0], key: [0; INLINE_KEY] };
+            match group {
+                1 => {}
+                2 => {
+                    slot.inline = 2;
+                    slot.vals[1] = entries[i + 1].2;
+                }
+                _ => {
+                    slot.inline = 0;
+                    slot.vals[0] =
+                        u32::try_from(out.values.len()).expect("a set holds < 2^31 values");
+                    out.values.push(group as u32);
+                    out.values.extend(entries[i..i + group].iter().map(|e| e.2));
+                }
             }
             if key.len() <= INLINE_KEY {
                 slot.key[..key.len()].copy_from_slice(key);
@@ -281,11 +276,12 @@ impl KeyTable {
             if ctrl == want {
                 let slot = &self.slots[at];
                 if usize::from(slot.len) == key.len() && self.key_eq(slot, key) {
-                    return if slot.single {
-                        std::slice::from_ref(&slot.vals)
-                    } else {
-                        let start = slot.vals as usize;
-                        &self.values[start + 1..start + 1 + self.values[start] as usize]
+                    return match slot.inline {
+                        0 => {
+                            let start = slot.vals[0] as usize;
+                            &self.values[start + 1..start + 1 + self.values[start] as usize]
+                        }
+                        n => &slot.vals[..usize::from(n)],
                     };
                 }
             }
@@ -325,48 +321,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dots_are_found_both_ways() {
-        for name in ["", ".", "a", "a.b", "........", ".........", "é.x.", "abcdefg.hijklmn.opq"] {
-            let expected: Vec<usize> =
-                name.bytes().enumerate().filter(|&(_, b)| b == b'.').map(|(i, _)| i).collect();
-            let mut forwards = Vec::new();
-            for_each_dot(name.as_bytes(), |i| forwards.push(i));
-            assert_eq!(forwards, expected, "{name:?}");
-            let mut backwards = Vec::new();
-            for_each_dot_rev(name.as_bytes(), |i| backwards.push(i));
-            backwards.reverse();
-            assert_eq!(backwards, expected, "{name:?}");
+    fn every_dot_gets_its_prefix_and_suffix() {
+        let names = [
+            "",
+            ".",
+            "a",
+            "a.b",
+            "........",
+            ".........",
+            "é.x.",
+            "abcdefg.hijklmn.opq",
+            "plugin42.round.won.",
+            "1234567.",
+            ".1234567",
+            "12345678.12345678.1",
+        ];
+        for name in names {
+            let bytes = name.as_bytes();
+            let dots: Vec<usize> =
+                bytes.iter().enumerate().filter(|&(_, &b)| b == b'.').map(|(i, _)| i).collect();
+
+            let mut seen = Vec::new();
+            let whole = prefixes(bytes, |len, hash| seen.push((len, hash)));
+            let lens: Vec<usize> = dots.iter().map(|d| d + 1).collect();
+            assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), lens, "{name:?}");
+            for (len, hash) in seen {
+                assert_eq!(hash, whole_hash(&bytes[..len]), "{name:?}, prefix of {len}");
+            }
+            assert_eq!(whole, whole_hash(bytes));
+
+            let mut seen = Vec::new();
+            suffixes(bytes, |start, hash| seen.push((start, hash)));
+            let starts: Vec<usize> = dots.iter().rev().copied().collect();
+            assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), starts, "{name:?}");
+            for (start, hash) in seen {
+                assert_eq!(hash, suffix_hash(&bytes[start..]), "{name:?}, suffix from {start}");
+            }
         }
         // Every byte value next to a dot: no false positive, no miss.
         let all: Vec<u8> = (0..=255u8).flat_map(|b| [b, b'.', b]).collect();
         let mut found = 0;
-        for_each_dot(&all, |i| {
-            assert_eq!(all[i], b'.');
+        prefixes(&all, |len, _| {
+            assert_eq!(all[len - 1], b'.');
             found += 1;
         });
-        assert_eq!(found, all.iter().filter(|&&b| b == b'.').count());
+        assert_eq!(found, 256 + 2);
     }
 
     #[test]
-    fn key_hashes_agree_with_the_walks_over_a_name() {
-        let name = b"plugin42.round.won.";
-        let mut prefixes_seen = Vec::new();
-        let whole = prefixes(name, |len, hash| prefixes_seen.push((len, hash)));
-        assert_eq!(whole, whole_hash(name));
-        assert_eq!(prefixes_seen.len(), 3);
-        for (len, hash) in prefixes_seen {
-            assert_eq!(hash, prefix_hash(&name[..len]), "prefix of {len} bytes");
-        }
-        let mut suffixes_seen = Vec::new();
-        suffixes(name, |start, hash| suffixes_seen.push((start, hash)));
-        assert_eq!(suffixes_seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![18, 14, 8]);
-        for (start, hash) in suffixes_seen {
-            assert_eq!(hash, suffix_hash(&name[start..]), "suffix from {start}");
-        }
-        // Where the dots are changes the hash, not only the bytes between.
-        assert_ne!(whole_hash(b"ab.c"), whole_hash(b"a.bc"));
-        assert_ne!(whole_hash(b""), whole_hash(b"."));
-        assert_ne!(whole_hash(b"a."), prefix_hash(b"a."));
+    fn hashes_tell_keys_apart() {
+        let keys: [&[u8]; 8] = [b"", b"\0", b"\0\0", b"a", b"a\0", b"ab.c", b"a.bc", b"12345678"];
+        let mut hashes: Vec<u64> = keys.iter().map(|k| whole_hash(k)).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        assert_eq!(hashes.len(), keys.len());
     }
 
     #[test]
@@ -387,19 +395,15 @@ mod tests {
             .iter()
             .enumerate()
             .flat_map(|(i, k)| {
-                // Every third key twice, to store a run of values.
-                let times = if i % 3 == 0 { 2 } else { 1 };
-                (0..times).map(move |t| (&k[..], whole_hash(k), (i * 2 + t) as u32))
+                // Keys with one, two (inline) and three (out of line) values.
+                let times = i % 3 + 1;
+                (0..times).map(move |t| (&k[..], whole_hash(k), (i * 4 + t) as u32))
             })
             .collect();
         let table = KeyTable::new(entries);
         assert_eq!(table.len(), keys.len());
         for (i, key) in keys.iter().enumerate() {
-            let expected: Vec<u32> = if i % 3 == 0 {
-                vec![(i * 2) as u32, (i * 2 + 1) as u32]
-            } else {
-                vec![(i * 2) as u32]
-            };
+            let expected: Vec<u32> = (0..i % 3 + 1).map(|t| (i * 4 + t) as u32).collect();
             assert_eq!(table.get(whole_hash(key), key), &expected[..], "key {i}");
             assert!(table.may_hold(whole_hash(key)));
             let mut absent = key.clone();

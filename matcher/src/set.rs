@@ -152,7 +152,7 @@ impl PatternSet {
                 let key = &prefix[..=last_dot];
                 let whole = shape.is_prefix_star() && key.len() == prefix.len();
                 let flag = if whole { PREFIX_STAR } else { 0 };
-                dot_prefix.push((key, keys::prefix_hash(key), i | flag));
+                dot_prefix.push((key, keys::whole_hash(key), i | flag));
             } else if !prefix.is_empty() {
                 let flag = if shape.is_prefix_star() { PREFIX_STAR } else { 0 };
                 anchored.push((prefix, i | flag));
@@ -251,14 +251,14 @@ impl PatternSet {
         let whole = if inner.dot_prefix.is_empty() {
             keys::whole_hash(bytes)
         } else {
-            keys::prefixes(bytes, |len, hash| lookups.push(Kind::Prefix, len, hash, out))
+            keys::prefixes(bytes, |len, hash| lookups.push(PREFIX, len, hash, out))
         };
         if !inner.exact.is_empty() {
-            lookups.push(Kind::Exact, bytes.len(), whole, out);
+            lookups.push(EXACT, bytes.len(), whole, out);
         }
         if !inner.dot_suffix.is_empty() {
             keys::suffixes(bytes, |start, hash| {
-                lookups.push(Kind::Suffix, bytes.len() - start, hash, out);
+                lookups.push(SUFFIX, bytes.len() - start, hash, out);
             });
         }
         lookups.flush(out);
@@ -317,21 +317,19 @@ fn verify(inner: &Inner, name: &str, v: TrieValue, out: &mut Vec<usize>) {
 /// How many key lookups are batched: enough for a name with a few dots.
 const BATCH: usize = 8;
 
-/// Which table a lookup goes to.
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Exact,
-    Prefix,
-    Suffix,
-}
+/// Which table a lookup goes to: the index in [`Lookups::flush`]'s
+/// `tables`.
+const EXACT: u32 = 0;
+const PREFIX: u32 = 1;
+const SUFFIX: u32 = 2;
 
 /// The lookups of one name's dot-aligned keys, gathered so that the cache
 /// misses of a batch overlap: each lookup's first control byte is read for
 /// the whole batch before any is resolved, which would otherwise wait for
 /// one miss after another behind branches the CPU cannot predict.
 ///
-/// Lookup `k` is of the `lens[k] & LEN_MASK` first (`Prefix`), last
-/// (`Suffix`) or all (`Exact`) bytes of the name, the kind in the bits
+/// Lookup `k` is of the `lens[k] & LEN_MASK` first (`PREFIX`), last
+/// (`SUFFIX`) or all (`EXACT`) bytes of the name, the kind in the bits
 /// above; its hash is `hashes[k]`.
 struct Lookups<'a> {
     inner: &'a Inner,
@@ -348,12 +346,12 @@ impl Lookups<'_> {
     /// Adds a lookup of a `len`-byte key; resolves the batch when it is
     /// full. Keys longer than any table holds are not looked up.
     #[inline(always)]
-    fn push(&mut self, kind: Kind, len: usize, hash: u64, out: &mut Vec<usize>) {
+    fn push(&mut self, kind: u32, len: usize, hash: u64, out: &mut Vec<usize>) {
         if len > keys::MAX_KEY_LEN {
             return;
         }
         self.hashes[self.len] = hash;
-        self.lens[self.len] = len as u32 | (kind as u32) << 16;
+        self.lens[self.len] = len as u32 | kind << 16;
         self.len += 1;
         if self.len == BATCH {
             self.flush(out);
@@ -366,38 +364,23 @@ impl Lookups<'_> {
         let n = self.len;
         self.len = 0;
         let inner = self.inner;
-        let kind = |packed: u32| match packed >> 16 {
-            0 => Kind::Exact,
-            1 => Kind::Prefix,
-            _ => Kind::Suffix,
-        };
+        let tables = [&inner.exact, &inner.dot_prefix, &inner.dot_suffix];
+        let table = |packed: u32| tables[(packed >> 16) as usize];
         let mut may = [false; BATCH];
         for (k, may) in may[..n].iter_mut().enumerate() {
-            *may = inner.table(kind(self.lens[k])).may_hold(self.hashes[k]);
+            *may = table(self.lens[k]).may_hold(self.hashes[k]);
         }
         let bytes = self.name.as_bytes();
         for (k, _) in may[..n].iter().enumerate().filter(|(_, &may)| may) {
             let len = (self.lens[k] & LEN_MASK) as usize;
-            let kind = kind(self.lens[k]);
-            let key = match kind {
-                Kind::Exact => bytes,
-                Kind::Prefix => &bytes[..len],
-                Kind::Suffix => &bytes[bytes.len() - len..],
+            let key = match self.lens[k] >> 16 {
+                EXACT => bytes,
+                PREFIX => &bytes[..len],
+                _ => &bytes[bytes.len() - len..],
             };
-            for &v in inner.table(kind).get(self.hashes[k], key) {
+            for &v in table(self.lens[k]).get(self.hashes[k], key) {
                 verify(inner, self.name, v, out);
             }
-        }
-    }
-}
-
-impl Inner {
-    #[inline(always)]
-    fn table(&self, kind: Kind) -> &KeyTable {
-        match kind {
-            Kind::Exact => &self.exact,
-            Kind::Prefix => &self.dot_prefix,
-            Kind::Suffix => &self.dot_suffix,
         }
     }
 }
