@@ -62,14 +62,19 @@ fn word_at(bytes: &[u8], at: usize, n: usize) -> u64 {
     }
 }
 
-/// The high bit of every byte of `word` that is a `.`, and no other bit.
+/// The high bit of every byte of `x` that is zero, and no other bit.
 #[inline(always)]
-fn dot_bits(word: u64) -> u64 {
+fn zero_bytes(x: u64) -> u64 {
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    let x = word ^ 0x2e2e_2e2e_2e2e_2e2e;
     // A byte's high bit ends up set iff the byte of `x` is zero; no carry
     // crosses bytes, since (x & 0x7f) + 0x7f <= 0xfe.
     !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+}
+
+/// The high bit of every byte of `word` that is a `.`, and no other bit.
+#[inline(always)]
+fn dot_bits(word: u64) -> u64 {
+    zero_bytes(word ^ repeat(b'.'))
 }
 
 /// Calls `f(len, hash)` for every prefix of `name` that ends with a dot,
@@ -104,7 +109,14 @@ pub(crate) fn suffixes(name: &[u8], mut f: impl FnMut(usize, u64)) {
         let n = (name.len() - k * 8).min(8);
         // Byte `b` of `w` is byte `base + b` of the name.
         let base = (name.len() - k * 8) as isize - 8;
-        let w = word_at(name, name.len() - k * 8 - n, n) << (8 * (8 - n));
+        let at = name.len() - k * 8 - n;
+        // The front chunk, when short, with one load that overlaps the
+        // bytes after it and shifts them out.
+        let w = if n < 8 && name.len() >= 8 {
+            load(name, at) << (8 * (8 - n))
+        } else {
+            word_at(name, at, n) << (8 * (8 - n))
+        };
         let mut bits = dot_bits(w);
         while bits != 0 {
             // The dot's byte is the first one the suffix keeps of `w`.
@@ -168,7 +180,9 @@ pub(crate) const MAX_KEY_LEN: usize = crate::MAX_PATTERN_LEN;
 /// hashes; the table compares.
 ///
 /// Linear probing over a byte of control per slot: 0 for an empty slot,
-/// else seven bits of the key's hash with the top bit set. The control bytes
+/// else seven bits of the key's hash with the top bit set, read eight at a
+/// time (the first eight are repeated after the last, so a group never
+/// wraps). The control bytes
 /// are small enough to stay in cache when the slots are not, so a lookup of
 /// an absent key rarely reads a slot, and one of a present key reads one
 /// slot (short keys and up to two values are inline). The table is at most
@@ -179,6 +193,15 @@ pub(crate) struct KeyTable {
     slots: Vec<Slot>,
     long_keys: Vec<u8>,
     values: Vec<u32>,
+}
+
+/// Control bytes read at once: one word.
+const GROUP: usize = 8;
+
+/// `byte` in every byte of a word.
+#[inline(always)]
+fn repeat(byte: u8) -> u64 {
+    u64::from(byte) * 0x0101_0101_0101_0101
 }
 
 #[inline(always)]
@@ -200,9 +223,9 @@ impl KeyTable {
             return KeyTable::default();
         }
         let distinct = entries.windows(2).filter(|w| w[0].0 != w[1].0).count() + 1;
-        let size = (distinct * 4 / 3 + 1).next_power_of_two();
+        let size = (distinct * 4 / 3 + 1).next_power_of_two().max(GROUP);
         let mut out = KeyTable {
-            ctrl: vec![0; size],
+            ctrl: vec![0; size + GROUP],
             slots: vec![Slot::default(); size],
             long_keys: Vec::new(),
             values: Vec::new(),
@@ -242,39 +265,52 @@ impl KeyTable {
                 at = (at + 1) & mask;
             }
             out.ctrl[at] = ctrl_of(hash);
+            if at < GROUP {
+                out.ctrl[size + at] = ctrl_of(hash);
+            }
             out.slots[at] = slot;
             i += group;
         }
         out
     }
 
-    /// Whether `hash`'s key may be present, from its first control byte
-    /// alone. Reading it for a batch of lookups before resolving any lets
-    /// their cache misses overlap.
+    /// The slots a lookup of `hash` starts from: the control bytes of the
+    /// group at its home slot, those that match its control byte, and those
+    /// that are empty (high bit of each byte).
+    #[inline(always)]
+    fn group(&self, at: usize, want: u8) -> (u64, u64) {
+        let group = load(&self.ctrl, at);
+        let empty = zero_bytes(group);
+        // Linear probing: a key is never stored past an empty slot.
+        let before = if empty == 0 { !0 } else { (empty & empty.wrapping_neg()) - 1 };
+        (zero_bytes(group ^ repeat(want)) & before, empty)
+    }
+
+    /// Whether `hash`'s key may be present, from the control bytes of its
+    /// home group alone. Reading them for a batch of lookups before
+    /// resolving any lets their cache misses overlap.
     #[inline(always)]
     pub(crate) fn may_hold(&self, hash: u64) -> bool {
-        match self.ctrl.len() {
-            0 => false,
-            n => self.ctrl[hash as usize & (n - 1)] != 0,
+        if self.slots.is_empty() {
+            return false;
         }
+        let (matching, empty) = self.group(hash as usize & (self.slots.len() - 1), ctrl_of(hash));
+        matching != 0 || empty == 0
     }
 
     /// The values stored under `key`, whose hash is `hash`.
     #[inline(always)]
     pub(crate) fn get(&self, hash: u64, key: &[u8]) -> &[u32] {
-        if self.ctrl.is_empty() {
+        if self.slots.is_empty() {
             return &[];
         }
-        let mask = self.ctrl.len() - 1;
+        let mask = self.slots.len() - 1;
         let want = ctrl_of(hash);
         let mut at = hash as usize & mask;
         loop {
-            let ctrl = self.ctrl[at];
-            if ctrl == 0 {
-                return &[];
-            }
-            if ctrl == want {
-                let slot = &self.slots[at];
+            let (mut matching, empty) = self.group(at, want);
+            while matching != 0 {
+                let slot = &self.slots[(at + matching.trailing_zeros() as usize / 8) & mask];
                 if usize::from(slot.len) == key.len() && self.key_eq(slot, key) {
                     return match slot.inline {
                         0 => {
@@ -284,8 +320,12 @@ impl KeyTable {
                         n => &slot.vals[..usize::from(n)],
                     };
                 }
+                matching &= matching - 1;
             }
-            at = (at + 1) & mask;
+            if empty != 0 {
+                return &[];
+            }
+            at = (at + GROUP) & mask;
         }
     }
 
@@ -306,7 +346,7 @@ impl KeyTable {
 
     /// How many keys the table holds.
     pub(crate) fn len(&self) -> usize {
-        self.ctrl.iter().filter(|&&c| c != 0).count()
+        self.ctrl[..self.slots.len()].iter().filter(|&&c| c != 0).count()
     }
 
     /// Whether the table holds no key.
@@ -410,6 +450,18 @@ mod tests {
             absent.push(b'q');
             assert!(table.get(whole_hash(&absent), &absent).is_empty(), "key {i} + q");
         }
+        // Keys that all hash alike, homed at the last slot: their probe
+        // crosses groups and wraps around the end of the table.
+        let same: Vec<Vec<u8>> = (0..20).map(|i| format!("k{i}").into_bytes()).collect();
+        let h = u64::MAX;
+        let table = KeyTable::new(same.iter().zip(0..).map(|(k, i)| (&k[..], h, i)).collect());
+        for (i, key) in same.iter().enumerate() {
+            assert_eq!(table.get(h, key), &[i as u32], "colliding key {i}");
+        }
+        assert!(table.may_hold(h));
+        assert!(table.get(h, b"k20").is_empty());
+        assert!(table.get(h ^ 1, b"k3").is_empty(), "another home, another key");
+
         let empty = KeyTable::new(Vec::new());
         assert!(empty.is_empty());
         assert!(empty.get(whole_hash(b"x"), b"x").is_empty());
