@@ -149,6 +149,58 @@ pub(crate) fn suffix_hash(key: &[u8]) -> u64 {
     hash
 }
 
+/// A filter in front of the dot-suffix table, on the name's last segment.
+///
+/// A suffix key that starts at a dot ends with the name's last segment: its
+/// own last segment is the name's, dot included. The gate keeps a bit per
+/// last segment of every key (hashed from its last eight bytes at most), so
+/// that the backward walk, which costs as much as the forward one, is skipped
+/// for a name whose last segment no key ends with. False positives only cost
+/// the walk.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SuffixGate {
+    bits: Vec<u64>,
+    shift: u32,
+}
+
+impl SuffixGate {
+    /// A gate for the suffix keys `keys`, each starting with a dot.
+    pub(crate) fn new<'a>(keys: impl ExactSizeIterator<Item = &'a [u8]>) -> SuffixGate {
+        if keys.len() == 0 {
+            return SuffixGate::default();
+        }
+        // About 16 bits per key: a false positive rate near 6%.
+        let size = (keys.len() * 16).next_power_of_two().clamp(64, 1 << 24);
+        let mut gate = SuffixGate { bits: vec![0; size / 64], shift: 64 - size.trailing_zeros() };
+        for key in keys {
+            let last_dot = key.iter().rposition(|&b| b == b'.').unwrap_or(0);
+            let bit = gate.bit(key, last_dot);
+            gate.bits[bit / 64] |= 1 << (bit % 64);
+        }
+        gate
+    }
+
+    /// The bit of the last segment of `bytes`, whose last dot is at
+    /// `last_dot`.
+    #[inline(always)]
+    fn bit(&self, bytes: &[u8], last_dot: usize) -> usize {
+        let n = (bytes.len() - last_dot).min(8);
+        let w = word_at(bytes, bytes.len() - n, n);
+        (mix(w, n as u64) >> self.shift) as usize
+    }
+
+    /// Whether a suffix key may match `name`, whose last dot is at
+    /// `last_dot`.
+    #[inline(always)]
+    pub(crate) fn may_pass(&self, name: &[u8], last_dot: usize) -> bool {
+        if self.bits.is_empty() {
+            return false;
+        }
+        let bit = self.bit(name, last_dot);
+        self.bits[bit / 64] & (1 << (bit % 64)) != 0
+    }
+}
+
 /// Key bytes kept in the slot itself, so that a lookup of a short key
 /// reads one slot.
 const INLINE_KEY: usize = 20;
@@ -406,6 +458,22 @@ mod tests {
             found += 1;
         });
         assert_eq!(found, 256 + 2);
+    }
+
+    #[test]
+    fn suffix_gate_passes_every_name_a_key_may_end() {
+        let keys: [&[u8]; 5] = [b".ended3", b".a.b", b".", b".averyveryverylongsegment", b".x.y."];
+        let gate = SuffixGate::new(keys.iter().copied());
+        let last_dot = |n: &[u8]| n.iter().rposition(|&b| b == b'.').expect("a dot");
+        for name in ["x.ended3", "q.a.b", "z.b", "x.", "y.averyveryverylongsegment", "..y."] {
+            assert!(gate.may_pass(name.as_bytes(), last_dot(name.as_bytes())), "{name}");
+        }
+        let passed = (0..1000)
+            .map(|i| format!("plugin.action{i}"))
+            .filter(|n| gate.may_pass(n.as_bytes(), last_dot(n.as_bytes())))
+            .count();
+        assert!(passed < 100, "{passed} of 1000 other names passed");
+        assert!(!SuffixGate::new([].iter().copied()).may_pass(b"a.b", 1));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use aho_corasick::{AhoCorasick, MatchKind};
 
 use crate::error::PatternError;
-use crate::keys::{self, KeyTable};
+use crate::keys::{self, KeyTable, SuffixGate};
 use crate::pattern::Pattern;
 use crate::trie::PrefixTrie;
 
@@ -78,6 +78,8 @@ struct Inner {
     /// Literal suffixes cut before their first dot, keyed like the suffixes
     /// [`keys::suffixes`] reports; the top bit marks `*.<suffix>`.
     dot_suffix: KeyTable,
+    /// Which names may end with a key of `dot_suffix`.
+    suffix_gate: SuffixGate,
     /// Literal prefixes with no dot; the top bit marks `<prefix>*`.
     anchored: PrefixTrie<TrieValue>,
     /// Reversed literal suffixes with no dot; the top bit marks
@@ -195,6 +197,7 @@ impl PatternSet {
             PrefixTrie::new(reversed_suffixes.iter().map(|(k, v)| (&k[..], *v)).collect());
         let exact = KeyTable::new(exact);
         let dot_prefix = KeyTable::new(dot_prefix);
+        let suffix_gate = SuffixGate::new(dot_suffix.iter().map(|e| e.0));
         let dot_suffix = KeyTable::new(dot_suffix);
         let anchored = PrefixTrie::new(anchored);
         let inner = Inner {
@@ -204,6 +207,7 @@ impl PatternSet {
             exact,
             dot_prefix,
             dot_suffix,
+            suffix_gate,
             floating,
             floating_ranges,
             floating_ids,
@@ -248,18 +252,25 @@ impl PatternSet {
         let bytes = name.as_bytes();
         // The dot-aligned keys first, looked up in batches.
         let mut lookups = Lookups { inner, name, hashes: [0; BATCH], lens: [0; BATCH], len: 0 };
+        let mut last_dot = None;
         let whole = if inner.dot_prefix.is_empty() {
-            keys::whole_hash(bytes)
+            keys::prefixes(bytes, |len, _| last_dot = Some(len - 1))
         } else {
-            keys::prefixes(bytes, |len, hash| lookups.push(PREFIX, len, hash, out))
+            keys::prefixes(bytes, |len, hash| {
+                last_dot = Some(len - 1);
+                lookups.push(PREFIX, len, hash, out);
+            })
         };
         if !inner.exact.is_empty() {
             lookups.push(EXACT, bytes.len(), whole, out);
         }
-        if !inner.dot_suffix.is_empty() {
-            keys::suffixes(bytes, |start, hash| {
-                lookups.push(SUFFIX, bytes.len() - start, hash, out);
-            });
+        match last_dot {
+            Some(dot) if inner.suffix_gate.may_pass(bytes, dot) => {
+                keys::suffixes(bytes, |start, hash| {
+                    lookups.push(SUFFIX, bytes.len() - start, hash, out);
+                });
+            }
+            _ => {}
         }
         lookups.flush(out);
 
