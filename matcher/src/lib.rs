@@ -41,8 +41,10 @@
 //! [`Pattern::is_match`] never backtracks: it costs at most
 //! `O(|name| * |pattern|)` and is linear in the name for the usual shapes.
 //! [`PatternSet::matches`] sorts patterns into buckets (exact names in a
-//! hash map, literal prefixes in a trie, other literals in one Aho-Corasick
-//! automaton), so its cost does not grow with the number of patterns.
+//! hash table; literal prefixes and suffixes that meet a dot in hash tables
+//! probed once per dot of the name; other prefixes and suffixes in tries;
+//! other literals in one Aho-Corasick automaton), so its cost does not grow
+//! with the number of patterns.
 
 pub mod reference;
 

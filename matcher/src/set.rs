@@ -5,13 +5,20 @@
 //! name they cannot match:
 //!
 //! * **exact** — no wildcard at all: one hash lookup of the whole name;
-//! * **anchored** — a literal prefix (`plugin42.*`, `a9[0-9]*`): a compressed
-//!   trie of the prefixes, walked once along the name; `<literal>*` matches
-//!   outright, anything else is verified with its own [`Pattern`];
-//! * **tail-anchored** — no literal prefix but a literal suffix (`*.ended3`,
-//!   `?.login`): a compressed trie of the reversed suffixes, walked once
-//!   backwards along the name; `*<literal>` matches outright, anything else
-//!   is verified;
+//! * **dot-prefix** — a literal prefix with a dot in it (`plugin42.*`,
+//!   `user7.?.login`): the prefix up to its last dot is a key of a hash
+//!   table, looked up once per dot of the name, since a prefix that ends at
+//!   a dot ends at one of the name's dots; `<prefix>.*` matches outright,
+//!   anything else is verified with its own [`Pattern`];
+//! * **dot-suffix** — no literal prefix, a literal suffix with a dot in it
+//!   (`*.ended3`, `?.login`): the suffix from its first dot is a key, looked
+//!   up once per dot of the name, and only for names whose last segment some
+//!   key ends with (a small bitset decides); `*.<suffix>` matches outright;
+//! * **anchored** — a literal prefix without a dot (`a9[0-9]*`): a
+//!   compressed trie of the prefixes, walked once along the name;
+//! * **tail-anchored** — no literal prefix, a literal suffix without a dot
+//!   (`*ended3`): a compressed trie of the reversed suffixes, walked once
+//!   backwards along the name;
 //! * **floating** — a literal only in the middle (`*.ended*`, `?x?`): one
 //!   Aho-Corasick automaton over each pattern's longest literal finds the
 //!   candidates, which are then verified;
@@ -22,6 +29,12 @@
 //!
 //! Verification uses the same linear matcher as [`Pattern::is_match`], so a
 //! set can never disagree with a loop of patterns.
+//!
+//! The three hash tables are [`KeyTable`]s, and the keys of one name are
+//! hashed in one pass over its words (see `keys.rs`). The lookups of one name
+//! are batched: the control bytes of every lookup are read before any is
+//! resolved, so that at 100k patterns, where the tables no longer fit in the
+//! cache, the misses of one name overlap instead of queueing.
 
 use std::fmt;
 use std::sync::Arc;
