@@ -27,18 +27,19 @@ pub(crate) fn eq(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
+/// Bytes `at..at + 8` of `s` as a little-endian word.
 #[inline(always)]
-fn word8(s: &[u8], at: usize) -> u64 {
+pub(crate) fn word8(s: &[u8], at: usize) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&s[at..at + 8]);
-    u64::from_ne_bytes(w)
+    u64::from_le_bytes(w)
 }
 
 #[inline(always)]
 fn word4(s: &[u8], at: usize) -> u32 {
     let mut w = [0u8; 4];
     w.copy_from_slice(&s[at..at + 4]);
-    u32::from_ne_bytes(w)
+    u32::from_le_bytes(w)
 }
 
 /// Whether `hay` ends with the bytes of `reversed`, read backwards

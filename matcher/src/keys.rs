@@ -19,6 +19,8 @@
 //! own subscriptions, and a collision costs a key comparison, never a wrong
 //! answer.
 
+use crate::bytes::word8;
+
 const PREFIX_SEED: u64 = 0x243f_6a88_85a3_08d3;
 const SUFFIX_SEED: u64 = 0x1319_8a2e_0370_7344;
 const K: u64 = 0xf135_7aea_2e62_a9c5;
@@ -40,23 +42,15 @@ fn finish(acc: u64, len: usize) -> u64 {
     x ^ (x >> 32)
 }
 
-/// Bytes `at..at + 8` of `bytes` as a little-endian word.
-#[inline(always)]
-fn load(bytes: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(w)
-}
-
 /// The `n` (1 to 8) bytes of `bytes` from `at` as a little-endian word, in
 /// its low bytes. When `bytes` has room, one load that overlaps the bytes
 /// before and shifts them out; else a loop of at most 7 bytes.
 #[inline(always)]
 fn word_at(bytes: &[u8], at: usize, n: usize) -> u64 {
     if n == 8 {
-        load(bytes, at)
+        word8(bytes, at)
     } else if at + n >= 8 {
-        load(bytes, at + n - 8) >> (8 * (8 - n))
+        word8(bytes, at + n - 8) >> (8 * (8 - n))
     } else {
         bytes[at..at + n].iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b))
     }
@@ -113,7 +107,7 @@ pub(crate) fn suffixes(name: &[u8], mut f: impl FnMut(usize, u64)) {
         // The front chunk, when short, with one load that overlaps the
         // bytes after it and shifts them out.
         let w = if n < 8 && name.len() >= 8 {
-            load(name, at) << (8 * (8 - n))
+            word8(name, at) << (8 * (8 - n))
         } else {
             word_at(name, at, n) << (8 * (8 - n))
         };
@@ -331,7 +325,7 @@ impl KeyTable {
     /// that are empty (high bit of each byte).
     #[inline(always)]
     fn group(&self, at: usize, want: u8) -> (u64, u64) {
-        let group = load(&self.ctrl, at);
+        let group = word8(&self.ctrl, at);
         let empty = zero_bytes(group);
         // Linear probing: a key is never stored past an empty slot.
         let before = if empty == 0 { !0 } else { (empty & empty.wrapping_neg()) - 1 };
