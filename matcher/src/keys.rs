@@ -256,20 +256,20 @@ fn ctrl_of(hash: u64) -> u8 {
 }
 
 impl KeyTable {
-    /// Builds the table from `(key, hash of key, value)` triples in any
-    /// order; a key may repeat. Keys are at most [`MAX_KEY_LEN`] bytes.
+    /// Builds the table from `(key, value)` pairs in any order, a key may
+    /// repeat; `hash` is the hash lookups will use for a key. Keys are at
+    /// most [`MAX_KEY_LEN`] bytes.
     ///
     /// # Panics
     ///
     /// When the long keys total more than `u32::MAX` bytes, or a key is
     /// longer than [`MAX_KEY_LEN`].
-    pub(crate) fn new(mut entries: Vec<(&[u8], u64, u32)>) -> KeyTable {
-        entries.sort_unstable_by(|a, b| a.0.cmp(b.0).then(a.2.cmp(&b.2)));
-        if entries.is_empty() {
+    pub(crate) fn new(pairs: Vec<(&[u8], u32)>, hash: impl Fn(&[u8]) -> u64) -> KeyTable {
+        let (groups, ids) = group(pairs);
+        if groups.is_empty() {
             return KeyTable::default();
         }
-        let distinct = entries.windows(2).filter(|w| w[0].0 != w[1].0).count() + 1;
-        let size = (distinct * 4 / 3 + 1).next_power_of_two().max(GROUP);
+        let size = (groups.len() * 4 / 3 + 1).next_power_of_two().max(GROUP);
         let mut out = KeyTable {
             ctrl: vec![0; size + GROUP],
             slots: vec![Slot::default(); size],
@@ -277,25 +277,23 @@ impl KeyTable {
             values: Vec::new(),
         };
         let mask = size - 1;
-        let mut i = 0;
-        while i < entries.len() {
-            let (key, hash, first) = entries[i];
-            let group = entries[i..].iter().take_while(|e| e.0 == key).count();
+        for (key, (start, end)) in groups {
+            let vals = &ids[start as usize..end as usize];
             assert!(key.len() <= MAX_KEY_LEN, "keys are at most MAX_KEY_LEN bytes");
             let mut slot =
-                Slot { len: key.len() as u16, inline: 1, vals: [first, 0], key: [0; INLINE_KEY] };
-            match group {
+                Slot { len: key.len() as u16, inline: 1, vals: [vals[0], 0], key: [0; INLINE_KEY] };
+            match vals.len() {
                 1 => {}
                 2 => {
                     slot.inline = 2;
-                    slot.vals[1] = entries[i + 1].2;
+                    slot.vals[1] = vals[1];
                 }
-                _ => {
+                n => {
                     slot.inline = 0;
                     slot.vals[0] =
                         u32::try_from(out.values.len()).expect("a set holds < 2^31 values");
-                    out.values.push(group as u32);
-                    out.values.extend(entries[i..i + group].iter().map(|e| e.2));
+                    out.values.push(n as u32);
+                    out.values.extend_from_slice(vals);
                 }
             }
             if key.len() <= INLINE_KEY {
@@ -306,6 +304,7 @@ impl KeyTable {
                 slot.key[KEPT..].copy_from_slice(&at.to_le_bytes());
                 out.long_keys.extend_from_slice(&key[KEPT..]);
             }
+            let hash = hash(key);
             let mut at = hash as usize & mask;
             while out.ctrl[at] != 0 {
                 at = (at + 1) & mask;
@@ -315,7 +314,6 @@ impl KeyTable {
                 out.ctrl[size + at] = ctrl_of(hash);
             }
             out.slots[at] = slot;
-            i += group;
         }
         out
     }
@@ -400,6 +398,28 @@ impl KeyTable {
     pub(crate) fn is_empty(&self) -> bool {
         self.ctrl.is_empty()
     }
+}
+
+/// A distinct key and the range of its ids.
+pub(crate) type Group<'a> = (&'a [u8], (u32, u32));
+
+/// Sorts `(key, id)` pairs and groups the ids by key: returns each distinct
+/// key with its range in the returned id list.
+pub(crate) fn group(mut pairs: Vec<(&[u8], u32)>) -> (Vec<Group<'_>>, Vec<u32>) {
+    pairs.sort_unstable();
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    let mut ids = Vec::with_capacity(pairs.len());
+    for (key, id) in pairs {
+        match groups.last_mut() {
+            Some((k, range)) if *k == key => range.1 += 1,
+            _ => {
+                let at = ids.len() as u32;
+                groups.push((key, (at, at + 1)));
+            }
+        }
+        ids.push(id);
+    }
+    (groups, ids)
 }
 
 #[cfg(test)]
@@ -493,16 +513,16 @@ mod tests {
                 keys.push(other);
             }
         }
-        let entries: Vec<(&[u8], u64, u32)> = keys
+        let entries: Vec<(&[u8], u32)> = keys
             .iter()
             .enumerate()
             .flat_map(|(i, k)| {
                 // Keys with one, two (inline) and three (out of line) values.
                 let times = i % 3 + 1;
-                (0..times).map(move |t| (&k[..], whole_hash(k), (i * 4 + t) as u32))
+                (0..times).map(move |t| (&k[..], (i * 4 + t) as u32))
             })
             .collect();
-        let table = KeyTable::new(entries);
+        let table = KeyTable::new(entries, whole_hash);
         assert_eq!(table.len(), keys.len());
         for (i, key) in keys.iter().enumerate() {
             let expected: Vec<u32> = (0..i % 3 + 1).map(|t| (i * 4 + t) as u32).collect();
@@ -516,7 +536,7 @@ mod tests {
         // crosses groups and wraps around the end of the table.
         let same: Vec<Vec<u8>> = (0..20).map(|i| format!("k{i}").into_bytes()).collect();
         let h = u64::MAX;
-        let table = KeyTable::new(same.iter().zip(0..).map(|(k, i)| (&k[..], h, i)).collect());
+        let table = KeyTable::new(same.iter().zip(0..).map(|(k, i)| (&k[..], i)).collect(), |_| h);
         for (i, key) in same.iter().enumerate() {
             assert_eq!(table.get(h, key), &[i as u32], "colliding key {i}");
         }
@@ -524,7 +544,7 @@ mod tests {
         assert!(table.get(h, b"k20").is_empty());
         assert!(table.get(h ^ 1, b"k3").is_empty(), "another home, another key");
 
-        let empty = KeyTable::new(Vec::new());
+        let empty = KeyTable::new(Vec::new(), whole_hash);
         assert!(empty.is_empty());
         assert!(empty.get(whole_hash(b"x"), b"x").is_empty());
         assert!(!empty.may_hold(7));

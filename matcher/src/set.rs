@@ -42,7 +42,7 @@ use std::sync::Arc;
 use aho_corasick::{AhoCorasick, MatchKind};
 
 use crate::error::PatternError;
-use crate::keys::{self, KeyTable, SuffixGate};
+use crate::keys::{self, group, KeyTable, SuffixGate};
 use crate::pattern::Pattern;
 use crate::trie::PrefixTrie;
 
@@ -158,7 +158,7 @@ impl PatternSet {
             let prefix = shape.literal_prefix();
             let suffix = shape.literal_suffix();
             if let Some(lit) = shape.exact_literal() {
-                exact.push((lit, keys::whole_hash(lit), i | PREFIX_STAR));
+                exact.push((lit, i | PREFIX_STAR));
             } else if shape.is_match_all() {
                 match_all.push(i);
             } else if let Some(last_dot) = memchr::memrchr(b'.', prefix) {
@@ -167,7 +167,7 @@ impl PatternSet {
                 let key = &prefix[..=last_dot];
                 let whole = shape.is_prefix_star() && key.len() == prefix.len();
                 let flag = if whole { PREFIX_STAR } else { 0 };
-                dot_prefix.push((key, keys::whole_hash(key), i | flag));
+                dot_prefix.push((key, i | flag));
             } else if !prefix.is_empty() {
                 let flag = if shape.is_prefix_star() { PREFIX_STAR } else { 0 };
                 anchored.push((prefix, i | flag));
@@ -175,7 +175,7 @@ impl PatternSet {
                 let key = &suffix[first_dot..];
                 let whole = shape.is_star_suffix() && first_dot == 0;
                 let flag = if whole { PREFIX_STAR } else { 0 };
-                dot_suffix.push((key, keys::suffix_hash(key), i | flag));
+                dot_suffix.push((key, i | flag));
             } else if !suffix.is_empty() {
                 let flag = if shape.is_star_suffix() { PREFIX_STAR } else { 0 };
                 let reversed: Vec<u8> = suffix.iter().rev().copied().collect();
@@ -208,10 +208,10 @@ impl PatternSet {
 
         let tail_anchored =
             PrefixTrie::new(reversed_suffixes.iter().map(|(k, v)| (&k[..], *v)).collect());
-        let exact = KeyTable::new(exact);
-        let dot_prefix = KeyTable::new(dot_prefix);
+        let exact = KeyTable::new(exact, keys::whole_hash);
+        let dot_prefix = KeyTable::new(dot_prefix, keys::whole_hash);
         let suffix_gate = SuffixGate::new(dot_suffix.iter().map(|e| e.0));
-        let dot_suffix = KeyTable::new(dot_suffix);
+        let dot_suffix = KeyTable::new(dot_suffix, keys::suffix_hash);
         let anchored = PrefixTrie::new(anchored);
         let inner = Inner {
             anchored,
@@ -266,14 +266,12 @@ impl PatternSet {
         // The dot-aligned keys first, looked up in batches.
         let mut lookups = Lookups { inner, name, hashes: [0; BATCH], lens: [0; BATCH], len: 0 };
         let mut last_dot = None;
-        let whole = if inner.dot_prefix.is_empty() {
-            keys::prefixes(bytes, |len, _| last_dot = Some(len - 1))
-        } else {
-            keys::prefixes(bytes, |len, hash| {
-                last_dot = Some(len - 1);
+        let whole = keys::prefixes(bytes, |len, hash| {
+            last_dot = Some(len - 1);
+            if !inner.dot_prefix.is_empty() {
                 lookups.push(PREFIX, len, hash, out);
-            })
-        };
+            }
+        });
         if !inner.exact.is_empty() {
             lookups.push(EXACT, bytes.len(), whole, out);
         }
@@ -297,19 +295,11 @@ impl PatternSet {
         if let Some(ac) = &inner.floating {
             for m in ac.find_overlapping_iter(bytes) {
                 let (start, end) = inner.floating_ranges[m.pattern().as_usize()];
-                for &i in &inner.floating_ids[start as usize..end as usize] {
-                    if inner.patterns[i as usize].is_match(name) {
-                        out.push(i as usize);
-                    }
-                }
+                inner.floating_ids[start as usize..end as usize].iter().for_each(|&i| verify(i));
             }
         }
+        inner.residual.iter().for_each(|&i| verify(i));
         out.extend(inner.match_all.iter().map(|&i| i as usize));
-        for &i in &inner.residual {
-            if inner.patterns[i as usize].is_match(name) {
-                out.push(i as usize);
-            }
-        }
         if out.len() > 1 && out.windows(2).any(|w| w[0] >= w[1]) {
             out.sort_unstable();
             out.dedup();
@@ -407,28 +397,6 @@ impl Lookups<'_> {
             }
         }
     }
-}
-
-/// A distinct key and the range of its ids.
-type Group<'a> = (&'a [u8], (u32, u32));
-
-/// Sorts `(key, id)` pairs and groups the ids by key: returns each distinct
-/// key with its range in the returned id list.
-fn group(mut pairs: Vec<(&[u8], u32)>) -> (Vec<Group<'_>>, Vec<u32>) {
-    pairs.sort_unstable();
-    let mut groups: Vec<Group<'_>> = Vec::new();
-    let mut ids = Vec::with_capacity(pairs.len());
-    for (key, id) in pairs {
-        match groups.last_mut() {
-            Some((k, range)) if *k == key => range.1 += 1,
-            _ => {
-                let at = ids.len() as u32;
-                groups.push((key, (at, at + 1)));
-            }
-        }
-        ids.push(id);
-    }
-    (groups, ids)
 }
 
 impl Default for PatternSet {
