@@ -1,302 +1,27 @@
-//! The public handle, its builder, and the state the workers share.
+//! The public handle: subscribing, publishing, waiting, shutting down.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use switchboard_matcher::Pattern;
 
-use crate::error::{BuildError, NameError, PayloadError, PublishError, SubscribeError};
+use crate::builder::BusBuilder;
+use crate::error::{
+    BuildError, FlushTimeout, HistoryError, NameError, PayloadError, PublishError,
+    ShutdownTimeout, SubscribeError, WaitTimeout,
+};
 use crate::event::{Event, EventId, Payload};
-use crate::flush::Epochs;
-use crate::history::History;
-use crate::loom::{spawn, ArcCell, AtomicBool, AtomicUsize, JoinHandle, Mutex, Ordering};
-use crate::queue::{Offer, Overflow, Queued, Queues};
-use crate::snapshot::Snapshot;
-use crate::stats::{Count, Counters, Stats, WorkerCounters};
+use crate::loom::Ordering;
+use crate::queue::Offer;
+use crate::shared::Shared;
+use crate::stats::{Count, Stats};
 use crate::subscription::{
     Gate, Handler, HandlerResult, SubscribeOptions, Subscription, SubscriptionId,
 };
-use crate::worker::{self, is_worker_of, own_calls, CONTEXT};
-
-/// The hook called for every handler error and panic: the event, the
-/// plugin whose handler failed, and the error.
-pub type ErrorHook = Box<dyn Fn(&Event, &str, &(dyn std::error::Error + 'static)) + Send + Sync>;
-
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) workers: usize,
-    pub(crate) capacity: usize,
-    pub(crate) batch_size: usize,
-    pub(crate) history_size: usize,
-    pub(crate) max_depth: u32,
-    pub(crate) overflow: Overflow,
-    pub(crate) starvation_limit: u32,
-    pub(crate) name: String,
-}
-
-/// Configures a [`Bus`]. Start from [`Bus::builder`].
-///
-/// # Examples
-///
-/// ```
-/// use switchboard::{Bus, Overflow};
-///
-/// let bus = Bus::builder()
-///     .workers(2)
-///     .capacity(4096)
-///     .overflow(Overflow::Block)
-///     .history_size(100)
-///     .build()?;
-/// # Ok::<(), switchboard::BuildError>(())
-/// ```
-pub struct BusBuilder {
-    config: Config,
-    error_hook: Option<ErrorHook>,
-}
-
-impl fmt::Debug for BusBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BusBuilder")
-            .field("config", &self.config)
-            .field("error_hook", &self.error_hook.is_some())
-            .finish()
-    }
-}
-
-impl Default for BusBuilder {
-    fn default() -> BusBuilder {
-        BusBuilder {
-            config: Config {
-                workers: 2,
-                capacity: 65_536,
-                batch_size: 32,
-                history_size: 100,
-                max_depth: 16,
-                overflow: Overflow::Block,
-                starvation_limit: 8,
-                name: "switchboard".to_owned(),
-            },
-            error_hook: None,
-        }
-    }
-}
-
-impl BusBuilder {
-    /// Worker threads that dispatch events. Default 2.
-    pub fn workers(mut self, n: usize) -> BusBuilder {
-        self.config.workers = n;
-        self
-    }
-
-    /// How many events may wait in the queues, all priorities together.
-    /// Default 65,536.
-    pub fn capacity(mut self, n: usize) -> BusBuilder {
-        self.config.capacity = n;
-        self
-    }
-
-    /// The most events a worker takes from one queue in one look. Default
-    /// 32. A `High` event waits behind at most one batch per worker.
-    pub fn batch_size(mut self, n: usize) -> BusBuilder {
-        self.config.batch_size = n;
-        self
-    }
-
-    /// How many recent events [`Bus::history`] keeps. Default 100; 0 turns
-    /// history off.
-    pub fn history_size(mut self, n: usize) -> BusBuilder {
-        self.config.history_size = n;
-        self
-    }
-
-    /// How deep handler-published events may nest. Default 16.
-    pub fn max_depth(mut self, depth: u32) -> BusBuilder {
-        self.config.max_depth = depth;
-        self
-    }
-
-    /// What publish does when the queues are full. Default [`Overflow::Block`].
-    pub fn overflow(mut self, policy: Overflow) -> BusBuilder {
-        self.config.overflow = policy;
-        self
-    }
-
-    /// Anti-starvation: a non-empty queue passed over this many looks in a
-    /// row (for higher ones) is served next. Default 8; 0 means plain
-    /// round-robin among non-empty queues.
-    pub fn starvation_limit(mut self, looks: u32) -> BusBuilder {
-        self.config.starvation_limit = looks;
-        self
-    }
-
-    /// The prefix of the worker threads' names. Default `switchboard`.
-    pub fn name(mut self, name: impl Into<String>) -> BusBuilder {
-        self.config.name = name.into();
-        self
-    }
-
-    /// Called for every handler `Err` and panic, after it is counted and
-    /// logged. A panicking hook is caught and logged.
-    pub fn error_hook<F>(mut self, hook: F) -> BusBuilder
-    where
-        F: Fn(&Event, &str, &(dyn std::error::Error + 'static)) + Send + Sync + 'static,
-    {
-        self.error_hook = Some(Box::new(hook));
-        self
-    }
-
-    /// Starts the workers.
-    ///
-    /// # Errors
-    ///
-    /// [`BuildError`] for zero workers, capacity or batch size, or when a
-    /// thread cannot be started.
-    pub fn build(self) -> Result<Bus, BuildError> {
-        let config = self.config;
-        if config.workers == 0 {
-            return Err(BuildError::ZeroWorkers);
-        }
-        if config.capacity == 0 {
-            return Err(BuildError::ZeroCapacity);
-        }
-        if config.batch_size == 0 {
-            return Err(BuildError::ZeroBatchSize);
-        }
-        static NEXT_BUS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
-        let shared = Arc::new(Shared {
-            id: NEXT_BUS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            snapshot: ArcCell::from_pointee(Snapshot::default()),
-            registry: Mutex::new(Registry::default()),
-            queues: Queues::new(config.capacity),
-            epochs: Epochs::new(),
-            counters: Counters::new(config.workers),
-            history: (config.history_size > 0).then(|| History::new(config.history_size)),
-            workers: Mutex::new(Vec::new()),
-            live_workers: AtomicUsize::new(config.workers),
-            shut: AtomicBool::new(false),
-            error_hook: self.error_hook,
-            config,
-        });
-        let mut handles = Vec::with_capacity(shared.config.workers);
-        for index in 0..shared.config.workers {
-            let worker_shared = shared.clone();
-            let name = format!("{}-{index}", shared.config.name);
-            match spawn(name, move || worker::run(worker_shared, index)) {
-                Ok(handle) => handles.push(handle),
-                Err(e) => {
-                    // Stop the ones already started; the rest never ran.
-                    let missing = shared.config.workers - index;
-                    shared.live_workers.fetch_sub(missing, Ordering::SeqCst);
-                    *shared.workers.lock() = handles;
-                    shared.shutdown();
-                    return Err(BuildError::Spawn(e));
-                }
-            }
-        }
-        *shared.workers.lock() = handles;
-        Ok(Bus { handle: Arc::new(Handle { shared }) })
-    }
-}
-
-#[derive(Default)]
-struct Registry {
-    next_id: u64,
-    plugins: BTreeMap<Arc<str>, Vec<Arc<Subscription>>>,
-    live: usize,
-    dead: usize,
-}
-
-pub(crate) struct Shared {
-    pub(crate) id: usize,
-    pub(crate) config: Config,
-    pub(crate) snapshot: ArcCell<Snapshot>,
-    registry: Mutex<Registry>,
-    pub(crate) queues: Queues<Arc<Event>>,
-    pub(crate) epochs: Epochs,
-    pub(crate) counters: Counters,
-    pub(crate) history: Option<History>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
-    live_workers: AtomicUsize,
-    shut: AtomicBool,
-    error_hook: Option<ErrorHook>,
-}
-
-impl Shared {
-    pub(crate) fn handler_failed(
-        &self,
-        event: &Event,
-        sub: &Subscription,
-        error: &(dyn std::error::Error + 'static),
-        counters: &WorkerCounters,
-        panicked: bool,
-    ) {
-        WorkerCounters::add(&counters.errors, 1);
-        if panicked {
-            WorkerCounters::add(&counters.panics, 1);
-        }
-        // Relaxed: a per-subscription statistic.
-        sub.errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            event = event.name(),
-            event_id = %event.id(),
-            plugin = &*sub.plugin,
-            pattern = sub.pattern.as_str(),
-            %error,
-            "handler failed"
-        );
-        if let Some(hook) = &self.error_hook {
-            let hook_run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                hook(event, &sub.plugin, error)
-            }));
-            if hook_run.is_err() {
-                tracing::error!(event = event.name(), "the error hook panicked");
-            }
-        }
-    }
-
-    /// Called by each worker as it leaves. The last one drops every handler,
-    /// which breaks the cycles of handlers that hold a `Bus`.
-    pub(crate) fn worker_exited(&self) {
-        if self.live_workers.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.clear_subscriptions();
-        }
-    }
-
-    fn clear_subscriptions(&self) {
-        let plugins = {
-            let mut reg = self.registry.lock();
-            reg.live = 0;
-            reg.dead = 0;
-            std::mem::take(&mut reg.plugins)
-        };
-        for sub in plugins.values().flatten() {
-            sub.gate.close();
-        }
-        self.snapshot.store(Arc::new(Snapshot::default()));
-        // Handlers are dropped here, outside every lock.
-        drop(plugins);
-    }
-
-    fn shutdown(&self) {
-        if !self.shut.swap(true, Ordering::SeqCst) {
-            self.queues.close();
-        }
-        if is_worker_of(self.id) {
-            // A handler cannot wait for its own thread; the workers finish
-            // draining on their own.
-            return;
-        }
-        let handles = std::mem::take(&mut *self.workers.lock());
-        for handle in handles {
-            let _ = handle.join();
-        }
-        if self.live_workers.load(Ordering::SeqCst) == 0 {
-            self.clear_subscriptions();
-        }
-    }
-}
+use crate::worker::{is_worker_of, CONTEXT};
 
 /// The owner of the workers: dropping the last one shuts the bus down.
 struct Handle {
@@ -305,7 +30,7 @@ struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.shared.shutdown();
+        let _ = self.shared.shutdown(None);
     }
 }
 
@@ -389,6 +114,10 @@ impl Bus {
     /// A builder to configure a bus.
     pub fn builder() -> BusBuilder {
         BusBuilder::default()
+    }
+
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Bus {
+        Bus { handle: Arc::new(Handle { shared }) }
     }
 
     fn shared(&self) -> &Shared {
@@ -538,7 +267,7 @@ impl Bus {
         })?;
         let shared = self.shared();
         let mut reg = shared.registry.lock();
-        if shared.shut.load(Ordering::SeqCst) {
+        if shared.is_shut() {
             return Err(SubscribeError::Closed);
         }
         reg.next_id += 1;
@@ -578,11 +307,16 @@ impl Bus {
 
     /// Like [`unsubscribe`](Bus::unsubscribe), and also waits until no call
     /// of those handlers is running, so the plugin can be torn down safely.
-    /// Called from inside one of those handlers, it waits for every call but
-    /// its own (it does not deadlock).
+    ///
+    /// Called from inside a handler, it does not wait for the calls that
+    /// cannot end while it waits: its own, and those of handlers that are
+    /// themselves waiting, directly or through others, for a call it is
+    /// inside (two plugins unloading each other from their handlers). Those
+    /// calls are stuck in the same kind of wait and end right after it
+    /// returns; no new call of the removed subscriptions starts either way.
     pub fn unsubscribe_and_wait(&self, pattern: &str, plugin: &str) -> usize {
         let removed = self.remove(plugin, Some(pattern));
-        wait_idle(&removed);
+        self.shared().waits.wait_idle(&removed, None);
         removed.len()
     }
 
@@ -590,8 +324,67 @@ impl Bus {
     /// [`unsubscribe_and_wait`](Bus::unsubscribe_and_wait) does.
     pub fn unsubscribe_all_and_wait(&self, plugin: &str) -> usize {
         let removed = self.remove(plugin, None);
-        wait_idle(&removed);
+        self.shared().waits.wait_idle(&removed, None);
         removed.len()
+    }
+
+    /// [`unsubscribe_and_wait`](Bus::unsubscribe_and_wait) that waits at most
+    /// `timeout` for running calls.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitTimeout`] when calls were still running at the deadline: it
+    /// says how many subscriptions were removed (they are, all the same) and
+    /// which still had calls running.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard::Bus;
+    ///
+    /// let bus = Bus::new()?;
+    /// bus.subscribe("quote.*", "search", |_event| Ok(()))?;
+    /// let removed = bus.unsubscribe_and_wait_timeout("quote.*", "search", Duration::from_secs(1))?;
+    /// assert_eq!(removed, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unsubscribe_and_wait_timeout(
+        &self,
+        pattern: &str,
+        plugin: &str,
+        timeout: Duration,
+    ) -> Result<usize, WaitTimeout> {
+        let removed = self.remove(plugin, Some(pattern));
+        self.wait_removed(removed, timeout)
+    }
+
+    /// [`unsubscribe_all_and_wait`](Bus::unsubscribe_all_and_wait) that waits
+    /// at most `timeout` for running calls.
+    ///
+    /// # Errors
+    ///
+    /// As [`unsubscribe_and_wait_timeout`](Bus::unsubscribe_and_wait_timeout).
+    pub fn unsubscribe_all_and_wait_timeout(
+        &self,
+        plugin: &str,
+        timeout: Duration,
+    ) -> Result<usize, WaitTimeout> {
+        let removed = self.remove(plugin, None);
+        self.wait_removed(removed, timeout)
+    }
+
+    fn wait_removed(
+        &self,
+        removed: Vec<Arc<Subscription>>,
+        timeout: Duration,
+    ) -> Result<usize, WaitTimeout> {
+        let still_running = self.shared().waits.wait_idle(&removed, deadline(timeout));
+        if still_running.is_empty() {
+            Ok(removed.len())
+        } else {
+            Err(WaitTimeout { removed: removed.len(), still_running })
+        }
     }
 
     fn remove(&self, plugin: &str, pattern: Option<&str>) -> Vec<Arc<Subscription>> {
@@ -629,11 +422,13 @@ impl Bus {
     ///
     /// From inside a handler the event is one level deeper than the event
     /// being handled, and it is queued like any other (handlers never run
-    /// nested). If the queues are full there, a handler does not block (it
-    /// would wait on its own worker): under [`Overflow::Block`] the event goes
-    /// to its worker's spill buffer (at most `capacity` events), dispatched
-    /// before the worker's next batch; when that is full too, or under
-    /// [`Overflow::Error`], it gets [`PublishError::Full`].
+    /// nested). A handler never waits for room (it would wait on its own
+    /// worker): under [`Overflow::Block`](crate::Overflow::Block) its event may go past the capacity,
+    /// by as many events again, into the same queue as any other, so it
+    /// keeps its place in publish order and its priority; past that, or
+    /// under [`Overflow::Error`](crate::Overflow::Error), it gets [`PublishError::Full`].
+    ///
+    /// Once this returns `Ok`, the event is in [`history`](Bus::history).
     ///
     /// # Errors
     ///
@@ -652,7 +447,6 @@ impl Bus {
             let c = c.borrow();
             (c.bus == shared.id).then_some((c.depth + 1, c.bucket))
         });
-        let on_worker = parent.is_some();
         let depth = parent.map_or(0, |(depth, _)| depth);
         if depth > shared.config.max_depth {
             shared.counters.bump(Count::DepthRefused);
@@ -670,9 +464,20 @@ impl Bus {
             Some((_, bucket)) => shared.epochs.begin_in(bucket),
             None => shared.epochs.begin(),
         };
-        let offer =
-            shared.queues.offer(event, priority, bucket, shared.config.overflow, !on_worker);
-        match offer {
+        let record = |event: &Arc<Event>| {
+            if let Some(history) = &shared.history {
+                history.record(event);
+            }
+        };
+        let offer = shared.queues.offer(
+            event,
+            priority,
+            bucket,
+            shared.config.overflow,
+            parent.is_some(),
+            record,
+        );
+        let refused = match offer {
             Offer::Accepted { dropped } => {
                 if let Some(victim) = dropped {
                     shared.epochs.end(victim.epoch, 1);
@@ -683,51 +488,25 @@ impl Bus {
                     );
                     // The victim was counted as published when it was accepted.
                 }
-                Ok(self.accepted(id))
-            }
-            Offer::Full(event) if on_worker && shared.config.overflow == Overflow::Block => {
-                // A handler must not wait on its own worker: spill instead.
-                let refused = CONTEXT.with(|c| {
-                    let mut c = c.borrow_mut();
-                    if c.spill.len() < shared.config.capacity {
-                        c.spill.push(Queued { item: event, epoch: bucket });
-                        None
-                    } else {
-                        Some(event)
-                    }
-                });
-                match refused {
-                    None => Ok(self.accepted(id)),
-                    Some(event) => {
-                        shared.epochs.end(bucket, 1);
-                        shared.counters.bump(Count::Rejected);
-                        Err(PublishError::Full(unwrap_event(event)))
-                    }
-                }
-            }
-            Offer::Full(event) => {
-                shared.epochs.end(bucket, 1);
-                shared.counters.bump(Count::Rejected);
-                Err(PublishError::Full(unwrap_event(event)))
-            }
-            Offer::Closed(event) => {
-                shared.epochs.end(bucket, 1);
-                shared.counters.bump(Count::Rejected);
-                Err(PublishError::Closed(unwrap_event(event)))
+                shared.counters.bump(Count::Published);
+                return Ok(id);
             }
             Offer::Shed(event) => {
+                // Accepted and dropped at once: published, in history, and
+                // counted as dropped.
+                record(&event);
                 shared.epochs.end(bucket, 1);
                 shared.counters.bump(Count::Published);
                 shared.counters.bump(Count::Dropped);
                 tracing::debug!(event = event.name(), "dropped by the shed overflow policy");
-                Ok(id)
+                return Ok(id);
             }
-        }
-    }
-
-    fn accepted(&self, id: EventId) -> EventId {
-        self.shared().counters.bump(Count::Published);
-        id
+            Offer::Full(event) => PublishError::Full(unwrap_event(event)),
+            Offer::Closed(event) => PublishError::Closed(unwrap_event(event)),
+        };
+        shared.epochs.end(bucket, 1);
+        shared.counters.bump(Count::Rejected);
+        Err(refused)
     }
 
     /// Returns once every event published before the call has been
@@ -743,35 +522,79 @@ impl Bus {
         if is_worker_of(shared.id) {
             return;
         }
-        shared.epochs.flush();
+        let _ = shared.epochs.flush(None);
     }
 
-    /// Up to `limit` (all if `None`) recent events whose name matches
-    /// `pattern` (all if `None`), most recent first. Empty when history is
-    /// off.
-    ///
-    /// Events enter the history when a worker takes them off the queues (so
-    /// after [`flush`](Bus::flush), every earlier event is there), in the
-    /// order workers take them.
+    /// [`flush`](Bus::flush) that waits at most `timeout`.
     ///
     /// # Errors
     ///
-    /// [`SubscribeError::InvalidPattern`] when `pattern` is not acceptable.
+    /// [`FlushTimeout`] when events published before the call were still
+    /// being dispatched at the deadline, with how many. From inside a handler
+    /// it returns `Ok` at once, as `flush` does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard::{Bus, Event};
+    ///
+    /// let bus = Bus::new()?;
+    /// bus.publish(Event::new("trivia.started", serde_json::Value::Null, "trivia"))?;
+    /// bus.flush_timeout(Duration::from_secs(5))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn flush_timeout(&self, timeout: Duration) -> Result<(), FlushTimeout> {
+        let shared = self.shared();
+        if is_worker_of(shared.id) {
+            return Ok(());
+        }
+        shared.epochs.flush(deadline(timeout)).map_err(|pending| FlushTimeout { pending })
+    }
+
+    /// Up to `limit` (all if `None`) of the last accepted events whose name
+    /// matches `pattern` (all if `None`), most recent first. Empty when
+    /// history is off.
+    ///
+    /// History is in publish order: one total order of all accepted events
+    /// that agrees with each publishing thread's own order, whatever the
+    /// number of workers, the priorities, or the events handlers published.
+    /// An event is in it as soon as its `publish` returns `Ok`, and before
+    /// any handler sees it: a late joiner that subscribes first and reads
+    /// history second misses nothing in between (it may see an event in both).
+    ///
+    /// # Errors
+    ///
+    /// [`HistoryError::InvalidPattern`] when `pattern` is not acceptable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{Bus, Event, Priority};
+    ///
+    /// let bus = Bus::builder().history_size(2).build()?;
+    /// for (name, priority) in [("a.1", Priority::Low), ("a.2", Priority::High), ("b.3", Priority::Normal)] {
+    ///     bus.publish(Event::new(name, serde_json::Value::Null, "t").with_priority(priority))?;
+    /// }
+    /// let names: Vec<String> =
+    ///     bus.history(None, None)?.iter().map(|e| e.name().to_owned()).collect();
+    /// assert_eq!(names, ["b.3", "a.2"]); // the last two published, newest first
+    /// assert_eq!(bus.history(Some(5), Some("a.*"))?.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn history(
         &self,
         limit: Option<usize>,
         pattern: Option<&str>,
-    ) -> Result<Vec<Arc<Event>>, SubscribeError> {
+    ) -> Result<Vec<Arc<Event>>, HistoryError> {
         let pattern = match pattern {
             None => None,
             Some(p) => {
-                NameError::check(p).map_err(|reason| SubscribeError::InvalidPattern {
-                    pattern: crate::error::truncate(p),
-                    reason,
-                })?;
-                Some(Pattern::new(p).map_err(|_| SubscribeError::InvalidPattern {
-                    pattern: crate::error::truncate(p),
-                    reason: NameError::TooLong { len: p.len(), max: crate::MAX_NAME_LEN },
+                let invalid =
+                    |reason| HistoryError::InvalidPattern { pattern: crate::error::truncate(p), reason };
+                NameError::check(p).map_err(invalid)?;
+                Some(Pattern::new(p).map_err(|_| {
+                    invalid(NameError::TooLong { len: p.len(), max: crate::MAX_NAME_LEN })
                 })?)
             }
         };
@@ -817,26 +640,52 @@ impl Bus {
     }
 
     /// Stops accepting events, dispatches everything already accepted, joins
-    /// the workers and drops every handler. Idempotent. Later publishes get
-    /// [`PublishError::Closed`].
+    /// the workers and drops every handler and the error hook. Idempotent.
+    /// Later publishes get [`PublishError::Closed`], and publishers waiting
+    /// for room are released with it.
     ///
-    /// Called from inside a handler it cannot wait for its own thread: it
-    /// closes the bus and returns, and the workers finish draining by
-    /// themselves.
+    /// Any number of threads may call it at once: each returns only after
+    /// the drain and the join. Called from inside a handler it cannot wait
+    /// for its own thread: it closes the bus and returns, and the workers
+    /// finish draining by themselves.
     pub fn shutdown(&self) {
-        self.shared().shutdown();
+        let _ = self.shared().shutdown(None);
+    }
+
+    /// [`shutdown`](Bus::shutdown) that waits at most `timeout` for the drain
+    /// and the join.
+    ///
+    /// # Errors
+    ///
+    /// [`ShutdownTimeout`] when the deadline passed first (or when called
+    /// from a handler, which cannot wait): the bus is closed all the same and
+    /// the workers go on draining; it says how many events were still
+    /// pending and how many workers still running.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard::Bus;
+    ///
+    /// let bus = Bus::new()?;
+    /// bus.shutdown_timeout(Duration::from_secs(5))?;
+    /// assert!(bus.is_closed());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown_timeout(&self, timeout: Duration) -> Result<(), ShutdownTimeout> {
+        self.shared().shutdown(deadline(timeout))
     }
 
     /// Whether [`shutdown`](Bus::shutdown) has been called.
     pub fn is_closed(&self) -> bool {
-        self.shared().shut.load(Ordering::SeqCst)
+        self.shared().is_shut()
     }
 }
 
-fn wait_idle(removed: &[Arc<Subscription>]) {
-    for sub in removed {
-        sub.gate.wait_idle(own_calls(sub));
-    }
+/// `now + timeout`, or no deadline when that is past the end of time.
+fn deadline(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
 }
 
 fn unwrap_event(event: Arc<Event>) -> Box<Event> {

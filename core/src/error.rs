@@ -49,6 +49,8 @@ impl fmt::Display for NameError {
     }
 }
 
+impl std::error::Error for NameError {}
+
 /// Why [`BusBuilder::build`](crate::BusBuilder::build) failed.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -115,7 +117,22 @@ impl fmt::Display for SubscribeError {
     }
 }
 
-impl std::error::Error for SubscribeError {}
+impl SubscribeError {
+    /// Whether the bus was shut down.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, SubscribeError::Closed)
+    }
+}
+
+impl std::error::Error for SubscribeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SubscribeError::InvalidPattern { reason, .. }
+            | SubscribeError::InvalidPlugin { reason } => Some(reason),
+            SubscribeError::Closed => None,
+        }
+    }
+}
 
 /// Why a publish call did not accept the event. Every variant gives the
 /// event back, so nothing is lost silently.
@@ -126,7 +143,8 @@ pub enum PublishError {
     Closed(Box<Event>),
     /// The queue was full and the overflow policy is
     /// [`Overflow::Error`](crate::Overflow::Error), or a handler published
-    /// into a full queue and its worker's spill buffer was full too.
+    /// into a full queue and the room handlers may overshoot by was used up
+    /// too.
     Full(Box<Event>),
     /// The event's name is not acceptable.
     InvalidName {
@@ -148,6 +166,26 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    /// Whether the queue was full (see [`PublishError::Full`]).
+    pub fn is_full(&self) -> bool {
+        matches!(self, PublishError::Full(_))
+    }
+
+    /// Whether the bus was shut down.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, PublishError::Closed(_))
+    }
+
+    /// The event that was not accepted, by reference.
+    pub fn event(&self) -> &Event {
+        match self {
+            PublishError::Closed(e) | PublishError::Full(e) => e,
+            PublishError::InvalidName { event, .. } | PublishError::DepthExceeded { event, .. } => {
+                event
+            }
+        }
+    }
+
     /// The event that was not accepted.
     pub fn into_event(self) -> Event {
         match self {
@@ -174,7 +212,117 @@ impl fmt::Display for PublishError {
     }
 }
 
-impl std::error::Error for PublishError {}
+impl std::error::Error for PublishError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PublishError::InvalidName { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// Why [`Bus::history`](crate::Bus::history) failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HistoryError {
+    /// The filter pattern is not acceptable.
+    InvalidPattern {
+        /// The pattern as given (cut to 64 characters).
+        pattern: String,
+        /// What is wrong with it.
+        reason: NameError,
+    },
+}
+
+impl fmt::Display for HistoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HistoryError::InvalidPattern { pattern, reason } => {
+                write!(f, "invalid history filter {pattern:?}: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for HistoryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HistoryError::InvalidPattern { reason, .. } => Some(reason),
+        }
+    }
+}
+
+/// [`Bus::flush_timeout`](crate::Bus::flush_timeout) gave up before every
+/// earlier event was dispatched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlushTimeout {
+    /// How many events (handler-published ones included) the flush was
+    /// still waiting for when it gave up. Zero when it could not wait at
+    /// all: another flush held the turn until the deadline.
+    pub pending: u64,
+}
+
+impl fmt::Display for FlushTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "flush timed out with {} events still being dispatched", self.pending)
+    }
+}
+
+impl std::error::Error for FlushTimeout {}
+
+/// An unsubscribe-and-wait call with a timeout gave up waiting. The
+/// subscriptions are removed all the same: no new call of them starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WaitTimeout {
+    /// How many subscriptions were removed.
+    pub removed: usize,
+    /// The removed subscriptions that still had a call running at the
+    /// deadline.
+    pub still_running: Vec<crate::SubscriptionId>,
+}
+
+impl fmt::Display for WaitTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "removed {} subscriptions, but {} still had calls running at the deadline",
+            self.removed,
+            self.still_running.len()
+        )
+    }
+}
+
+impl std::error::Error for WaitTimeout {}
+
+/// [`Bus::shutdown_timeout`](crate::Bus::shutdown_timeout) returned before
+/// the drain and the join were done. The bus is closed all the same, and
+/// the workers go on draining.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownTimeout {
+    /// Events still queued or being dispatched when it gave up.
+    pub pending: u64,
+    /// Worker threads still running.
+    pub running_workers: usize,
+    /// Whether it was called from one of the bus's own handlers, which
+    /// cannot wait for their own worker.
+    pub from_handler: bool,
+}
+
+impl fmt::Display for ShutdownTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.from_handler {
+            write!(f, "shutdown called from a handler cannot wait for its own worker")?;
+        } else {
+            write!(f, "shutdown timed out")?;
+        }
+        write!(f, " ({} events pending, {} workers running)", self.pending, self.running_workers)
+    }
+}
+
+impl std::error::Error for ShutdownTimeout {}
 
 /// The error a typed handler reports when an event's payload is not the type
 /// it expects.

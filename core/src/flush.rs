@@ -9,9 +9,17 @@
 //! flush that starts after the publish returned waits for it. Flushes are
 //! serialised so that a bucket is never reused while a flush waits on it.
 //!
+//! A flush with a deadline may give up and leave its bucket non-empty. So
+//! before advancing, a flush first waits for the bucket new events are
+//! about to go to: whatever is still in it was published before this flush
+//! (by the earlier flush that gave up), and once it is empty every event
+//! counted into it from then on is newer than this flush.
+//!
 //! An event published by a handler is counted in its parent's bucket, so a
 //! flush waits for the cascades of the events it waits for.
 //! Modelled in `loom_tests.rs`.
+
+use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
@@ -75,13 +83,33 @@ impl Epochs {
         }
     }
 
-    /// Returns once every event counted in before the call is counted out.
-    pub(crate) fn flush(&self) {
-        let _serial = self.flushing.lock();
+    /// Events counted in and not yet out, in both buckets.
+    pub(crate) fn pending(&self) -> u64 {
+        (self.inflight[0].load(Ordering::SeqCst) + self.inflight[1].load(Ordering::SeqCst)) as u64
+    }
+
+    /// Returns once every event counted in before the call is counted out;
+    /// with a deadline, `Err(pending)` when it passed first.
+    pub(crate) fn flush(&self, deadline: Option<Instant>) -> Result<(), u64> {
+        let Some(_serial) = self.flushing.lock_until(deadline) else { return Err(0) };
+        let current = self.epoch.load(Ordering::SeqCst) & 1;
+        // Leftovers of a flush that gave up (see the module docs).
+        self.wait_empty(current ^ 1, deadline)?;
         let old = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
         fence(Ordering::SeqCst);
+        self.wait_empty(old, deadline)
+    }
+
+    fn wait_empty(&self, bucket: usize, deadline: Option<Instant>) -> Result<(), u64> {
         let mut round = 0;
-        while self.inflight[old].load(Ordering::SeqCst) != 0 {
+        loop {
+            let pending = self.inflight[bucket].load(Ordering::SeqCst);
+            if pending == 0 {
+                return Ok(());
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(pending as u64);
+            }
             backoff(&mut round);
         }
     }

@@ -45,6 +45,7 @@
 
 pub use switchboard_matcher as matcher;
 
+mod builder;
 mod bus;
 mod error;
 mod event;
@@ -52,17 +53,21 @@ mod flush;
 mod history;
 mod loom;
 mod queue;
+mod shared;
 mod snapshot;
 mod stats;
 mod subscription;
+mod wait;
 mod worker;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
 
-pub use crate::bus::{Bus, BusBuilder, ErrorHook, WeakBus};
+pub use crate::builder::{BusBuilder, ErrorHook};
+pub use crate::bus::{Bus, WeakBus};
 pub use crate::error::{
-    BuildError, HandlerPanic, NameError, PayloadError, PublishError, SubscribeError, MAX_NAME_LEN,
+    BuildError, FlushTimeout, HandlerPanic, HistoryError, NameError, PayloadError, PublishError,
+    ShutdownTimeout, SubscribeError, WaitTimeout, MAX_NAME_LEN,
 };
 pub use crate::event::{Event, EventId, Payload, Priority, TypedPayload};
 pub use crate::queue::Overflow;

@@ -9,6 +9,8 @@
 
 #[cfg(not(loom))]
 mod imp {
+    use std::time::Instant;
+
     pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use std::thread::JoinHandle;
     pub(crate) use std::thread_local;
@@ -28,6 +30,14 @@ mod imp {
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock()
         }
+
+        /// Locks, or gives up at `deadline` (`None`: never gives up).
+        pub(crate) fn lock_until(&self, deadline: Option<Instant>) -> Option<MutexGuard<'_, T>> {
+            match deadline {
+                None => Some(self.0.lock()),
+                Some(deadline) => self.0.try_lock_until(deadline),
+            }
+        }
     }
 
     #[derive(Debug, Default)]
@@ -41,6 +51,23 @@ mod imp {
         pub(crate) fn wait<'a, T>(&self, mut guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
             self.0.wait(&mut guard);
             guard
+        }
+
+        /// Waits for a notification or `deadline` (`None`: no deadline);
+        /// `true` when the deadline passed.
+        pub(crate) fn wait_until<'a, T>(
+            &self,
+            mut guard: MutexGuard<'a, T>,
+            deadline: Option<Instant>,
+        ) -> (MutexGuard<'a, T>, bool) {
+            let timed_out = match deadline {
+                None => {
+                    self.0.wait(&mut guard);
+                    false
+                }
+                Some(deadline) => self.0.wait_until(&mut guard, deadline).timed_out(),
+            };
+            (guard, timed_out)
         }
 
         pub(crate) fn notify_one(&self) {
@@ -98,6 +125,8 @@ mod imp {
 
 #[cfg(loom)]
 mod imp {
+    use std::time::Instant;
+
     pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use loom::thread::JoinHandle;
     pub(crate) use loom::thread_local;
@@ -115,6 +144,11 @@ mod imp {
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock().unwrap_or_else(|e| e.into_inner())
         }
+
+        /// Models never use deadlines: this locks.
+        pub(crate) fn lock_until(&self, _deadline: Option<Instant>) -> Option<MutexGuard<'_, T>> {
+            Some(self.lock())
+        }
     }
 
     #[derive(Debug, Default)]
@@ -127,6 +161,15 @@ mod imp {
 
         pub(crate) fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
             self.0.wait(guard).unwrap_or_else(|e| e.into_inner())
+        }
+
+        /// Models never use deadlines: this waits.
+        pub(crate) fn wait_until<'a, T>(
+            &self,
+            guard: MutexGuard<'a, T>,
+            _deadline: Option<Instant>,
+        ) -> (MutexGuard<'a, T>, bool) {
+            (self.wait(guard), false)
         }
 
         pub(crate) fn notify_one(&self) {
@@ -223,5 +266,9 @@ impl<T> ArcCell<T> {
 
     pub(crate) fn store(&self, value: std::sync::Arc<T>) {
         *self.0.lock().unwrap() = value;
+    }
+
+    pub(crate) fn swap(&self, value: std::sync::Arc<T>) -> std::sync::Arc<T> {
+        std::mem::replace(&mut *self.0.lock().unwrap(), value)
     }
 }

@@ -3,12 +3,22 @@
 //!
 //! # Protocols (modelled in `loom_tests.rs`)
 //!
-//! *Reservation.* A publisher first reserves a slot (`queued += 1`, refused
-//! past the capacity), then checks `closed`, then pushes. Shutdown sets
-//! `closed`, then workers drain until `queued == 0`. Sequential consistency
-//! on `queued` and `closed` means a publisher either sees `closed` and backs
-//! out, or its reservation is seen by the draining workers, which wait for
-//! the push. No accepted event is stranded.
+//! *Reservation.* A publisher first reserves a slot: a compare-and-swap
+//! that raises `queued` only while it is below the publisher's limit, so a
+//! refused reservation never touches the counter (a counter bumped and
+//! undone would make a room waiter see "full" when it is not, and sleep
+//! through its only wake-up). Then it checks `closed`, then pushes.
+//! Shutdown sets `closed`, then workers drain until `queued == 0`.
+//! Sequential consistency on `queued` and `closed` means a publisher either
+//! sees `closed` and backs out, or its reservation is seen by the draining
+//! workers, which wait for the push. No accepted event is stranded.
+//!
+//! *Overshoot.* A handler must never wait for room (it would wait on its own
+//! worker), so under `Overflow::Block` a publish from a handler may reserve
+//! past the capacity, up to `capacity` more events. Those events go into the
+//! same lane as any other, so they keep their place in publish order and
+//! their priority. Outside publishers still wait until `queued` is below
+//! the capacity.
 //!
 //! *Parking.* A worker that found nothing registers as a sleeper
 //! (`sleepers += 1`) under the park lock, then re-reads `queued`, and only
@@ -18,7 +28,8 @@
 //! sleeper and its notification (under the lock) cannot be lost.
 //!
 //! *Room.* A blocked publisher registers in `room_waiters` under the room
-//! lock, re-checks for room, then waits; a worker frees room, then reads
+//! lock, re-checks for room, then waits; anything that lowers `queued` (a
+//! worker taking a batch, a reservation backed out at shutdown) then reads
 //! `room_waiters` and notifies under the lock. Same handshake.
 
 use crate::event::Priority;
@@ -28,6 +39,7 @@ use crate::loom::{
 
 /// What publish does when the queues are full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Overflow {
     /// The publisher waits for room; nothing is lost. The default.
     #[default]
@@ -54,7 +66,7 @@ pub(crate) struct Queued<T> {
 pub(crate) enum Offer<T> {
     /// Queued. If a queued event was dropped to make room, here it is.
     Accepted { dropped: Option<Queued<T>> },
-    /// Not queued: full (policy `Error`, or a caller that may not block).
+    /// Not queued: full (policy `Error`, or a handler's overshoot used up).
     Full(T),
     /// Not queued: the bus is closed.
     Closed(T),
@@ -66,7 +78,10 @@ pub(crate) enum Offer<T> {
 #[derive(Debug)]
 pub(crate) struct Queues<T> {
     lanes: [BoundedQueue<Queued<T>>; 3],
+    /// What outside publishers may fill.
     capacity: usize,
+    /// What handlers may fill under `Overflow::Block` (see *Overshoot*).
+    overshoot_limit: usize,
     /// Reserved or queued events, across all lanes.
     queued: AtomicUsize,
     closed: AtomicBool,
@@ -80,13 +95,16 @@ pub(crate) struct Queues<T> {
 
 impl<T> Queues<T> {
     pub(crate) fn new(capacity: usize) -> Queues<T> {
+        let overshoot_limit = capacity.saturating_mul(2);
         Queues {
+            // Each lane can hold everything: all events may be of one priority.
             lanes: [
-                BoundedQueue::new(capacity),
-                BoundedQueue::new(capacity),
-                BoundedQueue::new(capacity),
+                BoundedQueue::new(overshoot_limit),
+                BoundedQueue::new(overshoot_limit),
+                BoundedQueue::new(overshoot_limit),
             ],
             capacity,
+            overshoot_limit,
             queued: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
@@ -98,21 +116,36 @@ impl<T> Queues<T> {
         }
     }
 
-    /// Offers `item` at `priority`. With `block`, waits for room under
-    /// `Overflow::Block`; without, a full queue answers `Full`.
+    /// Offers `item` at `priority`. `from_handler` marks a publish from a
+    /// handler: it never waits, and under `Overflow::Block` it may overshoot
+    /// the capacity instead (see *Overshoot*). `accepted` is called once the
+    /// item is sure to be queued, before any worker can take it.
     pub(crate) fn offer(
         &self,
         item: T,
         priority: Priority,
         epoch: usize,
         policy: Overflow,
-        block: bool,
+        from_handler: bool,
+        accepted: impl FnOnce(&T),
     ) -> Offer<T> {
+        let mut accepted = Some(accepted);
+        let mut accept = |item: &T| {
+            if let Some(f) = accepted.take() {
+                f(item);
+            }
+        };
+        let limit = if from_handler && policy == Overflow::Block {
+            self.overshoot_limit
+        } else {
+            self.capacity
+        };
         let mut shed_tried = false;
         loop {
-            match self.reserve() {
+            match self.reserve(limit) {
                 Reserve::Closed => return Offer::Closed(item),
                 Reserve::Ok => {
+                    accept(&item);
                     self.push_reserved(Queued { item, epoch }, priority);
                     return Offer::Accepted { dropped: None };
                 }
@@ -120,7 +153,7 @@ impl<T> Queues<T> {
             }
             match policy {
                 Overflow::Error => return Offer::Full(item),
-                Overflow::Block if !block => return Offer::Full(item),
+                Overflow::Block if from_handler => return Offer::Full(item),
                 // Loop: the next reservation sees room, or `closed`.
                 Overflow::Block => self.wait_for_room(),
                 Overflow::Shed if shed_tried => return Offer::Shed(item),
@@ -129,6 +162,7 @@ impl<T> Queues<T> {
                     // its slot (still counted in `queued`) becomes ours.
                     for lane in &self.lanes[..priority.index()] {
                         if let Some(victim) = lane.pop() {
+                            accept(&item);
                             self.push_reserved(Queued { item, epoch }, priority);
                             return Offer::Accepted { dropped: Some(victim) };
                         }
@@ -141,15 +175,31 @@ impl<T> Queues<T> {
         }
     }
 
-    fn reserve(&self) -> Reserve {
-        // SeqCst: the reservation handshake with shutdown and with parking.
-        let before = self.queued.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if before >= self.capacity {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Reserve::Full;
-        }
+    fn reserve(&self, limit: usize) -> Reserve {
+        // A closed bus refuses as closed, full or not.
         if self.closed.load(Ordering::SeqCst) {
+            return Reserve::Closed;
+        }
+        // SeqCst: the reservation handshake with shutdown and with parking.
+        let mut current = self.queued.load(Ordering::SeqCst);
+        loop {
+            if current >= limit {
+                return Reserve::Full;
+            }
+            match self.queued.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break,
+                Err(seen) => current = seen,
+            }
+        }
+        fence(Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            // Backed out: the drain may be waiting for this slot, and a
+            // room waiter for the room it frees.
             self.queued.fetch_sub(1, Ordering::SeqCst);
             self.wake_all();
             return Reserve::Closed;
@@ -159,7 +209,7 @@ impl<T> Queues<T> {
 
     fn push_reserved(&self, queued: Queued<T>, priority: Priority) {
         // The reservation guarantees room: the lanes' total never exceeds
-        // `capacity`, and each lane alone can hold `capacity`.
+        // the overshoot limit, and each lane alone can hold that many.
         if self.lanes[priority.index()].push(queued).is_err() {
             unreachable!("a reserved slot is always free");
         }

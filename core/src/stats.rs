@@ -30,9 +30,12 @@ pub struct Stats {
     pub rejected: u64,
     /// Events refused because they were published too deep in a handler chain.
     pub depth_refused: u64,
-    /// Events waiting in the queues, per priority (`[low, normal, high]`).
-    /// Events a handler published into a full queue wait in its worker's
-    /// spill buffer instead and are not counted here.
+    /// Panics raised on a worker outside any handler call and caught there:
+    /// a payload's `Drop`, or an error's `Display` or `Drop`, or the
+    /// dropping of a handler. Each is logged; the worker goes on.
+    pub stray_panics: u64,
+    /// Events waiting in the queues, per priority (`[low, normal, high]`),
+    /// including those handlers published past the capacity.
     pub queue_depth: [u64; 3],
     /// Live subscriptions.
     pub subscriptions: u64,
@@ -53,6 +56,7 @@ pub(crate) struct WorkerCounters {
     pub(crate) events: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) panics: AtomicU64,
+    pub(crate) stray_panics: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -67,6 +71,8 @@ impl WorkerCounters {
 pub(crate) struct Counters {
     stripes: Box<[CachePadded<Stripe>]>,
     pub(crate) workers: Box<[CachePadded<WorkerCounters>]>,
+    /// Stray panics caught off the workers (dropping handlers at shutdown).
+    pub(crate) stray: AtomicU64,
 }
 
 /// Which publisher-side counter to bump.
@@ -81,12 +87,21 @@ pub(crate) enum Count {
 thread_local! {
     // Not `const`-initialised: loom's thread_local! does not take that form.
     #[allow(clippy::missing_const_for_thread_local)]
-    static STRIPE: u8 = 0;
+    static STRIPE: usize = next_stripe();
+}
+
+/// Stripes are dealt out round-robin to threads as they first publish, so
+/// up to `STRIPES` publisher threads each get a cache line of their own.
+/// (Bits of a thread-local's address do not spread: glibc places a
+/// thread's static TLS block at the same offset in every thread.)
+fn next_stripe() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    // Relaxed: only the spread matters.
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STRIPES
 }
 
 fn stripe_index() -> usize {
-    // The address of a thread-local differs per thread: a free, stable spread.
-    STRIPE.with(|s| (s as *const u8 as usize >> 4) % STRIPES)
+    STRIPE.with(|s| *s)
 }
 
 impl Counters {
@@ -94,6 +109,7 @@ impl Counters {
         Counters {
             stripes: (0..STRIPES).map(|_| CachePadded::new(Stripe::default())).collect(),
             workers: (0..workers).map(|_| CachePadded::new(WorkerCounters::default())).collect(),
+            stray: AtomicU64::new(0),
         }
     }
 
@@ -126,8 +142,30 @@ impl Counters {
             events_dispatched: wsum(|w| &w.events),
             handler_errors: wsum(|w| &w.errors),
             handler_panics: wsum(|w| &w.panics),
+            stray_panics: wsum(|w| &w.stray_panics) + self.stray.load(Ordering::Relaxed),
             queue_depth: [0; 3],
             subscriptions: 0,
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{stripe_index, STRIPES};
+
+    /// Regression: stripes were picked from a thread-local's address, which
+    /// is the same in every thread, so all publishers shared one stripe.
+    #[test]
+    fn publisher_threads_get_different_stripes() {
+        let stripes: std::collections::HashSet<usize> = (0..STRIPES)
+            .map(|_| std::thread::spawn(stripe_index))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        // Round-robin: any STRIPES consecutive new threads cover every stripe
+        // unless other tests' threads interleave; half is a safe floor that
+        // the old scheme (one stripe for all) could not reach.
+        assert!(stripes.len() >= STRIPES / 2, "only {} stripes used", stripes.len());
     }
 }

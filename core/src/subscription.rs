@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use switchboard_matcher::Pattern;
 
@@ -122,11 +123,30 @@ impl Gate {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Waits until at most `own` calls are running (`own` being the calls of
-    /// this very thread, which cannot end while it waits).
-    pub(crate) fn wait_idle(&self, own: usize) {
+    /// How many calls are running.
+    pub(crate) fn running(&self) -> usize {
+        // SeqCst: read after `close`'s fence (see the protocol above); it
+        // also acquires the handlers' effects from `exit`'s Release.
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no call is running but the `excused()` ones (calls that
+    /// cannot end while the caller waits: its own, and those waiting for
+    /// it), or until `deadline`. `false` when the deadline passed first.
+    pub(crate) fn wait_idle(
+        &self,
+        mut excused: impl FnMut() -> usize,
+        deadline: Option<Instant>,
+    ) -> bool {
         let mut round = 0;
-        while self.running.load(Ordering::SeqCst) > own {
+        loop {
+            let running = self.running();
+            if running == 0 || running <= excused() {
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
             backoff(&mut round);
         }
     }

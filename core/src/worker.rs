@@ -1,12 +1,18 @@
 //! The worker loop: take a batch from the lane the fairness rule picks,
 //! load the snapshot once, dispatch every event of the batch, repeat; spin
 //! briefly when there is nothing, then park.
+//!
+//! Every piece of user code a worker runs is inside `catch_unwind`: the
+//! handler call, the reporting of its failure (an error's `Display`, the
+//! error hook, dropping the error or the panic payload) and the drop of the
+//! event (a payload's `Drop`). A panic there is counted and logged, the
+//! event still counts as dispatched for `flush`, and the worker goes on.
 
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::bus::Shared;
+use crate::shared::Shared;
 use crate::error::HandlerPanic;
 use crate::event::Event;
 use crate::loom::{idle_turn, thread_local};
@@ -27,18 +33,34 @@ pub(crate) struct Context {
     pub(crate) bucket: usize,
     /// The subscriptions whose handlers this thread is running, innermost last.
     pub(crate) running: Vec<usize>,
-    /// Events its handlers published while the queues were full.
-    pub(crate) spill: Vec<Queued<Arc<Event>>>,
 }
 
 thread_local! {
     pub(crate) static CONTEXT: RefCell<Context> = RefCell::new(Context::default());
 }
 
+/// A subscription's identity in [`Context::running`] and the wait graph.
+pub(crate) fn sub_key(sub: &Subscription) -> usize {
+    sub as *const Subscription as usize
+}
+
 /// How many calls of `sub` this thread itself is running.
 pub(crate) fn own_calls(sub: &Subscription) -> usize {
-    let key = sub as *const Subscription as usize;
+    let key = sub_key(sub);
     CONTEXT.with(|c| c.borrow().running.iter().filter(|&&k| k == key).count())
+}
+
+/// The subscriptions whose calls this thread is inside.
+pub(crate) fn running_keys() -> Vec<usize> {
+    CONTEXT.with(|c| c.borrow().running.clone())
+}
+
+/// Drops a caught panic's payload; a payload whose own `Drop` panics is
+/// leaked rather than allowed to unwind further.
+pub(crate) fn discard_panic(payload: Box<dyn std::any::Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(again);
+    }
 }
 
 /// Whether this thread is a worker of the bus `id`.
@@ -78,26 +100,28 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
     let mut scratch = Vec::new();
     let mut idle = 0u32;
     loop {
-        let spilled = CONTEXT.with(|c| std::mem::take(&mut c.borrow_mut().spill));
-        if !spilled.is_empty() {
-            batch.extend(spilled);
-        } else if let Some(lane) =
-            fairness.pick(shared.queues.nonempty(), shared.config.starvation_limit)
+        if let Some(lane) = fairness.pick(shared.queues.nonempty(), shared.config.starvation_limit)
         {
             shared.queues.take(lane, shared.config.batch_size, &mut batch);
         }
         if !batch.is_empty() {
             idle = 0;
-            if let Some(history) = &shared.history {
-                history.record(&batch);
-            }
             // Load after taking the batch: an event published after a
             // subscribe returned is matched against a snapshot holding it.
             let snapshot = shared.snapshot.load_full();
             let mut ended = [0usize; 2];
             for queued in batch.drain(..) {
-                dispatch(&shared, &snapshot, &queued, counters, &mut scratch);
-                ended[queued.epoch] += 1;
+                let epoch = queued.epoch;
+                let handled = catch_unwind(AssertUnwindSafe(|| {
+                    dispatch(&shared, &snapshot, queued, counters, &mut scratch)
+                }));
+                if let Err(panic) = handled {
+                    // A payload's `Drop`, or a panic while reporting one.
+                    WorkerCounters::add(&counters.stray_panics, 1);
+                    discard_panic(panic);
+                    tracing::error!("a panic outside any handler call was caught; the worker goes on");
+                }
+                ended[epoch] += 1;
             }
             shared.epochs.end(0, ended[0]);
             shared.epochs.end(1, ended[1]);
@@ -115,14 +139,16 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
     }
     // Still marked as this bus's worker: if dropping the handlers drops the
     // last `Bus`, its shutdown must not try to join this very thread.
-    shared.worker_exited();
+    shared.worker_exited(1);
     CONTEXT.with(|c| c.borrow_mut().bus = 0);
 }
 
+/// Calls every live handler matching the event, then drops the event (the
+/// last reference may be this one).
 fn dispatch(
     shared: &Shared,
     snapshot: &Snapshot,
-    queued: &Queued<Arc<Event>>,
+    queued: Queued<Arc<Event>>,
     counters: &WorkerCounters,
     scratch: &mut Vec<usize>,
 ) {
@@ -143,18 +169,32 @@ fn dispatch(
         if !sub.gate.enter() {
             continue;
         }
-        let key = Arc::as_ptr(sub) as usize;
+        let key = sub_key(sub);
         CONTEXT.with(|c| c.borrow_mut().running.push(key));
         let outcome = catch_unwind(AssertUnwindSafe(|| (sub.handler)(event)));
         CONTEXT.with(|c| c.borrow_mut().running.pop());
         sub.gate.exit();
         calls += 1;
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => shared.handler_failed(event, sub, &*error, counters, false),
-            Err(panic) => {
-                let error = HandlerPanic::new(&*panic);
-                shared.handler_failed(event, sub, &error, counters, true);
+        if !matches!(outcome, Ok(Ok(()))) {
+            // Reporting runs user code too (the error's `Display` and
+            // `Drop`, the hook): a panic there must not skip the handlers
+            // still to come.
+            let reported = catch_unwind(AssertUnwindSafe(|| match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => shared.handler_failed(event, sub, &*error, counters, false),
+                Err(panic) => {
+                    let error = HandlerPanic::new(&*panic);
+                    discard_panic(panic);
+                    shared.handler_failed(event, sub, &error, counters, true);
+                }
+            }));
+            if let Err(panic) = reported {
+                WorkerCounters::add(&counters.stray_panics, 1);
+                discard_panic(panic);
+                tracing::error!(
+                    event = event.name(),
+                    "reporting a handler's failure panicked; the worker goes on"
+                );
             }
         }
     }

@@ -1,0 +1,181 @@
+//! Configuring and starting a bus.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::bus::Bus;
+use crate::error::BuildError;
+use crate::event::Event;
+use crate::loom::spawn;
+use crate::queue::Overflow;
+use crate::shared::Shared;
+use crate::worker;
+
+/// The hook called for every handler error and panic: the event, the
+/// plugin whose handler failed, and the error.
+pub type ErrorHook = Box<dyn Fn(&Event, &str, &(dyn std::error::Error + 'static)) + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) workers: usize,
+    pub(crate) capacity: usize,
+    pub(crate) batch_size: usize,
+    pub(crate) history_size: usize,
+    pub(crate) max_depth: u32,
+    pub(crate) overflow: Overflow,
+    pub(crate) starvation_limit: u32,
+    pub(crate) name: String,
+}
+
+/// Configures a [`Bus`]. Start from [`Bus::builder`].
+///
+/// # Examples
+///
+/// ```
+/// use switchboard::{Bus, Overflow};
+///
+/// let bus = Bus::builder()
+///     .workers(2)
+///     .capacity(4096)
+///     .overflow(Overflow::Block)
+///     .history_size(100)
+///     .build()?;
+/// # Ok::<(), switchboard::BuildError>(())
+/// ```
+pub struct BusBuilder {
+    config: Config,
+    error_hook: Option<ErrorHook>,
+}
+
+impl fmt::Debug for BusBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusBuilder")
+            .field("config", &self.config)
+            .field("error_hook", &self.error_hook.is_some())
+            .finish()
+    }
+}
+
+impl Default for BusBuilder {
+    fn default() -> BusBuilder {
+        BusBuilder {
+            config: Config {
+                workers: 2,
+                capacity: 65_536,
+                batch_size: 32,
+                history_size: 100,
+                max_depth: 16,
+                overflow: Overflow::Block,
+                starvation_limit: 8,
+                name: "switchboard".to_owned(),
+            },
+            error_hook: None,
+        }
+    }
+}
+
+impl BusBuilder {
+    /// Worker threads that dispatch events. Default 2.
+    pub fn workers(mut self, n: usize) -> BusBuilder {
+        self.config.workers = n;
+        self
+    }
+
+    /// How many events may wait in the queues, all priorities together.
+    /// Default 65,536. Handlers may publish past it by as many again (see
+    /// [`Bus::publish`]); each priority's queue is allocated to hold that
+    /// much.
+    pub fn capacity(mut self, n: usize) -> BusBuilder {
+        self.config.capacity = n;
+        self
+    }
+
+    /// The most events a worker takes from one queue in one look. Default
+    /// 32. A `High` event waits behind at most one batch per worker.
+    pub fn batch_size(mut self, n: usize) -> BusBuilder {
+        self.config.batch_size = n;
+        self
+    }
+
+    /// How many recent events [`Bus::history`] keeps. Default 100; 0 turns
+    /// history off.
+    pub fn history_size(mut self, n: usize) -> BusBuilder {
+        self.config.history_size = n;
+        self
+    }
+
+    /// How deep handler-published events may nest. Default 16.
+    pub fn max_depth(mut self, depth: u32) -> BusBuilder {
+        self.config.max_depth = depth;
+        self
+    }
+
+    /// What publish does when the queues are full. Default [`Overflow::Block`].
+    pub fn overflow(mut self, policy: Overflow) -> BusBuilder {
+        self.config.overflow = policy;
+        self
+    }
+
+    /// Anti-starvation: a non-empty queue passed over this many looks in a
+    /// row (for higher ones) is served next. Default 8; 0 means plain
+    /// round-robin among non-empty queues.
+    pub fn starvation_limit(mut self, looks: u32) -> BusBuilder {
+        self.config.starvation_limit = looks;
+        self
+    }
+
+    /// The prefix of the worker threads' names. Default `switchboard`.
+    pub fn name(mut self, name: impl Into<String>) -> BusBuilder {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Called for every handler `Err` and panic, after it is counted and
+    /// logged. A panicking hook is caught and logged. The hook is dropped
+    /// when the bus shuts down, so a hook may hold a [`Bus`].
+    pub fn error_hook<F>(mut self, hook: F) -> BusBuilder
+    where
+        F: Fn(&Event, &str, &(dyn std::error::Error + 'static)) + Send + Sync + 'static,
+    {
+        self.error_hook = Some(Box::new(hook));
+        self
+    }
+
+    /// Starts the workers.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError`] for zero workers, capacity or batch size, or when a
+    /// thread cannot be started.
+    pub fn build(self) -> Result<Bus, BuildError> {
+        let config = self.config;
+        if config.workers == 0 {
+            return Err(BuildError::ZeroWorkers);
+        }
+        if config.capacity == 0 {
+            return Err(BuildError::ZeroCapacity);
+        }
+        if config.batch_size == 0 {
+            return Err(BuildError::ZeroBatchSize);
+        }
+        let shared = Arc::new(Shared::new(config, self.error_hook));
+        let workers = shared.config.workers;
+        let mut handles = Vec::with_capacity(workers);
+        for index in 0..workers {
+            let worker_shared = shared.clone();
+            let name = format!("{}-{index}", shared.config.name);
+            match spawn(name, move || worker::run(worker_shared, index)) {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    // Stop the ones already started; the rest never ran.
+                    shared.set_workers(handles);
+                    shared.worker_exited(workers - index);
+                    let _ = shared.shutdown(None);
+                    return Err(BuildError::Spawn(e));
+                }
+            }
+        }
+        shared.set_workers(handles);
+        Ok(Bus::from_shared(shared))
+    }
+}

@@ -1,0 +1,219 @@
+//! The state every handle and worker shares: the subscription registry, the
+//! queues, and the bus's lifecycle.
+//!
+//! # Shutdown from any thread
+//!
+//! The first `shutdown` closes the queues. Workers drain what was accepted
+//! and leave; the last one to leave drops every handler and the error hook
+//! (outside every lock: a handler may hold the last `Bus`), then marks the
+//! bus *finished*. Every caller of `shutdown` outside a handler waits for
+//! that mark; the first to see it joins the worker threads and marks the bus
+//! *joined*, and every other caller waits for that, so no caller returns
+//! before the drain and the join are done. A caller inside a handler cannot
+//! wait for its own worker: it closes the bus and returns.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::builder::{Config, ErrorHook};
+use crate::error::ShutdownTimeout;
+use crate::event::Event;
+use crate::flush::Epochs;
+use crate::history::History;
+use crate::loom::{ArcCell, AtomicBool, AtomicUsize, Condvar, JoinHandle, Mutex, Ordering};
+use crate::queue::Queues;
+use crate::snapshot::Snapshot;
+use crate::stats::{Counters, WorkerCounters};
+use crate::subscription::Subscription;
+use crate::wait::WaitGraph;
+use crate::worker::{discard_panic, is_worker_of};
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub(crate) next_id: u64,
+    pub(crate) plugins: BTreeMap<Arc<str>, Vec<Arc<Subscription>>>,
+    pub(crate) live: usize,
+    pub(crate) dead: usize,
+}
+
+#[derive(Default)]
+struct Life {
+    handles: Vec<JoinHandle<()>>,
+    /// The last worker has left and dropped the handlers.
+    finished: bool,
+    /// A caller is joining the worker threads.
+    joining: bool,
+    /// The worker threads are joined.
+    joined: bool,
+}
+
+pub(crate) struct Shared {
+    pub(crate) id: usize,
+    pub(crate) config: Config,
+    pub(crate) snapshot: ArcCell<Snapshot>,
+    pub(crate) registry: Mutex<Registry>,
+    pub(crate) queues: Queues<Arc<Event>>,
+    pub(crate) epochs: Epochs,
+    pub(crate) counters: Counters,
+    pub(crate) history: Option<History>,
+    pub(crate) waits: WaitGraph,
+    error_hook: Mutex<Option<Arc<ErrorHook>>>,
+    shut: AtomicBool,
+    live_workers: AtomicUsize,
+    life: Mutex<Life>,
+    life_changed: Condvar,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config, error_hook: Option<ErrorHook>) -> Shared {
+        static NEXT_BUS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        Shared {
+            // Relaxed: a unique number is all that is needed.
+            id: NEXT_BUS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            snapshot: ArcCell::from_pointee(Snapshot::default()),
+            registry: Mutex::new(Registry::default()),
+            queues: Queues::new(config.capacity),
+            epochs: Epochs::new(),
+            counters: Counters::new(config.workers),
+            history: (config.history_size > 0).then(|| History::new(config.history_size)),
+            waits: WaitGraph::new(),
+            error_hook: Mutex::new(error_hook.map(Arc::new)),
+            shut: AtomicBool::new(false),
+            live_workers: AtomicUsize::new(config.workers),
+            life: Mutex::new(Life::default()),
+            life_changed: Condvar::new(),
+            config,
+        }
+    }
+
+    pub(crate) fn set_workers(&self, handles: Vec<JoinHandle<()>>) {
+        self.life.lock().handles = handles;
+    }
+
+    pub(crate) fn is_shut(&self) -> bool {
+        self.shut.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn handler_failed(
+        &self,
+        event: &Event,
+        sub: &Subscription,
+        error: &(dyn std::error::Error + 'static),
+        counters: &WorkerCounters,
+        panicked: bool,
+    ) {
+        WorkerCounters::add(&counters.errors, 1);
+        if panicked {
+            WorkerCounters::add(&counters.panics, 1);
+        }
+        // Relaxed: a per-subscription statistic.
+        sub.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            event = event.name(),
+            event_id = %event.id(),
+            plugin = &*sub.plugin,
+            pattern = sub.pattern.as_str(),
+            %error,
+            "handler failed"
+        );
+        // Called outside the lock: the hook may do anything, even shut down.
+        let hook = self.error_hook.lock().clone();
+        if let Some(hook) = hook {
+            let hook_run = catch_unwind(AssertUnwindSafe(|| hook(event, &sub.plugin, error)));
+            if let Err(panic) = hook_run {
+                discard_panic(panic);
+                tracing::error!(event = event.name(), "the error hook panicked");
+            }
+        }
+    }
+
+    /// Called as `n` workers leave (or, when a spawn fails, never start).
+    /// The last one drops every handler and the error hook, which breaks
+    /// the cycles of those that hold a `Bus`, then marks the bus finished.
+    pub(crate) fn worker_exited(&self, n: usize) {
+        if n == 0 || self.live_workers.fetch_sub(n, Ordering::SeqCst) != n {
+            return;
+        }
+        self.clear_subscriptions();
+        let hook = self.error_hook.lock().take();
+        self.drop_caught(hook);
+        self.life.lock().finished = true;
+        self.life_changed.notify_all();
+    }
+
+    fn clear_subscriptions(&self) {
+        let plugins = {
+            let mut reg = self.registry.lock();
+            reg.live = 0;
+            reg.dead = 0;
+            std::mem::take(&mut reg.plugins)
+        };
+        for sub in plugins.values().flatten() {
+            sub.gate.close();
+        }
+        let old = self.snapshot.swap(Arc::new(Snapshot::default()));
+        // Handlers are dropped here, outside every lock, one at a time so
+        // that one whose `Drop` panics does not keep the others alive.
+        self.drop_caught(old);
+        for sub in plugins.into_values().flatten() {
+            self.drop_caught(sub);
+        }
+    }
+
+    /// Drops `value`, catching and counting a panic of its `Drop`.
+    fn drop_caught<T>(&self, value: T) {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+            discard_panic(panic);
+            // Relaxed: a statistic.
+            self.counters.stray.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("a handler or error hook panicked while it was dropped");
+        }
+    }
+
+    /// Closes the bus, then (outside a handler) waits until the workers have
+    /// drained, dropped the handlers and been joined, or until `deadline`.
+    pub(crate) fn shutdown(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimeout> {
+        if !self.shut.swap(true, Ordering::SeqCst) {
+            self.queues.close();
+        }
+        if is_worker_of(self.id) {
+            // A handler cannot wait for its own thread; the workers finish
+            // draining on their own.
+            return Err(self.unfinished(true));
+        }
+        let mut life = self.life.lock();
+        loop {
+            if life.joined {
+                return Ok(());
+            }
+            if life.finished && !life.joining {
+                life.joining = true;
+                let handles = std::mem::take(&mut life.handles);
+                drop(life);
+                for handle in handles {
+                    // A worker never unwinds: it catches every user panic.
+                    let _ = handle.join();
+                }
+                self.life.lock().joined = true;
+                self.life_changed.notify_all();
+                return Ok(());
+            }
+            let (guard, timed_out) = self.life_changed.wait_until(life, deadline);
+            life = guard;
+            if timed_out && !life.joined {
+                drop(life);
+                return Err(self.unfinished(false));
+            }
+        }
+    }
+
+    fn unfinished(&self, from_handler: bool) -> ShutdownTimeout {
+        ShutdownTimeout {
+            pending: self.epochs.pending(),
+            running_workers: self.live_workers.load(Ordering::SeqCst),
+            from_handler,
+        }
+    }
+}
