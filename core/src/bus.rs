@@ -10,8 +10,8 @@ use switchboard_matcher::Pattern;
 
 use crate::builder::BusBuilder;
 use crate::error::{
-    BuildError, FlushTimeout, HistoryError, NameError, PayloadError, PublishError,
-    ShutdownTimeout, SubscribeError, WaitTimeout,
+    BuildError, FlushTimeout, HistoryError, NameError, PayloadError, PublishError, ShutdownTimeout,
+    SubscribeError, WaitTimeout,
 };
 use crate::event::{Event, EventId, Payload};
 use crate::loom::Ordering;
@@ -590,8 +590,10 @@ impl Bus {
         let pattern = match pattern {
             None => None,
             Some(p) => {
-                let invalid =
-                    |reason| HistoryError::InvalidPattern { pattern: crate::error::truncate(p), reason };
+                let invalid = |reason| HistoryError::InvalidPattern {
+                    pattern: crate::error::truncate(p),
+                    reason,
+                };
                 NameError::check(p).map_err(invalid)?;
                 Some(Pattern::new(p).map_err(|_| {
                     invalid(NameError::TooLong { len: p.len(), max: crate::MAX_NAME_LEN })

@@ -80,6 +80,7 @@ impl fmt::Display for EventId {
 
 /// What an event carries: JSON, or a Rust value.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum Payload {
     /// Dynamic data, as plugins written against JSON expect.
     Json(Value),

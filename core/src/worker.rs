@@ -12,11 +12,11 @@ use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::shared::Shared;
 use crate::error::HandlerPanic;
 use crate::event::Event;
 use crate::loom::{idle_turn, thread_local};
 use crate::queue::Queued;
+use crate::shared::Shared;
 use crate::snapshot::{Matched, Snapshot};
 use crate::stats::WorkerCounters;
 use crate::subscription::Subscription;
@@ -119,7 +119,9 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
                     // A payload's `Drop`, or a panic while reporting one.
                     WorkerCounters::add(&counters.stray_panics, 1);
                     discard_panic(panic);
-                    tracing::error!("a panic outside any handler call was caught; the worker goes on");
+                    tracing::error!(
+                        "a panic outside any handler call was caught; the worker goes on"
+                    );
                 }
                 ended[epoch] += 1;
             }

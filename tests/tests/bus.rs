@@ -1,7 +1,7 @@
 //! The seed's test list, ported and made meaningful, plus the bus's
 //! guarantees under real threads.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -11,9 +11,9 @@ use switchboard::{
     SubscribeError, SubscribeOptions,
 };
 
-fn ev(name: &str) -> Event {
-    Event::new(name, json!({}), "test")
-}
+mod support;
+
+use support::{ev, hold_worker, watchdog};
 
 fn recorder(
 ) -> (Arc<Mutex<Vec<String>>>, impl Fn(&Event) -> switchboard::HandlerResult + Send + Sync + Clone)
@@ -24,26 +24,6 @@ fn recorder(
         l.lock().unwrap().push(e.name().to_owned());
         Ok(())
     })
-}
-
-/// Keeps a one-worker bus's worker busy inside a handler until the returned
-/// sender sends (or is dropped), so that events can be queued behind it.
-fn hold_worker(bus: &Bus) -> mpsc::Sender<()> {
-    let (tx, rx) = mpsc::channel::<()>();
-    let rx = Mutex::new(rx);
-    let started = Arc::new(AtomicBool::new(false));
-    let s = started.clone();
-    bus.subscribe("block", "holder", move |_| {
-        s.store(true, Ordering::SeqCst);
-        let _ = rx.lock().unwrap().recv();
-        Ok(())
-    })
-    .unwrap();
-    bus.publish(ev("block")).unwrap();
-    while !started.load(Ordering::SeqCst) {
-        std::thread::yield_now();
-    }
-    tx
 }
 
 #[test]
@@ -241,76 +221,82 @@ fn bad_input_gets_typed_errors() {
 
 #[test]
 fn handler_chains_end_at_the_maximum_depth() {
-    let bus = Bus::builder().workers(2).max_depth(5).build().unwrap();
-    let depths = Arc::new(Mutex::new(Vec::new()));
-    let refused = Arc::new(AtomicUsize::new(0));
-    for (from, to) in [("ping", "pong"), ("pong", "ping")] {
-        let weak = bus.downgrade();
-        let (d, r) = (depths.clone(), refused.clone());
-        bus.subscribe(from, "loop", move |e| {
-            d.lock().unwrap().push(e.depth());
-            let bus = weak.upgrade().expect("bus alive");
-            match bus.publish(ev(to)) {
-                Ok(_) => {}
-                Err(PublishError::DepthExceeded { depth, max, .. }) => {
-                    assert_eq!((depth, max), (6, 5));
-                    r.fetch_add(1, Ordering::SeqCst);
+    watchdog(30, || {
+        let bus = Bus::builder().workers(2).max_depth(5).build().unwrap();
+        let depths = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(AtomicUsize::new(0));
+        for (from, to) in [("ping", "pong"), ("pong", "ping")] {
+            let weak = bus.downgrade();
+            let (d, r) = (depths.clone(), refused.clone());
+            bus.subscribe(from, "loop", move |e| {
+                d.lock().unwrap().push(e.depth());
+                let bus = weak.upgrade().expect("bus alive");
+                match bus.publish(ev(to)) {
+                    Ok(_) => {}
+                    Err(PublishError::DepthExceeded { depth, max, .. }) => {
+                        assert_eq!((depth, max), (6, 5));
+                        r.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(other) => panic!("{other}"),
                 }
-                Err(other) => panic!("{other}"),
-            }
-            Ok(())
-        })
-        .unwrap();
-    }
-    bus.publish(ev("ping")).unwrap();
-    // flush waits for the whole cascade: each link is counted with its parent.
-    bus.flush();
-    assert_eq!(*depths.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
-    assert_eq!(refused.load(Ordering::SeqCst), 1);
-    assert_eq!(bus.stats().depth_refused, 1);
-    // Still usable.
-    bus.publish(ev("other")).unwrap();
-    bus.flush();
+                Ok(())
+            })
+            .unwrap();
+        }
+        bus.publish(ev("ping")).unwrap();
+        // flush waits for the whole cascade: each link is counted with its parent.
+        bus.flush();
+        assert_eq!(*depths.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(refused.load(Ordering::SeqCst), 1);
+        assert_eq!(bus.stats().depth_refused, 1);
+        // Still usable.
+        bus.publish(ev("other")).unwrap();
+        bus.flush();
+    });
 }
 
 #[test]
 fn handlers_may_subscribe_unsubscribe_and_publish_without_deadlock() {
-    let bus = Bus::builder().workers(2).build().unwrap();
-    let weak = bus.downgrade();
-    let (log, h) = recorder();
-    bus.subscribe("start", "p", move |_| {
-        let bus = weak.upgrade().unwrap();
-        bus.subscribe("next", "p", h.clone())?;
-        bus.unsubscribe("start", "p");
-        bus.publish(ev("next"))?;
-        bus.flush(); // returns at once inside a handler
-        Ok(())
-    })
-    .unwrap();
-    bus.publish(ev("start")).unwrap();
-    bus.flush();
-    assert_eq!(*log.lock().unwrap(), vec!["next"]);
-    assert!(bus.subscriptions(Some("p")).contains_key("next"));
-    assert!(!bus.subscriptions(Some("p")).contains_key("start"));
+    watchdog(30, || {
+        let bus = Bus::builder().workers(2).build().unwrap();
+        let weak = bus.downgrade();
+        let (log, h) = recorder();
+        bus.subscribe("start", "p", move |_| {
+            let bus = weak.upgrade().unwrap();
+            bus.subscribe("next", "p", h.clone())?;
+            bus.unsubscribe("start", "p");
+            bus.publish(ev("next"))?;
+            bus.flush(); // returns at once inside a handler
+            Ok(())
+        })
+        .unwrap();
+        bus.publish(ev("start")).unwrap();
+        bus.flush();
+        assert_eq!(*log.lock().unwrap(), vec!["next"]);
+        assert!(bus.subscriptions(Some("p")).contains_key("next"));
+        assert!(!bus.subscriptions(Some("p")).contains_key("start"));
+    });
 }
 
 #[test]
 fn unsubscribe_and_wait_from_inside_its_own_handler_does_not_deadlock() {
-    let bus = Bus::builder().workers(2).build().unwrap();
-    let weak = bus.downgrade();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    bus.subscribe("x", "self", move |_| {
-        c.fetch_add(1, Ordering::SeqCst);
-        weak.upgrade().unwrap().unsubscribe_and_wait("x", "self");
-        Ok(())
-    })
-    .unwrap();
-    bus.publish(ev("x")).unwrap();
-    bus.flush();
-    bus.publish(ev("x")).unwrap();
-    bus.flush();
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    watchdog(30, || {
+        let bus = Bus::builder().workers(2).build().unwrap();
+        let weak = bus.downgrade();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        bus.subscribe("x", "self", move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+            weak.upgrade().unwrap().unsubscribe_and_wait("x", "self");
+            Ok(())
+        })
+        .unwrap();
+        bus.publish(ev("x")).unwrap();
+        bus.flush();
+        bus.publish(ev("x")).unwrap();
+        bus.flush();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    });
 }
 
 #[test]
@@ -374,41 +360,45 @@ fn overflow_error_gives_the_event_back_and_shed_drops_lowest_first() {
 
 #[test]
 fn blocking_publish_waits_for_room_and_loses_nothing() {
-    let bus = Bus::builder().workers(1).capacity(4).build().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    bus.subscribe("*", "t", move |_| {
-        c.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    })
-    .unwrap();
-    for i in 0..10_000 {
-        bus.publish(ev(&format!("e{i}"))).unwrap();
-    }
-    bus.flush();
-    assert_eq!(count.load(Ordering::SeqCst), 10_000);
+    watchdog(30, || {
+        let bus = Bus::builder().workers(1).capacity(4).build().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        bus.subscribe("*", "t", move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        for i in 0..10_000 {
+            bus.publish(ev(&format!("e{i}"))).unwrap();
+        }
+        bus.flush();
+        assert_eq!(count.load(Ordering::SeqCst), 10_000);
+    });
 }
 
 #[test]
 fn shutdown_drains_and_refuses_later_publishes() {
-    let bus = Bus::builder().workers(2).build().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    bus.subscribe("*", "t", move |_| {
-        std::thread::sleep(Duration::from_micros(10));
-        c.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    })
-    .unwrap();
-    for _ in 0..500 {
-        bus.publish(ev("x")).unwrap();
-    }
-    bus.shutdown();
-    assert_eq!(count.load(Ordering::SeqCst), 500, "shutdown dispatched everything accepted");
-    assert!(bus.is_closed());
-    assert!(matches!(bus.publish(ev("late")), Err(PublishError::Closed(_))));
-    assert!(matches!(bus.subscribe("x", "p", |_| Ok(())), Err(SubscribeError::Closed)));
-    bus.shutdown(); // idempotent
+    watchdog(30, || {
+        let bus = Bus::builder().workers(2).build().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        bus.subscribe("*", "t", move |_| {
+            std::thread::sleep(Duration::from_micros(10));
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        for _ in 0..500 {
+            bus.publish(ev("x")).unwrap();
+        }
+        bus.shutdown();
+        assert_eq!(count.load(Ordering::SeqCst), 500, "shutdown dispatched everything accepted");
+        assert!(bus.is_closed());
+        assert!(matches!(bus.publish(ev("late")), Err(PublishError::Closed(_))));
+        assert!(matches!(bus.subscribe("x", "p", |_| Ok(())), Err(SubscribeError::Closed)));
+        bus.shutdown(); // idempotent
+    });
 }
 
 #[test]
@@ -449,35 +439,37 @@ fn dropping_the_last_handle_shuts_down_and_drains() {
 
 #[test]
 fn a_handler_holding_the_only_handle_can_shut_the_bus_down() {
-    let probe = Arc::new(());
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    {
-        let bus = Bus::builder().workers(2).build().unwrap();
-        let inner = Mutex::new(Some(bus.clone()));
-        let p = probe.clone();
-        let done = Mutex::new(done_tx);
-        bus.subscribe("stop", "t", move |_| {
-            let _ = &p;
-            if let Some(bus) = inner.lock().unwrap().as_ref() {
-                bus.shutdown(); // from a worker: closes, does not join itself
-                done.lock().unwrap().send(()).unwrap();
-            }
-            Ok(())
-        })
-        .unwrap();
-        bus.publish(ev("stop")).unwrap();
-        // Our handle goes; the handler's clone is now the only one.
-    }
-    done_rx.recv_timeout(Duration::from_secs(10)).expect("the handler ran");
-    // The workers drain, the last drops the handlers (and the last Bus)
-    // without deadlocking on itself.
-    for _ in 0..1000 {
-        if Arc::strong_count(&probe) == 1 {
-            return;
+    watchdog(30, || {
+        let probe = Arc::new(());
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        {
+            let bus = Bus::builder().workers(2).build().unwrap();
+            let inner = Mutex::new(Some(bus.clone()));
+            let p = probe.clone();
+            let done = Mutex::new(done_tx);
+            bus.subscribe("stop", "t", move |_| {
+                let _ = &p;
+                if let Some(bus) = inner.lock().unwrap().as_ref() {
+                    bus.shutdown(); // from a worker: closes, does not join itself
+                    done.lock().unwrap().send(()).unwrap();
+                }
+                Ok(())
+            })
+            .unwrap();
+            bus.publish(ev("stop")).unwrap();
+            // Our handle goes; the handler's clone is now the only one.
         }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("the handlers were never dropped");
+        done_rx.recv_timeout(Duration::from_secs(10)).expect("the handler ran");
+        // The workers drain, the last drops the handlers (and the last Bus)
+        // without deadlocking on itself.
+        for _ in 0..1000 {
+            if Arc::strong_count(&probe) == 1 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("the handlers were never dropped");
+    });
 }
 
 #[test]
@@ -528,37 +520,39 @@ fn an_idle_bus_parks_its_workers() {
 
 #[test]
 fn a_handler_publishing_into_a_full_queue_overshoots_then_gets_full_back() {
-    // One worker, capacity 2: while the handler runs nothing drains, so two
-    // children fill the queue, two more go past the capacity (a handler may
-    // overshoot it by as much again) and the rest come back as Full.
-    let bus = Bus::builder().workers(1).capacity(2).build().unwrap();
-    let weak = bus.downgrade();
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
-    let o = outcomes.clone();
-    bus.subscribe("parent", "t", move |_| {
-        let bus = weak.upgrade().unwrap();
-        for i in 0..6 {
-            let outcome = match bus.publish(ev(&format!("child{i}"))) {
-                Ok(_) => "ok",
-                Err(PublishError::Full(e)) => {
-                    assert_eq!(e.name(), format!("child{i}"), "the event is given back");
-                    "full"
-                }
-                Err(other) => panic!("{other}"),
-            };
-            o.lock().unwrap().push(outcome);
-        }
-        Ok(())
-    })
-    .unwrap();
-    let (log, h) = recorder();
-    bus.subscribe("child*", "t", h).unwrap();
-    bus.publish(ev("parent")).unwrap();
-    bus.flush();
-    assert_eq!(*outcomes.lock().unwrap(), vec!["ok", "ok", "ok", "ok", "full", "full"]);
-    // In publish order: the events past the capacity queue behind the others.
-    assert_eq!(*log.lock().unwrap(), vec!["child0", "child1", "child2", "child3"]);
-    let stats = bus.stats();
-    assert_eq!(stats.rejected, 2);
-    assert_eq!(stats.published, 5);
+    watchdog(30, || {
+        // One worker, capacity 2: while the handler runs nothing drains, so two
+        // children fill the queue, two more go past the capacity (a handler may
+        // overshoot it by as much again) and the rest come back as Full.
+        let bus = Bus::builder().workers(1).capacity(2).build().unwrap();
+        let weak = bus.downgrade();
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let o = outcomes.clone();
+        bus.subscribe("parent", "t", move |_| {
+            let bus = weak.upgrade().unwrap();
+            for i in 0..6 {
+                let outcome = match bus.publish(ev(&format!("child{i}"))) {
+                    Ok(_) => "ok",
+                    Err(PublishError::Full(e)) => {
+                        assert_eq!(e.name(), format!("child{i}"), "the event is given back");
+                        "full"
+                    }
+                    Err(other) => panic!("{other}"),
+                };
+                o.lock().unwrap().push(outcome);
+            }
+            Ok(())
+        })
+        .unwrap();
+        let (log, h) = recorder();
+        bus.subscribe("child*", "t", h).unwrap();
+        bus.publish(ev("parent")).unwrap();
+        bus.flush();
+        assert_eq!(*outcomes.lock().unwrap(), vec!["ok", "ok", "ok", "ok", "full", "full"]);
+        // In publish order: the events past the capacity queue behind the others.
+        assert_eq!(*log.lock().unwrap(), vec!["child0", "child1", "child2", "child3"]);
+        let stats = bus.stats();
+        assert_eq!(stats.rejected, 2);
+        assert_eq!(stats.published, 5);
+    });
 }

@@ -6,6 +6,10 @@ use std::sync::Arc;
 use serde_json::Value;
 use switchboard::{Bus, Event};
 
+mod support;
+
+use support::watchdog;
+
 /// Publishers that flood the bus with `name` until dropped (or stopped).
 struct Flood {
     stop: Arc<AtomicBool>,
@@ -38,66 +42,71 @@ impl Flood {
 
 #[test]
 fn a_million_events_from_two_threads_then_shutdown_loses_none() {
-    let bus = Bus::builder().workers(2).capacity(8192).history_size(0).build().unwrap();
-    let count = Arc::new(AtomicU64::new(0));
-    let sum = Arc::new(AtomicU64::new(0));
-    let (c, s) = (count.clone(), sum.clone());
-    bus.subscribe("load.*", "counter", move |e| {
-        c.fetch_add(1, Ordering::Relaxed);
-        s.fetch_add(e.data().as_u64().unwrap_or(0), Ordering::Relaxed);
-        Ok(())
-    })
-    .unwrap();
-    const PER_THREAD: u64 = 500_000;
-    let publishers: Vec<_> = (0..2)
-        .map(|t| {
-            let bus = bus.clone();
-            std::thread::spawn(move || {
-                for i in 0..PER_THREAD {
-                    bus.publish(Event::new(format!("load.{t}"), Value::from(i), "stress")).unwrap();
-                }
-            })
+    watchdog(120, || {
+        let bus = Bus::builder().workers(2).capacity(8192).history_size(0).build().unwrap();
+        let count = Arc::new(AtomicU64::new(0));
+        let sum = Arc::new(AtomicU64::new(0));
+        let (c, s) = (count.clone(), sum.clone());
+        bus.subscribe("load.*", "counter", move |e| {
+            c.fetch_add(1, Ordering::Relaxed);
+            s.fetch_add(e.data().as_u64().unwrap_or(0), Ordering::Relaxed);
+            Ok(())
         })
-        .collect();
-    for p in publishers {
-        p.join().unwrap();
-    }
-    bus.shutdown();
-    assert_eq!(count.load(Ordering::Relaxed), 2 * PER_THREAD);
-    assert_eq!(sum.load(Ordering::Relaxed), 2 * (PER_THREAD * (PER_THREAD - 1) / 2));
-    let stats = bus.stats();
-    assert_eq!(stats.published, 2 * PER_THREAD);
-    assert_eq!(stats.dispatched, 2 * PER_THREAD);
-    assert_eq!(stats.dropped + stats.rejected, 0);
+        .unwrap();
+        const PER_THREAD: u64 = 500_000;
+        let publishers: Vec<_> = (0..2)
+            .map(|t| {
+                let bus = bus.clone();
+                std::thread::spawn(move || {
+                    for i in 0..PER_THREAD {
+                        bus.publish(Event::new(format!("load.{t}"), Value::from(i), "stress"))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.join().unwrap();
+        }
+        bus.shutdown();
+        assert_eq!(count.load(Ordering::Relaxed), 2 * PER_THREAD);
+        assert_eq!(sum.load(Ordering::Relaxed), 2 * (PER_THREAD * (PER_THREAD - 1) / 2));
+        let stats = bus.stats();
+        assert_eq!(stats.published, 2 * PER_THREAD);
+        assert_eq!(stats.dispatched, 2 * PER_THREAD);
+        assert_eq!(stats.dropped + stats.rejected, 0);
+    });
 }
 
 #[test]
 fn unsubscribe_is_final_under_a_flood_from_two_publishers() {
-    for _round in 0..20 {
-        let bus = Bus::builder().workers(2).build().unwrap();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let c = calls.clone();
-        bus.subscribe("flood.*", "victim", move |_| {
-            c.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
-        .unwrap();
-        let flood = Flood::start(&bus, "flood.x", 2);
-        while calls.load(Ordering::SeqCst) < 1_000 {
-            std::thread::yield_now();
+    watchdog(120, || {
+        for _round in 0..20 {
+            let bus = Bus::builder().workers(2).build().unwrap();
+            let calls = Arc::new(AtomicUsize::new(0));
+            let c = calls.clone();
+            bus.subscribe("flood.*", "victim", move |_| {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .unwrap();
+            let flood = Flood::start(&bus, "flood.x", 2);
+            while calls.load(Ordering::SeqCst) < 1_000 {
+                std::thread::yield_now();
+            }
+            // The waiting form: once it returns, the count must never move again.
+            assert_eq!(bus.unsubscribe_and_wait("flood.*", "victim"), 1);
+            let at_return = calls.load(Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            flood.stop();
+            bus.flush();
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                at_return,
+                "a handler ran after unsubscribe_and_wait returned"
+            );
         }
-        // The waiting form: once it returns, the count must never move again.
-        assert_eq!(bus.unsubscribe_and_wait("flood.*", "victim"), 1);
-        let at_return = calls.load(Ordering::SeqCst);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        flood.stop();
-        bus.flush();
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            at_return,
-            "a handler ran after unsubscribe_and_wait returned"
-        );
-    }
+    });
 }
 
 #[test]
@@ -124,36 +133,38 @@ fn plain_unsubscribe_lets_at_most_the_running_calls_finish() {
 
 #[test]
 fn handlers_that_publish_and_subscribe_under_load() {
-    let bus = Bus::builder().workers(2).capacity(64).build().unwrap();
-    let weak = bus.downgrade();
-    let echoes = Arc::new(AtomicUsize::new(0));
-    let e = echoes.clone();
-    bus.subscribe("echo", "sink", move |_| {
-        e.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    })
-    .unwrap();
-    let subscribed = Arc::new(AtomicUsize::new(0));
-    let s = subscribed.clone();
-    bus.subscribe("ping.*", "relay", move |event| {
-        let bus = weak.upgrade().expect("alive");
-        // Publishing into a possibly full queue from a handler must not deadlock.
-        bus.publish(Event::new("echo", Value::Null, "relay"))?;
-        if event.name() == "ping.sub" {
-            bus.subscribe("never.*", "relay", |_| Ok(()))?;
-            s.fetch_add(1, Ordering::SeqCst);
+    watchdog(120, || {
+        let bus = Bus::builder().workers(2).capacity(64).build().unwrap();
+        let weak = bus.downgrade();
+        let echoes = Arc::new(AtomicUsize::new(0));
+        let e = echoes.clone();
+        bus.subscribe("echo", "sink", move |_| {
+            e.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        let subscribed = Arc::new(AtomicUsize::new(0));
+        let s = subscribed.clone();
+        bus.subscribe("ping.*", "relay", move |event| {
+            let bus = weak.upgrade().expect("alive");
+            // Publishing into a possibly full queue from a handler must not deadlock.
+            bus.publish(Event::new("echo", Value::Null, "relay"))?;
+            if event.name() == "ping.sub" {
+                bus.subscribe("never.*", "relay", |_| Ok(()))?;
+                s.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        })
+        .unwrap();
+        for i in 0..20_000 {
+            let name = if i % 1000 == 0 { "ping.sub" } else { "ping.x" };
+            bus.publish(Event::new(name, Value::Null, "main")).unwrap();
         }
-        Ok(())
-    })
-    .unwrap();
-    for i in 0..20_000 {
-        let name = if i % 1000 == 0 { "ping.sub" } else { "ping.x" };
-        bus.publish(Event::new(name, Value::Null, "main")).unwrap();
-    }
-    bus.flush(); // waits for the echoes too: they are counted with their parents
-    assert_eq!(echoes.load(Ordering::SeqCst), 20_000);
-    assert_eq!(subscribed.load(Ordering::SeqCst), 20);
-    assert_eq!(bus.stats().rejected, 0);
+        bus.flush(); // waits for the echoes too: they are counted with their parents
+        assert_eq!(echoes.load(Ordering::SeqCst), 20_000);
+        assert_eq!(subscribed.load(Ordering::SeqCst), 20);
+        assert_eq!(bus.stats().rejected, 0);
+    });
 }
 
 #[test]

@@ -1,0 +1,70 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code)] // each test file uses its own part of this
+
+use std::panic::resume_unwind;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchboard::{Bus, Event};
+
+/// An event with an empty JSON object as payload.
+pub(crate) fn ev(name: &str) -> Event {
+    Event::new(name, serde_json::json!({}), "test")
+}
+
+/// Runs `f` on its own thread and fails the test if it has not finished
+/// within `secs` seconds, so a deadlock fails in seconds instead of hanging
+/// the test run. A panic in `f` is passed on.
+pub(crate) fn watchdog<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let watched = std::thread::Builder::new()
+        .name("watched".into())
+        .spawn(move || {
+            let out = f();
+            let _ = done_tx.send(());
+            out
+        })
+        .expect("spawn the watched thread");
+    match done_rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(()) => watched.join().unwrap_or_else(|panic| resume_unwind(panic)),
+        Err(RecvTimeoutError::Disconnected) => match watched.join() {
+            Ok(out) => out,
+            Err(panic) => resume_unwind(panic),
+        },
+        Err(RecvTimeoutError::Timeout) => {
+            panic!("deadlock: still running after {secs} s")
+        }
+    }
+}
+
+/// Polls `cond` every millisecond until it holds; fails after `secs` seconds.
+pub(crate) fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Keeps a one-worker bus's worker busy inside a handler until the returned
+/// sender sends (or is dropped), so that events can be queued behind it.
+pub(crate) fn hold_worker(bus: &Bus) -> mpsc::Sender<()> {
+    let (tx, rx) = mpsc::channel::<()>();
+    let rx = Mutex::new(rx);
+    let started = Arc::new(AtomicBool::new(false));
+    let s = started.clone();
+    bus.subscribe("block", "holder", move |_| {
+        s.store(true, Ordering::SeqCst);
+        let _ = rx.lock().unwrap().recv();
+        Ok(())
+    })
+    .unwrap();
+    bus.publish(ev("block")).unwrap();
+    while !started.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    tx
+}
