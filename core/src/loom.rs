@@ -86,6 +86,10 @@ mod imp {
         std::thread::Builder::new().name(name).spawn(f)
     }
 
+    /// How many rounds of [`backoff`] a publisher waits for room before it
+    /// sleeps on the room condition variable.
+    pub(crate) const ROOM_SPINS: u32 = 64;
+
     /// Waits a little before trying again: spins first, then yields, then
     /// sleeps, so a waiter costs nothing when the wait is long.
     pub(crate) fn backoff(round: &mut u32) {
@@ -188,7 +192,12 @@ mod imp {
         Ok(loom::thread::spawn(f))
     }
 
-    pub(crate) fn backoff(_round: &mut u32) {
+    /// Under loom a publisher sleeps on the room condition variable at once:
+    /// the models explore that protocol, not the spinning before it.
+    pub(crate) const ROOM_SPINS: u32 = 0;
+
+    pub(crate) fn backoff(round: &mut u32) {
+        *round = round.saturating_add(1);
         loom::thread::yield_now();
     }
 

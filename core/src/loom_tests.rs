@@ -50,7 +50,7 @@ fn loom_gate_unsubscribe_and_wait() {
             })
         };
         gate.close();
-        gate.wait_idle(0);
+        assert!(gate.wait_idle(|| 0, None));
         done.store(true, Ordering::SeqCst);
         worker.join().unwrap();
         assert!(!gate.enter(), "a closed gate let a call in");
@@ -78,12 +78,12 @@ fn loom_flush_waits_for_earlier_events() {
         };
         let racing_flush = {
             let epochs = epochs.clone();
-            thread::spawn(move || epochs.flush())
+            thread::spawn(move || epochs.flush(None).unwrap())
         };
         while !published.load(Ordering::SeqCst) {
             thread::yield_now();
         }
-        epochs.flush();
+        epochs.flush(None).unwrap();
         assert!(
             dispatched.load(Ordering::SeqCst),
             "flush returned before an earlier event was dispatched"
@@ -112,7 +112,7 @@ fn loom_park_has_no_lost_wakeup() {
                 }
             })
         };
-        match queues.offer(7, Priority::Normal, 0, Overflow::Block, true) {
+        match queues.offer(7, Priority::Normal, 0, Overflow::Block, false, |_| {}) {
             Offer::Accepted { .. } => {}
             other => panic!("offer failed: {other:?}"),
         }
@@ -149,7 +149,7 @@ fn loom_shutdown_strands_nothing() {
             let queues = queues.clone();
             thread::spawn(move || {
                 matches!(
-                    queues.offer(1, Priority::Normal, 0, Overflow::Block, true),
+                    queues.offer(1, Priority::Normal, 0, Overflow::Block, false, |_| {}),
                     Offer::Accepted { .. }
                 )
             })
@@ -216,5 +216,189 @@ fn loom_concurrent_subscribes_are_both_kept() {
         assert_eq!(calls.load(Std::SeqCst), 2, "a concurrent subscribe was lost");
         assert_eq!(bus.subscriptions(None)["x"].len(), 2);
         bus.shutdown();
+    });
+}
+
+/// A worker's loop for the queue models: takes everything until the queues
+/// are closed and drained, and returns what it took, in order.
+fn drain_until_closed(queues: &Queues<u32>) -> Vec<u32> {
+    let mut taken = Vec::new();
+    let mut batch = Vec::new();
+    loop {
+        let mut any = false;
+        for lane in (0..3).rev() {
+            if queues.take(lane, 4, &mut batch) > 0 {
+                taken.extend(batch.drain(..).map(|q| q.item));
+                any = true;
+            }
+        }
+        if any {
+            continue;
+        }
+        if queues.is_closed() && queues.is_drained() {
+            return taken;
+        }
+        queues.park();
+    }
+}
+
+/// Room: a publisher blocked on a full queue is woken when a worker makes
+/// room, even while another publisher's reservation fails at the same time
+/// (a failed reservation must not make the queue look full after the
+/// worker's wake-up went out).
+#[test]
+fn loom_blocked_publisher_is_woken_despite_failed_reservations() {
+    model_one_preemption(|| {
+        let queues: Arc<Queues<u32>> = Arc::new(Queues::new(1));
+        assert!(matches!(
+            queues.offer(0, Priority::Normal, 0, Overflow::Error, false, |_| {}),
+            Offer::Accepted { .. }
+        ));
+        let worker = {
+            let queues = queues.clone();
+            thread::spawn(move || drain_until_closed(&queues))
+        };
+        // A publisher that may not wait: its reservation fails while full.
+        let refused = {
+            let queues = queues.clone();
+            thread::spawn(move || {
+                matches!(
+                    queues.offer(1, Priority::Normal, 0, Overflow::Error, false, |_| {}),
+                    Offer::Accepted { .. }
+                )
+            })
+        };
+        // A publisher that waits for room.
+        let blocked = matches!(
+            queues.offer(2, Priority::Normal, 0, Overflow::Block, false, |_| {}),
+            Offer::Accepted { .. }
+        );
+        assert!(blocked, "a blocking publish on an open bus is accepted");
+        let refused_accepted = refused.join().unwrap();
+        queues.close();
+        let mut taken = worker.join().unwrap();
+        taken.sort_unstable();
+        let mut expected = vec![0, 2];
+        if refused_accepted {
+            expected.insert(1, 1);
+        }
+        assert_eq!(taken, expected, "an accepted event was lost or doubled");
+    });
+}
+
+/// Overshoot: a handler's publishes into a full queue go past the capacity
+/// (up to as much again) into the same lane, in publish order, while an
+/// outside publisher waits for real room.
+#[test]
+fn loom_handler_overshoot_keeps_order_and_outsiders_wait() {
+    model(|| {
+        let queues: Arc<Queues<u32>> = Arc::new(Queues::new(1));
+        let offer = |q: &Queues<u32>, item, from_handler| {
+            matches!(
+                q.offer(item, Priority::Normal, 0, Overflow::Block, from_handler, |_| {}),
+                Offer::Accepted { .. }
+            )
+        };
+        assert!(offer(&queues, 10, false));
+        // The handler: one past the capacity is accepted, a second is not.
+        let handler = {
+            let queues = queues.clone();
+            thread::spawn(move || {
+                let first = offer(&queues, 11, true);
+                let second = offer(&queues, 12, true);
+                (first, second)
+            })
+        };
+        let outsider = {
+            let queues = queues.clone();
+            thread::spawn(move || assert!(offer(&queues, 20, false)))
+        };
+        let (first, second) = handler.join().unwrap();
+        // Before the worker runs the queue holds 10 and maybe 20; the
+        // handler may add one or two, never more than the overshoot limit.
+        assert!(first, "the first event past the capacity is accepted");
+        let mut taken = Vec::new();
+        let mut batch = Vec::new();
+        let lane = Priority::Normal.index();
+        // Play the worker until the outsider got in.
+        loop {
+            if queues.take(lane, 4, &mut batch) > 0 {
+                taken.extend(batch.drain(..).map(|q| q.item));
+            }
+            if taken.contains(&20) {
+                break;
+            }
+            thread::yield_now();
+        }
+        outsider.join().unwrap();
+        queues.close();
+        while queues.take(lane, 4, &mut batch) > 0 {
+            taken.extend(batch.drain(..).map(|q| q.item));
+        }
+        let handler_items: Vec<u32> =
+            taken.iter().copied().filter(|i| (11..20).contains(i)).collect();
+        let expected: Vec<u32> = if second { vec![11, 12] } else { vec![11] };
+        assert_eq!(handler_items, expected, "the handler's events out of order or lost");
+        assert_eq!(taken.len(), 2 + expected.len());
+        assert_eq!(taken[0], 10, "the queued event stays first");
+    });
+}
+
+/// Dispatch racing a snapshot swap: an event published after `subscribe`
+/// returned reaches the new handler (workers load the snapshot after they
+/// take the batch).
+#[test]
+fn loom_dispatch_sees_a_subscription_that_returned_before_the_publish() {
+    model(|| {
+        let calls = Arc::new(StdUsize::new(0));
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let bus = Bus::builder().workers(1).history_size(0).capacity(4).build().unwrap();
+        let subscriber = {
+            let (bus, calls, subscribed) = (bus.clone(), calls.clone(), subscribed.clone());
+            thread::spawn(move || {
+                bus.subscribe("x", "late", move |_e: &Event| {
+                    calls.fetch_add(1, Std::SeqCst);
+                    Ok(())
+                })
+                .unwrap();
+                subscribed.store(true, Ordering::SeqCst);
+            })
+        };
+        // Wait for the subscribe to return, while the worker runs its loop.
+        while !subscribed.load(Ordering::SeqCst) {
+            thread::yield_now();
+        }
+        bus.publish(Event::new("x", serde_json::Value::Null, "t")).unwrap();
+        bus.flush();
+        assert_eq!(calls.load(Std::SeqCst), 1, "published after subscribe, not delivered");
+        subscriber.join().unwrap();
+        bus.shutdown();
+    });
+}
+
+/// Two threads shut down a bus holding an event: neither returns before
+/// the event is dispatched.
+#[test]
+fn loom_concurrent_shutdowns_both_wait_for_the_drain() {
+    model_one_preemption(|| {
+        let calls = Arc::new(StdUsize::new(0));
+        let bus = Bus::builder().workers(1).history_size(0).capacity(4).build().unwrap();
+        let counter = calls.clone();
+        bus.subscribe("x", "p", move |_e: &Event| {
+            counter.fetch_add(1, Std::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        bus.publish(Event::new("x", serde_json::Value::Null, "t")).unwrap();
+        let other = {
+            let (bus, calls) = (bus.clone(), calls.clone());
+            thread::spawn(move || {
+                bus.shutdown();
+                assert_eq!(calls.load(Std::SeqCst), 1, "a shutdown returned before the drain");
+            })
+        };
+        bus.shutdown();
+        assert_eq!(calls.load(Std::SeqCst), 1, "a shutdown returned before the drain");
+        other.join().unwrap();
     });
 }

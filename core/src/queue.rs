@@ -35,6 +35,7 @@
 use crate::event::Priority;
 use crate::loom::{
     backoff, fence, spin_hint, AtomicBool, AtomicUsize, BoundedQueue, Condvar, Mutex, Ordering,
+    ROOM_SPINS,
 };
 
 /// What publish does when the queues are full.
@@ -222,7 +223,7 @@ impl<T> Queues<T> {
 
     fn wait_for_room(&self) {
         let mut round = 0;
-        while round < 64 {
+        while round < ROOM_SPINS {
             if self.queued.load(Ordering::SeqCst) < self.capacity
                 || self.closed.load(Ordering::SeqCst)
             {

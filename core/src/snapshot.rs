@@ -116,7 +116,7 @@ impl Snapshot {
     }
 
     /// How many levels hold subscriptions.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn levels(&self) -> usize {
         self.levels.iter().filter(|l| !l.subs.is_empty()).count()
     }
