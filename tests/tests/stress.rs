@@ -169,28 +169,64 @@ fn handlers_that_publish_and_subscribe_under_load() {
 
 #[test]
 fn many_subscribes_and_unsubscribes_while_events_flow() {
-    let bus = Bus::builder().workers(2).build().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let flood = Flood::start(&bus, "plugin7.action1", 1);
-    for i in 0..20_000 {
-        let h = hits.clone();
-        bus.subscribe(
-            &format!("plugin{}.action{}", i % 100, i % 7),
-            &format!("plugin{}", i % 50),
-            move |_| {
-                h.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            },
-        )
-        .unwrap();
-    }
-    let removed: usize = (0..50).map(|p| bus.unsubscribe_all(&format!("plugin{p}"))).sum();
-    assert_eq!(removed, 20_000);
-    flood.stop();
-    bus.flush();
-    let before = hits.load(Ordering::Relaxed);
-    bus.publish(Event::new("plugin7.action1", Value::Null, "p")).unwrap();
-    bus.flush();
-    assert_eq!(hits.load(Ordering::Relaxed), before, "no subscription is left");
-    assert_eq!(bus.stats().subscriptions, 0);
+    watchdog(120, || {
+        let bus = Bus::builder().workers(2).build().unwrap();
+        // One counter per subscription, so a lost or doubled subscription
+        // shows as a wrong count, not just a wrong total.
+        const SUBS: usize = 20_000;
+        let hits: Arc<Vec<AtomicUsize>> =
+            Arc::new((0..SUBS).map(|_| AtomicUsize::new(0)).collect());
+        let flood = Flood::start(&bus, "plugin7.action1", 1);
+        let mut ids = Vec::with_capacity(SUBS);
+        for i in 0..SUBS {
+            let h = hits.clone();
+            let id = bus
+                .subscribe(
+                    &format!("plugin{}.action{}", i % 100, i % 7),
+                    &format!("plugin{}", i % 50),
+                    move |_| {
+                        h[i].fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            ids.push(id);
+        }
+        flood.stop();
+        bus.flush();
+        assert_eq!(bus.stats().subscriptions, SUBS as u64);
+        // Every subscription is there exactly once: each matching one sees
+        // each new event exactly once, the others none.
+        let before: Vec<usize> = hits.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+        for _ in 0..3 {
+            bus.publish(Event::new("plugin7.action1", Value::Null, "p")).unwrap();
+            bus.publish(Event::new("plugin42.action0", Value::Null, "p")).unwrap();
+        }
+        bus.flush();
+        for i in 0..SUBS {
+            let matches = (i % 100 == 7 && i % 7 == 1) || (i % 100 == 42 && i % 7 == 0);
+            let got = hits[i].load(Ordering::Relaxed) - before[i];
+            assert_eq!(got, if matches { 3 } else { 0 }, "subscription {i} ({:?})", ids[i]);
+        }
+        // Half the plugins go while events flow; the rest stay exact.
+        let flood = Flood::start(&bus, "plugin7.action1", 1);
+        let removed: usize = (0..25).map(|p| bus.unsubscribe_all(&format!("plugin{p}"))).sum();
+        assert_eq!(removed, SUBS / 2);
+        flood.stop();
+        bus.flush();
+        let before: Vec<usize> = hits.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+        for _ in 0..3 {
+            bus.publish(Event::new("plugin7.action1", Value::Null, "p")).unwrap();
+        }
+        bus.flush();
+        for i in 0..SUBS {
+            let live = i % 50 >= 25;
+            let matches = i % 100 == 7 && i % 7 == 1;
+            let got = hits[i].load(Ordering::Relaxed) - before[i];
+            assert_eq!(got, if matches && live { 3 } else { 0 }, "subscription {i}");
+        }
+        let removed: usize = (25..50).map(|p| bus.unsubscribe_all(&format!("plugin{p}"))).sum();
+        assert_eq!(removed, SUBS / 2);
+        assert_eq!(bus.stats().subscriptions, 0);
+    });
 }
