@@ -39,7 +39,13 @@
 //! * Events published from inside handlers are queued, never run nested.
 //! * With several workers, events are dispatched in parallel: there is no
 //!   order between events taken by different workers. With one worker,
-//!   events of one priority are dispatched in publish order.
+//!   events of one priority are dispatched in publish order, handler-published
+//!   ones included.
+//! * [`Bus::history`] is in publish order, and an event is in it before any
+//!   handler sees it.
+//! * Every caller of [`Bus::shutdown`] returns after the drain and the join;
+//!   [`Bus::flush_timeout`], [`Bus::unsubscribe_and_wait_timeout`] and
+//!   [`Bus::shutdown_timeout`] bound their waits.
 //!
 //! The pattern matcher is re-exported as [`matcher`].
 
