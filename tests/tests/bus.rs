@@ -13,18 +13,7 @@ use switchboard::{
 
 mod support;
 
-use support::{ev, hold_worker, watchdog};
-
-fn recorder(
-) -> (Arc<Mutex<Vec<String>>>, impl Fn(&Event) -> switchboard::HandlerResult + Send + Sync + Clone)
-{
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let l = log.clone();
-    (log, move |e: &Event| {
-        l.lock().unwrap().push(e.name().to_owned());
-        Ok(())
-    })
-}
+use support::{ev, hold_worker, recorder, watchdog};
 
 #[test]
 fn publish_reaches_exact_and_wildcard_subscribers() {

@@ -9,26 +9,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchboard::{
-    Bus, Event, HandlerResult, HistoryError, NameError, Overflow, Priority, PublishError,
-    SubscribeError,
+    Bus, Event, HistoryError, NameError, Overflow, Priority, PublishError, SubscribeError,
 };
 
 mod support;
 
-use support::{ev, eventually, hold_worker, watchdog};
+use support::{ev, eventually, hold_worker, recorder, watchdog};
 
 fn names(events: &[Arc<Event>]) -> Vec<String> {
     events.iter().map(|e| e.name().to_owned()).collect()
-}
-
-/// A handler that records the names it sees, in order.
-fn recorder() -> (Arc<Mutex<Vec<String>>>, impl Fn(&Event) -> HandlerResult + Send + Sync) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let l = log.clone();
-    (log, move |e: &Event| {
-        l.lock().unwrap().push(e.name().to_owned());
-        Ok(())
-    })
 }
 
 // 1. History is in publish order.

@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard::{Bus, Event};
+use switchboard::{Bus, Event, HandlerResult};
 
 /// An event with an empty JSON object as payload.
 pub(crate) fn ev(name: &str) -> Event {
@@ -67,4 +67,16 @@ pub(crate) fn hold_worker(bus: &Bus) -> mpsc::Sender<()> {
         std::thread::yield_now();
     }
     tx
+}
+
+/// A handler that records the names it sees, in order, and the record.
+#[allow(clippy::type_complexity)]
+pub(crate) fn recorder(
+) -> (Arc<Mutex<Vec<String>>>, impl Fn(&Event) -> HandlerResult + Send + Sync + Clone) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    (log, move |e: &Event| {
+        l.lock().unwrap().push(e.name().to_owned());
+        Ok(())
+    })
 }
