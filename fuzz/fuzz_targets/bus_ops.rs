@@ -3,9 +3,12 @@
 //!
 //! The model: handlers of an event run in subscription priority, then
 //! subscription order; an event reaches exactly the subscriptions live when
-//! it was published. To keep that exact, the target flushes before every
-//! subscription change (an event published before a change and dispatched
-//! after it may or may not see the change, by design).
+//! it was published; with one worker, events of one priority are dispatched
+//! in publish order (events of different priorities may pass each other).
+//! To keep that exact, the target flushes before every subscription change
+//! (an event published before a change and dispatched after it may or may
+//! not see the change, by design). History holds the last `HISTORY`
+//! published events, in publish order, whatever their priority.
 #![no_main]
 
 use std::sync::{Arc, Mutex};
@@ -18,13 +21,15 @@ use switchboard_matcher::reference;
 const PATTERNS: &[&str] = &["*", "a.*", "a.b", "?.b", "[ab].*", "*.c", "a.[!b]", "b", "*a*", "[]"];
 const NAMES: &[&str] = &["a.b", "a.c", "b", "b.b", "a.", "[]", "ab.c", "c"];
 const PLUGINS: &[&str] = &["p", "q", "r"];
+const HISTORY: usize = 16;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
     Subscribe { pattern: u8, plugin: u8, high: bool },
     Unsubscribe { pattern: u8, plugin: u8 },
     UnsubscribeAll { plugin: u8 },
-    Publish { name: u8 },
+    Publish { name: u8, priority: u8 },
+    History { limit: u8, pattern: Option<u8> },
     Flush,
 }
 
@@ -35,12 +40,26 @@ struct Sub {
     high: bool,
 }
 
+/// The calls of each priority lane are in the model's order (lanes may
+/// interleave), and nothing is missing or extra.
+fn check_log(log: &[(u64, usize)], expected: &[(u64, usize)], events: &[(&str, usize)]) {
+    for lane in 0..3 {
+        let of_lane = |calls: &[(u64, usize)]| -> Vec<(u64, usize)> {
+            calls.iter().copied().filter(|&(_, seq)| events[seq].1 == lane).collect()
+        };
+        assert_eq!(of_lane(log), of_lane(expected), "lane {lane}");
+    }
+    assert_eq!(log.len(), expected.len());
+}
+
 fn pick<T: Copy>(list: &[T], i: u8) -> T {
     list[i as usize % list.len()]
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let bus = Bus::builder().workers(1).capacity(64).build().unwrap();
+    let bus = Bus::builder().workers(1).capacity(64).history_size(HISTORY).build().unwrap();
+    // Per published event: its name and priority lane.
+    let mut events: Vec<(&'static str, usize)> = Vec::new();
     let log: Arc<Mutex<Vec<(u64, usize)>>> = Arc::new(Mutex::new(Vec::new()));
     let mut model: Vec<Sub> = Vec::new();
     let mut expected: Vec<(u64, usize)> = Vec::new();
@@ -55,11 +74,16 @@ fuzz_target!(|ops: Vec<Op>| {
                 let slot = Arc::new(Mutex::new(0u64));
                 let s = slot.clone();
                 let sid = bus
-                    .subscribe_with(pattern, plugin, SubscribeOptions::new().priority(prio), move |e: &Event| {
-                        let me = *s.lock().unwrap();
-                        log.lock().unwrap().push((me, e.data().as_u64().unwrap() as usize));
-                        Ok(())
-                    })
+                    .subscribe_with(
+                        pattern,
+                        plugin,
+                        SubscribeOptions::new().priority(prio),
+                        move |e: &Event| {
+                            let me = *s.lock().unwrap();
+                            log.lock().unwrap().push((me, e.data().as_u64().unwrap() as usize));
+                            Ok(())
+                        },
+                    )
                     .unwrap();
                 *slot.lock().unwrap() = sid.as_u64();
                 model.push(Sub { id: sid.as_u64(), pattern, plugin, high });
@@ -78,24 +102,47 @@ fuzz_target!(|ops: Vec<Op>| {
                 model.retain(|s| s.plugin != plugin);
                 assert_eq!(bus.unsubscribe_all(plugin), before - model.len());
             }
-            Op::Publish { name } => {
+            Op::Publish { name, priority } => {
                 let name = pick(NAMES, name);
+                let priority = Priority::ALL[priority as usize % 3];
+                events.push((name, priority.index()));
                 let seq = published;
                 published += 1;
                 let mut hits: Vec<&Sub> =
                     model.iter().filter(|s| reference::is_match(s.pattern, name)).collect();
                 hits.sort_by_key(|s| (!s.high, s.id));
                 expected.extend(hits.iter().map(|s| (s.id, seq)));
-                bus.publish(Event::new(name, serde_json::Value::from(seq as u64), "fuzz")).unwrap();
+                bus.publish(
+                    Event::new(name, serde_json::Value::from(seq as u64), "fuzz")
+                        .with_priority(priority),
+                )
+                .unwrap();
+            }
+            Op::History { limit, pattern } => {
+                let pattern = pattern.map(|p| pick(PATTERNS, p));
+                let limit = limit as usize % (HISTORY + 2);
+                let want: Vec<u64> = (events.len().saturating_sub(HISTORY)..events.len())
+                    .rev()
+                    .filter(|&seq| pattern.map_or(true, |p| reference::is_match(p, events[seq].0)))
+                    .take(limit)
+                    .map(|seq| seq as u64)
+                    .collect();
+                let got: Vec<u64> = bus
+                    .history(Some(limit), pattern)
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.data().as_u64().unwrap())
+                    .collect();
+                assert_eq!(got, want, "history is the last events published, newest first");
             }
             Op::Flush => {
                 bus.flush();
-                assert_eq!(*log.lock().unwrap(), expected);
+                check_log(&log.lock().unwrap(), &expected, &events);
             }
         }
     }
     bus.flush();
-    assert_eq!(*log.lock().unwrap(), expected);
+    check_log(&log.lock().unwrap(), &expected, &events);
     let stats = bus.stats();
     assert_eq!(stats.published, published as u64);
     assert_eq!(stats.dispatched, expected.len() as u64);
