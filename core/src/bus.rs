@@ -18,13 +18,11 @@ use crate::loom::Ordering;
 use crate::queue::Offer;
 use crate::shared::Shared;
 use crate::stats::{Count, Stats};
-use crate::subscription::{
-    Gate, Handler, HandlerResult, SubscribeOptions, Subscription, SubscriptionId,
-};
-use crate::worker::{is_worker_of, CONTEXT};
+use crate::subscription::{Handler, HandlerResult, SubscribeOptions, Subscription, SubscriptionId};
+use crate::worker::{is_worker_of, worker_index, CONTEXT};
 
 /// The owner of the workers: dropping the last one shuts the bus down.
-struct Handle {
+pub(crate) struct Handle {
     shared: Arc<Shared>,
 }
 
@@ -117,7 +115,47 @@ impl Bus {
     }
 
     pub(crate) fn from_shared(shared: Arc<Shared>) -> Bus {
-        Bus { handle: Arc::new(Handle { shared }) }
+        let handle = Arc::new(Handle { shared });
+        let _ = handle.shared.handle.set(Arc::downgrade(&handle));
+        Bus { handle }
+    }
+
+    /// The bus whose handler this thread is running, as
+    /// [`tokio::runtime::Handle::current`] gives the runtime: `None` outside
+    /// a handler, or once the bus's last handle is gone (it is shutting
+    /// down).
+    ///
+    /// A handler that publishes or subscribes through it needs no `Bus` of
+    /// its own, and so does not keep the bus alive (a handler that captures
+    /// a `Bus` does, until [`shutdown`](Bus::shutdown)). Keep the returned
+    /// handle for the call, not beyond.
+    ///
+    /// [`tokio::runtime::Handle::current`]: https://docs.rs/tokio/latest/tokio/runtime/struct.Handle.html#method.current
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use serde_json::Value;
+    /// use switchboard::{Bus, Event};
+    ///
+    /// let bus = Bus::new()?;
+    /// bus.subscribe("quote.added", "search", |event: &Event| {
+    ///     let bus = Bus::current().expect("called by a worker of a live bus");
+    ///     bus.publish(Event::new("search.indexed", event.data().clone(), "search"))?;
+    ///     Ok(())
+    /// })?;
+    /// assert!(Bus::current().is_none(), "not inside a handler");
+    /// bus.publish(Event::new("quote.added", Value::from(7), "quotes"))?;
+    /// bus.flush();
+    /// assert_eq!(bus.history(None, Some("search.*"))?.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn current() -> Option<Bus> {
+        CONTEXT.with(|c| {
+            let c = c.borrow();
+            let handle = c.shared.as_ref()?.handle.get()?.upgrade()?;
+            Some(Bus { handle })
+        })
     }
 
     fn shared(&self) -> &Shared {
@@ -276,16 +314,15 @@ impl Bus {
             Some((name, _)) => name.clone(),
             None => Arc::from(plugin),
         };
-        let sub = Arc::new(Subscription {
+        let sub = Arc::new(Subscription::new(
             id,
-            pattern: compiled,
-            plugin: plugin_name.clone(),
-            priority: options.priority,
+            compiled,
+            plugin_name.clone(),
+            options.priority,
             handler,
-            gate: Gate::new(),
-            errors: Default::default(),
-        });
-        reg.plugins.entry(plugin_name).or_default().push(sub.clone());
+        ));
+        reg.plugins.entry(plugin_name.clone()).or_default().push(sub.clone());
+        reg.by_id.insert(id, plugin_name);
         reg.live += 1;
         let next = shared.snapshot.load_full().with(sub);
         shared.snapshot.store(Arc::new(next));
@@ -296,17 +333,48 @@ impl Bus {
     /// many. Once this returns, their handlers are never started again (a
     /// call already running may finish; see
     /// [`unsubscribe_and_wait`](Bus::unsubscribe_and_wait)).
+    ///
+    /// A handler that is not running is dropped before this returns; one
+    /// whose call is running is dropped as soon as the worker running it
+    /// finishes its batch. Either way it is dropped outside every lock of
+    /// the bus, so its `Drop` may use the bus.
     pub fn unsubscribe(&self, pattern: &str, plugin: &str) -> usize {
-        self.remove(plugin, Some(pattern)).len()
+        self.retire(self.take(Target::Pattern(plugin, pattern)))
     }
 
-    /// Removes every subscription of `plugin`; returns how many.
+    /// Removes every subscription of `plugin`; returns how many. Handlers
+    /// are dropped as by [`unsubscribe`](Bus::unsubscribe).
     pub fn unsubscribe_all(&self, plugin: &str) -> usize {
-        self.remove(plugin, None).len()
+        self.retire(self.take(Target::Plugin(plugin)))
+    }
+
+    /// Removes the one subscription `id` (of those made with the same
+    /// pattern and plugin, only this one); `false` when it is not live.
+    /// Handlers are dropped as by [`unsubscribe`](Bus::unsubscribe).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::Bus;
+    ///
+    /// let bus = Bus::new()?;
+    /// let first = bus.subscribe("quote.*", "search", |_event| Ok(()))?;
+    /// let second = bus.subscribe("quote.*", "search", |_event| Ok(()))?;
+    /// assert!(bus.unsubscribe_id(first));
+    /// assert!(!bus.unsubscribe_id(first), "already removed");
+    /// assert_eq!(bus.subscriptions(Some("search"))["quote.*"].len(), 1);
+    /// # let _ = second;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unsubscribe_id(&self, id: SubscriptionId) -> bool {
+        self.retire(self.take(Target::Id(id))) == 1
     }
 
     /// Like [`unsubscribe`](Bus::unsubscribe), and also waits until no call
     /// of those handlers is running, so the plugin can be torn down safely.
+    /// The handlers are dropped before it returns (but one whose call is
+    /// this very thread's, when called from a handler: it goes when the
+    /// call ends).
     ///
     /// Called from inside a handler, it does not wait for the calls that
     /// cannot end while it waits: its own, and those of handlers that are
@@ -315,17 +383,19 @@ impl Bus {
     /// calls are stuck in the same kind of wait and end right after it
     /// returns; no new call of the removed subscriptions starts either way.
     pub fn unsubscribe_and_wait(&self, pattern: &str, plugin: &str) -> usize {
-        let removed = self.remove(plugin, Some(pattern));
-        self.shared().waits.wait_idle(&removed, None);
-        removed.len()
+        self.retire_and_wait(self.take(Target::Pattern(plugin, pattern)), None).unwrap_or(0)
     }
 
     /// Like [`unsubscribe_all`](Bus::unsubscribe_all), and waits as
     /// [`unsubscribe_and_wait`](Bus::unsubscribe_and_wait) does.
     pub fn unsubscribe_all_and_wait(&self, plugin: &str) -> usize {
-        let removed = self.remove(plugin, None);
-        self.shared().waits.wait_idle(&removed, None);
-        removed.len()
+        self.retire_and_wait(self.take(Target::Plugin(plugin)), None).unwrap_or(0)
+    }
+
+    /// Like [`unsubscribe_id`](Bus::unsubscribe_id), and waits as
+    /// [`unsubscribe_and_wait`](Bus::unsubscribe_and_wait) does.
+    pub fn unsubscribe_id_and_wait(&self, id: SubscriptionId) -> bool {
+        self.retire_and_wait(self.take(Target::Id(id)), None).unwrap_or(0) == 1
     }
 
     /// [`unsubscribe_and_wait`](Bus::unsubscribe_and_wait) that waits at most
@@ -335,7 +405,8 @@ impl Bus {
     ///
     /// [`WaitTimeout`] when calls were still running at the deadline: it
     /// says how many subscriptions were removed (they are, all the same) and
-    /// which still had calls running.
+    /// which still had calls running. Their handlers are dropped when those
+    /// calls end.
     ///
     /// # Examples
     ///
@@ -355,8 +426,7 @@ impl Bus {
         plugin: &str,
         timeout: Duration,
     ) -> Result<usize, WaitTimeout> {
-        let removed = self.remove(plugin, Some(pattern));
-        self.wait_removed(removed, timeout)
+        self.retire_and_wait(self.take(Target::Pattern(plugin, pattern)), deadline(timeout))
     }
 
     /// [`unsubscribe_all_and_wait`](Bus::unsubscribe_all_and_wait) that waits
@@ -370,30 +440,69 @@ impl Bus {
         plugin: &str,
         timeout: Duration,
     ) -> Result<usize, WaitTimeout> {
-        let removed = self.remove(plugin, None);
-        self.wait_removed(removed, timeout)
+        self.retire_and_wait(self.take(Target::Plugin(plugin)), deadline(timeout))
     }
 
-    fn wait_removed(
+    /// [`unsubscribe_id_and_wait`](Bus::unsubscribe_id_and_wait) that waits
+    /// at most `timeout` for a running call.
+    ///
+    /// # Errors
+    ///
+    /// As [`unsubscribe_and_wait_timeout`](Bus::unsubscribe_and_wait_timeout).
+    pub fn unsubscribe_id_and_wait_timeout(
+        &self,
+        id: SubscriptionId,
+        timeout: Duration,
+    ) -> Result<bool, WaitTimeout> {
+        self.retire_and_wait(self.take(Target::Id(id)), deadline(timeout)).map(|n| n == 1)
+    }
+
+    /// Hands removed subscriptions to reclamation, dropping at once the
+    /// handlers no worker is calling. Returns how many were removed.
+    fn retire(&self, removed: Vec<Arc<Subscription>>) -> usize {
+        if !removed.is_empty() {
+            self.shared().reclaim();
+        }
+        removed.len()
+    }
+
+    /// [`retire`](Bus::retire), after waiting for the running calls.
+    fn retire_and_wait(
         &self,
         removed: Vec<Arc<Subscription>>,
-        timeout: Duration,
+        deadline: Option<Instant>,
     ) -> Result<usize, WaitTimeout> {
-        let still_running = self.shared().waits.wait_idle(&removed, deadline(timeout));
+        let shared = self.shared();
+        let me = worker_index(shared.id);
+        let still_running = shared.waits.wait_idle(&shared.calls, &removed, me, deadline);
+        let n = self.retire(removed);
         if still_running.is_empty() {
-            Ok(removed.len())
+            Ok(n)
         } else {
-            Err(WaitTimeout { removed: removed.len(), still_running })
+            Err(WaitTimeout { removed: n, still_running })
         }
     }
 
-    fn remove(&self, plugin: &str, pattern: Option<&str>) -> Vec<Arc<Subscription>> {
+    /// Removes the subscriptions `target` names from the registry and the
+    /// snapshot, closes them and puts them on the retired list.
+    fn take(&self, target: Target<'_>) -> Vec<Arc<Subscription>> {
         let shared = self.shared();
         let mut reg = shared.registry.lock();
+        let plugin = match target {
+            Target::Pattern(plugin, _) | Target::Plugin(plugin) => plugin,
+            Target::Id(id) => match reg.by_id.get(&id) {
+                Some(plugin) => &plugin.clone(),
+                None => return Vec::new(),
+            },
+        };
         let Some(subs) = reg.plugins.get_mut(plugin) else { return Vec::new() };
         let mut removed = Vec::new();
         subs.retain(|s| {
-            let hit = pattern.map_or(true, |p| s.pattern.as_str() == p);
+            let hit = match target {
+                Target::Pattern(_, pattern) => s.pattern.as_str() == pattern,
+                Target::Plugin(_) => true,
+                Target::Id(id) => s.id == id,
+            };
             if hit {
                 removed.push(s.clone());
             }
@@ -402,19 +511,18 @@ impl Bus {
         if subs.is_empty() {
             reg.plugins.remove(plugin);
         }
+        if removed.is_empty() {
+            return removed;
+        }
         for sub in &removed {
-            sub.gate.close();
+            sub.close();
+            reg.by_id.remove(&sub.id);
         }
         reg.live -= removed.len();
-        reg.dead += removed.len();
-        // Rebuild the levels that are mostly dead once the dead are a third
-        // of all entries: skipping them costs little until then.
-        if reg.dead * 3 > reg.live + reg.dead {
-            if let Some(compacted) = shared.snapshot.load_full().compacted() {
-                shared.snapshot.store(Arc::new(compacted));
-            }
-            reg.dead = 0;
+        if let Some(next) = shared.snapshot.load_full().without(&removed) {
+            shared.snapshot.store(Arc::new(next));
         }
+        shared.calls.retire(&removed);
         removed
     }
 
@@ -634,11 +742,8 @@ impl Bus {
     /// Handler errors (and panics) of subscription `id` so far, if it is live.
     pub fn subscription_errors(&self, id: SubscriptionId) -> Option<u64> {
         let reg = self.shared().registry.lock();
-        reg.plugins
-            .values()
-            .flatten()
-            .find(|s| s.id == id)
-            .map(|s| s.errors.load(Ordering::Relaxed))
+        let plugin = reg.by_id.get(&id)?;
+        reg.plugins[plugin].iter().find(|s| s.id == id).map(|s| s.errors.load(Ordering::Relaxed))
     }
 
     /// Stops accepting events, dispatches everything already accepted, joins
@@ -683,6 +788,17 @@ impl Bus {
     pub fn is_closed(&self) -> bool {
         self.shared().is_shut()
     }
+}
+
+/// Which subscriptions an unsubscribe removes.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// `plugin`'s subscriptions to exactly `pattern`.
+    Pattern(&'a str, &'a str),
+    /// All of `plugin`'s.
+    Plugin(&'a str),
+    /// The one with this id.
+    Id(SubscriptionId),
 }
 
 /// `now + timeout`, or no deadline when that is past the end of time.

@@ -51,6 +51,7 @@
 
 pub use switchboard_matcher as matcher;
 
+mod barrier;
 mod builder;
 mod bus;
 mod error;
@@ -59,6 +60,7 @@ mod flush;
 mod history;
 mod loom;
 mod queue;
+mod reclaim;
 mod shared;
 mod snapshot;
 mod stats;

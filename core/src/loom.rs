@@ -11,9 +11,31 @@
 mod imp {
     use std::time::Instant;
 
-    pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{
+        compiler_fence, fence, AtomicBool, AtomicU64, AtomicUsize, Ordering,
+    };
     pub(crate) use std::thread::JoinHandle;
     pub(crate) use std::thread_local;
+
+    /// An `UnsafeCell` with loom's closure interface.
+    #[derive(Debug)]
+    pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        pub(crate) fn new(value: T) -> UnsafeCell<T> {
+            UnsafeCell(std::cell::UnsafeCell::new(value))
+        }
+
+        #[inline]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
+        }
+
+        #[inline]
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+    }
 
     /// A mutex without poisoning: a panicking handler can never poison it
     /// (handlers never run under it anyway).
@@ -131,9 +153,15 @@ mod imp {
 mod imp {
     use std::time::Instant;
 
+    pub(crate) use loom::cell::UnsafeCell;
     pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use loom::thread::JoinHandle;
     pub(crate) use loom::thread_local;
+
+    /// loom has no compiler fence; the barrier module never uses it under
+    /// loom (it models the light barrier as a full fence).
+    #[allow(dead_code)]
+    pub(crate) fn compiler_fence(_order: Ordering) {}
 
     #[derive(Debug, Default)]
     pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);

@@ -14,28 +14,34 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
+
 use crate::builder::{Config, ErrorHook};
+use crate::bus::Handle;
 use crate::error::ShutdownTimeout;
 use crate::event::Event;
 use crate::flush::Epochs;
 use crate::history::History;
 use crate::loom::{ArcCell, AtomicBool, AtomicUsize, Condvar, JoinHandle, Mutex, Ordering};
 use crate::queue::Queues;
+use crate::reclaim::Calls;
 use crate::snapshot::Snapshot;
 use crate::stats::{Counters, WorkerCounters};
-use crate::subscription::Subscription;
+use crate::subscription::{Subscription, SubscriptionId};
 use crate::wait::WaitGraph;
 use crate::worker::{discard_panic, is_worker_of};
 
 #[derive(Default)]
 pub(crate) struct Registry {
     pub(crate) next_id: u64,
+    /// Each plugin's live subscriptions, in subscription order.
     pub(crate) plugins: BTreeMap<Arc<str>, Vec<Arc<Subscription>>>,
+    /// The plugin of each live subscription.
+    pub(crate) by_id: FxHashMap<SubscriptionId, Arc<str>>,
     pub(crate) live: usize,
-    pub(crate) dead: usize,
 }
 
 #[derive(Default)]
@@ -59,6 +65,9 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) history: Option<History>,
     pub(crate) waits: WaitGraph,
+    pub(crate) calls: Calls,
+    /// The bus's handle, for [`Bus::current`](crate::Bus::current).
+    pub(crate) handle: OnceLock<Weak<Handle>>,
     error_hook: Mutex<Option<Arc<ErrorHook>>>,
     shut: AtomicBool,
     live_workers: AtomicUsize,
@@ -79,6 +88,8 @@ impl Shared {
             counters: Counters::new(config.workers),
             history: (config.history_size > 0).then(|| History::new(config.history_size)),
             waits: WaitGraph::new(),
+            calls: Calls::new(config.workers),
+            handle: OnceLock::new(),
             error_hook: Mutex::new(error_hook.map(Arc::new)),
             shut: AtomicBool::new(false),
             live_workers: AtomicUsize::new(config.workers),
@@ -143,23 +154,39 @@ impl Shared {
         self.life_changed.notify_all();
     }
 
+    /// Drops the handlers of retired subscriptions that no worker is
+    /// calling any more, here and now, outside every lock.
+    pub(crate) fn reclaim(&self) {
+        for handler in self.calls.reclaim() {
+            self.drop_caught(handler);
+        }
+    }
+
+    /// Called once every worker has left: no handler can run any more.
     fn clear_subscriptions(&self) {
         let plugins = {
             let mut reg = self.registry.lock();
             reg.live = 0;
-            reg.dead = 0;
+            reg.by_id.clear();
             std::mem::take(&mut reg.plugins)
         };
-        for sub in plugins.values().flatten() {
-            sub.gate.close();
+        let mut subs: Vec<Arc<Subscription>> = plugins.into_values().flatten().collect();
+        subs.extend(self.calls.take_all());
+        for sub in &subs {
+            sub.close();
         }
         let old = self.snapshot.swap(Arc::new(Snapshot::default()));
         // Handlers are dropped here, outside every lock, one at a time so
         // that one whose `Drop` panics does not keep the others alive.
-        self.drop_caught(old);
-        for sub in plugins.into_values().flatten() {
-            self.drop_caught(sub);
+        for sub in &subs {
+            // SAFETY: every worker has exited, so no call runs or starts,
+            // and the subscriptions have left the registry and the retired
+            // list, so nothing else takes their handlers.
+            let handler = unsafe { sub.take_handler() };
+            self.drop_caught(handler);
         }
+        self.drop_caught(old);
+        drop(subs);
     }
 
     /// Drops `value`, catching and counting a panic of its `Drop`.

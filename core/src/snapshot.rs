@@ -9,34 +9,61 @@
 //! levels. Patterns are compiled once per subscription; merging only
 //! re-indexes them.
 //!
-//! Unsubscribing closes the subscription's gate (it is skipped from then on)
-//! and leaves a dead entry; a level is rebuilt without its dead entries once
-//! they are half of it.
+//! Each level keeps its subscriptions sorted by rank (priority, then id),
+//! and the matcher reports a level's matches in index order, so each level
+//! yields one event's handlers already in dispatch order; the levels' runs
+//! are merged, never sorted per event.
+//!
+//! Unsubscribing closes the subscription (it is skipped from then on) and
+//! counts a dead entry in its level. A small level is rebuilt at once; a
+//! larger one once a quarter of it is dead, so each removal re-indexes a
+//! bounded number of entries on average and a dead entry (an id and a
+//! pattern: its handler is reclaimed separately) never lingers in a level
+//! that is mostly dead.
 
 use std::sync::Arc;
 
-use smallvec::SmallVec;
 use switchboard_matcher::PatternSet;
 
+use crate::loom::{AtomicUsize, Ordering};
 use crate::subscription::Subscription;
 
 /// Level `i` holds at most `FANOUT^(i+1)` subscriptions.
 pub(crate) const FANOUT: usize = 8;
 
+/// A level this small is rebuilt as soon as one of its entries dies.
+const SMALL_LEVEL: usize = FANOUT * FANOUT;
+
 #[derive(Debug)]
 pub(crate) struct Level {
     set: PatternSet,
+    /// Sorted by rank.
     subs: Vec<Arc<Subscription>>,
+    ranks: Vec<u64>,
+    /// Entries removed since the level was built (changed under the
+    /// registry lock only).
+    dead: AtomicUsize,
 }
 
 impl Level {
-    fn new(subs: Vec<Arc<Subscription>>) -> Level {
+    fn new(mut subs: Vec<Arc<Subscription>>) -> Level {
+        subs.sort_unstable_by_key(|s| s.rank);
         let set = PatternSet::from_patterns(subs.iter().map(|s| s.pattern.clone()));
-        Level { set, subs }
+        let ranks = subs.iter().map(|s| s.rank).collect();
+        Level { set, subs, ranks, dead: AtomicUsize::new(0) }
     }
 
-    fn live(&self) -> usize {
-        self.subs.iter().filter(|s| s.gate.is_active()).count()
+    fn live(&self) -> impl Iterator<Item = &Arc<Subscription>> {
+        self.subs.iter().filter(|s| s.is_active())
+    }
+
+    fn holds(&self, sub: &Arc<Subscription>) -> bool {
+        self.ranks.binary_search(&sub.rank).is_ok_and(|i| Arc::ptr_eq(&self.subs[i], sub))
+    }
+
+    fn needs_rebuild(&self) -> bool {
+        let dead = self.dead.load(Ordering::Relaxed);
+        dead > 0 && (self.subs.len() <= SMALL_LEVEL || dead * 4 >= self.subs.len())
     }
 }
 
@@ -46,26 +73,77 @@ pub(crate) struct Snapshot {
     levels: Vec<Arc<Level>>,
 }
 
-/// The handlers an event goes to, in dispatch order.
-pub(crate) type Matched<'a> = SmallVec<[&'a Arc<Subscription>; 8]>;
+/// A worker's buffers for matching, reused from event to event.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    /// Each level's matches, as indices in rank order.
+    runs: Vec<Vec<usize>>,
+    heads: Vec<usize>,
+    /// The event's handlers in dispatch order, as `level << 32 | index`.
+    pub(crate) matched: Vec<u64>,
+}
 
 impl Snapshot {
-    /// The live subscriptions whose pattern matches `name`, by subscription
-    /// priority then subscription order. `scratch` is reused between calls.
-    pub(crate) fn matching<'a>(
-        &'a self,
-        name: &str,
-        scratch: &mut Vec<usize>,
-        out: &mut Matched<'a>,
-    ) {
-        out.clear();
-        for level in self.levels.iter().filter(|l| !l.subs.is_empty()) {
-            level.set.matches_into(name, scratch);
-            out.extend(scratch.iter().map(|&i| &level.subs[i]).filter(|s| s.gate.is_active()));
+    /// Fills `scratch.matched` with the subscriptions whose pattern matches
+    /// `name`, by subscription priority then subscription order. Closed
+    /// ones may be among them: the caller's check skips them.
+    pub(crate) fn matching(&self, name: &str, scratch: &mut Scratch) {
+        scratch.matched.clear();
+        if scratch.runs.len() < self.levels.len() {
+            scratch.runs.resize_with(self.levels.len(), Vec::new);
+            scratch.heads.resize(self.levels.len(), 0);
         }
-        if out.len() > 1 {
-            out.sort_unstable_by_key(|s| s.dispatch_key());
+        let mut nonempty = 0;
+        let mut last = 0;
+        for (l, level) in self.levels.iter().enumerate() {
+            let run = &mut scratch.runs[l];
+            if level.subs.is_empty() {
+                run.clear();
+                continue;
+            }
+            level.set.matches_into(name, run);
+            if !run.is_empty() {
+                nonempty += 1;
+                last = l;
+            }
         }
+        match nonempty {
+            0 => {}
+            1 => {
+                let base = (last as u64) << 32;
+                scratch.matched.extend(scratch.runs[last].iter().map(|&i| base | i as u64));
+            }
+            _ => self.merge(scratch),
+        }
+    }
+
+    /// Merges the levels' runs by rank (a handful of levels: a linear pick
+    /// of the smallest head is cheapest).
+    fn merge(&self, scratch: &mut Scratch) {
+        let levels = self.levels.len();
+        scratch.heads[..levels].fill(0);
+        loop {
+            let mut best: Option<(u64, usize)> = None;
+            for l in 0..levels {
+                let run = &scratch.runs[l];
+                if let Some(&i) = run.get(scratch.heads[l]) {
+                    let rank = self.levels[l].ranks[i];
+                    if best.map_or(true, |(r, _)| rank < r) {
+                        best = Some((rank, l));
+                    }
+                }
+            }
+            let Some((_, l)) = best else { break };
+            let i = scratch.runs[l][scratch.heads[l]];
+            scratch.heads[l] += 1;
+            scratch.matched.push((l as u64) << 32 | i as u64);
+        }
+    }
+
+    /// The subscription at `level << 32 | index`, from [`matching`](Snapshot::matching).
+    #[inline]
+    pub(crate) fn get(&self, at: u64) -> &Subscription {
+        &self.levels[(at >> 32) as usize].subs[(at & 0xffff_ffff) as usize]
     }
 
     /// A snapshot with `sub` added.
@@ -78,8 +156,7 @@ impl Snapshot {
             if carry.is_empty() {
                 break;
             }
-            let mut subs: Vec<Arc<Subscription>> =
-                level.subs.iter().filter(|s| s.gate.is_active()).cloned().collect();
+            let mut subs: Vec<Arc<Subscription>> = level.live().cloned().collect();
             subs.append(&mut carry);
             if subs.len() > capacity {
                 // Over capacity: this level empties into the next one.
@@ -96,23 +173,30 @@ impl Snapshot {
         Snapshot { levels }
     }
 
-    /// A snapshot without the dead entries of levels that are at least half
-    /// dead, or `None` when no level needs it.
-    pub(crate) fn compacted(&self) -> Option<Snapshot> {
-        let mut changed = false;
+    /// Counts `removed` (closed, and in this snapshot) as dead in their
+    /// levels, and returns a snapshot with the levels that should be
+    /// rebuilt rebuilt, or `None` when none should.
+    pub(crate) fn without(&self, removed: &[Arc<Subscription>]) -> Option<Snapshot> {
+        for sub in removed {
+            if let Some(level) = self.levels.iter().find(|l| l.holds(sub)) {
+                level.dead.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if !self.levels.iter().any(|l| l.needs_rebuild()) {
+            return None;
+        }
         let levels = self
             .levels
             .iter()
             .map(|level| {
-                let live = level.live();
-                if live * 2 > level.subs.len() || level.subs.is_empty() {
-                    return level.clone();
+                if level.needs_rebuild() {
+                    Arc::new(Level::new(level.live().cloned().collect()))
+                } else {
+                    level.clone()
                 }
-                changed = true;
-                Arc::new(merge(&[level]))
             })
             .collect();
-        changed.then_some(Snapshot { levels })
+        Some(Snapshot { levels })
     }
 
     /// How many levels hold subscriptions.
@@ -120,14 +204,12 @@ impl Snapshot {
     pub(crate) fn levels(&self) -> usize {
         self.levels.iter().filter(|l| !l.subs.is_empty()).count()
     }
-}
 
-/// One level holding the live subscriptions of `levels`, in subscription order.
-fn merge(levels: &[&Arc<Level>]) -> Level {
-    let mut subs: Vec<Arc<Subscription>> =
-        levels.iter().flat_map(|l| l.subs.iter()).filter(|s| s.gate.is_active()).cloned().collect();
-    subs.sort_unstable_by_key(|s| s.id);
-    Level::new(subs)
+    /// How many entries, live or dead, the levels hold.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn entries(&self) -> usize {
+        self.levels.iter().map(|l| l.subs.len()).sum()
+    }
 }
 
 #[cfg(all(test, not(loom)))]
@@ -136,55 +218,97 @@ mod tests {
 
     use switchboard_matcher::Pattern;
 
-    use super::{Matched, Snapshot};
+    use super::{Scratch, Snapshot};
     use crate::event::Priority;
-    use crate::subscription::{Gate, Subscription, SubscriptionId};
+    use crate::subscription::{Subscription, SubscriptionId};
 
-    fn sub(id: u64, pattern: &str) -> Arc<Subscription> {
-        Arc::new(Subscription {
-            id: SubscriptionId::new(id),
-            pattern: Pattern::new(pattern).unwrap(),
-            plugin: Arc::from("p"),
-            priority: Priority::Normal,
-            handler: Box::new(|_| Ok(())),
-            gate: Gate::new(),
-            errors: Default::default(),
-        })
+    fn sub(id: u64, pattern: &str, priority: Priority) -> Arc<Subscription> {
+        Arc::new(Subscription::new(
+            SubscriptionId::new(id),
+            Pattern::new(pattern).unwrap(),
+            Arc::from("p"),
+            priority,
+            Box::new(|_| Ok(())),
+        ))
     }
 
-    fn ids(snapshot: &Snapshot, name: &str) -> Vec<u64> {
-        let mut scratch = Vec::new();
-        let mut out = Matched::new();
-        snapshot.matching(name, &mut scratch, &mut out);
-        out.iter().map(|s| s.id.as_u64()).collect()
+    /// The live matches, in dispatch order, as (priority, id).
+    fn order(snapshot: &Snapshot, name: &str) -> Vec<(Priority, u64)> {
+        let mut scratch = Scratch::default();
+        snapshot.matching(name, &mut scratch);
+        scratch
+            .matched
+            .iter()
+            .map(|&at| snapshot.get(at))
+            .filter(|s| s.is_active())
+            .map(|s| (s.priority, s.id.as_u64()))
+            .collect()
+    }
+
+    fn priority(i: u64) -> Priority {
+        Priority::ALL[(i * 7 % 3) as usize]
     }
 
     #[test]
-    fn levels_stay_logarithmic_and_lookups_see_every_level() {
+    fn levels_stay_logarithmic_and_matches_come_merged_in_dispatch_order() {
         let mut snapshot = Snapshot::default();
-        let mut subs = Vec::new();
         for i in 0..5_000u64 {
-            let s = sub(i, &format!("plugin{}.*", i % 100));
-            subs.push(s.clone());
-            snapshot = snapshot.with(s);
+            let pattern = if i % 10 == 0 { "*".to_owned() } else { format!("plugin{}.*", i % 100) };
+            snapshot = snapshot.with(sub(i, &pattern, priority(i)));
             assert!(snapshot.levels() <= 5, "{} levels after {i} subscribes", snapshot.levels());
         }
-        let expected: Vec<u64> = (0..5_000).filter(|i| i % 100 == 7).collect();
-        assert_eq!(ids(&snapshot, "plugin7.x"), expected);
+        assert!(snapshot.levels() >= 3, "the test must span several levels");
+        let mut expected: Vec<(Priority, u64)> =
+            (0..5_000).filter(|i| i % 10 == 0 || i % 100 == 7).map(|i| (priority(i), i)).collect();
+        expected.sort_by_key(|&(p, i)| (std::cmp::Reverse(p), i));
+        assert_eq!(order(&snapshot, "plugin7.x"), expected);
+    }
 
-        for s in subs.iter().filter(|s| s.id.as_u64() % 100 == 7 && s.id.as_u64() % 2 == 0) {
-            s.gate.close();
+    #[test]
+    fn dead_entries_leave_small_levels_at_once_and_large_ones_at_a_quarter() {
+        let mut snapshot = Snapshot::default();
+        let mut subs = Vec::new();
+        for i in 0..4_000u64 {
+            let s = sub(i, &format!("plugin{}.*", i % 100), Priority::Normal);
+            subs.push(s.clone());
+            snapshot = snapshot.with(s);
         }
-        let odd: Vec<u64> = expected.iter().copied().filter(|i| i % 2 == 1).collect();
-        assert_eq!(ids(&snapshot, "plugin7.x"), odd, "closed subscriptions are skipped");
+        let entries = snapshot.entries();
+        assert_eq!(entries, 4_000);
 
-        for s in &subs {
-            if s.id.as_u64() % 3 != 0 {
-                s.gate.close();
+        // The newest subscription sits in the smallest level: rebuilt at once.
+        let newest = subs.last().unwrap().clone();
+        newest.close();
+        let next = snapshot.without(std::slice::from_ref(&newest)).expect("small level rebuilt");
+        assert_eq!(next.entries(), entries - 1);
+        snapshot = next;
+
+        // The oldest sit in the largest level: one death is only counted...
+        let oldest = subs[0].clone();
+        oldest.close();
+        assert!(snapshot.without(std::slice::from_ref(&oldest)).is_none());
+        assert!(order(&snapshot, "plugin0.x").iter().all(|&(_, id)| id != 0));
+
+        // ...until a quarter of it is dead.
+        let mut removed = 1;
+        let mut rebuilt = None;
+        for s in subs[1..].iter().step_by(2) {
+            s.close();
+            removed += 1;
+            if let Some(next) = snapshot.without(std::slice::from_ref(s)) {
+                rebuilt = Some(next);
+                break;
             }
         }
-        let compacted = snapshot.compacted().expect("mostly dead levels are rebuilt");
-        let left: Vec<u64> = odd.iter().copied().filter(|i| i % 3 == 0).collect();
-        assert_eq!(ids(&compacted, "plugin7.x"), left);
+        let rebuilt = rebuilt.expect("a quarter-dead level is rebuilt");
+        assert!(removed > super::SMALL_LEVEL, "rebuilt after only {removed} deaths");
+        assert!(rebuilt.entries() < entries - 1);
+        let live: Vec<u64> = subs
+            .iter()
+            .filter(|s| s.is_active() && s.id.as_u64() % 100 == 7)
+            .map(|s| s.id.as_u64())
+            .collect();
+        let got: Vec<u64> = order(&rebuilt, "plugin7.x").into_iter().map(|(_, id)| id).collect();
+        assert_eq!(got, live);
     }
 }

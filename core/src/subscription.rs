@@ -1,13 +1,12 @@
-//! Subscriptions and the gate that makes unsubscribe final.
+//! Subscriptions: what a subscriber asked for, and the handler it owns.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
 
 use switchboard_matcher::Pattern;
 
 use crate::event::{Event, Priority};
-use crate::loom::{backoff, fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::loom::{AtomicBool, AtomicU64, Ordering, UnsafeCell};
 
 /// What a handler returns: `Err` is counted, logged and reported to the error
 /// hook; it never stops the other handlers of the event.
@@ -65,108 +64,99 @@ impl SubscribeOptions {
     }
 }
 
-/// Whether a subscription may still be called, and how many calls of it are
-/// running.
+/// One subscription: its pattern, plugin, and the handler it owns.
 ///
-/// The protocol (a Dekker-style handshake, modelled in `loom_tests.rs`):
-/// a worker announces a call (`running += 1`) *then* checks `active`; the
-/// unsubscriber clears `active` *then* reads `running`, each side with a
-/// `SeqCst` fence between its write and its read. The fences are totally
-/// ordered, so at least one side sees the other's write: either the worker
-/// sees `active == false` and backs out, or the unsubscriber sees the call
-/// and (in the waiting form) waits for it.
-#[derive(Debug)]
-pub(crate) struct Gate {
-    active: AtomicBool,
-    running: AtomicUsize,
-}
-
-impl Gate {
-    pub(crate) fn new() -> Gate {
-        Gate { active: AtomicBool::new(true), running: AtomicUsize::new(0) }
-    }
-
-    /// Announces a call; `false` means the subscription is closed and the
-    /// handler must not be started.
-    #[inline]
-    pub(crate) fn enter(&self) -> bool {
-        // The SeqCst fences on both sides order "announce, then check"
-        // against "close, then count": see the protocol above.
-        self.running.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if self.active.load(Ordering::SeqCst) {
-            true
-        } else {
-            self.exit();
-            false
-        }
-    }
-
-    /// Ends a call begun by a successful [`enter`](Gate::enter).
-    #[inline]
-    pub(crate) fn exit(&self) {
-        // Release: the handler's effects happen-before a waiter's Acquire load
-        // that sees the count drop.
-        self.running.fetch_sub(1, Ordering::Release);
-    }
-
-    /// Stops new calls. Returns `true` the first time.
-    pub(crate) fn close(&self) -> bool {
-        let was = self.active.swap(false, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        was
-    }
-
-    #[inline]
-    pub(crate) fn is_active(&self) -> bool {
-        // Relaxed: only a filter; `enter` is the real check.
-        self.active.load(Ordering::Relaxed)
-    }
-
-    /// How many calls are running.
-    pub(crate) fn running(&self) -> usize {
-        // SeqCst: read after `close`'s fence (see the protocol above); it
-        // also acquires the handlers' effects from `exit`'s Release.
-        self.running.load(Ordering::SeqCst)
-    }
-
-    /// Waits until no call is running but the `excused()` ones (calls that
-    /// cannot end while the caller waits: its own, and those waiting for
-    /// it), or until `deadline`. `false` when the deadline passed first.
-    pub(crate) fn wait_idle(
-        &self,
-        mut excused: impl FnMut() -> usize,
-        deadline: Option<Instant>,
-    ) -> bool {
-        let mut round = 0;
-        loop {
-            let running = self.running();
-            if running == 0 || running <= excused() {
-                return true;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return false;
-            }
-            backoff(&mut round);
-        }
-    }
-}
-
-/// One subscription: its pattern, plugin, handler and gate.
+/// Snapshots share it by `Arc`, but only the handler is worth reclaiming
+/// promptly (it holds what the plugin captured), so the handler is taken
+/// out and dropped on its own once no worker can call it any more (see
+/// `reclaim.rs`); the rest (id, pattern, plugin name) goes with the last
+/// `Arc`.
 pub(crate) struct Subscription {
     pub(crate) id: SubscriptionId,
     pub(crate) pattern: Pattern,
     pub(crate) plugin: Arc<str>,
     pub(crate) priority: Priority,
-    pub(crate) handler: Handler,
-    pub(crate) gate: Gate,
+    /// Where the subscription's handlers sort among one event's: priority
+    /// (`High` first), then id.
+    pub(crate) rank: u64,
+    /// Cleared once, by the unsubscribe that removes it.
+    active: AtomicBool,
+    /// `Some` until reclaimed. Read only by a worker that has announced the
+    /// call and seen `active` (the protocol in `reclaim.rs`); taken only by
+    /// the one owner of the retired subscription once no worker can.
+    handler: UnsafeCell<Option<Handler>>,
     pub(crate) errors: AtomicU64,
 }
 
+// SAFETY: the handler is `Send + Sync`; the cell is read concurrently by
+// workers and written once, by the reclaimer, after every worker that could
+// read it is known to be done (see `reclaim.rs`, checked by the loom models).
+unsafe impl Sync for Subscription {}
+unsafe impl Send for Subscription {}
+
 impl Subscription {
-    /// The order in which handlers of one event run: priority, then age.
-    pub(crate) fn dispatch_key(&self) -> (std::cmp::Reverse<Priority>, SubscriptionId) {
-        (std::cmp::Reverse(self.priority), self.id)
+    pub(crate) fn new(
+        id: SubscriptionId,
+        pattern: Pattern,
+        plugin: Arc<str>,
+        priority: Priority,
+        handler: Handler,
+    ) -> Subscription {
+        let rank = ((Priority::High as u64 - priority as u64) << 62) | (id.0 & ((1 << 62) - 1));
+        Subscription {
+            id,
+            pattern,
+            plugin,
+            priority,
+            rank,
+            active: AtomicBool::new(true),
+            handler: UnsafeCell::new(Some(handler)),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the subscription may still be called. Relaxed: the ordering
+    /// comes from the barriers of the protocol in `reclaim.rs`.
+    #[inline]
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Stops new calls (they see it after the next heavy barrier). `true`
+    /// the first time.
+    pub(crate) fn close(&self) -> bool {
+        self.active.swap(false, Ordering::SeqCst)
+    }
+
+    /// Calls the handler.
+    ///
+    /// # Safety
+    ///
+    /// The caller has announced the call in its worker slot, then seen the
+    /// subscription active (the protocol in `reclaim.rs`), so the handler
+    /// is not taken before the call returns.
+    #[inline]
+    pub(crate) unsafe fn call(&self, event: &Event) -> HandlerResult {
+        self.handler.with(|handler| {
+            // SAFETY: per this function's contract, no `take` runs while
+            // the call does.
+            match unsafe { &*handler } {
+                Some(handler) => handler(event),
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// Takes the handler out, to drop it.
+    ///
+    /// # Safety
+    ///
+    /// No worker calls the handler now or later: the subscription is closed
+    /// and a heavy barrier since then has shown no call announced (or the
+    /// workers have all exited).
+    pub(crate) unsafe fn take_handler(&self) -> Option<Handler> {
+        // SAFETY: per this function's contract, nothing reads the cell.
+        self.handler.with_mut(|handler| unsafe { (*handler).take() })
     }
 }
 

@@ -7,8 +7,9 @@
 //! waiting, directly or through others, for one of the calls it is inside.
 //! Waiting for those would deadlock (two plugins each unloading the other
 //! from a handler). So handlers that wait register in a small wait-for
-//! graph; each round of the wait counts, for each subscription, the calls
-//! held by waiters that depend on this thread, and does not wait for them.
+//! graph; each round of the wait looks at the workers' call slots
+//! (`reclaim.rs`) and does not wait for the workers of waiters that depend
+//! on this thread.
 //! Those calls are never left half-done: they are blocked in this same kind
 //! of wait and end after it returns. The guarantee that matters still holds
 //! for them: their subscription is closed, so no new call starts.
@@ -16,15 +17,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::loom::{AtomicUsize, Mutex, Ordering};
+use crate::loom::{backoff, AtomicUsize, Mutex, Ordering};
+use crate::reclaim::{key, Calls};
 use crate::subscription::{Subscription, SubscriptionId};
-use crate::worker::{own_calls, running_keys, sub_key};
 
 #[derive(Debug)]
 struct Waiter {
     token: usize,
-    /// The subscriptions whose calls this thread is inside.
-    running: Vec<usize>,
+    /// The worker this waiter is, and the subscription whose call it is in.
+    worker: usize,
+    running: usize,
     /// The subscriptions it waits for.
     waiting_for: Vec<usize>,
 }
@@ -41,48 +43,66 @@ impl WaitGraph {
         WaitGraph::default()
     }
 
-    /// Waits until no call of `subs` runs but the ones that cannot end while
-    /// this thread waits, or until `deadline`. Returns the subscriptions
-    /// still running at the deadline (empty when it did not pass).
+    /// Waits until no call of `subs` (closed by the caller) runs but the
+    /// ones that cannot end while this thread waits, or until `deadline`.
+    /// `me` is this thread's worker index when it is a worker of this bus.
+    /// Returns the subscriptions still running at the deadline (empty when
+    /// it did not pass).
     pub(crate) fn wait_idle(
         &self,
+        calls: &Calls,
         subs: &[Arc<Subscription>],
+        me: Option<usize>,
         deadline: Option<Instant>,
     ) -> Vec<SubscriptionId> {
-        let running = running_keys();
-        let mut still_running = Vec::new();
-        if running.is_empty() {
-            // Not inside a handler: nothing can be waiting for us.
-            for sub in subs {
-                if !sub.gate.wait_idle(|| 0, deadline) {
-                    still_running.push(sub.id);
-                }
-            }
-            return still_running;
+        if subs.is_empty() {
+            return Vec::new();
         }
-        // Relaxed: a unique number is all that is needed.
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let waiter =
-            Waiter { token, running, waiting_for: subs.iter().map(|s| sub_key(s)).collect() };
-        self.waiters.lock().push(waiter);
-        let _registered = Deregister { graph: self, token };
-        for sub in subs {
-            let own = own_calls(sub);
-            let key = sub_key(sub);
-            if !sub.gate.wait_idle(|| own + self.calls_waiting_on(token, key), deadline) {
-                still_running.push(sub.id);
+        // From here no call of `subs` starts, and the running ones are in
+        // the slots (`reclaim.rs`).
+        calls.fence();
+        let keys: Vec<usize> = subs.iter().map(|s| key(s)).collect();
+        let registered = me.map(|worker| {
+            // Relaxed: a unique number is all that is needed.
+            let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+            let running = calls.calling(worker);
+            self.waiters.lock().push(Waiter { token, worker, running, waiting_for: keys.clone() });
+            Deregister { graph: self, token }
+        });
+        let mut round = 0;
+        loop {
+            // Workers calling one of `subs`, but this one: its own call
+            // cannot end while it waits.
+            let mut busy: Vec<(usize, usize)> = (0..calls.workers())
+                .filter(|&w| Some(w) != me)
+                .map(|w| (w, calls.calling(w)))
+                .filter(|(_, k)| keys.contains(k))
+                .collect();
+            if let (Some(r), false) = (&registered, busy.is_empty()) {
+                let excused = self.excused(r.token);
+                busy.retain(|(w, _)| !excused.contains(w));
             }
+            if busy.is_empty() {
+                return Vec::new();
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return subs
+                    .iter()
+                    .filter(|s| busy.iter().any(|&(_, k)| k == key(s)))
+                    .map(|s| s.id)
+                    .collect();
+            }
+            backoff(&mut round);
         }
-        still_running
     }
 
-    /// How many calls of subscription `key` are held by waiters that wait,
-    /// directly or through other waiters, for a call `token` is inside.
-    fn calls_waiting_on(&self, token: usize, key: usize) -> usize {
+    /// The workers whose calls cannot end while `token` waits: waiters that
+    /// wait, directly or through other waiters, for the call `token` is in.
+    fn excused(&self, token: usize) -> Vec<usize> {
         let waiters = self.waiters.lock();
-        let Some(me) = waiters.iter().find(|w| w.token == token) else { return 0 };
+        let Some(me) = waiters.iter().find(|w| w.token == token) else { return Vec::new() };
         // Calls that cannot end while `me` waits, grown to a fixed point.
-        let mut blocked: Vec<usize> = me.running.clone();
+        let mut blocked: Vec<usize> = vec![me.running];
         let mut dependent = vec![false; waiters.len()];
         loop {
             let mut grew = false;
@@ -92,7 +112,7 @@ impl WaitGraph {
                 }
                 if w.waiting_for.iter().any(|k| blocked.contains(k)) {
                     dependent[i] = true;
-                    blocked.extend_from_slice(&w.running);
+                    blocked.push(w.running);
                     grew = true;
                 }
             }
@@ -100,12 +120,7 @@ impl WaitGraph {
                 break;
             }
         }
-        waiters
-            .iter()
-            .zip(&dependent)
-            .filter(|(_, &d)| d)
-            .map(|(w, _)| w.running.iter().filter(|&&k| k == key).count())
-            .sum()
+        waiters.iter().zip(&dependent).filter(|(_, &d)| d).map(|(w, _)| w.worker).collect()
     }
 }
 

@@ -17,42 +17,35 @@ use crate::event::Event;
 use crate::loom::{idle_turn, thread_local};
 use crate::queue::Queued;
 use crate::shared::Shared;
-use crate::snapshot::{Matched, Snapshot};
+use crate::snapshot::{Scratch, Snapshot};
 use crate::stats::WorkerCounters;
-use crate::subscription::Subscription;
 
 /// What a thread knows about the bus it works for.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Context {
     /// The id of the bus this thread is a worker of (0: none).
     pub(crate) bus: usize,
+    /// This worker's index (its call slot).
+    pub(crate) worker: usize,
+    /// The bus, for [`Bus::current`](crate::Bus::current).
+    pub(crate) shared: Option<Arc<Shared>>,
     /// The depth of the event being handled.
     pub(crate) depth: u32,
     /// The flush bucket of the event being handled: events its handlers
     /// publish are counted in the same one, so a flush waits for cascades.
     pub(crate) bucket: usize,
-    /// The subscriptions whose handlers this thread is running, innermost last.
-    pub(crate) running: Vec<usize>,
 }
 
 thread_local! {
     pub(crate) static CONTEXT: RefCell<Context> = RefCell::new(Context::default());
 }
 
-/// A subscription's identity in [`Context::running`] and the wait graph.
-pub(crate) fn sub_key(sub: &Subscription) -> usize {
-    sub as *const Subscription as usize
-}
-
-/// How many calls of `sub` this thread itself is running.
-pub(crate) fn own_calls(sub: &Subscription) -> usize {
-    let key = sub_key(sub);
-    CONTEXT.with(|c| c.borrow().running.iter().filter(|&&k| k == key).count())
-}
-
-/// The subscriptions whose calls this thread is inside.
-pub(crate) fn running_keys() -> Vec<usize> {
-    CONTEXT.with(|c| c.borrow().running.clone())
+/// This thread's worker index, if it is a worker of the bus `id`.
+pub(crate) fn worker_index(id: usize) -> Option<usize> {
+    CONTEXT.with(|c| {
+        let c = c.borrow();
+        (c.bus == id).then_some(c.worker)
+    })
 }
 
 /// Drops a caught panic's payload; a payload whose own `Drop` panics is
@@ -93,11 +86,16 @@ impl Fairness {
 }
 
 pub(crate) fn run(shared: Arc<Shared>, index: usize) {
-    CONTEXT.with(|c| c.borrow_mut().bus = shared.id);
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        c.bus = shared.id;
+        c.worker = index;
+        c.shared = Some(shared.clone());
+    });
     let counters = &shared.counters.workers[index];
     let mut fairness = Fairness::default();
     let mut batch: Vec<Queued<Arc<Event>>> = Vec::with_capacity(shared.config.batch_size);
-    let mut scratch = Vec::new();
+    let mut scratch = Scratch::default();
     let mut idle = 0u32;
     loop {
         if let Some(lane) = fairness.pick(shared.queues.nonempty(), shared.config.starvation_limit)
@@ -113,7 +111,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
             for queued in batch.drain(..) {
                 let epoch = queued.epoch;
                 let handled = catch_unwind(AssertUnwindSafe(|| {
-                    dispatch(&shared, &snapshot, queued, counters, &mut scratch)
+                    dispatch(&shared, &snapshot, queued, index, &mut scratch)
                 }));
                 if let Err(panic) = handled {
                     // A payload's `Drop`, or a panic while reporting one.
@@ -124,6 +122,12 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
                     );
                 }
                 ended[epoch] += 1;
+            }
+            drop(snapshot);
+            if shared.calls.has_retired() {
+                // Handlers unsubscribed while this batch ran: drop the ones
+                // no worker is calling any more.
+                shared.reclaim();
             }
             shared.epochs.end(0, ended[0]);
             shared.epochs.end(1, ended[1]);
@@ -142,7 +146,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
     // Still marked as this bus's worker: if dropping the handlers drops the
     // last `Bus`, its shutdown must not try to join this very thread.
     shared.worker_exited(1);
-    CONTEXT.with(|c| c.borrow_mut().bus = 0);
+    CONTEXT.with(|c| *c.borrow_mut() = Context::default());
 }
 
 /// Calls every live handler matching the event, then drops the event (the
@@ -151,14 +155,14 @@ fn dispatch(
     shared: &Shared,
     snapshot: &Snapshot,
     queued: Queued<Arc<Event>>,
-    counters: &WorkerCounters,
-    scratch: &mut Vec<usize>,
+    worker: usize,
+    scratch: &mut Scratch,
 ) {
+    let counters = &shared.counters.workers[worker];
     let event = &queued.item;
-    let mut matched = Matched::new();
-    snapshot.matching(event.name(), scratch, &mut matched);
+    snapshot.matching(event.name(), scratch);
     WorkerCounters::add(&counters.events, 1);
-    if matched.is_empty() {
+    if scratch.matched.is_empty() {
         return;
     }
     CONTEXT.with(|c| {
@@ -167,15 +171,15 @@ fn dispatch(
         c.bucket = queued.epoch;
     });
     let mut calls = 0;
-    for sub in matched {
-        if !sub.gate.enter() {
+    for &at in &scratch.matched {
+        let sub = snapshot.get(at);
+        if !shared.calls.enter(worker, sub) {
             continue;
         }
-        let key = sub_key(sub);
-        CONTEXT.with(|c| c.borrow_mut().running.push(key));
-        let outcome = catch_unwind(AssertUnwindSafe(|| (sub.handler)(event)));
-        CONTEXT.with(|c| c.borrow_mut().running.pop());
-        sub.gate.exit();
+        // SAFETY: the call is announced and the subscription was seen
+        // active after it (`reclaim.rs`).
+        let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { sub.call(event) }));
+        shared.calls.exit(worker);
         calls += 1;
         if !matches!(outcome, Ok(Ok(()))) {
             // Reporting runs user code too (the error's `Display` and
