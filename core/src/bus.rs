@@ -82,6 +82,54 @@ impl WeakBus {
     }
 }
 
+/// A subscription that lasts as long as this guard: dropping it
+/// unsubscribes (as [`Bus::unsubscribe_id`]). From
+/// [`Bus::subscribe_scoped`].
+///
+/// The guard does not keep the bus alive; once the bus is gone, dropping it
+/// does nothing.
+#[must_use = "dropping the guard unsubscribes at once"]
+pub struct SubscriptionGuard {
+    /// `None` once unsubscribed or detached.
+    bus: Option<WeakBus>,
+    id: SubscriptionId,
+}
+
+impl SubscriptionGuard {
+    /// The subscription's id.
+    pub fn id(&self) -> SubscriptionId {
+        self.id
+    }
+
+    /// Unsubscribes now and waits, as [`Bus::unsubscribe_id_and_wait`];
+    /// `false` when it was no longer live.
+    pub fn unsubscribe_and_wait(mut self) -> bool {
+        let bus = self.bus.take().and_then(|b| b.upgrade());
+        bus.is_some_and(|bus| bus.unsubscribe_id_and_wait(self.id))
+    }
+
+    /// Keeps the subscription for the bus's lifetime, dropping the guard
+    /// without unsubscribing; returns its id.
+    pub fn detach(mut self) -> SubscriptionId {
+        self.bus = None;
+        self.id
+    }
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        if let Some(bus) = self.bus.take().and_then(|b| b.upgrade()) {
+            bus.unsubscribe_id(self.id);
+        }
+    }
+}
+
+impl fmt::Debug for SubscriptionGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionGuard").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
 impl fmt::Debug for WeakBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WeakBus").finish_non_exhaustive()
@@ -208,6 +256,59 @@ impl Bus {
         F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
     {
         self.add_subscription(pattern, plugin, options, Box::new(handler))
+    }
+
+    /// Like [`subscribe`](Bus::subscribe), returning a guard that
+    /// unsubscribes when dropped: the subscription lives as long as the
+    /// scope (or the struct) holding the guard.
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe`](Bus::subscribe).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use serde_json::Value;
+    /// use switchboard::{Bus, Event};
+    ///
+    /// let bus = Bus::new()?;
+    /// {
+    ///     let _guard = bus.subscribe_scoped("trivia.*", "stats", |_event| Ok(()))?;
+    ///     assert_eq!(bus.stats().subscriptions, 1);
+    /// }
+    /// assert_eq!(bus.stats().subscriptions, 0, "dropping the guard unsubscribed");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn subscribe_scoped<F>(
+        &self,
+        pattern: &str,
+        plugin: &str,
+        handler: F,
+    ) -> Result<SubscriptionGuard, SubscribeError>
+    where
+        F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
+    {
+        self.subscribe_scoped_with(pattern, plugin, SubscribeOptions::new(), handler)
+    }
+
+    /// [`subscribe_scoped`](Bus::subscribe_scoped) with options.
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe`](Bus::subscribe).
+    pub fn subscribe_scoped_with<F>(
+        &self,
+        pattern: &str,
+        plugin: &str,
+        options: SubscribeOptions,
+        handler: F,
+    ) -> Result<SubscriptionGuard, SubscribeError>
+    where
+        F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
+    {
+        let id = self.subscribe_with(pattern, plugin, options, handler)?;
+        Ok(SubscriptionGuard { bus: Some(self.downgrade()), id })
     }
 
     /// Subscribes a handler that receives the payload as a `T`.
@@ -474,12 +575,18 @@ impl Bus {
     ) -> Result<usize, WaitTimeout> {
         let shared = self.shared();
         let me = worker_index(shared.id);
-        let still_running = shared.waits.wait_idle(&shared.calls, &removed, me, deadline);
-        let n = self.retire(removed);
-        if still_running.is_empty() {
+        let waited = shared.waits.wait_idle(&shared.calls, &removed, me, deadline);
+        for handler in shared.calls.reclaim_seen_idle(&removed, &waited.held) {
+            shared.drop_caught(handler);
+        }
+        // The ones still held go with a later reclaim; this one clears the
+        // list of those taken here.
+        shared.reclaim();
+        let n = removed.len();
+        if waited.still_running.is_empty() {
             Ok(n)
         } else {
-            Err(WaitTimeout { removed: n, still_running })
+            Err(WaitTimeout { removed: n, still_running: waited.still_running })
         }
     }
 

@@ -72,7 +72,7 @@ mod worker;
 mod loom_tests;
 
 pub use crate::builder::{BusBuilder, ErrorHook};
-pub use crate::bus::{Bus, WeakBus};
+pub use crate::bus::{Bus, SubscriptionGuard, WeakBus};
 pub use crate::error::{
     BuildError, FlushTimeout, HandlerPanic, HistoryError, NameError, PayloadError, PublishError,
     ShutdownTimeout, SubscribeError, WaitTimeout, MAX_NAME_LEN,

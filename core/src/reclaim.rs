@@ -51,8 +51,12 @@ use std::sync::Arc;
 use crossbeam_utils::CachePadded;
 
 use crate::barrier::Barrier;
-use crate::loom::{AtomicUsize, Mutex, Ordering};
+use crate::loom::{spin_hint, AtomicUsize, Mutex, Ordering};
 use crate::subscription::{Handler, Subscription};
+
+/// How many times a reclaimer looks at a slot that names a retired
+/// subscription before leaving it to a later reclaim.
+const LOOKS: usize = if cfg!(loom) { 2 } else { 32 };
 
 /// A subscription's identity in the worker slots and the wait graph.
 pub(crate) fn key(sub: &Subscription) -> usize {
@@ -144,7 +148,10 @@ impl Calls {
     /// call any more, for the caller to drop outside every lock.
     pub(crate) fn reclaim(&self) -> Vec<Handler> {
         let mut list = std::mem::take(&mut *self.retired.lock());
+        // Those a waiter has reclaimed itself need nothing more.
+        list.retain(|r| !r.sub.is_claimed());
         if list.is_empty() {
+            self.settle(list);
             return Vec::new();
         }
         if list.iter().any(|r| !r.fenced) {
@@ -154,21 +161,57 @@ impl Calls {
         let mut handlers = Vec::new();
         list.retain(|r| {
             let k = key(&r.sub);
-            if (0..self.slots.len()).any(|w| self.calling(w) == k) {
+            if (0..self.slots.len()).any(|w| !self.seen_not_calling(w, k)) {
                 return true;
             }
             // SAFETY: closed, fenced since, and no slot names it: no worker
-            // calls it now or later. This thread owns the entry (it took it
-            // from the list), so the handler is taken once.
+            // calls it now or later.
             if let Some(handler) = unsafe { r.sub.take_handler() } {
                 handlers.push(handler);
             }
             false
         });
-        let mut retired = self.retired.lock();
-        retired.append(&mut list);
-        self.pending.store(retired.len(), Ordering::Relaxed);
+        self.settle(list);
         handlers
+    }
+
+    /// Whether `worker`'s slot, looked at a few times, was once not naming
+    /// `key`. After the heavy barrier that is proof that no call of it runs
+    /// there or will: a slot names a subscription it will not call only for
+    /// the instant a worker takes to see it closed and back out.
+    fn seen_not_calling(&self, worker: usize, key: usize) -> bool {
+        for _ in 0..LOOKS {
+            if self.calling(worker) != key {
+                return true;
+            }
+            spin_hint();
+        }
+        false
+    }
+
+    /// Puts back the entries a reclaim kept.
+    fn settle(&self, mut kept: Vec<Retired>) {
+        let mut retired = self.retired.lock();
+        retired.append(&mut kept);
+        self.pending.store(retired.len(), Ordering::Relaxed);
+    }
+
+    /// Takes the handlers of `subs` but those whose keys are in `held`, for
+    /// a waiter that has seen, since a heavy barrier that followed their
+    /// close, every other worker's slot not naming them (`wait.rs`). A slot
+    /// may still name one for an instant after that: a worker that
+    /// announces a call, sees the subscription closed and backs out. Such
+    /// an announcement never calls the handler, so it does not hold it back.
+    pub(crate) fn reclaim_seen_idle(
+        &self,
+        subs: &[Arc<Subscription>],
+        held: &[usize],
+    ) -> Vec<Handler> {
+        subs.iter()
+            .filter(|s| !held.contains(&key(s)))
+            // SAFETY: see above; the claim makes the take happen once.
+            .filter_map(|s| unsafe { s.take_handler() })
+            .collect()
     }
 
     /// Takes every retired subscription, once the workers have all exited.

@@ -190,7 +190,7 @@ impl Shared {
     }
 
     /// Drops `value`, catching and counting a panic of its `Drop`.
-    fn drop_caught<T>(&self, value: T) {
+    pub(crate) fn drop_caught<T>(&self, value: T) {
         if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
             discard_panic(panic);
             // Relaxed: a statistic.

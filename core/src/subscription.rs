@@ -85,6 +85,8 @@ pub(crate) struct Subscription {
     /// call and seen `active` (the protocol in `reclaim.rs`); taken only by
     /// the one owner of the retired subscription once no worker can.
     handler: UnsafeCell<Option<Handler>>,
+    /// Set by whoever takes the handler, so it is taken once.
+    claimed: AtomicBool,
     pub(crate) errors: AtomicU64,
 }
 
@@ -111,6 +113,7 @@ impl Subscription {
             rank,
             active: AtomicBool::new(true),
             handler: UnsafeCell::new(Some(handler)),
+            claimed: AtomicBool::new(false),
             errors: AtomicU64::new(0),
         }
     }
@@ -147,16 +150,28 @@ impl Subscription {
         })
     }
 
-    /// Takes the handler out, to drop it.
+    /// Takes the handler out, to drop it; `None` when it was taken already
+    /// (by another reclaimer: the first one wins).
     ///
     /// # Safety
     ///
     /// No worker calls the handler now or later: the subscription is closed
-    /// and a heavy barrier since then has shown no call announced (or the
-    /// workers have all exited).
+    /// and, since a heavy barrier that followed, every worker's slot has
+    /// been seen not naming it (or the workers have all exited).
     pub(crate) unsafe fn take_handler(&self) -> Option<Handler> {
-        // SAFETY: per this function's contract, nothing reads the cell.
+        // AcqRel: two reclaimers agree on one winner; nothing else reads
+        // the cell any more.
+        if self.claimed.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: per this function's contract, no worker reads the cell,
+        // and the claim above makes this the only writer.
         self.handler.with_mut(|handler| unsafe { (*handler).take() })
+    }
+
+    /// Whether the handler has been taken (or is being taken).
+    pub(crate) fn is_claimed(&self) -> bool {
+        self.claimed.load(Ordering::Acquire)
     }
 }
 

@@ -21,6 +21,17 @@ use crate::loom::{backoff, AtomicUsize, Mutex, Ordering};
 use crate::reclaim::{key, Calls};
 use crate::subscription::{Subscription, SubscriptionId};
 
+/// What [`WaitGraph::wait_idle`] saw.
+#[derive(Debug, Default)]
+pub(crate) struct Waited {
+    /// The subscriptions with calls still running at the deadline.
+    pub(crate) still_running: Vec<SubscriptionId>,
+    /// The keys some worker's slot named at the last look (calls that
+    /// could not be waited for, or still running at the deadline). Every
+    /// other subscription was seen idle since the barrier.
+    pub(crate) held: Vec<usize>,
+}
+
 #[derive(Debug)]
 struct Waiter {
     token: usize,
@@ -46,17 +57,15 @@ impl WaitGraph {
     /// Waits until no call of `subs` (closed by the caller) runs but the
     /// ones that cannot end while this thread waits, or until `deadline`.
     /// `me` is this thread's worker index when it is a worker of this bus.
-    /// Returns the subscriptions still running at the deadline (empty when
-    /// it did not pass).
     pub(crate) fn wait_idle(
         &self,
         calls: &Calls,
         subs: &[Arc<Subscription>],
         me: Option<usize>,
         deadline: Option<Instant>,
-    ) -> Vec<SubscriptionId> {
+    ) -> Waited {
         if subs.is_empty() {
-            return Vec::new();
+            return Waited::default();
         }
         // From here no call of `subs` starts, and the running ones are in
         // the slots (`reclaim.rs`).
@@ -71,26 +80,30 @@ impl WaitGraph {
         });
         let mut round = 0;
         loop {
-            // Workers calling one of `subs`, but this one: its own call
-            // cannot end while it waits.
-            let mut busy: Vec<(usize, usize)> = (0..calls.workers())
-                .filter(|&w| Some(w) != me)
+            // (worker, key) of the workers calling one of `subs`.
+            let named: Vec<(usize, usize)> = (0..calls.workers())
                 .map(|w| (w, calls.calling(w)))
                 .filter(|(_, k)| keys.contains(k))
                 .collect();
-            if let (Some(r), false) = (&registered, busy.is_empty()) {
-                let excused = self.excused(r.token);
-                busy.retain(|(w, _)| !excused.contains(w));
-            }
-            if busy.is_empty() {
-                return Vec::new();
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return subs
-                    .iter()
-                    .filter(|s| busy.iter().any(|&(_, k)| k == key(s)))
-                    .map(|s| s.id)
-                    .collect();
+            // This thread's own call cannot end while it waits, nor can
+            // those of the waiters that depend on it.
+            let excused = match &registered {
+                Some(r) if named.iter().any(|&(w, _)| Some(w) != me) => self.excused(r.token),
+                _ => Vec::new(),
+            };
+            let busy = named.iter().filter(|&&(w, _)| Some(w) != me && !excused.contains(&w));
+            let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+            if busy.clone().next().is_none() || timed_out {
+                let still_running = if timed_out {
+                    subs.iter()
+                        .filter(|s| busy.clone().any(|&(_, k)| k == key(s)))
+                        .map(|s| s.id)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let held = named.iter().map(|&(_, k)| k).collect();
+                return Waited { still_running, held };
             }
             backoff(&mut round);
         }
