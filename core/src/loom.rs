@@ -4,7 +4,7 @@
 //! thread-local comes from `loom`, and the two structures loom cannot see
 //! into (crossbeam's `ArrayQueue` and arc-swap's `ArcSwap`) are replaced by
 //! stand-ins built on loom's `Mutex`, so the models in `loom_tests.rs`
-//! explore *our* protocols: snapshot swap, the subscription gate, flush
+//! explore *our* protocols: snapshot swap, the call slots and reclamation, flush
 //! epochs, parking and shutdown. Code elsewhere never names `std::sync`.
 
 #[cfg(not(loom))]

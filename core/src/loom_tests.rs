@@ -7,10 +7,14 @@ use std::sync::Arc;
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::thread;
 
+use switchboard_matcher::Pattern;
+
 use crate::event::{Event, Priority};
 use crate::flush::Epochs;
 use crate::queue::{Offer, Overflow, Queues};
-use crate::subscription::Gate;
+use crate::reclaim::Calls;
+use crate::subscription::{Subscription, SubscriptionId};
+use crate::wait::WaitGraph;
 use crate::Bus;
 
 /// Runs `f` under loom, with room for the bounded spin-and-yield loops.
@@ -30,30 +34,102 @@ fn model_one_preemption<F: Fn() + Sync + Send + 'static>(f: F) {
     builder.check(f);
 }
 
-/// Unsubscribe-and-wait: once `wait_idle` returns, no call is running and
-/// none starts.
+/// A subscription whose handler counts its calls, checks it is not called
+/// after `done`, and counts its own drop.
+fn probe_sub(
+    calls: &Arc<StdUsize>,
+    drops: &Arc<StdUsize>,
+    done: &Arc<AtomicBool>,
+) -> Arc<Subscription> {
+    struct DropCount(Arc<StdUsize>);
+    impl Drop for DropCount {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Std::SeqCst);
+        }
+    }
+    let (calls, dropped, done) = (calls.clone(), DropCount(drops.clone()), done.clone());
+    let handler = move |_e: &Event| {
+        let _held = &dropped;
+        assert!(!done.load(Ordering::SeqCst), "a call started after unsubscribe-and-wait returned");
+        calls.fetch_add(1, Std::SeqCst);
+        Ok(())
+    };
+    Arc::new(Subscription::new(
+        SubscriptionId::new(1),
+        Pattern::new("x").unwrap(),
+        Arc::from("p"),
+        Priority::Normal,
+        Box::new(handler),
+    ))
+}
+
+/// A worker's batch of `events` events for `sub`, then its end-of-batch
+/// reclaim, as `worker.rs` does it.
+fn worker_batch(calls: &Calls, sub: &Subscription, events: usize) {
+    let event = Event::new("x", serde_json::Value::Null, "t");
+    for _ in 0..events {
+        if calls.enter(0, sub) {
+            // SAFETY: announced, then seen active: the protocol under test.
+            let _ = unsafe { sub.call(&event) };
+            calls.exit(0);
+        }
+    }
+    if calls.has_retired() {
+        drop(calls.reclaim());
+    }
+}
+
+/// Retire against a worker mid-batch: the handler is dropped exactly once,
+/// never while a call runs (loom's cell tracking would report the race),
+/// by whichever side reclaims last.
 #[test]
-fn loom_gate_unsubscribe_and_wait() {
+fn loom_retire_vs_a_worker_mid_batch() {
     model(|| {
-        let gate = Arc::new(Gate::new());
+        let (calls_made, drops) = (Arc::new(StdUsize::new(0)), Arc::new(StdUsize::new(0)));
         let done = Arc::new(AtomicBool::new(false));
+        let sub = probe_sub(&calls_made, &drops, &done);
+        let calls = Arc::new(Calls::new(1));
         let worker = {
-            let (gate, done) = (gate.clone(), done.clone());
-            thread::spawn(move || {
-                if gate.enter() {
-                    assert!(
-                        !done.load(Ordering::SeqCst),
-                        "a call ran after unsubscribe-and-wait returned"
-                    );
-                    gate.exit();
-                }
-            })
+            let (calls, sub) = (calls.clone(), sub.clone());
+            thread::spawn(move || worker_batch(&calls, &sub, 2))
         };
-        gate.close();
-        assert!(gate.wait_idle(|| 0, None));
-        done.store(true, Ordering::SeqCst);
+        assert!(sub.close());
+        calls.retire(std::slice::from_ref(&sub));
+        drop(calls.reclaim());
         worker.join().unwrap();
-        assert!(!gate.enter(), "a closed gate let a call in");
+        // Whoever reclaimed last found no call running.
+        drop(calls.reclaim());
+        assert_eq!(drops.load(Std::SeqCst), 1, "the handler was not dropped exactly once");
+        assert!(calls_made.load(Std::SeqCst) <= 2);
+    });
+}
+
+/// Unsubscribe-and-wait against a call that is starting: once the wait
+/// returns, no call runs or starts, and the handler is already dropped,
+/// exactly once even though the worker's reclaim races the waiter's.
+#[test]
+fn loom_wait_vs_a_call_that_is_starting() {
+    model(|| {
+        let (calls_made, drops) = (Arc::new(StdUsize::new(0)), Arc::new(StdUsize::new(0)));
+        let done = Arc::new(AtomicBool::new(false));
+        let sub = probe_sub(&calls_made, &drops, &done);
+        let calls = Arc::new(Calls::new(1));
+        let worker = {
+            let (calls, sub) = (calls.clone(), sub.clone());
+            thread::spawn(move || worker_batch(&calls, &sub, 1))
+        };
+        let graph = WaitGraph::new();
+        assert!(sub.close());
+        calls.retire(std::slice::from_ref(&sub));
+        let subs = [sub.clone()];
+        let waited = graph.wait_idle(&calls, &subs, None, None);
+        assert!(waited.still_running.is_empty());
+        drop(calls.reclaim_seen_idle(&subs, &waited.held));
+        done.store(true, Ordering::SeqCst);
+        assert_eq!(drops.load(Std::SeqCst), 1, "the handler outlived unsubscribe-and-wait");
+        worker.join().unwrap();
+        drop(calls.reclaim());
+        assert_eq!(drops.load(Std::SeqCst), 1, "the handler was dropped twice");
     });
 }
 
