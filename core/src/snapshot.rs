@@ -79,6 +79,7 @@ pub(crate) struct Scratch {
     /// Each level's matches, as indices in rank order.
     runs: Vec<Vec<usize>>,
     heads: Vec<usize>,
+    head_ranks: Vec<u64>,
     /// The event's handlers in dispatch order, as `level << 32 | index`.
     pub(crate) matched: Vec<u64>,
 }
@@ -117,26 +118,51 @@ impl Snapshot {
         }
     }
 
-    /// Merges the levels' runs by rank (a handful of levels: a linear pick
-    /// of the smallest head is cheapest).
+    /// Merges the levels' runs by rank. There are a handful of levels, so
+    /// the smallest head is found by a scan of their head ranks, kept in
+    /// one small array; then everything of that run below the next smallest
+    /// head is copied at once. Levels hold subscriptions of consecutive
+    /// ages, so with one priority the runs do not interleave at all and
+    /// each is copied whole, after one look at its last rank.
     fn merge(&self, scratch: &mut Scratch) {
         let levels = self.levels.len();
+        let rank_of = |l: usize, i: usize| self.levels[l].ranks[i];
         scratch.heads[..levels].fill(0);
+        scratch.head_ranks.clear();
+        scratch.head_ranks.extend(
+            (0..levels).map(|l| scratch.runs[l].first().map_or(u64::MAX, |&i| rank_of(l, i))),
+        );
         loop {
-            let mut best: Option<(u64, usize)> = None;
-            for l in 0..levels {
-                let run = &scratch.runs[l];
-                if let Some(&i) = run.get(scratch.heads[l]) {
-                    let rank = self.levels[l].ranks[i];
-                    if best.map_or(true, |(r, _)| rank < r) {
-                        best = Some((rank, l));
-                    }
+            let (mut best, mut best_rank, mut next_rank) = (0, u64::MAX, u64::MAX);
+            for (l, &rank) in scratch.head_ranks.iter().enumerate() {
+                if rank < best_rank {
+                    next_rank = best_rank;
+                    (best, best_rank) = (l, rank);
+                } else if rank < next_rank {
+                    next_rank = rank;
                 }
             }
-            let Some((_, l)) = best else { break };
-            let i = scratch.runs[l][scratch.heads[l]];
-            scratch.heads[l] += 1;
-            scratch.matched.push((l as u64) << 32 | i as u64);
+            if best_rank == u64::MAX {
+                break;
+            }
+            let run = &scratch.runs[best];
+            let base = (best as u64) << 32;
+            let mut at = scratch.heads[best];
+            let last = *run.last().expect("a run with a head is not empty");
+            if rank_of(best, last) < next_rank {
+                scratch.matched.extend(run[at..].iter().map(|&i| base | i as u64));
+                at = run.len();
+            } else {
+                while let Some(&i) = run.get(at) {
+                    if rank_of(best, i) > next_rank {
+                        break;
+                    }
+                    scratch.matched.push(base | i as u64);
+                    at += 1;
+                }
+            }
+            scratch.heads[best] = at;
+            scratch.head_ranks[best] = run.get(at).map_or(u64::MAX, |&i| rank_of(best, i));
         }
     }
 

@@ -11,7 +11,7 @@
 //! Handler calls per second, bus over loop; medians over rounds that
 //! alternate between the two. Every run checks every handler's count.
 //!
-//! `cargo run --release -p switchboard-bench --bin fan_out -- [--workers N] [--rounds N]`
+//! `cargo run --release -p switchboard-bench --bin fan_out -- [--workers N] [--rounds N] [--only K]`
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -199,6 +199,8 @@ fn arg(name: &str, default: usize) -> usize {
 fn main() {
     let workers = arg("--workers", 2);
     let rounds = arg("--rounds", 5);
+    // `--only K`: run scenario K alone (0: plugins, 1-3: fan-out 1/10/100).
+    let only = arg("--only", usize::MAX);
     let scenarios = [
         Scenario::plugins(100_000),
         Scenario::fan_out(1, 1_000_000),
@@ -210,7 +212,10 @@ fn main() {
          in a plain loop; {rounds} alternating rounds, median [min, max]"
     );
     println!("{:<36} {:>26} {:>26} {:>8}", "scenario", "loop", "bus", "bus/loop");
-    for s in &scenarios {
+    for (k, s) in scenarios.iter().enumerate() {
+        if only != usize::MAX && only != k {
+            continue;
+        }
         let mut looped = Vec::new();
         let mut bused = Vec::new();
         let mut ratios = Vec::new();
