@@ -30,7 +30,9 @@
 //! * No handler runs while the bus holds a lock: handlers may publish,
 //!   subscribe and unsubscribe freely.
 //! * Once [`Bus::unsubscribe`] returns, the handler is never started again;
-//!   [`Bus::unsubscribe_and_wait`] also waits for running calls.
+//!   [`Bus::unsubscribe_and_wait`] also waits for running calls. A removed
+//!   handler is dropped exactly once, outside every lock of the bus: at once
+//!   when no call of it runs, else when its worker finishes the batch.
 //! * A handler's `Err` or panic is counted, logged, passed to the error
 //!   hook, and never stops other handlers or the worker.
 //! * Nothing is lost silently: every event is dispatched, given back to the
