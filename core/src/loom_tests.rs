@@ -79,28 +79,47 @@ fn worker_batch(calls: &Calls, sub: &Subscription, events: usize) {
     }
 }
 
-/// Retire against a worker mid-batch: the handler is dropped exactly once,
-/// never while a call runs (loom's cell tracking would report the race),
-/// by whichever side reclaims last.
-#[test]
-fn loom_retire_vs_a_worker_mid_batch() {
-    model(|| {
+/// A probe subscription, a one-worker call table, and a worker thread
+/// running a batch of `events` events for it.
+struct Race {
+    calls_made: Arc<StdUsize>,
+    drops: Arc<StdUsize>,
+    done: Arc<AtomicBool>,
+    sub: Arc<Subscription>,
+    calls: Arc<Calls>,
+    worker: thread::JoinHandle<()>,
+}
+
+impl Race {
+    fn start(events: usize) -> Race {
         let (calls_made, drops) = (Arc::new(StdUsize::new(0)), Arc::new(StdUsize::new(0)));
         let done = Arc::new(AtomicBool::new(false));
         let sub = probe_sub(&calls_made, &drops, &done);
         let calls = Arc::new(Calls::new(1));
         let worker = {
             let (calls, sub) = (calls.clone(), sub.clone());
-            thread::spawn(move || worker_batch(&calls, &sub, 2))
+            thread::spawn(move || worker_batch(&calls, &sub, events))
         };
+        // The unsubscriber's first steps, racing the worker.
         assert!(sub.close());
         calls.retire(std::slice::from_ref(&sub));
-        drop(calls.reclaim());
-        worker.join().unwrap();
+        Race { calls_made, drops, done, sub, calls, worker }
+    }
+}
+
+/// Retire against a worker mid-batch: the handler is dropped exactly once,
+/// never while a call runs (loom's cell tracking would report the race),
+/// by whichever side reclaims last.
+#[test]
+fn loom_retire_vs_a_worker_mid_batch() {
+    model(|| {
+        let race = Race::start(2);
+        drop(race.calls.reclaim());
+        race.worker.join().unwrap();
         // Whoever reclaimed last found no call running.
-        drop(calls.reclaim());
-        assert_eq!(drops.load(Std::SeqCst), 1, "the handler was not dropped exactly once");
-        assert!(calls_made.load(Std::SeqCst) <= 2);
+        drop(race.calls.reclaim());
+        assert_eq!(race.drops.load(Std::SeqCst), 1, "the handler was not dropped exactly once");
+        assert!(race.calls_made.load(Std::SeqCst) <= 2);
     });
 }
 
@@ -110,26 +129,16 @@ fn loom_retire_vs_a_worker_mid_batch() {
 #[test]
 fn loom_wait_vs_a_call_that_is_starting() {
     model(|| {
-        let (calls_made, drops) = (Arc::new(StdUsize::new(0)), Arc::new(StdUsize::new(0)));
-        let done = Arc::new(AtomicBool::new(false));
-        let sub = probe_sub(&calls_made, &drops, &done);
-        let calls = Arc::new(Calls::new(1));
-        let worker = {
-            let (calls, sub) = (calls.clone(), sub.clone());
-            thread::spawn(move || worker_batch(&calls, &sub, 1))
-        };
-        let graph = WaitGraph::new();
-        assert!(sub.close());
-        calls.retire(std::slice::from_ref(&sub));
-        let subs = [sub.clone()];
-        let waited = graph.wait_idle(&calls, &subs, None, None);
+        let race = Race::start(1);
+        let subs = [race.sub.clone()];
+        let waited = WaitGraph::new().wait_idle(&race.calls, &subs, None, None);
         assert!(waited.still_running.is_empty());
-        drop(calls.reclaim_seen_idle(&subs, &waited.held));
-        done.store(true, Ordering::SeqCst);
-        assert_eq!(drops.load(Std::SeqCst), 1, "the handler outlived unsubscribe-and-wait");
-        worker.join().unwrap();
-        drop(calls.reclaim());
-        assert_eq!(drops.load(Std::SeqCst), 1, "the handler was dropped twice");
+        drop(race.calls.reclaim_seen_idle(&subs, &waited.held));
+        race.done.store(true, Ordering::SeqCst);
+        assert_eq!(race.drops.load(Std::SeqCst), 1, "the handler outlived unsubscribe-and-wait");
+        race.worker.join().unwrap();
+        drop(race.calls.reclaim());
+        assert_eq!(race.drops.load(Std::SeqCst), 1, "the handler was dropped twice");
     });
 }
 

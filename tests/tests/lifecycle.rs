@@ -56,6 +56,16 @@ fn holding(
     }
 }
 
+/// Subscribes a `holding` handler to `flood.*` as plugin `target` and waits
+/// for its first call; returns the token, the call count and the id.
+fn subscribe_target(bus: &Bus) -> (Arc<()>, Arc<AtomicU64>, switchboard::SubscriptionId) {
+    let token = Arc::new(());
+    let calls = Arc::new(AtomicU64::new(0));
+    let id = bus.subscribe("flood.*", "target", holding(&token, &calls)).unwrap();
+    eventually(10, "a call of the new subscription", || calls.load(Ordering::Relaxed) > 0);
+    (token, calls, id)
+}
+
 #[test]
 fn an_unsubscribed_handler_is_released_before_unsubscribe_returns_on_an_idle_bus() {
     watchdog(30, || {
@@ -89,10 +99,7 @@ fn unsubscribe_and_wait_releases_the_handler_before_it_returns_under_traffic() {
         let stop = Arc::new(AtomicBool::new(false));
         let publisher = flood(&bus, &stop);
         for round in 0..50 {
-            let token = Arc::new(());
-            let calls = Arc::new(AtomicU64::new(0));
-            let id = bus.subscribe("flood.*", "target", holding(&token, &calls)).unwrap();
-            eventually(10, "a call of the new subscription", || calls.load(Ordering::Relaxed) > 0);
+            let (token, calls, id) = subscribe_target(&bus);
             let released = match round % 3 {
                 0 => bus.unsubscribe_and_wait("flood.*", "target") == 1,
                 1 => bus.unsubscribe_all_and_wait("target") == 1,
@@ -124,10 +131,7 @@ fn a_plain_unsubscribe_releases_the_handler_soon_under_traffic_and_after_a_runni
         let stop = Arc::new(AtomicBool::new(false));
         let publisher = flood(&bus, &stop);
         for _ in 0..20 {
-            let token = Arc::new(());
-            let calls = Arc::new(AtomicU64::new(0));
-            bus.subscribe("flood.*", "target", holding(&token, &calls)).unwrap();
-            eventually(10, "a call of the new subscription", || calls.load(Ordering::Relaxed) > 0);
+            let (token, _calls, _id) = subscribe_target(&bus);
             assert_eq!(bus.unsubscribe("flood.*", "target"), 1);
             eventually(5, "the handler's release", || Arc::strong_count(&token) == 1);
         }
