@@ -8,14 +8,17 @@
 //! To keep that exact, the target flushes before every subscription change
 //! (an event published before a change and dispatched after it may or may
 //! not see the change, by design). History holds the last `HISTORY`
-//! published events, in publish order, whatever their priority.
+//! published events, in publish order, whatever their priority. On the
+//! flushed (idle) bus, a removed handler is dropped before the unsubscribe
+//! returns, whichever way it was removed (pattern, plugin, id, guard), and
+//! a live one never is.
 #![no_main]
 
 use std::sync::{Arc, Mutex};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use switchboard::{Bus, Event, Priority, SubscribeOptions};
+use switchboard::{Bus, Event, Priority, SubscribeOptions, SubscriptionGuard, SubscriptionId};
 use switchboard_matcher::reference;
 
 const PATTERNS: &[&str] = &["*", "a.*", "a.b", "?.b", "[ab].*", "*.c", "a.[!b]", "b", "*a*", "[]"];
@@ -25,8 +28,10 @@ const HISTORY: usize = 16;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Subscribe { pattern: u8, plugin: u8, high: bool },
+    Subscribe { pattern: u8, plugin: u8, high: bool, scoped: bool },
     Unsubscribe { pattern: u8, plugin: u8 },
+    UnsubscribeId { nth: u8, wait: bool },
+    DropGuard { nth: u8 },
     UnsubscribeAll { plugin: u8 },
     Publish { name: u8, priority: u8 },
     History { limit: u8, pattern: Option<u8> },
@@ -38,6 +43,25 @@ struct Sub {
     pattern: &'static str,
     plugin: &'static str,
     high: bool,
+    /// Held by the handler too: a count of 1 means the handler is dropped.
+    token: Arc<()>,
+}
+
+/// Removed handlers are gone, live ones are not.
+fn check_drops(live: &[Sub], removed: &[Sub]) {
+    for s in removed {
+        assert_eq!(Arc::strong_count(&s.token), 1, "sub {} outlived its unsubscribe", s.id);
+    }
+    for s in live {
+        assert_eq!(Arc::strong_count(&s.token), 2, "live sub {} lost its handler", s.id);
+    }
+}
+
+/// Moves the subscriptions `gone` picks out of `model`.
+fn take(model: &mut Vec<Sub>, gone: impl Fn(&Sub) -> bool) -> Vec<Sub> {
+    let (out, keep): (Vec<Sub>, Vec<Sub>) = model.drain(..).partition(|s| gone(s));
+    *model = keep;
+    out
 }
 
 /// The calls of each priority lane are in the model's order (lanes may
@@ -64,43 +88,75 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut model: Vec<Sub> = Vec::new();
     let mut expected: Vec<(u64, usize)> = Vec::new();
     let mut published = 0usize;
+    let mut guards: Vec<SubscriptionGuard> = Vec::new();
+    let mut issued: Vec<SubscriptionId> = Vec::new();
     for op in ops.iter().take(200) {
         match *op {
-            Op::Subscribe { pattern, plugin, high } => {
+            Op::Subscribe { pattern, plugin, high, scoped } => {
                 bus.flush();
                 let (pattern, plugin) = (pick(PATTERNS, pattern), pick(PLUGINS, plugin));
                 let log = log.clone();
                 let prio = if high { Priority::High } else { Priority::Normal };
                 let slot = Arc::new(Mutex::new(0u64));
                 let s = slot.clone();
-                let sid = bus
-                    .subscribe_with(
-                        pattern,
-                        plugin,
-                        SubscribeOptions::new().priority(prio),
-                        move |e: &Event| {
-                            let me = *s.lock().unwrap();
-                            log.lock().unwrap().push((me, e.data().as_u64().unwrap() as usize));
-                            Ok(())
-                        },
-                    )
-                    .unwrap();
+                let token = Arc::new(());
+                let held = token.clone();
+                let handler = move |e: &Event| {
+                    let _held = &held;
+                    let me = *s.lock().unwrap();
+                    log.lock().unwrap().push((me, e.data().as_u64().unwrap() as usize));
+                    Ok(())
+                };
+                let options = SubscribeOptions::new().priority(prio);
+                let sid = if scoped {
+                    let guard = bus.subscribe_scoped_with(pattern, plugin, options, handler).unwrap();
+                    let id = guard.id();
+                    guards.push(guard);
+                    id
+                } else {
+                    bus.subscribe_with(pattern, plugin, options, handler).unwrap()
+                };
                 *slot.lock().unwrap() = sid.as_u64();
-                model.push(Sub { id: sid.as_u64(), pattern, plugin, high });
+                issued.push(sid);
+                model.push(Sub { id: sid.as_u64(), pattern, plugin, high, token });
             }
             Op::Unsubscribe { pattern, plugin } => {
                 bus.flush();
                 let (pattern, plugin) = (pick(PATTERNS, pattern), pick(PLUGINS, plugin));
-                let before = model.len();
-                model.retain(|s| !(s.pattern == pattern && s.plugin == plugin));
-                assert_eq!(bus.unsubscribe(pattern, plugin), before - model.len());
+                let gone = take(&mut model, |s| s.pattern == pattern && s.plugin == plugin);
+                assert_eq!(bus.unsubscribe(pattern, plugin), gone.len());
+                check_drops(&model, &gone);
             }
             Op::UnsubscribeAll { plugin } => {
                 bus.flush();
                 let plugin = pick(PLUGINS, plugin);
-                let before = model.len();
-                model.retain(|s| s.plugin != plugin);
-                assert_eq!(bus.unsubscribe_all(plugin), before - model.len());
+                let gone = take(&mut model, |s| s.plugin == plugin);
+                assert_eq!(bus.unsubscribe_all(plugin), gone.len());
+                check_drops(&model, &gone);
+            }
+            Op::UnsubscribeId { nth, wait } => {
+                if issued.is_empty() {
+                    continue;
+                }
+                bus.flush();
+                // Any id issued so far, live or already removed.
+                let id = issued[nth as usize % issued.len()];
+                let gone = take(&mut model, |s| s.id == id.as_u64());
+                let removed =
+                    if wait { bus.unsubscribe_id_and_wait(id) } else { bus.unsubscribe_id(id) };
+                assert_eq!(removed, gone.len() == 1);
+                check_drops(&model, &gone);
+            }
+            Op::DropGuard { nth } => {
+                if guards.is_empty() {
+                    continue;
+                }
+                bus.flush();
+                let guard = guards.swap_remove(nth as usize % guards.len());
+                let id = guard.id().as_u64();
+                let gone = take(&mut model, |s| s.id == id);
+                drop(guard);
+                check_drops(&model, &gone);
             }
             Op::Publish { name, priority } => {
                 let name = pick(NAMES, name);
@@ -148,4 +204,5 @@ fuzz_target!(|ops: Vec<Op>| {
     assert_eq!(stats.dispatched, expected.len() as u64);
     assert_eq!(stats.subscriptions, model.len() as u64);
     bus.shutdown();
+    check_drops(&[], &model);
 });
