@@ -71,22 +71,25 @@ impl SubscribeOptions {
 /// out and dropped on its own once no worker can call it any more (see
 /// `reclaim.rs`); the rest (id, pattern, plugin name) goes with the last
 /// `Arc`.
+// `repr(C)`, hot fields first: a call reads `active` and then `handler`,
+// and they should share a cache line.
+#[repr(C)]
 pub(crate) struct Subscription {
-    pub(crate) id: SubscriptionId,
-    pub(crate) pattern: Pattern,
-    pub(crate) plugin: Arc<str>,
-    pub(crate) priority: Priority,
-    /// Where the subscription's handlers sort among one event's: priority
-    /// (`High` first), then id.
-    pub(crate) rank: u64,
     /// Cleared once, by the unsubscribe that removes it.
     active: AtomicBool,
+    /// Set by whoever takes the handler, so it is taken once.
+    claimed: AtomicBool,
+    pub(crate) priority: Priority,
     /// `Some` until reclaimed. Read only by a worker that has announced the
     /// call and seen `active` (the protocol in `reclaim.rs`); taken only by
     /// the one owner of the retired subscription once no worker can.
     handler: UnsafeCell<Option<Handler>>,
-    /// Set by whoever takes the handler, so it is taken once.
-    claimed: AtomicBool,
+    /// Where the subscription's handlers sort among one event's: priority
+    /// (`High` first), then id.
+    pub(crate) rank: u64,
+    pub(crate) id: SubscriptionId,
+    pub(crate) pattern: Pattern,
+    pub(crate) plugin: Arc<str>,
     pub(crate) errors: AtomicU64,
 }
 
