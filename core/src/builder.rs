@@ -25,6 +25,9 @@ pub(crate) struct Config {
     pub(crate) overflow: Overflow,
     pub(crate) starvation_limit: u32,
     pub(crate) name: String,
+    pub(crate) drain_timeout: std::time::Duration,
+    #[cfg(feature = "tokio")]
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Configures a [`Bus`]. Start from [`Bus::builder`].
@@ -68,6 +71,9 @@ impl Default for BusBuilder {
                 overflow: Overflow::Block,
                 starvation_limit: 8,
                 name: "switchboard".to_owned(),
+                drain_timeout: std::time::Duration::from_secs(30),
+                #[cfg(feature = "tokio")]
+                runtime: None,
             },
             error_hook: None,
         }
@@ -76,6 +82,16 @@ impl Default for BusBuilder {
 
 impl BusBuilder {
     /// Worker threads that dispatch events. Default 2.
+    ///
+    /// Sizing: inline handlers run on the workers, so count how many
+    /// handler calls per second the bot needs and how long an inline call
+    /// takes, and leave the publishing threads their cores; one or two
+    /// workers per core that is free for dispatch. A handler that blocks
+    /// (sleeps, waits on I/O, takes more than a few hundred microseconds)
+    /// should not run inline: subscribe it with
+    /// [`SubscribeOptions::blocking`](crate::SubscribeOptions::blocking)
+    /// (threads of its own) or as an async handler, so it never holds a
+    /// worker and the pool can stay at the core count.
     pub fn workers(mut self, n: usize) -> BusBuilder {
         self.config.workers = n;
         self
@@ -121,6 +137,23 @@ impl BusBuilder {
     /// round-robin among non-empty queues.
     pub fn starvation_limit(mut self, looks: u32) -> BusBuilder {
         self.config.starvation_limit = looks;
+        self
+    }
+
+    /// How long shutdown waits for blocking and async handlers to work
+    /// through their backlogs once the queues are drained. Default 30 s;
+    /// past it their remaining events are dropped (and the handlers are
+    /// dropped when their running calls end).
+    pub fn drain_timeout(mut self, timeout: std::time::Duration) -> BusBuilder {
+        self.config.drain_timeout = timeout;
+        self
+    }
+
+    /// The tokio runtime async handlers run on. Default: the runtime
+    /// current where [`Bus::subscribe_async`] is called.
+    #[cfg(feature = "tokio")]
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> BusBuilder {
+        self.config.runtime = Some(handle);
         self
     }
 

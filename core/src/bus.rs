@@ -15,11 +15,13 @@ use crate::error::{
 };
 use crate::event::{Event, EventId, Payload};
 use crate::loom::Ordering;
-use crate::queue::Offer;
+use crate::mailbox::{self, Mailbox, Runner, Work};
+use crate::queue::{Offer, Overflow};
 use crate::shared::Shared;
+use crate::stats::SubscriptionStats;
 use crate::stats::{Count, Stats};
 use crate::subscription::{Handler, HandlerResult, SubscribeOptions, Subscription, SubscriptionId};
-use crate::worker::{is_worker_of, worker_index, CONTEXT};
+use crate::worker::{in_handler_of, mailbox_call, parent_of, worker_index, CONTEXT};
 
 /// The owner of the workers: dropping the last one shuts the bus down.
 pub(crate) struct Handle {
@@ -388,6 +390,134 @@ impl Bus {
         self.add_subscription(pattern, plugin, options, Box::new(adapter))
     }
 
+    /// Subscribes an async handler: `handler` gets the event and returns a
+    /// future, run as a task on the bus's tokio runtime
+    /// ([`BusBuilder::runtime`](crate::BusBuilder::runtime), else the one
+    /// current here). A dispatch worker only hands the event over; the
+    /// handler never blocks one. Calls run one at a time unless
+    /// [`concurrency`](SubscribeOptions::concurrency) says more; errors,
+    /// panics and [timeouts](SubscribeOptions::timeout) are counted and
+    /// reported like a sync handler's; `flush` waits for the calls.
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe`](Bus::subscribe), and [`SubscribeError::NoRuntime`]
+    /// when there is no runtime to run it on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchboard::{Bus, Event};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    /// # runtime.block_on(async {
+    /// let bus = Bus::new()?;
+    /// bus.subscribe_async("quote.added", "search", |event: Arc<Event>| async move {
+    ///     tokio::task::yield_now().await; // index the quote...
+    ///     let _ = event.data();
+    ///     Ok(())
+    /// })?;
+    /// bus.publish_async(Event::new("quote.added", serde_json::json!({"id": 7}), "quotes")).await?;
+    /// bus.flush_async().await; // the async call has finished
+    /// assert_eq!(bus.stats().dispatched, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub fn subscribe_async<F, Fut>(
+        &self,
+        pattern: &str,
+        plugin: &str,
+        handler: F,
+    ) -> Result<SubscriptionId, SubscribeError>
+    where
+        F: Fn(Arc<Event>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.subscribe_async_with(pattern, plugin, SubscribeOptions::new(), handler)
+    }
+
+    /// [`subscribe_async`](Bus::subscribe_async) with options:
+    /// [`concurrency`](SubscribeOptions::concurrency),
+    /// [`timeout`](SubscribeOptions::timeout),
+    /// [`ordered`](SubscribeOptions::ordered),
+    /// [`backlog`](SubscribeOptions::backlog), priority.
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe_async`](Bus::subscribe_async).
+    #[cfg(feature = "tokio")]
+    pub fn subscribe_async_with<F, Fut>(
+        &self,
+        pattern: &str,
+        plugin: &str,
+        options: SubscribeOptions,
+        handler: F,
+    ) -> Result<SubscriptionId, SubscribeError>
+    where
+        F: Fn(Arc<Event>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
+    {
+        use crate::asynchronous::{AsyncFn, HandlerFuture, TokioRunner};
+        let runtime = match &self.shared().config.runtime {
+            Some(handle) => handle.clone(),
+            None => tokio::runtime::Handle::try_current().map_err(|_| SubscribeError::NoRuntime)?,
+        };
+        let concurrency = if options.ordered { 1 } else { options.concurrency };
+        let work: Arc<AsyncFn> =
+            Arc::new(move |event: Arc<Event>| -> HandlerFuture { Box::pin(handler(event)) });
+        let runner = Runner::Tokio(TokioRunner::new(runtime, concurrency, options.timeout));
+        let mailbox = Mailbox::new(Work::Async(work), runner, options.ordered, options.backlog);
+        Ok(self.register(pattern, plugin, options, None, Some(mailbox))?.id)
+    }
+
+    /// [`publish`](Bus::publish) for async code: under
+    /// [`Overflow::Block`] with the queues full, it waits for room without
+    /// blocking a runtime thread (the wait runs on tokio's blocking pool).
+    /// Under other policies, or from inside a handler, it is `publish`.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Bus::publish).
+    #[cfg(feature = "tokio")]
+    pub async fn publish_async(&self, event: Event) -> Result<EventId, PublishError> {
+        let shared = self.shared();
+        if shared.config.overflow != Overflow::Block || parent_of(shared.id).is_some() {
+            return self.publish(event);
+        }
+        match self.publish_with_policy(event, Overflow::Error, false) {
+            Err(PublishError::Full(event)) => {
+                let bus = self.clone();
+                match tokio::task::spawn_blocking(move || bus.publish(*event)).await {
+                    Ok(result) => result,
+                    Err(join) => std::panic::resume_unwind(join.into_panic()),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// [`flush`](Bus::flush) for async code: waits, without blocking a
+    /// runtime thread, until every event published before the call has been
+    /// dispatched and its handlers (async ones included) have finished.
+    /// From inside a handler it returns at once.
+    #[cfg(feature = "tokio")]
+    pub async fn flush_async(&self) {
+        if in_handler_of(self.shared().id) {
+            return;
+        }
+        let bus = self.clone();
+        let waited = tokio::task::spawn_blocking(move || {
+            let _ = bus.shared().epochs.flush(None);
+        })
+        .await;
+        if let Err(join) = waited {
+            std::panic::resume_unwind(join.into_panic());
+        }
+    }
+
     fn add_subscription(
         &self,
         pattern: &str,
@@ -395,6 +525,37 @@ impl Bus {
         options: SubscribeOptions,
         handler: Handler,
     ) -> Result<SubscriptionId, SubscribeError> {
+        if !options.has_mailbox() {
+            return Ok(self.register(pattern, plugin, options, Some(handler), None)?.id);
+        }
+        let runner = if options.blocking { Runner::Threads } else { Runner::Pool };
+        let mailbox =
+            Mailbox::new(Work::Sync(Arc::from(handler)), runner, options.ordered, options.backlog);
+        let sub = self.register(pattern, plugin, options, None, Some(mailbox))?;
+        if options.blocking {
+            let threads = if options.ordered { 1 } else { options.concurrency };
+            for n in 0..threads {
+                let (shared, s) = (self.handle.shared.clone(), sub.clone());
+                let name = format!("{}-{}-{}.{n}", self.shared().config.name, sub.plugin, sub.id);
+                if let Err(e) = crate::loom::spawn(name, move || mailbox::run_thread(shared, s)) {
+                    self.unsubscribe_id(sub.id);
+                    return Err(SubscribeError::Spawn(e.to_string()));
+                }
+            }
+        }
+        Ok(sub.id)
+    }
+
+    /// Checks the names, then adds a subscription to the registry and the
+    /// snapshot.
+    pub(crate) fn register(
+        &self,
+        pattern: &str,
+        plugin: &str,
+        options: SubscribeOptions,
+        handler: Option<Handler>,
+        mailbox: Option<Mailbox>,
+    ) -> Result<Arc<Subscription>, SubscribeError> {
         NameError::check(pattern).map_err(|reason| SubscribeError::InvalidPattern {
             pattern: crate::error::truncate(pattern),
             reason,
@@ -421,13 +582,21 @@ impl Bus {
             plugin_name.clone(),
             options.priority,
             handler,
+            mailbox,
         ));
         reg.plugins.entry(plugin_name.clone()).or_default().push(sub.clone());
         reg.by_id.insert(id, plugin_name);
         reg.live += 1;
-        let next = shared.snapshot.load_full().with(sub);
+        if sub.mailbox.as_ref().is_some_and(|m| m.ordered) {
+            shared.ordered_live.fetch_add(1, Ordering::SeqCst);
+        }
+        #[cfg(feature = "tokio")]
+        if sub.mailbox.as_ref().is_some_and(|m| matches!(m.runner, Runner::Tokio(_))) {
+            shared.async_live.fetch_add(1, Ordering::SeqCst);
+        }
+        let next = shared.snapshot.load_full().with(sub.clone());
         shared.snapshot.store(Arc::new(next));
-        Ok(id)
+        Ok(sub)
     }
 
     /// Removes `plugin`'s subscriptions to exactly `pattern`; returns how
@@ -562,9 +731,21 @@ impl Bus {
     /// handlers no worker is calling. Returns how many were removed.
     fn retire(&self, removed: Vec<Arc<Subscription>>) -> usize {
         if !removed.is_empty() {
+            self.retire_mailboxes(&removed);
             self.shared().reclaim();
         }
         removed.len()
+    }
+
+    /// Takes the handlers out of removed mailbox subscriptions and drops
+    /// the backlogs; the closures go with their last running call.
+    fn retire_mailboxes(&self, removed: &[Arc<Subscription>]) {
+        let shared = self.shared();
+        for sub in removed {
+            if let Some(work) = sub.mailbox.as_ref().and_then(|m| m.retire(shared)) {
+                shared.drop_caught(work);
+            }
+        }
     }
 
     /// [`retire`](Bus::retire), after waiting for the running calls.
@@ -575,18 +756,31 @@ impl Bus {
     ) -> Result<usize, WaitTimeout> {
         let shared = self.shared();
         let me = worker_index(shared.id);
-        let waited = shared.waits.wait_idle(&shared.calls, &removed, me, deadline);
-        for handler in shared.calls.reclaim_seen_idle(&removed, &waited.held) {
+        self.retire_mailboxes(&removed);
+        let (inline, boxed): (Vec<_>, Vec<_>) =
+            removed.iter().cloned().partition(|s| s.mailbox.is_none());
+        let waited = shared.waits.wait_idle(&shared.calls, &inline, me, deadline);
+        for handler in shared.calls.reclaim_seen_idle(&inline, &waited.held) {
             shared.drop_caught(handler);
         }
         // The ones still held go with a later reclaim; this one clears the
         // list of those taken here.
         shared.reclaim();
+        let mut still_running = waited.still_running;
+        let own = mailbox_call();
+        for sub in &boxed {
+            let own = usize::from(own == crate::reclaim::key(sub));
+            if let Some(mailbox) = &sub.mailbox {
+                if !mailbox.wait_idle(own, deadline) {
+                    still_running.push(sub.id);
+                }
+            }
+        }
         let n = removed.len();
-        if waited.still_running.is_empty() {
+        if still_running.is_empty() {
             Ok(n)
         } else {
-            Err(WaitTimeout { removed: n, still_running: waited.still_running })
+            Err(WaitTimeout { removed: n, still_running })
         }
     }
 
@@ -624,6 +818,15 @@ impl Bus {
         for sub in &removed {
             sub.close();
             reg.by_id.remove(&sub.id);
+            if let Some(mailbox) = &sub.mailbox {
+                if mailbox.ordered {
+                    shared.ordered_live.fetch_sub(1, Ordering::SeqCst);
+                }
+                #[cfg(feature = "tokio")]
+                if matches!(mailbox.runner, Runner::Tokio(_)) {
+                    shared.async_live.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
         }
         reg.live -= removed.len();
         if let Some(next) = shared.snapshot.load_full().without(&removed) {
@@ -650,7 +853,18 @@ impl Bus {
     /// [`PublishError`], which gives the event back: the bus is closed, the
     /// queues are full (policy `Error`), the name is empty, too long or holds
     /// a NUL, or the handler chain is deeper than the bus's `max_depth`.
-    pub fn publish(&self, mut event: Event) -> Result<EventId, PublishError> {
+    pub fn publish(&self, event: Event) -> Result<EventId, PublishError> {
+        self.publish_with_policy(event, self.shared().config.overflow, true)
+    }
+
+    /// [`publish`](Bus::publish) under `overflow`; a `Full` refusal is
+    /// counted only when `count_full`.
+    fn publish_with_policy(
+        &self,
+        mut event: Event,
+        overflow: Overflow,
+        count_full: bool,
+    ) -> Result<EventId, PublishError> {
         let shared = self.shared();
         if let Err(reason) = NameError::check(event.name()) {
             shared.counters.bump(Count::Rejected);
@@ -658,10 +872,7 @@ impl Bus {
         }
         // On a worker: one level deeper, and in the flush bucket of the
         // event being handled, so a flush also waits for the cascade.
-        let parent = CONTEXT.with(|c| {
-            let c = c.borrow();
-            (c.bus == shared.id).then_some((c.depth + 1, c.bucket))
-        });
+        let parent = parent_of(shared.id);
         let depth = parent.map_or(0, |(depth, _)| depth);
         if depth > shared.config.max_depth {
             shared.counters.bump(Count::DepthRefused);
@@ -684,14 +895,17 @@ impl Bus {
                 history.record(event);
             }
         };
-        let offer = shared.queues.offer(
-            event,
-            priority,
-            bucket,
-            shared.config.overflow,
-            parent.is_some(),
-            record,
-        );
+        // Ordered subscriptions get the event from this thread, in its
+        // publish order, once it is sure to be accepted (see `mailbox.rs`).
+        let route = |event: &Arc<Event>| {
+            record(event);
+            if shared.ordered_live.load(Ordering::SeqCst) > 0 {
+                shared.snapshot.load_full().route_ordered(event.name(), |sub| {
+                    Mailbox::push(&self.handle.shared, sub, event, bucket);
+                });
+            }
+        };
+        let offer = shared.queues.offer(event, priority, bucket, overflow, parent.is_some(), route);
         let refused = match offer {
             Offer::Accepted { dropped } => {
                 if let Some(victim) = dropped {
@@ -720,7 +934,9 @@ impl Bus {
             Offer::Closed(event) => PublishError::Closed(unwrap_event(event)),
         };
         shared.epochs.end(bucket, 1);
-        shared.counters.bump(Count::Rejected);
+        if count_full || !refused.is_full() {
+            shared.counters.bump(Count::Rejected);
+        }
         Err(refused)
     }
 
@@ -734,10 +950,12 @@ impl Bus {
     /// handler waits.
     pub fn flush(&self) {
         let shared = self.shared();
-        if is_worker_of(shared.id) {
+        if in_handler_of(shared.id) {
             return;
         }
-        let _ = shared.epochs.flush(None);
+        shared.blocking_wait(|| {
+            let _ = shared.epochs.flush(None);
+        });
     }
 
     /// [`flush`](Bus::flush) that waits at most `timeout`.
@@ -761,10 +979,12 @@ impl Bus {
     /// ```
     pub fn flush_timeout(&self, timeout: Duration) -> Result<(), FlushTimeout> {
         let shared = self.shared();
-        if is_worker_of(shared.id) {
+        if in_handler_of(shared.id) {
             return Ok(());
         }
-        shared.epochs.flush(deadline(timeout)).map_err(|pending| FlushTimeout { pending })
+        shared.blocking_wait(|| {
+            shared.epochs.flush(deadline(timeout)).map_err(|pending| FlushTimeout { pending })
+        })
     }
 
     /// Up to `limit` (all if `None`) of the last accepted events whose name
@@ -851,6 +1071,37 @@ impl Bus {
         let reg = self.shared().registry.lock();
         let plugin = reg.by_id.get(&id)?;
         reg.plugins[plugin].iter().find(|s| s.id == id).map(|s| s.errors.load(Ordering::Relaxed))
+    }
+
+    /// Subscription `id`'s counters, if it is live: handler errors, events
+    /// dropped for it and waiting in its backlog, calls running.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{Bus, SubscribeOptions};
+    ///
+    /// let bus = Bus::new()?;
+    /// let slow = bus.subscribe_with("image.*", "thumbs", SubscribeOptions::new().blocking(), |_e| Ok(()))?;
+    /// let stats = bus.subscription_stats(slow).expect("live");
+    /// assert_eq!((stats.errors, stats.backlog_dropped), (0, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn subscription_stats(&self, id: SubscriptionId) -> Option<SubscriptionStats> {
+        let sub = {
+            let reg = self.shared().registry.lock();
+            let plugin = reg.by_id.get(&id)?;
+            reg.plugins[plugin].iter().find(|s| s.id == id)?.clone()
+        };
+        // Relaxed: statistics.
+        let mut stats =
+            SubscriptionStats { errors: sub.errors.load(Ordering::Relaxed), ..Default::default() };
+        if let Some(mailbox) = &sub.mailbox {
+            stats.backlog_dropped = mailbox.backlog_dropped.load(Ordering::Relaxed);
+            stats.backlog = mailbox.backlog() as u64;
+            stats.running = mailbox.running() as u64;
+        }
+        Some(stats)
     }
 
     /// Stops accepting events, dispatches everything already accepted, joins

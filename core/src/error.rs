@@ -103,6 +103,12 @@ pub enum SubscribeError {
     },
     /// The bus has been shut down.
     Closed,
+    /// A blocking subscription's thread could not be started (the message
+    /// of the system's error).
+    Spawn(String),
+    /// An async handler was subscribed with no tokio runtime to run it:
+    /// none given to the builder, and none current.
+    NoRuntime,
 }
 
 impl fmt::Display for SubscribeError {
@@ -113,6 +119,13 @@ impl fmt::Display for SubscribeError {
             }
             SubscribeError::InvalidPlugin { reason } => write!(f, "invalid plugin name: {reason}"),
             SubscribeError::Closed => f.write_str("the bus is shut down"),
+            SubscribeError::Spawn(reason) => {
+                write!(f, "cannot start a blocking subscription's thread: {reason}")
+            }
+            SubscribeError::NoRuntime => f.write_str(
+                "no tokio runtime for an async handler: give one to BusBuilder::runtime or \
+                 subscribe from inside a runtime",
+            ),
         }
     }
 }
@@ -129,7 +142,7 @@ impl std::error::Error for SubscribeError {
         match self {
             SubscribeError::InvalidPattern { reason, .. }
             | SubscribeError::InvalidPlugin { reason } => Some(reason),
-            SubscribeError::Closed => None,
+            SubscribeError::Closed | SubscribeError::Spawn(_) | SubscribeError::NoRuntime => None,
         }
     }
 }
@@ -359,6 +372,24 @@ impl fmt::Display for PayloadError {
 }
 
 impl std::error::Error for PayloadError {}
+
+/// An async handler call that ran past its subscription's
+/// [`timeout`](crate::SubscribeOptions::timeout): it was cancelled, and is
+/// reported to the error hook like an `Err` (downcast the hook's error to
+/// tell it apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandlerTimeout {
+    /// The subscription's time limit.
+    pub limit: std::time::Duration,
+}
+
+impl fmt::Display for HandlerTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "handler timed out after {:?} and was cancelled", self.limit)
+    }
+}
+
+impl std::error::Error for HandlerTimeout {}
 
 /// A handler that panicked, reported to the error hook like an `Err`.
 #[derive(Debug)]

@@ -53,6 +53,8 @@
 
 pub use switchboard_matcher as matcher;
 
+#[cfg(feature = "tokio")]
+mod asynchronous;
 mod barrier;
 mod builder;
 mod bus;
@@ -61,6 +63,7 @@ mod event;
 mod flush;
 mod history;
 mod loom;
+mod mailbox;
 mod queue;
 mod reclaim;
 mod shared;
@@ -76,12 +79,12 @@ mod loom_tests;
 pub use crate::builder::{BusBuilder, ErrorHook};
 pub use crate::bus::{Bus, SubscriptionGuard, WeakBus};
 pub use crate::error::{
-    BuildError, FlushTimeout, HandlerPanic, HistoryError, NameError, PayloadError, PublishError,
-    ShutdownTimeout, SubscribeError, WaitTimeout, MAX_NAME_LEN,
+    BuildError, FlushTimeout, HandlerPanic, HandlerTimeout, HistoryError, NameError, PayloadError,
+    PublishError, ShutdownTimeout, SubscribeError, WaitTimeout, MAX_NAME_LEN,
 };
 pub use crate::event::{Event, EventId, Payload, Priority, TypedPayload};
 pub use crate::queue::Overflow;
-pub use crate::stats::Stats;
+pub use crate::stats::{Stats, SubscriptionStats};
 pub use crate::subscription::{HandlerResult, SubscribeOptions, SubscriptionId};
 
 #[cfg(doctest)]

@@ -282,6 +282,34 @@ impl<T> BoundedQueue<T> {
     }
 }
 
+/// An unbounded MPMC queue: crossbeam's `SegQueue`, or under loom a locked
+/// `VecDeque` with the same interface.
+#[cfg(not(loom))]
+pub(crate) type UnboundedQueue<T> = crossbeam_queue::SegQueue<T>;
+
+#[cfg(loom)]
+#[derive(Debug)]
+pub(crate) struct UnboundedQueue<T>(loom::sync::Mutex<std::collections::VecDeque<T>>);
+
+#[cfg(loom)]
+impl<T> UnboundedQueue<T> {
+    pub(crate) fn new() -> UnboundedQueue<T> {
+        UnboundedQueue(loom::sync::Mutex::new(Default::default()))
+    }
+
+    pub(crate) fn push(&self, value: T) {
+        self.0.lock().unwrap().push_back(value);
+    }
+
+    pub(crate) fn pop(&self) -> Option<T> {
+        self.0.lock().unwrap().pop_front()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.lock().unwrap().is_empty()
+    }
+}
+
 /// An atomically replaceable `Arc<T>`: arc-swap's `ArcSwap`, or under loom a
 /// locked `Arc` with the same interface.
 #[cfg(not(loom))]

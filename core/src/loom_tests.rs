@@ -59,7 +59,8 @@ fn probe_sub(
         Pattern::new("x").unwrap(),
         Arc::from("p"),
         Priority::Normal,
-        Box::new(handler),
+        Some(Box::new(handler)),
+        None,
     ))
 }
 
@@ -193,7 +194,7 @@ fn loom_park_has_no_lost_wakeup() {
                         got.fetch_add(batch.len(), Ordering::SeqCst);
                         return;
                     }
-                    queues.park();
+                    queues.park(|| false);
                 }
             })
         };
@@ -226,7 +227,7 @@ fn loom_shutdown_strands_nothing() {
                     if queues.is_closed() && queues.is_drained() {
                         return;
                     }
-                    queues.park();
+                    queues.park(|| false);
                 }
             })
         };
@@ -323,7 +324,7 @@ fn drain_until_closed(queues: &Queues<u32>) -> Vec<u32> {
         if queues.is_closed() && queues.is_drained() {
             return taken;
         }
-        queues.park();
+        queues.park(|| false);
     }
 }
 

@@ -288,12 +288,26 @@ impl<T> Queues<T> {
         self.queued.load(Ordering::SeqCst) == 0
     }
 
-    /// Parks the calling worker until an event may be there, or the bus closes.
-    pub(crate) fn park(&self) {
+    /// Wakes a parked worker, if any, for work that is not in the lanes
+    /// (a ready mailbox). The caller has made the work visible first; the
+    /// handshake is the publisher's (see *Parking*).
+    pub(crate) fn notify_worker(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _guard = self.park.lock();
+            self.wake.notify_one();
+        }
+    }
+
+    /// Parks the calling worker until an event may be there, other work
+    /// (`more_work`) is, or the bus closes.
+    pub(crate) fn park(&self, more_work: impl Fn() -> bool) {
         let guard = self.park.lock();
         self.sleepers.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let idle = self.queued.load(Ordering::SeqCst) == 0 && !self.closed.load(Ordering::SeqCst);
+        let idle = self.queued.load(Ordering::SeqCst) == 0
+            && !self.closed.load(Ordering::SeqCst)
+            && !more_work();
         let guard = if idle { self.wake.wait(guard) } else { guard };
         self.sleepers.fetch_sub(1, Ordering::SeqCst);
         drop(guard);

@@ -25,14 +25,16 @@ use crate::error::ShutdownTimeout;
 use crate::event::Event;
 use crate::flush::Epochs;
 use crate::history::History;
-use crate::loom::{ArcCell, AtomicBool, AtomicUsize, Condvar, JoinHandle, Mutex, Ordering};
+use crate::loom::{
+    ArcCell, AtomicBool, AtomicUsize, Condvar, JoinHandle, Mutex, Ordering, UnboundedQueue,
+};
 use crate::queue::Queues;
 use crate::reclaim::Calls;
 use crate::snapshot::Snapshot;
 use crate::stats::{Counters, WorkerCounters};
 use crate::subscription::{Subscription, SubscriptionId};
 use crate::wait::WaitGraph;
-use crate::worker::{discard_panic, is_worker_of};
+use crate::worker::{discard_panic, in_handler_of};
 
 #[derive(Default)]
 pub(crate) struct Registry {
@@ -66,6 +68,14 @@ pub(crate) struct Shared {
     pub(crate) history: Option<History>,
     pub(crate) waits: WaitGraph,
     pub(crate) calls: Calls,
+    /// Ordered subscriptions whose mailboxes have events, for the workers.
+    pub(crate) ready: UnboundedQueue<Arc<Subscription>>,
+    /// Whether any ordered subscription is live (publishers route to them).
+    pub(crate) ordered_live: AtomicUsize,
+    /// Live async subscriptions (a blocking flush on a current-thread
+    /// runtime would starve them).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) async_live: AtomicUsize,
     /// The bus's handle, for [`Bus::current`](crate::Bus::current).
     pub(crate) handle: OnceLock<Weak<Handle>>,
     error_hook: Mutex<Option<Arc<ErrorHook>>>,
@@ -89,6 +99,9 @@ impl Shared {
             history: (config.history_size > 0).then(|| History::new(config.history_size)),
             waits: WaitGraph::new(),
             calls: Calls::new(config.workers),
+            ready: UnboundedQueue::new(),
+            ordered_live: AtomicUsize::new(0),
+            async_live: AtomicUsize::new(0),
             handle: OnceLock::new(),
             error_hook: Mutex::new(error_hook.map(Arc::new)),
             shut: AtomicBool::new(false),
@@ -147,11 +160,44 @@ impl Shared {
         if n == 0 || self.live_workers.fetch_sub(n, Ordering::SeqCst) != n {
             return;
         }
+        self.drain_mailboxes();
         self.clear_subscriptions();
         let hook = self.error_hook.lock().take();
         self.drop_caught(hook);
         self.life.lock().finished = true;
         self.life_changed.notify_all();
+    }
+
+    /// Runs `wait` (a flush), minding the tokio runtime this thread may
+    /// belong to: on a multi-thread runtime's thread it runs in
+    /// `block_in_place`, so the runtime moves its other tasks (async
+    /// handlers among them) elsewhere; on a current-thread runtime, while
+    /// async handlers exist, waiting would starve them forever, so it
+    /// panics with a message naming `flush_async`, as tokio's own blocking
+    /// calls do.
+    pub(crate) fn blocking_wait<R>(&self, wait: impl FnOnce() -> R) -> R {
+        #[cfg(feature = "tokio")]
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            match handle.runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::CurrentThread => {
+                    if self.async_live.load(Ordering::SeqCst) > 0 {
+                        panic!(
+                            "Bus::flush called on a current-thread tokio runtime that runs this \
+                             bus's async handlers would wait forever; use flush_async"
+                        );
+                    }
+                }
+                _ => return tokio::task::block_in_place(wait),
+            }
+        }
+        wait()
+    }
+
+    /// Puts an ordered subscription with events on the ready queue, and
+    /// wakes a worker for it.
+    pub(crate) fn make_ready(&self, sub: Arc<Subscription>) {
+        self.ready.push(sub);
+        self.queues.notify_worker();
     }
 
     /// Drops the handlers of retired subscriptions that no worker is
@@ -162,7 +208,34 @@ impl Shared {
         }
     }
 
-    /// Called once every worker has left: no handler can run any more.
+    /// Called as the last worker leaves: the queues are drained, so no
+    /// event can reach a mailbox any more. Seals the mailboxes and waits, up
+    /// to the drain timeout, for the blocking threads and async tasks to
+    /// finish their backlogs.
+    fn drain_mailboxes(&self) {
+        let subs: Vec<Arc<Subscription>> = {
+            let reg = self.registry.lock();
+            reg.plugins.values().flatten().filter(|s| s.mailbox.is_some()).cloned().collect()
+        };
+        if subs.is_empty() {
+            return;
+        }
+        for sub in &subs {
+            if let Some(mailbox) = &sub.mailbox {
+                mailbox.seal();
+            }
+        }
+        let deadline = Instant::now().checked_add(self.config.drain_timeout);
+        if self.epochs.flush(deadline).is_err() {
+            tracing::warn!(
+                pending = self.epochs.pending(),
+                "shutdown: mailbox handlers still had events at the drain timeout"
+            );
+        }
+    }
+
+    /// Called once every worker has left: no inline handler can run any
+    /// more; mailbox handlers still running keep their own clone.
     fn clear_subscriptions(&self) {
         let plugins = {
             let mut reg = self.registry.lock();
@@ -174,6 +247,15 @@ impl Shared {
         subs.extend(self.calls.take_all());
         for sub in &subs {
             sub.close();
+        }
+        let mut works = Vec::new();
+        for sub in &subs {
+            if let Some(mailbox) = &sub.mailbox {
+                works.extend(mailbox.retire(self));
+            }
+        }
+        for work in works {
+            self.drop_caught(work);
         }
         let old = self.snapshot.swap(Arc::new(Snapshot::default()));
         // Handlers are dropped here, outside every lock, one at a time so
@@ -205,7 +287,7 @@ impl Shared {
         if !self.shut.swap(true, Ordering::SeqCst) {
             self.queues.close();
         }
-        if is_worker_of(self.id) {
+        if in_handler_of(self.id) {
             // A handler cannot wait for its own thread; the workers finish
             // draining on their own.
             return Err(self.unfinished(true));

@@ -71,6 +71,13 @@ impl Level {
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     levels: Vec<Arc<Level>>,
+    /// Ordered subscriptions, which publishers route themselves (see
+    /// `mailbox.rs`): few, so rebuilt whole when one comes or goes.
+    ordered: Option<Arc<Level>>,
+}
+
+thread_local! {
+    static ROUTE_SCRATCH: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A worker's buffers for matching, reused from event to event.
@@ -172,8 +179,37 @@ impl Snapshot {
         &self.levels[(at >> 32) as usize].subs[(at & 0xffff_ffff) as usize]
     }
 
+    /// The subscription at `level << 32 | index`, shared.
+    pub(crate) fn get_arc(&self, at: u64) -> &Arc<Subscription> {
+        &self.levels[(at >> 32) as usize].subs[(at & 0xffff_ffff) as usize]
+    }
+
+    /// Calls `f` with each ordered subscription matching `name`.
+    pub(crate) fn route_ordered(&self, name: &str, mut f: impl FnMut(&Arc<Subscription>)) {
+        let Some(ordered) = &self.ordered else { return };
+        ROUTE_SCRATCH.with(|scratch| {
+            // A nested publish (from `f`? no: `f` only queues) cannot
+            // re-enter; still, never hold the borrow across user code.
+            let mut hits = std::mem::take(&mut *scratch.borrow_mut());
+            ordered.set.matches_into(name, &mut hits);
+            for &i in &hits {
+                f(&ordered.subs[i]);
+            }
+            *scratch.borrow_mut() = hits;
+        });
+    }
+
     /// A snapshot with `sub` added.
     pub(crate) fn with(&self, sub: Arc<Subscription>) -> Snapshot {
+        if sub.mailbox.as_ref().is_some_and(|m| m.ordered) {
+            let mut subs: Vec<Arc<Subscription>> =
+                self.ordered.iter().flat_map(|o| o.live().cloned()).collect();
+            subs.push(sub);
+            return Snapshot {
+                levels: self.levels.clone(),
+                ordered: Some(Arc::new(Level::new(subs))),
+            };
+        }
         // `levels` is kept smallest first; an empty level is an empty set.
         let mut levels = self.levels.clone();
         let mut carry = vec![sub];
@@ -196,20 +232,29 @@ impl Snapshot {
         if !carry.is_empty() {
             levels.push(Arc::new(Level::new(carry)));
         }
-        Snapshot { levels }
+        Snapshot { levels, ordered: self.ordered.clone() }
     }
 
     /// Counts `removed` (closed, and in this snapshot) as dead in their
     /// levels, and returns a snapshot with the levels that should be
     /// rebuilt rebuilt, or `None` when none should.
     pub(crate) fn without(&self, removed: &[Arc<Subscription>]) -> Option<Snapshot> {
+        let ordered_gone =
+            self.ordered.as_ref().is_some_and(|o| removed.iter().any(|s| o.holds(s)));
+        let ordered = if ordered_gone {
+            let live: Vec<Arc<Subscription>> =
+                self.ordered.iter().flat_map(|o| o.live().cloned()).collect();
+            (!live.is_empty()).then(|| Arc::new(Level::new(live)))
+        } else {
+            self.ordered.clone()
+        };
         for sub in removed {
             if let Some(level) = self.levels.iter().find(|l| l.holds(sub)) {
                 level.dead.fetch_add(1, Ordering::Relaxed);
             }
         }
         if !self.levels.iter().any(|l| l.needs_rebuild()) {
-            return None;
+            return ordered_gone.then(|| Snapshot { levels: self.levels.clone(), ordered });
         }
         let levels = self
             .levels
@@ -222,7 +267,7 @@ impl Snapshot {
                 }
             })
             .collect();
-        Some(Snapshot { levels })
+        Some(Snapshot { levels, ordered })
     }
 
     /// How many levels hold subscriptions.
@@ -254,7 +299,8 @@ mod tests {
             Pattern::new(pattern).unwrap(),
             Arc::from("p"),
             priority,
-            Box::new(|_| Ok(())),
+            Some(Box::new(|_| Ok(()))),
+            None,
         ))
     }
 

@@ -39,6 +39,25 @@ pub struct Stats {
     pub queue_depth: [u64; 3],
     /// Live subscriptions.
     pub subscriptions: u64,
+    /// Events dropped for one ordered, blocking or async subscription
+    /// because its backlog was full (the event still reached the others).
+    pub backlog_dropped: u64,
+}
+
+/// One subscription's counters; see [`Bus::subscription_stats`](crate::Bus::subscription_stats).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriptionStats {
+    /// Its handler's errors and panics (and async timeouts).
+    pub errors: u64,
+    /// Events dropped for it because its backlog was full (ordered,
+    /// blocking and async subscriptions only).
+    pub backlog_dropped: u64,
+    /// Events waiting in its backlog now.
+    pub backlog: u64,
+    /// Calls of it running now (ordered, blocking and async subscriptions;
+    /// 0 for inline ones).
+    pub running: u64,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +92,10 @@ pub(crate) struct Counters {
     pub(crate) workers: Box<[CachePadded<WorkerCounters>]>,
     /// Stray panics caught off the workers (dropping handlers at shutdown).
     pub(crate) stray: AtomicU64,
+    /// The counters of mailbox calls (blocking threads, async tasks,
+    /// ordered handlers on workers): shared, written per call.
+    pub(crate) runners: CachePadded<WorkerCounters>,
+    pub(crate) backlog_dropped: AtomicU64,
 }
 
 /// Which publisher-side counter to bump.
@@ -110,6 +133,8 @@ impl Counters {
             stripes: (0..STRIPES).map(|_| CachePadded::new(Stripe::default())).collect(),
             workers: (0..workers).map(|_| CachePadded::new(WorkerCounters::default())).collect(),
             stray: AtomicU64::new(0),
+            runners: CachePadded::new(WorkerCounters::default()),
+            backlog_dropped: AtomicU64::new(0),
         }
     }
 
@@ -131,7 +156,11 @@ impl Counters {
             self.stripes.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
         };
         let wsum = |f: fn(&WorkerCounters) -> &AtomicU64| -> u64 {
-            self.workers.iter().map(|w| f(w).load(Ordering::Relaxed)).sum()
+            self.workers
+                .iter()
+                .chain(std::iter::once(&self.runners))
+                .map(|w| f(w).load(Ordering::Relaxed))
+                .sum()
         };
         Stats {
             published: sum(|s| &s.published),
@@ -145,6 +174,7 @@ impl Counters {
             stray_panics: wsum(|w| &w.stray_panics) + self.stray.load(Ordering::Relaxed),
             queue_depth: [0; 3],
             subscriptions: 0,
+            backlog_dropped: self.backlog_dropped.load(Ordering::Relaxed),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use switchboard_matcher::Pattern;
 
@@ -35,23 +36,50 @@ impl fmt::Display for SubscriptionId {
     }
 }
 
-/// Options for [`Bus::subscribe_with`](crate::Bus::subscribe_with).
+/// Options for [`Bus::subscribe_with`](crate::Bus::subscribe_with) and the
+/// other `_with` forms.
 ///
 /// # Examples
 ///
 /// ```
+/// use std::time::Duration;
 /// use switchboard::{Priority, SubscribeOptions};
 ///
 /// let validation_first = SubscribeOptions::new().priority(Priority::High);
-/// # let _ = validation_first;
+/// // One call at a time, in each publishing thread's order.
+/// let audit_log = SubscribeOptions::new().ordered();
+/// // A slow handler on two threads of its own, 10,000 events of backlog.
+/// let thumbnails = SubscribeOptions::new().blocking().concurrency(2).backlog(10_000);
+/// # let _ = (validation_first, audit_log, thumbnails, Duration::ZERO);
 /// ```
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct SubscribeOptions {
     pub(crate) priority: Priority,
+    pub(crate) ordered: bool,
+    pub(crate) blocking: bool,
+    pub(crate) concurrency: usize,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) backlog: usize,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> SubscribeOptions {
+        SubscribeOptions {
+            priority: Priority::Normal,
+            ordered: false,
+            blocking: false,
+            concurrency: 1,
+            timeout: None,
+            backlog: SubscribeOptions::DEFAULT_BACKLOG,
+        }
+    }
 }
 
 impl SubscribeOptions {
-    /// The defaults: [`Priority::Normal`].
+    /// The default backlog of a subscription that does not run inline.
+    pub const DEFAULT_BACKLOG: usize = 1024;
+
+    /// The defaults: [`Priority::Normal`], inline, unordered.
     pub fn new() -> SubscribeOptions {
         SubscribeOptions::default()
     }
@@ -61,6 +89,67 @@ impl SubscribeOptions {
     pub fn priority(mut self, priority: Priority) -> SubscribeOptions {
         self.priority = priority;
         self
+    }
+
+    /// The handler never runs concurrently with itself, and sees the events
+    /// of one publishing thread in that thread's publish order, whatever
+    /// the number of workers. The publisher puts the event in the
+    /// subscription's backlog itself; a worker (or, with
+    /// [`blocking`](SubscribeOptions::blocking), its own thread; for an
+    /// async handler, one task) takes them in order.
+    ///
+    /// Not ordered: events of different publishing threads (they come in
+    /// the order the publishes happened to reach the backlog), and an
+    /// ordered handler runs in no fixed order relative to other handlers
+    /// of the same event.
+    pub fn ordered(mut self) -> SubscribeOptions {
+        self.ordered = true;
+        self
+    }
+
+    /// Runs the handler on threads of its own ([`concurrency`] of them; one
+    /// when [`ordered`]), never on a dispatch worker: for a handler that
+    /// sleeps, waits on I/O or computes for long. Events wait in its
+    /// [`backlog`]; when that is full, they are dropped for this
+    /// subscription only, and counted.
+    ///
+    /// [`concurrency`]: SubscribeOptions::concurrency
+    /// [`ordered`]: SubscribeOptions::ordered
+    /// [`backlog`]: SubscribeOptions::backlog
+    pub fn blocking(mut self) -> SubscribeOptions {
+        self.blocking = true;
+        self
+    }
+
+    /// How many calls of a blocking or async subscription may run at once
+    /// (default 1; at least 1; ignored when ordered, which is one at a
+    /// time). Inline handlers run on as many workers as there are.
+    pub fn concurrency(mut self, n: usize) -> SubscribeOptions {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// An async call that runs longer is cancelled and counted as a handler
+    /// error, a [`HandlerTimeout`](crate::HandlerTimeout). Applies to async
+    /// handlers only (synchronous code cannot be cancelled).
+    pub fn timeout(mut self, limit: Duration) -> SubscribeOptions {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// How many events may wait for an ordered, blocking or async
+    /// subscription (default [`DEFAULT_BACKLOG`](SubscribeOptions::DEFAULT_BACKLOG));
+    /// past that, events are dropped for it and counted in
+    /// [`Stats::backlog_dropped`](crate::Stats::backlog_dropped) and its
+    /// [`SubscriptionStats`](crate::SubscriptionStats).
+    pub fn backlog(mut self, events: usize) -> SubscribeOptions {
+        self.backlog = events.max(1);
+        self
+    }
+
+    /// Whether the subscription needs a mailbox (it does not run inline).
+    pub(crate) fn has_mailbox(&self) -> bool {
+        self.ordered || self.blocking
     }
 }
 
@@ -91,6 +180,9 @@ pub(crate) struct Subscription {
     pub(crate) pattern: Pattern,
     pub(crate) plugin: Arc<str>,
     pub(crate) errors: AtomicU64,
+    /// For ordered, blocking and async subscriptions, which do not run
+    /// inline (their handler lives there, not in `handler`).
+    pub(crate) mailbox: Option<crate::mailbox::Mailbox>,
 }
 
 // SAFETY: the handler is `Send + Sync`; the cell is read concurrently by
@@ -105,7 +197,8 @@ impl Subscription {
         pattern: Pattern,
         plugin: Arc<str>,
         priority: Priority,
-        handler: Handler,
+        handler: Option<Handler>,
+        mailbox: Option<crate::mailbox::Mailbox>,
     ) -> Subscription {
         let rank = ((Priority::High as u64 - priority as u64) << 62) | (id.0 & ((1 << 62) - 1));
         Subscription {
@@ -115,9 +208,10 @@ impl Subscription {
             priority,
             rank,
             active: AtomicBool::new(true),
-            handler: UnsafeCell::new(Some(handler)),
+            handler: UnsafeCell::new(handler),
             claimed: AtomicBool::new(false),
             errors: AtomicU64::new(0),
+            mailbox,
         }
     }
 

@@ -34,6 +34,87 @@ pub(crate) struct Context {
     /// The flush bucket of the event being handled: events its handlers
     /// publish are counted in the same one, so a flush waits for cascades.
     pub(crate) bucket: usize,
+    /// The bus whose mailbox handler this thread is running, when it is not
+    /// one of its workers (a blocking subscription's thread, a tokio task).
+    pub(crate) handler_bus: usize,
+    /// The mailbox subscription whose handler this thread is running.
+    pub(crate) mailbox_call: usize,
+}
+
+/// Marks this thread as running a mailbox subscription's handler for the
+/// guard's lifetime: publishes from it are one level deeper and in the
+/// event's flush bucket, `flush` and `shutdown` from it do not wait on it,
+/// and `Bus::current` finds the bus. The previous context comes back on drop
+/// (a tokio thread runs tasks of many buses).
+pub(crate) struct HandlerScope {
+    saved: Option<Saved>,
+}
+
+/// What a [`HandlerScope`] changes: handler bus, shared, depth, bucket,
+/// mailbox call.
+type Saved = (usize, Option<Arc<Shared>>, u32, usize, usize);
+
+impl HandlerScope {
+    pub(crate) fn enter(
+        shared: &Arc<Shared>,
+        sub: &crate::subscription::Subscription,
+        event: &Event,
+        bucket: usize,
+    ) -> HandlerScope {
+        let saved = CONTEXT.with(|c| {
+            let mut c = c.borrow_mut();
+            let saved = (c.handler_bus, c.shared.clone(), c.depth, c.bucket, c.mailbox_call);
+            if c.bus != shared.id {
+                c.handler_bus = shared.id;
+                c.shared = Some(shared.clone());
+            }
+            c.depth = event.depth();
+            c.bucket = bucket;
+            c.mailbox_call = crate::reclaim::key(sub);
+            saved
+        });
+        HandlerScope { saved: Some(saved) }
+    }
+}
+
+impl Drop for HandlerScope {
+    fn drop(&mut self) {
+        if let Some((handler_bus, shared, depth, bucket, mailbox_call)) = self.saved.take() {
+            CONTEXT.with(|c| {
+                let mut c = c.borrow_mut();
+                c.handler_bus = handler_bus;
+                if c.bus == 0 {
+                    c.shared = shared;
+                }
+                c.depth = depth;
+                c.bucket = bucket;
+                c.mailbox_call = mailbox_call;
+            });
+        }
+    }
+}
+
+/// Whether this thread is running a handler of the bus `id` (as one of its
+/// workers, or in a mailbox call): it must not wait for that bus's work.
+pub(crate) fn in_handler_of(id: usize) -> bool {
+    CONTEXT.with(|c| {
+        let c = c.borrow();
+        c.bus == id || c.handler_bus == id
+    })
+}
+
+/// The handler context of this thread for bus `id`: the depth and flush
+/// bucket of the event being handled.
+pub(crate) fn parent_of(id: usize) -> Option<(u32, usize)> {
+    CONTEXT.with(|c| {
+        let c = c.borrow();
+        (c.bus == id || c.handler_bus == id).then_some((c.depth + 1, c.bucket))
+    })
+}
+
+/// The mailbox subscription whose handler this thread is running (0: none).
+pub(crate) fn mailbox_call() -> usize {
+    CONTEXT.with(|c| c.borrow().mailbox_call)
 }
 
 thread_local! {
@@ -54,11 +135,6 @@ pub(crate) fn discard_panic(payload: Box<dyn std::any::Any + Send>) {
     if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
         std::mem::forget(again);
     }
-}
-
-/// Whether this thread is a worker of the bus `id`.
-pub(crate) fn is_worker_of(id: usize) -> bool {
-    CONTEXT.with(|c| c.borrow().bus == id)
 }
 
 /// Picks which lane to serve: the highest non-empty one, unless a lane has
@@ -98,6 +174,13 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
     let mut scratch = Scratch::default();
     let mut idle = 0u32;
     loop {
+        // Ordered subscriptions' mailboxes first: their events were
+        // published before anything still in the lanes.
+        if let Some(sub) = shared.ready.pop() {
+            idle = 0;
+            crate::mailbox::run_on_worker(&shared, &sub, shared.config.batch_size);
+            continue;
+        }
         if let Some(lane) = fairness.pick(shared.queues.nonempty(), shared.config.starvation_limit)
         {
             shared.queues.take(lane, shared.config.batch_size, &mut batch);
@@ -133,14 +216,14 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
             shared.epochs.end(1, ended[1]);
             continue;
         }
-        if shared.queues.is_closed() && shared.queues.is_drained() {
+        if shared.queues.is_closed() && shared.queues.is_drained() && shared.ready.is_empty() {
             break;
         }
         idle += 1;
         if idle_turn(idle) {
             continue;
         }
-        shared.queues.park();
+        shared.queues.park(|| !shared.ready.is_empty());
         idle = 0;
     }
     // Still marked as this bus's worker: if dropping the handlers drops the
@@ -152,7 +235,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
 /// Calls every live handler matching the event, then drops the event (the
 /// last reference may be this one).
 fn dispatch(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     snapshot: &Snapshot,
     queued: Queued<Arc<Event>>,
     worker: usize,
@@ -173,6 +256,11 @@ fn dispatch(
     let mut calls = 0;
     for &at in &scratch.matched {
         let sub = snapshot.get(at);
+        if sub.mailbox.is_some() {
+            // Runs elsewhere: hand the event over.
+            crate::mailbox::Mailbox::push(shared, snapshot.get_arc(at), event, queued.epoch);
+            continue;
+        }
         if !shared.calls.enter(worker, sub) {
             continue;
         }

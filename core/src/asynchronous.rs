@@ -1,0 +1,166 @@
+//! Async handlers on a tokio runtime (cargo feature `tokio`).
+//!
+//! An async subscription is a mailbox subscription (`mailbox.rs`) whose
+//! runner is a task on the subscription's runtime: when its backlog goes
+//! from empty to not empty, a runner task is spawned; it takes the events in
+//! order and runs the handler's future, one at a time (`concurrency` 1, the
+//! default, or ordered) or up to `concurrency` at once (each in its own task,
+//! holding a semaphore permit taken *before* the event is taken, so that no
+//! call starts after an unsubscribe). A dispatch worker only puts the event
+//! in the backlog: it never waits for, or runs, async code.
+//!
+//! Each poll of a handler's future runs inside a handler scope (publishing
+//! from it is one level deeper and counts in the event's flush bucket;
+//! `Bus::current` works) and inside `catch_unwind`, so a panic is counted
+//! like a sync handler's. A `timeout` cancels the future (drops it) and
+//! reports a [`HandlerTimeout`].
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+
+use crate::error::HandlerTimeout;
+use crate::event::Event;
+use crate::mailbox::{report, Entry, Mailbox, Runner, Work};
+use crate::shared::Shared;
+use crate::subscription::{HandlerResult, Subscription};
+use crate::worker::HandlerScope;
+
+/// A handler's future.
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+
+/// An async handler, as stored.
+pub(crate) type AsyncFn = dyn Fn(Arc<Event>) -> HandlerFuture + Send + Sync;
+
+/// Where and how an async subscription runs.
+pub(crate) struct TokioRunner {
+    handle: Handle,
+    timeout: Option<Duration>,
+    /// `None` when calls run one at a time in the runner task itself.
+    permits: Option<Arc<Semaphore>>,
+}
+
+impl TokioRunner {
+    pub(crate) fn new(
+        handle: Handle,
+        concurrency: usize,
+        timeout: Option<Duration>,
+    ) -> TokioRunner {
+        let permits = (concurrency > 1).then(|| Arc::new(Semaphore::new(concurrency)));
+        TokioRunner { handle, timeout, permits }
+    }
+}
+
+/// Starts a runner task for `sub`'s backlog (it is scheduled).
+pub(crate) fn spawn_runner(shared: &Arc<Shared>, sub: &Arc<Subscription>) {
+    let Some(Mailbox { runner: Runner::Tokio(runner), .. }) = &sub.mailbox else { return };
+    runner.handle.spawn(run(shared.clone(), sub.clone()));
+}
+
+async fn run(shared: Arc<Shared>, sub: Arc<Subscription>) {
+    let Some(mailbox) = &sub.mailbox else { return };
+    let Runner::Tokio(runner) = &mailbox.runner else { return };
+    loop {
+        let permit = match &runner.permits {
+            // The semaphore is never closed.
+            Some(permits) => permits.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        let Some((entry, work)) = mailbox.next() else { return };
+        let Work::Async(f) = work else {
+            mailbox.done(&shared, entry.bucket);
+            continue;
+        };
+        match permit {
+            None => {
+                call(&shared, &sub, &entry, &f, runner.timeout).await;
+                drop(f);
+                mailbox.done(&shared, entry.bucket);
+            }
+            Some(permit) => {
+                let (shared, sub, timeout) = (shared.clone(), sub.clone(), runner.timeout);
+                runner.handle.spawn(async move {
+                    call(&shared, &sub, &entry, &f, timeout).await;
+                    drop(f);
+                    if let Some(mailbox) = &sub.mailbox {
+                        mailbox.done(&shared, entry.bucket);
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+/// Runs one call to its end, reporting it as a sync call would.
+async fn call(
+    shared: &Arc<Shared>,
+    sub: &Arc<Subscription>,
+    entry: &Entry,
+    f: &Arc<AsyncFn>,
+    timeout: Option<Duration>,
+) {
+    let started = {
+        let _scope = HandlerScope::enter(shared, sub, &entry.event, entry.bucket);
+        catch_unwind(AssertUnwindSafe(|| f(entry.event.clone())))
+    };
+    let outcome = match started {
+        Err(panic) => Err(panic),
+        Ok(future) => {
+            let scoped = Scoped { future, shared: shared.clone(), sub: sub.clone(), entry };
+            let limited: Pin<Box<dyn Future<Output = HandlerResult> + Send + '_>> = match timeout {
+                None => Box::pin(scoped),
+                Some(limit) => Box::pin(async move {
+                    match tokio::time::timeout(limit, scoped).await {
+                        Ok(result) => result,
+                        Err(_elapsed) => Err(Box::new(HandlerTimeout { limit }) as _),
+                    }
+                }),
+            };
+            Caught(limited).await
+        }
+    };
+    report(shared, sub, &entry.event, outcome);
+}
+
+/// Polls a handler's future inside its handler scope.
+struct Scoped<'a> {
+    future: HandlerFuture,
+    shared: Arc<Shared>,
+    sub: Arc<Subscription>,
+    entry: &'a Entry,
+}
+
+impl Future for Scoped<'_> {
+    type Output = HandlerResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<HandlerResult> {
+        let this = self.get_mut();
+        let _scope =
+            HandlerScope::enter(&this.shared, &this.sub, &this.entry.event, this.entry.bucket);
+        this.future.as_mut().poll(cx)
+    }
+}
+
+/// Turns a panic while polling (the handler's, or the timer's when the
+/// runtime has no time driver) into an outcome, as `catch_unwind` does.
+struct Caught<F>(F);
+
+impl<F: Future<Output = HandlerResult> + Unpin> Future for Caught<F> {
+    type Output = std::thread::Result<HandlerResult>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut this.0).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Subscriptions whose handlers do not run inline on the dispatch workers:
+//! ordered ones, blocking (slow) ones, and async ones.
+//!
+//! Such a subscription has a *mailbox*: a bounded backlog of events and a
+//! runner that takes them in order.
+//!
+//! * **Where events come from.** An *ordered* subscription's events are put
+//!   in its mailbox by the publisher itself, inside `publish` (after the
+//!   event is in history, before it is queued): one publishing thread puts
+//!   its events in, one after the other, so they are in its publish order
+//!   whatever the workers do. Other mailbox subscriptions get their events
+//!   from the worker that dispatches the event, in place of a call.
+//! * **Who runs them.** A synchronous ordered subscription is run by the
+//!   worker pool: a mailbox with events is on a ready queue at most once,
+//!   and a worker takes it and runs a batch of its events, so its handler
+//!   never runs concurrently with itself. A *blocking* subscription has
+//!   threads of its own (`concurrency`, one when ordered), so a slow
+//!   handler never holds a dispatch worker. An async subscription is run by
+//!   a task on its tokio runtime (see `asynchronous.rs`).
+//! * **Backlog.** A full mailbox refuses the event for that subscription
+//!   only: it is counted in the subscription's `backlog_dropped` and in
+//!   [`Stats::backlog_dropped`](crate::Stats::backlog_dropped), and logged.
+//! * **Unsubscribe.** The handler lives in the mailbox state, under its
+//!   lock; a runner checks and clones it under the lock and counts the call
+//!   as running before it lets go. Retiring takes it out under the same
+//!   lock and discards the backlog, so once that returns no call starts; the
+//!   closure is dropped by whoever holds its last clone (the last running
+//!   call), outside every lock. Waiting is waiting for `running` to drop.
+//! * **Flush.** Every event in a mailbox is counted in its flush bucket
+//!   until its call has returned (or it is discarded), so `flush` waits for
+//!   mailbox calls, async ones included.
+//! * **Shutdown.** Once the workers have drained the queues, no event can
+//!   reach a mailbox; the mailboxes are *sealed*, and the last worker waits
+//!   (up to the bus's drain timeout) for their backlogs to run out before it
+//!   drops the handlers.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::HandlerPanic;
+use crate::event::Event;
+use crate::loom::{backoff, AtomicU64, Condvar, Mutex, Ordering};
+use crate::shared::Shared;
+use crate::subscription::{HandlerResult, Subscription};
+use crate::worker::{discard_panic, HandlerScope};
+
+/// A synchronous handler run from a mailbox.
+pub(crate) type SyncFn = dyn Fn(&Event) -> HandlerResult + Send + Sync;
+
+/// What a mailbox calls.
+#[derive(Clone)]
+pub(crate) enum Work {
+    Sync(Arc<SyncFn>),
+    #[cfg(feature = "tokio")]
+    Async(Arc<crate::asynchronous::AsyncFn>),
+}
+
+impl Work {
+    /// The synchronous handler, if it is one.
+    pub(crate) fn sync(&self) -> Option<&SyncFn> {
+        match self {
+            Work::Sync(f) => Some(&**f),
+            #[cfg(feature = "tokio")]
+            Work::Async(_) => None,
+        }
+    }
+}
+
+/// Who takes the events out of a mailbox.
+pub(crate) enum Runner {
+    /// The dispatch workers, through the ready queue (ordered sync).
+    Pool,
+    /// Threads of the subscription's own (blocking sync).
+    Threads,
+    /// Tasks on a tokio runtime.
+    #[cfg(feature = "tokio")]
+    Tokio(crate::asynchronous::TokioRunner),
+}
+
+/// One event waiting in a mailbox, with the flush bucket it is counted in.
+pub(crate) struct Entry {
+    pub(crate) event: Arc<Event>,
+    pub(crate) bucket: usize,
+}
+
+struct State {
+    entries: VecDeque<Entry>,
+    /// `None` once the subscription is retired.
+    work: Option<Work>,
+    /// Calls running now.
+    running: usize,
+    /// On the ready queue or being run (pool and tokio runners).
+    scheduled: bool,
+    /// No event will come any more (the bus has drained).
+    sealed: bool,
+}
+
+pub(crate) struct Mailbox {
+    pub(crate) ordered: bool,
+    capacity: usize,
+    pub(crate) runner: Runner,
+    state: Mutex<State>,
+    changed: Condvar,
+    pub(crate) backlog_dropped: AtomicU64,
+}
+
+/// What a push asks the caller to do once the lock is released.
+enum Wake {
+    None,
+    /// Put the subscription on the ready queue.
+    Ready,
+    /// Start a runner task.
+    #[cfg(feature = "tokio")]
+    Spawn,
+}
+
+impl Mailbox {
+    pub(crate) fn new(work: Work, runner: Runner, ordered: bool, capacity: usize) -> Mailbox {
+        Mailbox {
+            ordered,
+            capacity: capacity.max(1),
+            runner,
+            state: Mutex::new(State {
+                entries: VecDeque::new(),
+                work: Some(work),
+                running: 0,
+                scheduled: false,
+                sealed: false,
+            }),
+            changed: Condvar::new(),
+            backlog_dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Puts `event` in `sub`'s mailbox (counted in flush bucket `bucket`),
+    /// or counts it as refused when the backlog is full.
+    pub(crate) fn push(
+        shared: &Arc<Shared>,
+        sub: &Arc<Subscription>,
+        event: &Arc<Event>,
+        bucket: usize,
+    ) {
+        let Some(mailbox) = &sub.mailbox else { return };
+        let wake = {
+            let mut state = mailbox.state.lock();
+            if state.work.is_none() || state.sealed {
+                return;
+            }
+            if state.entries.len() >= mailbox.capacity {
+                drop(state);
+                // Relaxed: statistics.
+                mailbox.backlog_dropped.fetch_add(1, Ordering::Relaxed);
+                shared.counters.backlog_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    event = event.name(),
+                    plugin = &*sub.plugin,
+                    pattern = sub.pattern.as_str(),
+                    "a subscription's backlog is full: the event is dropped for it"
+                );
+                return;
+            }
+            shared.epochs.begin_in(bucket);
+            state.entries.push_back(Entry { event: event.clone(), bucket });
+            match mailbox.runner {
+                Runner::Threads => {
+                    mailbox.changed.notify_one();
+                    Wake::None
+                }
+                Runner::Pool if !state.scheduled => {
+                    state.scheduled = true;
+                    Wake::Ready
+                }
+                #[cfg(feature = "tokio")]
+                Runner::Tokio(_) if !state.scheduled => {
+                    state.scheduled = true;
+                    Wake::Spawn
+                }
+                _ => Wake::None,
+            }
+        };
+        match wake {
+            Wake::None => {}
+            Wake::Ready => shared.make_ready(sub.clone()),
+            #[cfg(feature = "tokio")]
+            Wake::Spawn => crate::asynchronous::spawn_runner(shared, sub),
+        }
+    }
+
+    /// The next event and the work to do with it, counted as running; or
+    /// `None` when the backlog is empty (then the mailbox is no longer
+    /// scheduled) or the subscription retired.
+    pub(crate) fn next(&self) -> Option<(Entry, Work)> {
+        let mut state = self.state.lock();
+        let work = state.work.clone();
+        match (work, state.entries.pop_front()) {
+            (Some(work), Some(entry)) => {
+                state.running += 1;
+                Some((entry, work))
+            }
+            _ => {
+                state.scheduled = false;
+                None
+            }
+        }
+    }
+
+    /// For a thread runner: waits for the next event; `None` once the
+    /// subscription is retired, or sealed and empty.
+    fn next_blocking(&self) -> Option<(Entry, Work)> {
+        let mut state = self.state.lock();
+        loop {
+            let work = state.work.clone()?;
+            if let Some(entry) = state.entries.pop_front() {
+                state.running += 1;
+                return Some((entry, work));
+            }
+            if state.sealed {
+                return None;
+            }
+            state = self.changed.wait(state);
+        }
+    }
+
+    /// Ends a call begun by [`next`](Mailbox::next).
+    pub(crate) fn done(&self, shared: &Shared, bucket: usize) {
+        shared.epochs.end(bucket, 1);
+        let mut state = self.state.lock();
+        state.running -= 1;
+        if state.running == 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Events waiting.
+    pub(crate) fn backlog(&self) -> usize {
+        self.state.lock().entries.len()
+    }
+
+    /// Retires the subscription: takes the handler out and discards the
+    /// backlog (counted out of its flush buckets). Once this returns, no
+    /// call starts. The work is returned to be dropped outside the lock.
+    pub(crate) fn retire(&self, shared: &Shared) -> Option<Work> {
+        let (work, discarded) = {
+            let mut state = self.state.lock();
+            let work = state.work.take();
+            let discarded = std::mem::take(&mut state.entries);
+            self.changed.notify_all();
+            (work, discarded)
+        };
+        for entry in discarded {
+            shared.epochs.end(entry.bucket, 1);
+        }
+        work
+    }
+
+    /// No event will come any more: thread runners leave once empty.
+    pub(crate) fn seal(&self) {
+        self.state.lock().sealed = true;
+        self.changed.notify_all();
+    }
+
+    /// Calls running now.
+    pub(crate) fn running(&self) -> usize {
+        self.state.lock().running
+    }
+
+    /// Waits until no more than `own` calls run (the caller's own), or
+    /// until `deadline`; `false` when the deadline passed first.
+    pub(crate) fn wait_idle(&self, own: usize, deadline: Option<Instant>) -> bool {
+        let mut round = 0;
+        loop {
+            if self.running() <= own {
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+            backoff(&mut round);
+        }
+    }
+}
+
+/// Runs one synchronous call from a mailbox on this thread, reporting a
+/// failure as an inline call would.
+pub(crate) fn call_sync(shared: &Arc<Shared>, sub: &Arc<Subscription>, entry: &Entry, f: &SyncFn) {
+    let outcome = {
+        let _scope = HandlerScope::enter(shared, sub, &entry.event, entry.bucket);
+        catch_unwind(AssertUnwindSafe(|| f(&entry.event)))
+    };
+    report(shared, sub, &entry.event, outcome);
+}
+
+/// Counts a mailbox call and reports its failure, if any.
+pub(crate) fn report(
+    shared: &Shared,
+    sub: &Subscription,
+    event: &Event,
+    outcome: std::thread::Result<HandlerResult>,
+) {
+    let counters = &shared.counters.runners;
+    // Relaxed: a statistic.
+    counters.dispatched.fetch_add(1, Ordering::Relaxed);
+    let reported = catch_unwind(AssertUnwindSafe(|| match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => shared.handler_failed(event, sub, &*error, counters, false),
+        Err(panic) => {
+            let error = HandlerPanic::new(&*panic);
+            discard_panic(panic);
+            shared.handler_failed(event, sub, &error, counters, true);
+        }
+    }));
+    if let Err(panic) = reported {
+        counters.stray_panics.fetch_add(1, Ordering::Relaxed);
+        discard_panic(panic);
+        tracing::error!(event = event.name(), "reporting a handler's failure panicked");
+    }
+}
+
+/// A worker's turn at a ready mailbox: up to `max` of its events, then
+/// back on the ready queue (whoever next finds it empty unschedules it).
+pub(crate) fn run_on_worker(shared: &Arc<Shared>, sub: &Arc<Subscription>, max: usize) {
+    let Some(mailbox) = &sub.mailbox else { return };
+    for _ in 0..max {
+        let Some((entry, work)) = mailbox.next() else { return };
+        if let Some(f) = work.sync() {
+            call_sync(shared, sub, &entry, f);
+        }
+        drop(work);
+        mailbox.done(shared, entry.bucket);
+    }
+    shared.make_ready(sub.clone());
+}
+
+/// The body of a blocking subscription's thread.
+pub(crate) fn run_thread(shared: Arc<Shared>, sub: Arc<Subscription>) {
+    let Some(mailbox) = &sub.mailbox else { return };
+    while let Some((entry, work)) = mailbox.next_blocking() {
+        if let Some(f) = work.sync() {
+            call_sync(&shared, &sub, &entry, f);
+        }
+        drop(work);
+        mailbox.done(&shared, entry.bucket);
+    }
+}

@@ -1,0 +1,238 @@
+//! Ordered delivery and slow (blocking) subscribers.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::json;
+use support::{ev, watchdog};
+use switchboard::{Bus, Event, HandlerResult, Priority, SubscribeOptions};
+
+const THREADS: u64 = 2;
+const PER_THREAD: u64 = 5_000;
+
+/// What an ordered handler saw: per publishing thread the last sequence
+/// number, and every violation.
+#[derive(Default)]
+struct Witness {
+    inside: AtomicBool,
+    last: Mutex<Vec<Option<u64>>>,
+    calls: AtomicU64,
+    concurrent: AtomicU64,
+    inversions: AtomicU64,
+}
+
+impl Witness {
+    fn new() -> Arc<Witness> {
+        Arc::new(Witness { last: Mutex::new(vec![None; THREADS as usize]), ..Default::default() })
+    }
+
+    fn see(&self, event: &Event) {
+        if self.inside.swap(true, Ordering::SeqCst) {
+            self.concurrent.fetch_add(1, Ordering::SeqCst);
+        }
+        let (t, seq) = (event.data()["t"].as_u64().unwrap(), event.data()["seq"].as_u64().unwrap());
+        {
+            let mut last = self.last.lock().unwrap();
+            if last[t as usize].is_some_and(|prev| prev >= seq) {
+                self.inversions.fetch_add(1, Ordering::SeqCst);
+            }
+            last[t as usize] = Some(seq);
+        }
+        // Long enough for another worker to come in if it could.
+        std::hint::spin_loop();
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inside.store(false, Ordering::SeqCst);
+    }
+
+    fn check(&self, what: &str) {
+        assert_eq!(
+            self.concurrent.load(Ordering::SeqCst),
+            0,
+            "{what}: ran concurrently with itself"
+        );
+        assert_eq!(
+            self.inversions.load(Ordering::SeqCst),
+            0,
+            "{what}: saw a thread's events out of order"
+        );
+        assert_eq!(self.calls.load(Ordering::SeqCst), THREADS * PER_THREAD, "{what}: lost events");
+    }
+}
+
+/// Two threads publishing `tick` events stamped with their sequence
+/// numbers, all at one priority each.
+fn publish_stamped(bus: &Bus) {
+    let publishers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let bus = bus.clone();
+            thread::spawn(move || {
+                let priority = if t == 0 { Priority::Normal } else { Priority::High };
+                for seq in 0..PER_THREAD {
+                    let e = Event::new("tick", json!({"t": t, "seq": seq}), "test")
+                        .with_priority(priority);
+                    bus.publish(e).unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.join().unwrap();
+    }
+}
+
+fn witness_handler(w: &Arc<Witness>) -> impl Fn(&Event) -> HandlerResult + Send + Sync + 'static {
+    let w = w.clone();
+    move |e| {
+        w.see(e);
+        Ok(())
+    }
+}
+
+#[test]
+fn an_ordered_subscription_sees_each_threads_events_in_order_one_at_a_time() {
+    watchdog(60, || {
+        let bus = Bus::builder().workers(4).build().unwrap();
+        let on_workers = Witness::new();
+        let on_own_thread = Witness::new();
+        bus.subscribe_with(
+            "tick",
+            "audit",
+            SubscribeOptions::new().ordered().backlog(100_000),
+            witness_handler(&on_workers),
+        )
+        .unwrap();
+        bus.subscribe_with(
+            "tick",
+            "archive",
+            SubscribeOptions::new().ordered().blocking().concurrency(4).backlog(100_000),
+            witness_handler(&on_own_thread),
+        )
+        .unwrap();
+        // An unordered one, to keep the workers busy meanwhile.
+        let plain = Arc::new(AtomicU64::new(0));
+        let p = plain.clone();
+        bus.subscribe("*", "stats", move |_| {
+            p.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+        .unwrap();
+        publish_stamped(&bus);
+        bus.flush();
+        on_workers.check("ordered on the workers");
+        on_own_thread.check("ordered and blocking");
+        assert_eq!(plain.load(Ordering::Relaxed), THREADS * PER_THREAD);
+        assert_eq!(bus.stats().backlog_dropped, 0);
+        bus.shutdown();
+    });
+}
+
+#[test]
+fn a_slow_blocking_subscriber_neither_stalls_the_others_nor_loses_events_silently() {
+    watchdog(60, || {
+        let bus = Bus::builder().workers(2).build().unwrap();
+        let slow_calls = Arc::new(AtomicU64::new(0));
+        let s = slow_calls.clone();
+        let slow = bus
+            .subscribe_with(
+                "job.*",
+                "thumbs",
+                SubscribeOptions::new().blocking().backlog(4),
+                move |_| {
+                    thread::sleep(Duration::from_millis(50));
+                    s.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        let fast: Vec<Arc<AtomicU64>> = (0..10).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        for (i, counter) in fast.iter().enumerate() {
+            let c = counter.clone();
+            bus.subscribe("job.*", &format!("fast{i}"), move |_| {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .unwrap();
+        }
+        const EVENTS: u64 = 2_000;
+        for _ in 0..EVENTS {
+            bus.publish(ev("job.done")).unwrap();
+        }
+        // The fast ones have everything long before the slow one could
+        // have handled even its backlog.
+        support::eventually(10, "the fast subscribers' events", || {
+            fast.iter().all(|c| c.load(Ordering::SeqCst) == EVENTS)
+        });
+        assert!(slow_calls.load(Ordering::SeqCst) < 10, "the fast ones waited for the slow one");
+        bus.flush();
+        let stats = bus.subscription_stats(slow).unwrap();
+        let delivered = slow_calls.load(Ordering::SeqCst);
+        assert!(stats.backlog_dropped > 0);
+        assert_eq!(
+            delivered + stats.backlog_dropped,
+            EVENTS,
+            "every event is delivered or counted"
+        );
+        assert_eq!(bus.stats().backlog_dropped, stats.backlog_dropped);
+        assert_eq!((stats.backlog, stats.running), (0, 0));
+        bus.shutdown();
+    });
+}
+
+#[test]
+fn a_blocking_handler_is_released_by_unsubscribe_and_wait_and_never_called_after() {
+    watchdog(30, || {
+        let bus = Bus::builder().workers(2).build().unwrap();
+        let token = Arc::new(());
+        let t = token.clone();
+        let calls = Arc::new(AtomicU64::new(0));
+        let c = calls.clone();
+        bus.subscribe_with(
+            "slow",
+            "p",
+            SubscribeOptions::new().blocking().concurrency(2),
+            move |_| {
+                let _held = &t;
+                thread::sleep(Duration::from_millis(5));
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+        )
+        .unwrap();
+        for _ in 0..50 {
+            bus.publish(ev("slow")).unwrap();
+        }
+        thread::sleep(Duration::from_millis(12));
+        assert_eq!(bus.unsubscribe_and_wait("slow", "p"), 1);
+        assert_eq!(Arc::strong_count(&token), 1, "the closure outlived its last call");
+        let after = calls.load(Ordering::SeqCst);
+        assert!(after < 50, "the backlog was dropped, not run");
+        bus.flush();
+        thread::sleep(Duration::from_millis(20));
+        assert_eq!(calls.load(Ordering::SeqCst), after, "called after unsubscribe_and_wait");
+        bus.shutdown();
+    });
+}
+
+#[test]
+fn shutdown_lets_blocking_handlers_finish_their_backlog() {
+    watchdog(30, || {
+        let bus = Bus::builder().workers(1).build().unwrap();
+        let calls = Arc::new(AtomicU64::new(0));
+        let c = calls.clone();
+        bus.subscribe_with("slow", "p", SubscribeOptions::new().blocking().ordered(), move |_| {
+            thread::sleep(Duration::from_millis(2));
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        for _ in 0..100 {
+            bus.publish(ev("slow")).unwrap();
+        }
+        bus.shutdown();
+        assert_eq!(calls.load(Ordering::SeqCst), 100);
+    });
+}
