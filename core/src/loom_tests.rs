@@ -501,17 +501,12 @@ fn loom_ordered_handoff_keeps_order_and_never_overlaps() {
         let inside = Arc::new(AtomicBool::new(false));
         let bus = Bus::builder().workers(2).history_size(0).capacity(4).build().unwrap();
         let (s, i) = (seen.clone(), inside.clone());
-        bus.subscribe_with(
-            "x",
-            "p",
-            crate::SubscribeOptions::new().ordered(),
-            move |e: &Event| {
-                assert!(!i.swap(true, Ordering::SeqCst), "ran concurrently with itself");
-                s.lock().unwrap().push(e.data().as_u64().unwrap());
-                i.store(false, Ordering::SeqCst);
-                Ok(())
-            },
-        )
+        bus.subscribe_with("x", "p", crate::SubscribeOptions::new().ordered(), move |e: &Event| {
+            assert!(!i.swap(true, Ordering::SeqCst), "ran concurrently with itself");
+            s.lock().unwrap().push(e.data().as_u64().unwrap());
+            i.store(false, Ordering::SeqCst);
+            Ok(())
+        })
         .unwrap();
         for n in 0..2u64 {
             bus.publish(Event::new("x", serde_json::Value::from(n), "t")).unwrap();
