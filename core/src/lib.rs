@@ -39,6 +39,13 @@
 //!   publisher in a [`PublishError`], or counted in [`Stats::dropped`] (only
 //!   under [`Overflow::Shed`]).
 //! * Events published from inside handlers are queued, never run nested.
+//! * A subscription made [`ordered`](SubscribeOptions::ordered) never runs
+//!   concurrently with itself and sees each publishing thread's events in
+//!   publish order. [`blocking`](SubscribeOptions::blocking) ones run on
+//!   threads of their own, and async ones (feature `tokio`,
+//!   `Bus::subscribe_async`) as tasks on a tokio runtime: neither ever
+//!   holds a dispatch worker. Their backlog is bounded; what overflows is
+//!   counted ([`Stats::backlog_dropped`]).
 //! * With several workers, events are dispatched in parallel: there is no
 //!   order between events taken by different workers. With one worker,
 //!   events of one priority are dispatched in publish order, handler-published
