@@ -60,10 +60,14 @@ impl TokioRunner {
 /// Starts a runner task for `sub`'s backlog (it is scheduled).
 pub(crate) fn spawn_runner(shared: &Arc<Shared>, sub: &Arc<Subscription>) {
     let Some(Mailbox { runner: Runner::Tokio(runner), .. }) = &sub.mailbox else { return };
-    runner.handle.spawn(run(shared.clone(), sub.clone()));
+    // Made here and moved into the task, so that it is dropped with the
+    // task even if the task never runs (its runtime has shut down).
+    let guard = CallGuard { shared: shared.clone(), sub: sub.clone(), bucket: None, abandon: true };
+    runner.handle.spawn(run(guard));
 }
 
-async fn run(shared: Arc<Shared>, sub: Arc<Subscription>) {
+async fn run(mut guard: CallGuard) {
+    let (shared, sub) = (guard.shared.clone(), guard.sub.clone());
     let Some(mailbox) = &sub.mailbox else { return };
     let Runner::Tokio(runner) = &mailbox.runner else { return };
     loop {
@@ -72,27 +76,75 @@ async fn run(shared: Arc<Shared>, sub: Arc<Subscription>) {
             Some(permits) => permits.clone().acquire_owned().await.ok(),
             None => None,
         };
-        let Some((entry, work)) = mailbox.next() else { return };
+        let Some((entry, work)) = mailbox.next() else {
+            guard.abandon = false;
+            return;
+        };
         let Work::Async(f) = work else {
             mailbox.done(&shared, entry.bucket);
             continue;
         };
         match permit {
             None => {
+                guard.bucket = Some(entry.bucket);
                 call(&shared, &sub, &entry, &f, runner.timeout).await;
                 drop(f);
-                mailbox.done(&shared, entry.bucket);
+                guard.end_call();
             }
             Some(permit) => {
-                let (shared, sub, timeout) = (shared.clone(), sub.clone(), runner.timeout);
+                let mut call_guard = CallGuard {
+                    shared: shared.clone(),
+                    sub: sub.clone(),
+                    bucket: Some(entry.bucket),
+                    abandon: false,
+                };
+                let timeout = runner.timeout;
                 runner.handle.spawn(async move {
+                    let (shared, sub) = (call_guard.shared.clone(), call_guard.sub.clone());
                     call(&shared, &sub, &entry, &f, timeout).await;
                     drop(f);
-                    if let Some(mailbox) = &sub.mailbox {
-                        mailbox.done(&shared, entry.bucket);
-                    }
+                    call_guard.end_call();
                     drop(permit);
                 });
+            }
+        }
+    }
+}
+
+/// Ends what a runner or call task leaves behind when it is dropped before
+/// it finishes (its runtime shut down): the call it was in is ended, and
+/// (for a runner) the backlog is given up, counted as dropped, so `flush`
+/// and `unsubscribe_and_wait` never wait for a task that will not run.
+struct CallGuard {
+    shared: Arc<Shared>,
+    sub: Arc<Subscription>,
+    /// The flush bucket of the call in progress.
+    bucket: Option<usize>,
+    /// Give up the backlog when dropped.
+    abandon: bool,
+}
+
+impl CallGuard {
+    /// Ends the call in progress.
+    fn end_call(&mut self) {
+        if let (Some(bucket), Some(mailbox)) = (self.bucket.take(), &self.sub.mailbox) {
+            mailbox.done(&self.shared, bucket);
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.end_call();
+        let Some(mailbox) = &self.sub.mailbox else { return };
+        if self.abandon {
+            let lost = mailbox.abandon(&self.shared);
+            if lost > 0 {
+                tracing::warn!(
+                    plugin = &*self.sub.plugin,
+                    lost,
+                    "an async subscription's runtime stopped running it: its backlog is dropped"
+                );
             }
         }
     }

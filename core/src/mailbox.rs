@@ -255,6 +255,26 @@ impl Mailbox {
         work
     }
 
+    /// Gives up the backlog (its runner can no longer run): the events are
+    /// counted as dropped for this subscription and out of their flush
+    /// buckets, and the mailbox is no longer scheduled, so the next event
+    /// starts a runner again. Returns how many were dropped.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn abandon(&self, shared: &Shared) -> usize {
+        let lost = {
+            let mut state = self.state.lock();
+            state.scheduled = false;
+            std::mem::take(&mut state.entries)
+        };
+        for entry in &lost {
+            shared.epochs.end(entry.bucket, 1);
+        }
+        // Relaxed: statistics.
+        self.backlog_dropped.fetch_add(lost.len() as u64, Ordering::Relaxed);
+        shared.counters.backlog_dropped.fetch_add(lost.len() as u64, Ordering::Relaxed);
+        lost.len()
+    }
+
     /// No event will come any more: thread runners leave once empty.
     pub(crate) fn seal(&self) {
         self.state.lock().sealed = true;

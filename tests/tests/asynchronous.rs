@@ -337,3 +337,39 @@ fn without_a_runtime_an_async_subscribe_is_a_typed_error() {
     assert_eq!(refused, Err(SubscribeError::NoRuntime));
     bus.shutdown();
 }
+
+#[test]
+fn a_runtime_that_shuts_down_under_its_handlers_leaves_nothing_to_wait_for() {
+    support::watchdog(30, || {
+        let rt = runtime();
+        let bus = Bus::builder().workers(2).runtime(rt.handle().clone()).build().unwrap();
+        let started = Arc::new(AtomicU64::new(0));
+        let s = started.clone();
+        let id = bus
+            .subscribe_async("job", "p", move |_e| {
+                let s = s.clone();
+                async move {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok(())
+                }
+            })
+            .unwrap();
+        for _ in 0..10 {
+            bus.publish(support::ev("job")).unwrap();
+        }
+        support::eventually(5, "a call to start", || started.load(Ordering::SeqCst) == 1);
+        rt.shutdown_background();
+        // The running call and the backlog are given up, not waited for.
+        bus.flush();
+        let stats = bus.subscription_stats(id).unwrap();
+        assert_eq!(stats.running, 0);
+        assert_eq!(stats.backlog_dropped, 9, "the backlog is counted as dropped");
+        // Later events find no runtime either: dropped and counted.
+        bus.publish(support::ev("job")).unwrap();
+        bus.flush();
+        assert_eq!(bus.subscription_stats(id).unwrap().backlog_dropped, 10);
+        assert_eq!(bus.unsubscribe_and_wait("job", "p"), 1);
+        bus.shutdown();
+    });
+}
