@@ -212,6 +212,11 @@ impl Bus {
         &self.handle.shared
     }
 
+    /// The bus's identity, for "am I inside one of its handlers" checks.
+    pub(crate) fn shared_id(&self) -> usize {
+        self.handle.shared.id
+    }
+
     /// A handle that does not keep the bus alive.
     pub fn downgrade(&self) -> WeakBus {
         WeakBus { handle: Arc::downgrade(&self.handle) }

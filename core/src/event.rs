@@ -270,6 +270,12 @@ impl Event {
     pub(crate) fn set_depth(&mut self, depth: u32) {
         self.depth = depth;
     }
+
+    /// The same event from another source.
+    pub fn with_source(mut self, source: impl Into<String>) -> Event {
+        self.source = source.into().into_boxed_str();
+        self
+    }
 }
 
 impl fmt::Debug for Event {

@@ -71,6 +71,7 @@ mod flush;
 mod history;
 mod loom;
 mod mailbox;
+pub mod plugin;
 mod queue;
 mod reclaim;
 mod shared;
