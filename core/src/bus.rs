@@ -318,6 +318,101 @@ impl Bus {
         Ok(SubscriptionGuard { bus: Some(self.downgrade()), id })
     }
 
+    /// Subscribes `handler` and catches it up: it is first called, on this
+    /// thread and before this returns, with up to `n` of the latest events
+    /// in [`history`](Bus::history) matching `pattern`, in publish order;
+    /// then with live events, as [`subscribe`](Bus::subscribe) would. At
+    /// the seam nothing is missed and nothing comes twice: live events the
+    /// replay covered are skipped, and live events that arrive during the
+    /// replay wait for it. (On a bus without history there is nothing to
+    /// replay.) A replayed call's error or panic is counted and reported
+    /// like any handler's.
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe`](Bus::subscribe).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use switchboard::{Bus, Event};
+    ///
+    /// let bus = Bus::builder().history_size(100).build()?;
+    /// for i in 0..5 {
+    ///     bus.publish(Event::new("score.changed", serde_json::json!(i), "trivia"))?;
+    /// }
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let s = seen.clone();
+    /// bus.subscribe_replay("score.*", "board", 3, move |e: &Event| {
+    ///     s.lock().unwrap().push(e.data().as_u64().unwrap());
+    ///     Ok(())
+    /// })?;
+    /// bus.publish(Event::new("score.changed", serde_json::json!(5), "trivia"))?;
+    /// bus.flush();
+    /// assert_eq!(*seen.lock().unwrap(), [2, 3, 4, 5]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn subscribe_replay<F>(
+        &self,
+        pattern: &str,
+        plugin: &str,
+        n: usize,
+        handler: F,
+    ) -> Result<SubscriptionId, SubscribeError>
+    where
+        F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
+    {
+        struct Replay {
+            /// Live events that came during the replay.
+            buffer: Option<Vec<Event>>,
+            /// Live events numbered below it were covered by the replay.
+            seam: u64,
+        }
+        let handler = Arc::new(handler);
+        let state = Arc::new(crate::loom::Mutex::new(Replay { buffer: Some(Vec::new()), seam: 0 }));
+        let (h, st) = (handler.clone(), state.clone());
+        let live = move |event: &Event| -> HandlerResult {
+            let mut replay = st.lock();
+            if let Some(buffer) = &mut replay.buffer {
+                buffer.push(event.clone());
+                return Ok(());
+            }
+            let seam = replay.seam;
+            drop(replay);
+            if event.sequence().is_some_and(|seq| seq < seam) {
+                return Ok(());
+            }
+            h(event)
+        };
+        let sub =
+            self.register(pattern, plugin, SubscribeOptions::new(), Some(Box::new(live)), None)?;
+        let shared = &self.handle.shared;
+        let (mut replayed, seam) = match &shared.history {
+            Some(history) => history.read_settled(n, Some(&sub.pattern)),
+            None => (Vec::new(), 0),
+        };
+        replayed.reverse();
+        let call = |event: &Event| {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(event)));
+            mailbox::report(shared, &sub, event, outcome);
+        };
+        for event in &replayed {
+            call(event);
+        }
+        // Held while the buffered live events run, so later live calls
+        // queue behind them.
+        let mut replay = state.lock();
+        replay.seam = seam;
+        for event in replay.buffer.take().unwrap_or_default() {
+            if !event.sequence().is_some_and(|seq| seq < seam) {
+                call(&event);
+            }
+        }
+        drop(replay);
+        Ok(sub.id)
+    }
+
     /// Subscribes a handler that receives the payload as a `T`.
     ///
     /// An event built with [`Event::typed`] carrying a `T` is handed over as
@@ -888,6 +983,7 @@ impl Bus {
             });
         }
         event.set_depth(depth);
+        event.clear_sequence();
         let id = event.id();
         let priority = event.priority();
         let event = Arc::new(event);

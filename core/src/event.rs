@@ -152,6 +152,9 @@ pub struct Event {
     priority: Priority,
     timestamp: SystemTime,
     depth: u32,
+    /// The bus's publish sequence number, once accepted by a bus that keeps
+    /// history.
+    seq: OnceLock<u64>,
 }
 
 impl Event {
@@ -205,6 +208,7 @@ impl Event {
             priority: Priority::Normal,
             timestamp: SystemTime::now(),
             depth: 0,
+            seq: OnceLock::new(),
         }
     }
 
@@ -269,6 +273,25 @@ impl Event {
 
     pub(crate) fn set_depth(&mut self, depth: u32) {
         self.depth = depth;
+    }
+
+    /// Its place in its bus's publish order: a number the bus gave it when
+    /// it accepted it, one total order of all accepted events that agrees
+    /// with each publishing thread's order (the order of
+    /// [`Bus::history`](crate::Bus::history)). `None` before it is
+    /// published, or on a bus without history.
+    pub fn sequence(&self) -> Option<u64> {
+        self.seq.get().copied()
+    }
+
+    pub(crate) fn set_sequence(&self, seq: u64) {
+        let _ = self.seq.set(seq);
+    }
+
+    /// Forgets the sequence number of an earlier publish (a republished
+    /// clone gets a new one).
+    pub(crate) fn clear_sequence(&mut self) {
+        self.seq = OnceLock::new();
     }
 
     /// The same event from another source.

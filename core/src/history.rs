@@ -53,6 +53,7 @@ impl History {
         // order, and it agrees with each thread's program order (coherence).
         // Readers synchronise through the slot's lock.
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        event.set_sequence(seq);
         let slot = &self.slots[(seq % self.slots.len() as u64) as usize];
         let evicted = {
             let mut slot = slot.lock();
@@ -74,11 +75,42 @@ impl History {
         }
     }
 
+    /// Up to `limit` events whose name matches `pattern`, most recent
+    /// first, *settled*: it first waits until every event numbered below
+    /// the current end has been written (a publisher between taking its
+    /// number and writing its slot takes nanoseconds), so the result holds
+    /// every matching event numbered below the returned end, as far back as
+    /// the ring and `limit` go, with no hole. For replaying history before
+    /// live events (the returned end is the seam).
+    pub(crate) fn read_settled(
+        &self,
+        limit: usize,
+        pattern: Option<&Pattern>,
+    ) -> (Vec<Arc<Event>>, u64) {
+        // SeqCst: the end is read after the caller's subscribe; every event
+        // numbered at or above it is then matched against a snapshot
+        // holding the subscription.
+        let end = self.next.load(Ordering::SeqCst);
+        let start = end.saturating_sub(self.slots.len() as u64);
+        for seq in start..end {
+            let slot = &self.slots[(seq % self.slots.len() as u64) as usize];
+            let mut round = 0;
+            while slot.lock().stamp < seq + 1 {
+                crate::loom::backoff(&mut round);
+            }
+        }
+        (self.read_from(end, limit, pattern), end)
+    }
+
     /// Up to `limit` events whose name matches `pattern`, most recent first.
     pub(crate) fn read(&self, limit: usize, pattern: Option<&Pattern>) -> Vec<Arc<Event>> {
         // Relaxed: see `record`; an event whose publish returned before this
         // call is seen through the happens-before that ordered the calls.
         let end = self.next.load(Ordering::Relaxed);
+        self.read_from(end, limit, pattern)
+    }
+
+    fn read_from(&self, end: u64, limit: usize, pattern: Option<&Pattern>) -> Vec<Arc<Event>> {
         let start = end.saturating_sub(self.slots.len() as u64);
         let mut out = Vec::new();
         for seq in (start..end).rev() {

@@ -326,6 +326,33 @@ impl PluginContext {
         Ok(self.remember(id, pattern))
     }
 
+    /// Subscribes `handler` after replaying up to `n` of the latest
+    /// matching events from history to it (see [`Bus::subscribe_replay`]):
+    /// a late joiner catches up with no gap and no duplicate at the seam.
+    ///
+    /// # Errors
+    ///
+    /// As [`Bus::subscribe`].
+    pub fn subscribe_replay<F>(
+        &self,
+        pattern: &str,
+        n: usize,
+        handler: F,
+    ) -> Result<SubscriptionId, SubscribeError>
+    where
+        F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
+    {
+        let (handover, role) = (self.handover.clone(), self.role(pattern));
+        let id = self.bus.subscribe_replay(pattern, &self.name, n, move |event: &Event| {
+            if handover.admits(event, &role) {
+                handler(event)
+            } else {
+                Ok(())
+            }
+        })?;
+        Ok(self.remember(id, pattern))
+    }
+
     /// Subscribes a handler that receives the payload as a `T` (see
     /// [`Bus::subscribe_typed`]).
     ///

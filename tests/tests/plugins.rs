@@ -336,3 +336,43 @@ fn a_factory_must_build_the_plugin_it_is_registered_as() {
     assert!(manager.list().is_empty());
     manager.shutdown();
 }
+
+#[test]
+fn a_late_joiner_replays_history_then_goes_live_with_no_gap_and_no_duplicate() {
+    watchdog(60, || {
+        for round in 0..5 {
+            // One worker: live events arrive in publish order too, so the
+            // whole sequence the joiner sees must be contiguous.
+            let bus = Bus::builder().workers(1).history_size(1_000).build().unwrap();
+            const EVENTS: u64 = 20_000;
+            let started = Arc::new(AtomicU64::new(0));
+            let publisher = {
+                let (bus, started) = (bus.clone(), started.clone());
+                thread::spawn(move || {
+                    for seq in 0..EVENTS {
+                        bus.publish(Event::new("tick", json!(seq), "clock")).unwrap();
+                        started.store(seq + 1, Ordering::SeqCst);
+                    }
+                })
+            };
+            while started.load(Ordering::SeqCst) < 2_000 + round * 1_000 {
+                thread::yield_now();
+            }
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let s = seen.clone();
+            bus.subscribe_replay("tick", "late", 100, move |e: &Event| {
+                s.lock().unwrap().push(e.data().as_u64().unwrap());
+                Ok(())
+            })
+            .unwrap();
+            publisher.join().unwrap();
+            bus.flush();
+            let seen = seen.lock().unwrap();
+            assert!(seen.len() >= 100, "round {round}: {} events", seen.len());
+            assert_eq!(*seen.last().unwrap(), EVENTS - 1);
+            let gaps = seen.windows(2).filter(|w| w[1] != w[0] + 1).count();
+            assert_eq!(gaps, 0, "round {round}: a gap, a duplicate or a reordering at the seam");
+            bus.shutdown();
+        }
+    });
+}
