@@ -204,6 +204,22 @@ impl Future for Scoped<'_> {
 /// runtime has no time driver) into an outcome, as `catch_unwind` does.
 struct Caught<F>(F);
 
+/// `catch_unwind` for a future of any output: each poll runs inside it.
+pub(crate) struct CatchUnwind<F>(pub(crate) F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut this.0).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
 impl<F: Future<Output = HandlerResult> + Unpin> Future for Caught<F> {
     type Output = std::thread::Result<HandlerResult>;
 

@@ -147,6 +147,12 @@ pub enum PluginError {
     /// `reload` was called from inside a handler, where it cannot wait for
     /// the events it must hand over.
     InHandler,
+    /// The plugin is an `AsyncPlugin`: unload and reload it with the
+    /// `_async` methods.
+    NeedsAsync {
+        /// The name.
+        name: String,
+    },
     /// `setup` failed or panicked; the plugin is not loaded (or, for a
     /// reload, the old instance keeps running).
     Setup {
@@ -195,6 +201,9 @@ impl fmt::Display for PluginError {
                 write!(f, "plugin {name:?} is being loaded, unloaded or reloaded")
             }
             PluginError::InHandler => f.write_str("reload cannot be called from inside a handler"),
+            PluginError::NeedsAsync { name } => {
+                write!(f, "plugin {name:?} is async: use unload_async and reload_async")
+            }
             PluginError::Setup { name, reason } => {
                 write!(f, "plugin {name:?} failed to set up: {reason}")
             }
@@ -524,10 +533,136 @@ pub struct PluginInfo {
     pub reloadable: bool,
 }
 
-type Factory = Arc<dyn Fn() -> Box<dyn Plugin> + Send + Sync>;
+/// A plugin whose `setup` and `teardown` are async (feature `tokio`):
+/// load it with [`PluginManager::load_async`] or
+/// [`PluginManager::register_async`], and unload or reload it with the
+/// `_async` methods.
+///
+/// # Examples
+///
+/// ```
+/// use switchboard::plugin::{AsyncPlugin, PluginContext, PluginError, PluginFuture, PluginManager};
+/// use switchboard::Bus;
+///
+/// struct Feeds;
+///
+/// impl AsyncPlugin for Feeds {
+///     fn name(&self) -> &str { "feeds" }
+///     fn setup<'a>(&'a mut self, ctx: &'a PluginContext) -> PluginFuture<'a> {
+///         Box::pin(async move {
+///             tokio::task::yield_now().await; // connect to the feed server...
+///             ctx.subscribe_async("feed.*", |_event| async { Ok(()) })?;
+///             Ok(())
+///         })
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
+/// let manager = PluginManager::new(Bus::new()?);
+/// manager.register_async("feeds", || Feeds).await?;
+/// manager.reload_async("feeds").await?;
+/// manager.shutdown_async().await;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[cfg(feature = "tokio")]
+pub trait AsyncPlugin: Send + 'static {
+    /// As [`Plugin::name`].
+    fn name(&self) -> &str;
+
+    /// As [`Plugin::version`].
+    fn version(&self) -> &str {
+        "0.0.0"
+    }
+
+    /// As [`Plugin::setup`], async.
+    fn setup<'a>(&'a mut self, ctx: &'a PluginContext) -> PluginFuture<'a>;
+
+    /// As [`Plugin::teardown`], async.
+    fn teardown<'a>(&'a mut self, _ctx: &'a PluginContext) -> PluginFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// What an [`AsyncPlugin`]'s `setup` and `teardown` return.
+#[cfg(feature = "tokio")]
+pub type PluginFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PluginError>> + Send + 'a>>;
+
+/// A loaded instance, of either kind.
+enum Instance {
+    Sync(Box<dyn Plugin>),
+    #[cfg(feature = "tokio")]
+    Async(Box<dyn AsyncPlugin>),
+}
+
+impl Instance {
+    fn name(&self) -> &str {
+        match self {
+            Instance::Sync(p) => p.name(),
+            #[cfg(feature = "tokio")]
+            Instance::Async(p) => p.name(),
+        }
+    }
+
+    fn version(&self) -> &str {
+        match self {
+            Instance::Sync(p) => p.version(),
+            #[cfg(feature = "tokio")]
+            Instance::Async(p) => p.version(),
+        }
+    }
+
+    fn is_async(&self) -> bool {
+        !matches!(self, Instance::Sync(_))
+    }
+
+    /// Runs a sync instance's `setup` or `teardown` (an async one is an
+    /// error here: the caller checked).
+    fn run_sync(&mut self, ctx: &PluginContext, setup: bool) -> Result<(), String> {
+        match self {
+            Instance::Sync(p) => guarded(|| if setup { p.setup(ctx) } else { p.teardown(ctx) }),
+            #[cfg(feature = "tokio")]
+            Instance::Async(_) => Err("an async plugin needs the _async methods".to_owned()),
+        }
+    }
+
+    /// Runs `setup` or `teardown` of either kind.
+    #[cfg(feature = "tokio")]
+    async fn run(&mut self, ctx: &PluginContext, setup: bool) -> Result<(), String> {
+        match self {
+            Instance::Sync(_) => self.run_sync(ctx, setup),
+            Instance::Async(p) => {
+                // `once` makes the closure `FnOnce`, so that the future may
+                // borrow the plugin for as long as it lives.
+                fn once<R, F: FnOnce() -> R>(f: F) -> F {
+                    f
+                }
+                let future = match catch_unwind(AssertUnwindSafe(once(move || {
+                    if setup {
+                        p.setup(ctx)
+                    } else {
+                        p.teardown(ctx)
+                    }
+                }))) {
+                    Ok(future) => future,
+                    Err(panic) => return Err(panic_message(panic)),
+                };
+                match crate::asynchronous::CatchUnwind(future).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(panic) => Err(panic_message(panic)),
+                }
+            }
+        }
+    }
+}
+
+type Factory = Arc<dyn Fn() -> Instance + Send + Sync>;
 
 struct Loaded {
-    plugin: Box<dyn Plugin>,
+    plugin: Instance,
     ctx: PluginContext,
     factory: Option<Factory>,
     state: PluginState,
@@ -580,16 +715,128 @@ impl fmt::Debug for PluginManager {
     }
 }
 
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    let message = HandlerPanic::new(&*panic).to_string();
+    crate::worker::discard_panic(panic);
+    message
+}
+
 /// Runs user code (setup, teardown), turning a panic into an error message.
 fn guarded(f: impl FnOnce() -> Result<(), PluginError>) -> Result<(), String> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(panic) => {
-            let message = HandlerPanic::new(&*panic).to_string();
-            crate::worker::discard_panic(panic);
-            Err(message)
+        Err(panic) => Err(panic_message(panic)),
+    }
+}
+
+/// What a reload carries from its start to its end.
+struct Reloading {
+    factory: Factory,
+    handover: Arc<Handover>,
+}
+
+// The steps of load, unload and reload, shared by the blocking and the
+// async forms; each runs under the manager's lock and never calls user code.
+impl PluginManager {
+    fn reserve(&self, name: &str) -> Result<PluginContext, PluginError> {
+        let mut plugins = self.host.plugins.lock();
+        if plugins.contains_key(name) {
+            return Err(PluginError::AlreadyLoaded { name: name.to_owned() });
         }
+        plugins.insert(name.to_owned(), Slot::Loading);
+        Ok(PluginContext::new(self.host.bus.clone(), Arc::from(name), Arc::default()))
+    }
+
+    fn settle_load(&self, name: &str, loaded: Option<Loaded>) {
+        let mut plugins = self.host.plugins.lock();
+        match loaded {
+            Some(loaded) => plugins.insert(name.to_owned(), Slot::Loaded(Box::new(loaded))),
+            None => plugins.remove(name),
+        };
+    }
+
+    fn take_for_unload(&self, name: &str, allow_async: bool) -> Result<Box<Loaded>, PluginError> {
+        let mut plugins = self.host.plugins.lock();
+        match plugins.get(name) {
+            None => return Err(PluginError::NotLoaded { name: name.to_owned() }),
+            Some(Slot::Loaded(l)) if l.state == PluginState::Running => {
+                if l.plugin.is_async() && !allow_async {
+                    return Err(PluginError::NeedsAsync { name: name.to_owned() });
+                }
+            }
+            Some(_) => return Err(PluginError::Busy { name: name.to_owned() }),
+        }
+        match plugins.insert(name.to_owned(), Slot::Unloading) {
+            Some(Slot::Loaded(loaded)) => Ok(loaded),
+            _ => unreachable!("checked above under the same lock"),
+        }
+    }
+
+    fn begin_reload(&self, name: &str, allow_async: bool) -> Result<Reloading, PluginError> {
+        if crate::worker::in_handler_of(self.host.bus.shared_id()) {
+            return Err(PluginError::InHandler);
+        }
+        let mut plugins = self.host.plugins.lock();
+        let loaded = match plugins.get_mut(name) {
+            Some(Slot::Loaded(l)) => l,
+            Some(_) => return Err(PluginError::Busy { name: name.to_owned() }),
+            None => return Err(PluginError::NotLoaded { name: name.to_owned() }),
+        };
+        if loaded.state != PluginState::Running {
+            return Err(PluginError::Busy { name: name.to_owned() });
+        }
+        if loaded.plugin.is_async() && !allow_async {
+            return Err(PluginError::NeedsAsync { name: name.to_owned() });
+        }
+        let Some(factory) = loaded.factory.clone() else {
+            return Err(PluginError::NotReloadable { name: name.to_owned() });
+        };
+        loaded.state = PluginState::Reloading;
+        let handover = loaded.ctx.handover.clone();
+        // From here the old instance's calls claim, so that whatever the new
+        // one is called for as well runs once.
+        handover.active.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(Reloading { factory, handover })
+    }
+
+    /// Puts the set-up fresh instance in the slot; returns the old one.
+    fn swap_in(
+        &self,
+        name: &str,
+        fresh: Instance,
+        ctx: PluginContext,
+        r: &Reloading,
+    ) -> Box<Loaded> {
+        let mut plugins = self.host.plugins.lock();
+        let Some(Slot::Loaded(old)) = plugins.remove(name) else {
+            unreachable!("a reloading plugin stays in its slot")
+        };
+        let loaded = Loaded {
+            plugin: fresh,
+            ctx,
+            factory: Some(r.factory.clone()),
+            state: PluginState::Reloading,
+        };
+        plugins.insert(name.to_owned(), Slot::Loaded(Box::new(loaded)));
+        old
+    }
+
+    fn end_reload(&self, name: &str, r: &Reloading) {
+        r.handover.active.store(false, std::sync::atomic::Ordering::SeqCst);
+        r.handover.claims.lock().clear();
+        if let Some(Slot::Loaded(l)) = self.host.plugins.lock().get_mut(name) {
+            l.state = PluginState::Running;
+        }
+    }
+
+    fn fresh_context(&self, name: &str, r: &Reloading) -> PluginContext {
+        PluginContext::new(self.host.bus.clone(), Arc::from(name), r.handover.clone())
+    }
+
+    fn teardown_failed(name: &str, reason: String) -> PluginError {
+        tracing::warn!(plugin = name, %reason, "teardown failed; the plugin is unloaded all the same");
+        PluginError::Teardown { name: name.to_owned(), reason }
     }
 }
 
@@ -630,15 +877,8 @@ impl PluginManager {
         P: Plugin,
         F: Fn() -> P + Send + Sync + 'static,
     {
-        let factory: Factory = Arc::new(move || Box::new(factory()) as Box<dyn Plugin>);
-        let plugin = factory();
-        if plugin.name() != name {
-            return Err(PluginError::NameMismatch {
-                registered: name.to_owned(),
-                instance: plugin.name().to_owned(),
-            });
-        }
-        self.load_boxed(plugin, Some(factory))
+        let factory: Factory = Arc::new(move || Instance::Sync(Box::new(factory())));
+        self.load_instance(check_name(name, factory())?, Some(factory))
     }
 
     /// Loads `plugin` (it cannot be reloaded: use
@@ -650,31 +890,22 @@ impl PluginManager {
     /// [`PluginError::Setup`] when `setup` fails or panics (then nothing it
     /// subscribed is left behind).
     pub fn load<P: Plugin>(&self, plugin: P) -> Result<(), PluginError> {
-        self.load_boxed(Box::new(plugin), None)
+        self.load_instance(Instance::Sync(Box::new(plugin)), None)
     }
 
-    fn load_boxed(
+    fn load_instance(
         &self,
-        mut plugin: Box<dyn Plugin>,
+        mut plugin: Instance,
         factory: Option<Factory>,
     ) -> Result<(), PluginError> {
         let name = plugin.name().to_owned();
-        {
-            let mut plugins = self.host.plugins.lock();
-            if plugins.contains_key(&name) {
-                return Err(PluginError::AlreadyLoaded { name });
-            }
-            plugins.insert(name.clone(), Slot::Loading);
-        }
-        let ctx =
-            PluginContext::new(self.host.bus.clone(), Arc::from(name.as_str()), Arc::default());
-        if let Err(reason) = guarded(|| plugin.setup(&ctx)) {
+        let ctx = self.reserve(&name)?;
+        if let Err(reason) = plugin.run_sync(&ctx, true) {
             ctx.unsubscribe_all();
-            self.host.plugins.lock().remove(&name);
+            self.settle_load(&name, None);
             return Err(PluginError::Setup { name, reason });
         }
-        let loaded = Loaded { plugin, ctx, factory, state: PluginState::Running };
-        self.host.plugins.lock().insert(name, Slot::Loaded(Box::new(loaded)));
+        self.settle_load(&name, Some(Loaded { plugin, ctx, factory, state: PluginState::Running }));
         Ok(())
     }
 
@@ -684,30 +915,17 @@ impl PluginManager {
     ///
     /// # Errors
     ///
-    /// [`PluginError::NotLoaded`], [`PluginError::Busy`], or
+    /// [`PluginError::NotLoaded`], [`PluginError::Busy`],
+    /// [`PluginError::NeedsAsync`] for an async plugin (`AsyncPlugin`), or
     /// [`PluginError::Teardown`] when `teardown` failed or panicked (the
     /// plugin is unloaded all the same).
     pub fn unload(&self, name: &str) -> Result<(), PluginError> {
-        let mut loaded = {
-            let mut plugins = self.host.plugins.lock();
-            match plugins.get(name) {
-                None => return Err(PluginError::NotLoaded { name: name.to_owned() }),
-                Some(Slot::Loaded(l)) if l.state == PluginState::Running => {}
-                Some(_) => return Err(PluginError::Busy { name: name.to_owned() }),
-            }
-            match plugins.insert(name.to_owned(), Slot::Unloading) {
-                Some(Slot::Loaded(loaded)) => loaded,
-                _ => unreachable!("checked above under the same lock"),
-            }
-        };
+        let mut loaded = self.take_for_unload(name, false)?;
         loaded.ctx.unsubscribe_all();
-        let torn = guarded(|| loaded.plugin.teardown(&loaded.ctx));
+        let torn = loaded.plugin.run_sync(&loaded.ctx, false);
         self.host.plugins.lock().remove(name);
         drop(loaded);
-        torn.map_err(|reason| {
-            tracing::warn!(plugin = name, %reason, "teardown failed; the plugin is unloaded all the same");
-            PluginError::Teardown { name: name.to_owned(), reason }
-        })
+        torn.map_err(|reason| PluginManager::teardown_failed(name, reason))
     }
 
     /// Replaces `name` with a fresh instance from its factory, losing and
@@ -717,43 +935,15 @@ impl PluginManager {
     /// # Errors
     ///
     /// [`PluginError::NotLoaded`], [`PluginError::NotReloadable`],
-    /// [`PluginError::Busy`], [`PluginError::InHandler`], or
-    /// [`PluginError::Setup`] (the old instance is still loaded).
+    /// [`PluginError::Busy`], [`PluginError::InHandler`],
+    /// [`PluginError::NeedsAsync`], or [`PluginError::Setup`] (the old
+    /// instance is still loaded).
     pub fn reload(&self, name: &str) -> Result<(), PluginError> {
-        use std::sync::atomic::Ordering;
-        if crate::worker::in_handler_of(self.host.bus.shared_id()) {
-            return Err(PluginError::InHandler);
-        }
-        let (factory, handover) = {
-            let mut plugins = self.host.plugins.lock();
-            let loaded = match plugins.get_mut(name) {
-                Some(Slot::Loaded(l)) => l,
-                Some(_) => return Err(PluginError::Busy { name: name.to_owned() }),
-                None => return Err(PluginError::NotLoaded { name: name.to_owned() }),
-            };
-            if loaded.state != PluginState::Running {
-                return Err(PluginError::Busy { name: name.to_owned() });
-            }
-            let Some(factory) = loaded.factory.clone() else {
-                return Err(PluginError::NotReloadable { name: name.to_owned() });
-            };
-            loaded.state = PluginState::Reloading;
-            (factory, loaded.ctx.handover.clone())
-        };
-        // From here the old instance's calls claim, so that whatever the new
-        // one is called for as well runs once.
-        handover.active.store(true, Ordering::SeqCst);
-        let finish = |plugins: &mut BTreeMap<String, Slot>| {
-            handover.active.store(false, Ordering::SeqCst);
-            handover.claims.lock().clear();
-            if let Some(Slot::Loaded(l)) = plugins.get_mut(name) {
-                l.state = PluginState::Running;
-            }
-        };
-        let mut fresh = factory();
-        let ctx = PluginContext::new(self.host.bus.clone(), Arc::from(name), handover.clone());
+        let r = self.begin_reload(name, false)?;
+        let ctx = self.fresh_context(name, &r);
+        let mut fresh = (r.factory)();
         let set_up = if fresh.name() == name {
-            guarded(|| fresh.setup(&ctx))
+            fresh.run_sync(&ctx, true)
         } else {
             Err(format!("the factory built a plugin named {:?}", fresh.name()))
         };
@@ -762,37 +952,22 @@ impl PluginManager {
             // Calls of the new instance that ran have claimed; the old
             // instance skipped those events, which were handled once.
             self.host.bus.flush();
-            finish(&mut self.host.plugins.lock());
+            self.end_reload(name, &r);
             return Err(PluginError::Setup { name: name.to_owned(), reason });
         }
         // Every event published before the new instance subscribed reaches
         // the old one (or, if the new one saw it too, one of them).
         self.host.bus.flush();
-        let mut old = {
-            let mut plugins = self.host.plugins.lock();
-            let Some(Slot::Loaded(old)) = plugins.remove(name) else {
-                unreachable!("a reloading plugin stays in its slot")
-            };
-            plugins.insert(
-                name.to_owned(),
-                Slot::Loaded(Box::new(Loaded {
-                    plugin: fresh,
-                    ctx,
-                    factory: Some(factory.clone()),
-                    state: PluginState::Reloading,
-                })),
-            );
-            old
-        };
+        let mut old = self.swap_in(name, fresh, ctx, &r);
         old.ctx.unsubscribe_all();
-        if let Err(reason) = guarded(|| old.plugin.teardown(&old.ctx)) {
+        if let Err(reason) = old.plugin.run_sync(&old.ctx, false) {
             tracing::warn!(plugin = name, %reason, "the replaced instance's teardown failed");
         }
         drop(old);
         // Calls the new instance was dispatched while the old one was still
         // subscribed may still need the claims: let them end first.
         self.host.bus.flush();
-        finish(&mut self.host.plugins.lock());
+        self.end_reload(name, &r);
         Ok(())
     }
 
@@ -823,13 +998,158 @@ impl PluginManager {
     }
 
     /// Unloads every plugin (errors are logged), then shuts the bus down.
+    /// An async plugin's (`AsyncPlugin`, feature `tokio`) subscriptions are
+    /// removed but its async `teardown` is not run (that needs
+    /// `shutdown_async`).
     pub fn shutdown(&self) {
         let names: Vec<String> = self.host.plugins.lock().keys().cloned().collect();
         for name in names {
-            if let Err(e) = self.unload(&name) {
-                tracing::warn!(plugin = %name, error = %e, "unloading at shutdown");
+            match self.unload(&name) {
+                Err(PluginError::NeedsAsync { .. }) => {
+                    if let Ok(loaded) = self.take_for_unload(&name, true) {
+                        loaded.ctx.unsubscribe_all();
+                        self.host.plugins.lock().remove(&name);
+                        tracing::warn!(plugin = %name, "shutdown: an async plugin's teardown was not run");
+                    }
+                }
+                Err(e) => tracing::warn!(plugin = %name, error = %e, "unloading at shutdown"),
+                Ok(()) => {}
             }
         }
         self.host.bus.shutdown();
+    }
+}
+
+/// Checks a factory-built instance is named as registered.
+fn check_name(name: &str, plugin: Instance) -> Result<Instance, PluginError> {
+    if plugin.name() == name {
+        Ok(plugin)
+    } else {
+        Err(PluginError::NameMismatch {
+            registered: name.to_owned(),
+            instance: plugin.name().to_owned(),
+        })
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl PluginManager {
+    /// Runs a blocking step (waiting for running calls) on tokio's blocking
+    /// pool, so no runtime thread waits.
+    async fn off_runtime<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(r) => r,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+
+    /// Removes an instance's subscriptions off the runtime.
+    async fn unsubscribe_all_async(ctx: PluginContext) -> PluginContext {
+        PluginManager::off_runtime(move || {
+            ctx.unsubscribe_all();
+            ctx
+        })
+        .await
+    }
+
+    /// [`register`](PluginManager::register) for an [`AsyncPlugin`].
+    ///
+    /// # Errors
+    ///
+    /// As [`register`](PluginManager::register).
+    pub async fn register_async<P, F>(&self, name: &str, factory: F) -> Result<(), PluginError>
+    where
+        P: AsyncPlugin,
+        F: Fn() -> P + Send + Sync + 'static,
+    {
+        let factory: Factory = Arc::new(move || Instance::Async(Box::new(factory())));
+        self.load_instance_async(check_name(name, factory())?, Some(factory)).await
+    }
+
+    /// [`load`](PluginManager::load) for an [`AsyncPlugin`].
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](PluginManager::load).
+    pub async fn load_async<P: AsyncPlugin>(&self, plugin: P) -> Result<(), PluginError> {
+        self.load_instance_async(Instance::Async(Box::new(plugin)), None).await
+    }
+
+    async fn load_instance_async(
+        &self,
+        mut plugin: Instance,
+        factory: Option<Factory>,
+    ) -> Result<(), PluginError> {
+        let name = plugin.name().to_owned();
+        let ctx = self.reserve(&name)?;
+        if let Err(reason) = plugin.run(&ctx, true).await {
+            PluginManager::unsubscribe_all_async(ctx).await;
+            self.settle_load(&name, None);
+            return Err(PluginError::Setup { name, reason });
+        }
+        self.settle_load(&name, Some(Loaded { plugin, ctx, factory, state: PluginState::Running }));
+        Ok(())
+    }
+
+    /// [`unload`](PluginManager::unload) for any plugin, without blocking a
+    /// runtime thread; an [`AsyncPlugin`]'s `teardown` is awaited.
+    ///
+    /// # Errors
+    ///
+    /// As [`unload`](PluginManager::unload).
+    pub async fn unload_async(&self, name: &str) -> Result<(), PluginError> {
+        let Loaded { mut plugin, ctx, .. } = *self.take_for_unload(name, true)?;
+        let ctx = PluginManager::unsubscribe_all_async(ctx).await;
+        let torn = plugin.run(&ctx, false).await;
+        self.host.plugins.lock().remove(name);
+        drop((plugin, ctx));
+        torn.map_err(|reason| PluginManager::teardown_failed(name, reason))
+    }
+
+    /// [`reload`](PluginManager::reload) for any plugin, without blocking a
+    /// runtime thread; an [`AsyncPlugin`]'s `setup` and `teardown` are
+    /// awaited. Same guarantees.
+    ///
+    /// # Errors
+    ///
+    /// As [`reload`](PluginManager::reload).
+    pub async fn reload_async(&self, name: &str) -> Result<(), PluginError> {
+        let r = self.begin_reload(name, true)?;
+        let ctx = self.fresh_context(name, &r);
+        let mut fresh = (r.factory)();
+        let set_up = if fresh.name() == name {
+            fresh.run(&ctx, true).await
+        } else {
+            Err(format!("the factory built a plugin named {:?}", fresh.name()))
+        };
+        if let Err(reason) = set_up {
+            PluginManager::unsubscribe_all_async(ctx).await;
+            self.host.bus.flush_async().await;
+            self.end_reload(name, &r);
+            return Err(PluginError::Setup { name: name.to_owned(), reason });
+        }
+        self.host.bus.flush_async().await;
+        let Loaded { plugin: mut old, ctx: old_ctx, .. } = *self.swap_in(name, fresh, ctx, &r);
+        let old_ctx = PluginManager::unsubscribe_all_async(old_ctx).await;
+        if let Err(reason) = old.run(&old_ctx, false).await {
+            tracing::warn!(plugin = name, %reason, "the replaced instance's teardown failed");
+        }
+        drop((old, old_ctx));
+        self.host.bus.flush_async().await;
+        self.end_reload(name, &r);
+        Ok(())
+    }
+
+    /// [`shutdown`](PluginManager::shutdown) without blocking a runtime
+    /// thread, awaiting every plugin's teardown.
+    pub async fn shutdown_async(&self) {
+        let names: Vec<String> = self.host.plugins.lock().keys().cloned().collect();
+        for name in names {
+            if let Err(e) = self.unload_async(&name).await {
+                tracing::warn!(plugin = %name, error = %e, "unloading at shutdown");
+            }
+        }
+        let bus = self.host.bus.clone();
+        PluginManager::off_runtime(move || bus.shutdown()).await;
     }
 }

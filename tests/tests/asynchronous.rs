@@ -373,3 +373,128 @@ fn a_runtime_that_shuts_down_under_its_handlers_leaves_nothing_to_wait_for() {
         bus.shutdown();
     });
 }
+
+/// An async plugin: its setup awaits, subscribes an async handler that
+/// records (thread, seq) per instance, and its teardown awaits too.
+struct AsyncRecorder {
+    seen: Arc<Mutex<std::collections::HashMap<(u64, u64), u64>>>,
+    torn_down: Arc<AtomicU64>,
+    fail_setup: bool,
+}
+
+impl switchboard::plugin::AsyncPlugin for AsyncRecorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+
+    fn setup<'a>(
+        &'a mut self,
+        ctx: &'a switchboard::plugin::PluginContext,
+    ) -> switchboard::plugin::PluginFuture<'a> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let seen = self.seen.clone();
+            // A backlog for the whole flood: this test is about the reload.
+            let options = SubscribeOptions::new().backlog(100_000);
+            ctx.subscribe_async_with("flood.*", options, move |e: Arc<Event>| {
+                let seen = seen.clone();
+                async move {
+                    let key = (e.data()["t"].as_u64().unwrap(), e.data()["seq"].as_u64().unwrap());
+                    *seen.lock().unwrap().entry(key).or_default() += 1;
+                    Ok(())
+                }
+            })?;
+            if self.fail_setup {
+                panic!("async setup exploded");
+            }
+            Ok(())
+        })
+    }
+
+    fn teardown<'a>(
+        &'a mut self,
+        _ctx: &'a switchboard::plugin::PluginContext,
+    ) -> switchboard::plugin::PluginFuture<'a> {
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            self.torn_down.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+}
+
+#[test]
+fn async_plugins_set_up_reload_and_tear_down_without_losing_events() {
+    use switchboard::plugin::{PluginError, PluginManager};
+    support::watchdog(120, || {
+        runtime().block_on(async {
+            let manager = PluginManager::new(Bus::builder().workers(2).build().unwrap());
+            let seen: Arc<Mutex<std::collections::HashMap<(u64, u64), u64>>> = Arc::default();
+            let torn_down = Arc::new(AtomicU64::new(0));
+
+            // A failing async setup leaves nothing behind.
+            let failing = AsyncRecorder { seen: seen.clone(), torn_down: torn_down.clone(), fail_setup: true };
+            let err = manager.load_async(failing).await.unwrap_err();
+            assert!(matches!(&err, PluginError::Setup { reason, .. } if reason.contains("async setup exploded")), "{err}");
+            assert_eq!(manager.bus().stats().subscriptions, 0);
+
+            let n = Arc::new(AtomicU64::new(0));
+            let (s, t, n2) = (seen.clone(), torn_down.clone(), n.clone());
+            manager
+                .register_async("recorder", move || {
+                    n2.fetch_add(1, Ordering::SeqCst);
+                    AsyncRecorder {
+                    seen: s.clone(),
+                    torn_down: t.clone(),
+                    fail_setup: false,
+                    }
+                })
+                .await
+                .unwrap();
+            assert!(matches!(manager.unload("recorder"), Err(PluginError::NeedsAsync { .. })));
+            assert!(matches!(manager.reload("recorder"), Err(PluginError::NeedsAsync { .. })));
+
+            const PER_THREAD: u64 = 5_000;
+            let publishers: Vec<_> = (0..2u64)
+                .map(|t| {
+                    let bus = manager.bus().clone();
+                    std::thread::spawn(move || {
+                        for seq in 0..PER_THREAD {
+                            bus.publish(Event::new("flood.tick", json!({"t": t, "seq": seq}), "test")).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                manager.reload_async("recorder").await.unwrap();
+            }
+            for p in publishers {
+                p.join().unwrap();
+            }
+            manager.bus().flush_async().await;
+            {
+                let seen = seen.lock().unwrap();
+                let (mut lost, mut duplicated) = (0, 0);
+                for t in 0..2 {
+                    for seq in 0..PER_THREAD {
+                        match seen.get(&(t, seq)).copied().unwrap_or(0) {
+                            0 => lost += 1,
+                            1 => {}
+                            _ => duplicated += 1,
+                        }
+                    }
+                }
+                assert_eq!((lost, duplicated), (0, 0), "lost, duplicated");
+            }
+            assert_eq!(manager.bus().stats().backlog_dropped, 0);
+            assert_eq!(n.load(Ordering::SeqCst), 4, "one instance, then one per reload");
+            assert_eq!(torn_down.load(Ordering::SeqCst), 3, "each replaced instance was torn down");
+            manager.unload_async("recorder").await.unwrap();
+            assert_eq!(torn_down.load(Ordering::SeqCst), 4);
+            assert!(manager.list().is_empty());
+            manager.shutdown_async().await;
+            assert!(manager.bus().is_closed());
+        });
+    });
+}
