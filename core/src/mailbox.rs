@@ -39,12 +39,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::HandlerPanic;
 use crate::event::Event;
 use crate::loom::{backoff, AtomicU64, Condvar, Mutex, Ordering};
 use crate::shared::Shared;
 use crate::subscription::{HandlerResult, Subscription};
-use crate::worker::{discard_panic, HandlerScope};
+use crate::worker::{report_failure, HandlerScope};
 
 /// A synchronous handler run from a mailbox.
 pub(crate) type SyncFn = dyn Fn(&Event) -> HandlerResult + Send + Sync;
@@ -322,20 +321,7 @@ pub(crate) fn report(
     let counters = &shared.counters.runners;
     // Relaxed: a statistic.
     counters.dispatched.fetch_add(1, Ordering::Relaxed);
-    let reported = catch_unwind(AssertUnwindSafe(|| match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => shared.handler_failed(event, sub, &*error, counters, false),
-        Err(panic) => {
-            let error = HandlerPanic::new(&*panic);
-            discard_panic(panic);
-            shared.handler_failed(event, sub, &error, counters, true);
-        }
-    }));
-    if let Err(panic) = reported {
-        counters.stray_panics.fetch_add(1, Ordering::Relaxed);
-        discard_panic(panic);
-        tracing::error!(event = event.name(), "reporting a handler's failure panicked");
-    }
+    report_failure(shared, event, sub, outcome, counters);
 }
 
 /// A worker's turn at a ready mailbox: up to `max` of its events, then

@@ -293,6 +293,19 @@ impl PluginContext {
         Arc::from(format!("{pattern}#{n}"))
     }
 
+    /// `handler`, running only for the calls a reload's handover admits.
+    fn gated<F>(
+        &self,
+        pattern: &str,
+        handler: F,
+    ) -> impl Fn(&Event) -> HandlerResult + Send + Sync + 'static
+    where
+        F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
+    {
+        let (handover, role) = (self.handover.clone(), self.role(pattern));
+        move |event: &Event| if handover.admits(event, &role) { handler(event) } else { Ok(()) }
+    }
+
     fn remember(&self, id: SubscriptionId, pattern: &str) -> SubscriptionId {
         self.subs.lock().push((id, pattern.to_owned()));
         id
@@ -324,14 +337,8 @@ impl PluginContext {
     where
         F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
     {
-        let (handover, role) = (self.handover.clone(), self.role(pattern));
-        let id = self.bus.subscribe_with(pattern, &self.name, options, move |event: &Event| {
-            if handover.admits(event, &role) {
-                handler(event)
-            } else {
-                Ok(())
-            }
-        })?;
+        let id =
+            self.bus.subscribe_with(pattern, &self.name, options, self.gated(pattern, handler))?;
         Ok(self.remember(id, pattern))
     }
 
@@ -351,14 +358,7 @@ impl PluginContext {
     where
         F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
     {
-        let (handover, role) = (self.handover.clone(), self.role(pattern));
-        let id = self.bus.subscribe_replay(pattern, &self.name, n, move |event: &Event| {
-            if handover.admits(event, &role) {
-                handler(event)
-            } else {
-                Ok(())
-            }
-        })?;
+        let id = self.bus.subscribe_replay(pattern, &self.name, n, self.gated(pattern, handler))?;
         Ok(self.remember(id, pattern))
     }
 

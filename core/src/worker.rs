@@ -270,29 +270,39 @@ fn dispatch(
         shared.calls.exit(worker);
         calls += 1;
         if !matches!(outcome, Ok(Ok(()))) {
-            // Reporting runs user code too (the error's `Display` and
-            // `Drop`, the hook): a panic there must not skip the handlers
-            // still to come.
-            let reported = catch_unwind(AssertUnwindSafe(|| match outcome {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => shared.handler_failed(event, sub, &*error, counters, false),
-                Err(panic) => {
-                    let error = HandlerPanic::new(&*panic);
-                    discard_panic(panic);
-                    shared.handler_failed(event, sub, &error, counters, true);
-                }
-            }));
-            if let Err(panic) = reported {
-                WorkerCounters::add(&counters.stray_panics, 1);
-                discard_panic(panic);
-                tracing::error!(
-                    event = event.name(),
-                    "reporting a handler's failure panicked; the worker goes on"
-                );
-            }
+            report_failure(shared, event, sub, outcome, counters);
         }
     }
     WorkerCounters::add(&counters.dispatched, calls);
+}
+
+/// Counts and reports a handler's `Err` or panic. Reporting runs user code
+/// too (the error's `Display` and `Drop`, the hook): a panic there is
+/// caught and counted, so it never skips the handlers still to come.
+pub(crate) fn report_failure(
+    shared: &Shared,
+    event: &Event,
+    sub: &crate::subscription::Subscription,
+    outcome: std::thread::Result<crate::subscription::HandlerResult>,
+    counters: &WorkerCounters,
+) {
+    let reported = catch_unwind(AssertUnwindSafe(|| match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => shared.handler_failed(event, sub, &*error, counters, false),
+        Err(panic) => {
+            let error = HandlerPanic::new(&*panic);
+            discard_panic(panic);
+            shared.handler_failed(event, sub, &error, counters, true);
+        }
+    }));
+    if let Err(panic) = reported {
+        WorkerCounters::add(&counters.stray_panics, 1);
+        discard_panic(panic);
+        tracing::error!(
+            event = event.name(),
+            "reporting a handler's failure panicked; the caller goes on"
+        );
+    }
 }
 
 #[cfg(test)]
