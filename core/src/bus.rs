@@ -857,9 +857,17 @@ impl Bus {
         let shared = self.shared();
         let me = worker_index(shared.id);
         self.retire_mailboxes(&removed);
+        // The call this thread is in, if it is in a handler of this bus.
+        let running = match (mailbox_call(), me) {
+            (0, Some(worker)) => shared.calls.calling(worker),
+            (call, _) => call,
+        };
+        let keys = removed.iter().map(|s| crate::reclaim::key(s)).collect();
+        let registered = shared.waits.register(me, running, keys);
         let (inline, boxed): (Vec<_>, Vec<_>) =
             removed.iter().cloned().partition(|s| s.mailbox.is_none());
-        let waited = shared.waits.wait_idle(&shared.calls, &inline, me, deadline);
+        let waited =
+            shared.waits.wait_idle(&shared.calls, &inline, me, registered.as_ref(), deadline);
         for handler in shared.calls.reclaim_seen_idle(&inline, &waited.held) {
             shared.drop_caught(handler);
         }
@@ -867,15 +875,17 @@ impl Bus {
         // list of those taken here.
         shared.reclaim();
         let mut still_running = waited.still_running;
-        let own = mailbox_call();
         for sub in &boxed {
-            let own = usize::from(own == crate::reclaim::key(sub));
+            let key = crate::reclaim::key(sub);
+            let own = usize::from(running == key);
+            let excused = || own + shared.waits.held_by_dependents(registered.as_ref(), key);
             if let Some(mailbox) = &sub.mailbox {
-                if !mailbox.wait_idle(own, deadline) {
+                if !mailbox.wait_idle(excused, deadline) {
                     still_running.push(sub.id);
                 }
             }
         }
+        drop(registered);
         let n = removed.len();
         if still_running.is_empty() {
             Ok(n)

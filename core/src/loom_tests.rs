@@ -132,7 +132,7 @@ fn loom_wait_vs_a_call_that_is_starting() {
     model(|| {
         let race = Race::start(1);
         let subs = [race.sub.clone()];
-        let waited = WaitGraph::new().wait_idle(&race.calls, &subs, None, None);
+        let waited = WaitGraph::new().wait_idle(&race.calls, &subs, None, None, None);
         assert!(waited.still_running.is_empty());
         drop(race.calls.reclaim_seen_idle(&subs, &waited.held));
         race.done.store(true, Ordering::SeqCst);

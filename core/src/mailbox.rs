@@ -285,12 +285,18 @@ impl Mailbox {
         self.state.lock().running
     }
 
-    /// Waits until no more than `own` calls run (the caller's own), or
+    /// Waits until no more calls run than `excused()` says cannot end while
+    /// the caller waits (its own, and those of waiters waiting for it), or
     /// until `deadline`; `false` when the deadline passed first.
-    pub(crate) fn wait_idle(&self, own: usize, deadline: Option<Instant>) -> bool {
+    pub(crate) fn wait_idle(
+        &self,
+        mut excused: impl FnMut() -> usize,
+        deadline: Option<Instant>,
+    ) -> bool {
         let mut round = 0;
         loop {
-            if self.running() <= own {
+            let running = self.running();
+            if running == 0 || running <= excused() {
                 return true;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {

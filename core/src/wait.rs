@@ -35,8 +35,10 @@ pub(crate) struct Waited {
 #[derive(Debug)]
 struct Waiter {
     token: usize,
-    /// The worker this waiter is, and the subscription whose call it is in.
-    worker: usize,
+    /// The worker this waiter is, if it is one (else a blocking
+    /// subscription's thread or a tokio task in a handler).
+    worker: Option<usize>,
+    /// The subscription whose call it is in.
     running: usize,
     /// The subscriptions it waits for.
     waiting_for: Vec<usize>,
@@ -49,19 +51,52 @@ pub(crate) struct WaitGraph {
     next_token: AtomicUsize,
 }
 
+/// A waiter's place in the graph, removed when dropped.
+pub(crate) struct Registration<'a> {
+    graph: &'a WaitGraph,
+    token: usize,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.graph.waiters.lock().retain(|w| w.token != self.token);
+    }
+}
+
 impl WaitGraph {
     pub(crate) fn new() -> WaitGraph {
         WaitGraph::default()
     }
 
-    /// Waits until no call of `subs` (closed by the caller) runs but the
-    /// ones that cannot end while this thread waits, or until `deadline`.
-    /// `me` is this thread's worker index when it is a worker of this bus.
+    /// Registers this thread as waiting for `waiting_for` while inside the
+    /// call of subscription `running` (0: not inside a handler of this bus,
+    /// then nothing can wait for it and it does not register).
+    pub(crate) fn register(
+        &self,
+        worker: Option<usize>,
+        running: usize,
+        waiting_for: Vec<usize>,
+    ) -> Option<Registration<'_>> {
+        if running == 0 {
+            return None;
+        }
+        // Relaxed: a unique number is all that is needed.
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.waiters.lock().push(Waiter { token, worker, running, waiting_for });
+        Some(Registration { graph: self, token })
+    }
+
+    /// Waits until no inline call of `subs` (closed by the caller) runs but
+    /// the ones that cannot end while this thread waits, or until
+    /// `deadline`. `me` is this thread's worker index when it is a worker of
+    /// this bus; `registered`, its place in the graph when it is in a
+    /// handler.
     pub(crate) fn wait_idle(
         &self,
         calls: &Calls,
         subs: &[Arc<Subscription>],
         me: Option<usize>,
+        registered: Option<&Registration<'_>>,
         deadline: Option<Instant>,
     ) -> Waited {
         if subs.is_empty() {
@@ -71,13 +106,6 @@ impl WaitGraph {
         // the slots (`reclaim.rs`).
         calls.fence();
         let keys: Vec<usize> = subs.iter().map(|s| key(s)).collect();
-        let registered = me.map(|worker| {
-            // Relaxed: a unique number is all that is needed.
-            let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-            let running = calls.calling(worker);
-            self.waiters.lock().push(Waiter { token, worker, running, waiting_for: keys.clone() });
-            Deregister { graph: self, token }
-        });
         let mut round = 0;
         loop {
             // (worker, key) of the workers calling one of `subs`.
@@ -87,8 +115,10 @@ impl WaitGraph {
                 .collect();
             // This thread's own call cannot end while it waits, nor can
             // those of the waiters that depend on it.
-            let excused = match &registered {
-                Some(r) if named.iter().any(|&(w, _)| Some(w) != me) => self.excused(r.token),
+            let excused: Vec<usize> = match registered {
+                Some(r) if named.iter().any(|&(w, _)| Some(w) != me) => {
+                    self.dependents(r.token).into_iter().filter_map(|(w, _)| w).collect()
+                }
                 _ => Vec::new(),
             };
             let busy = named.iter().filter(|&&(w, _)| Some(w) != me && !excused.contains(&w));
@@ -109,9 +139,20 @@ impl WaitGraph {
         }
     }
 
-    /// The workers whose calls cannot end while `token` waits: waiters that
-    /// wait, directly or through other waiters, for the call `token` is in.
-    fn excused(&self, token: usize) -> Vec<usize> {
+    /// How many calls of subscription `key` are held by waiters that
+    /// depend on `registered` (they cannot end while it waits).
+    pub(crate) fn held_by_dependents(
+        &self,
+        registered: Option<&Registration<'_>>,
+        key: usize,
+    ) -> usize {
+        registered
+            .map_or(0, |r| self.dependents(r.token).iter().filter(|&&(_, k)| k == key).count())
+    }
+
+    /// The waiters that wait, directly or through other waiters, for the
+    /// call `token` is in: (worker, running call) of each.
+    fn dependents(&self, token: usize) -> Vec<(Option<usize>, usize)> {
         let waiters = self.waiters.lock();
         let Some(me) = waiters.iter().find(|w| w.token == token) else { return Vec::new() };
         // Calls that cannot end while `me` waits, grown to a fixed point.
@@ -133,17 +174,11 @@ impl WaitGraph {
                 break;
             }
         }
-        waiters.iter().zip(&dependent).filter(|(_, &d)| d).map(|(w, _)| w.worker).collect()
-    }
-}
-
-struct Deregister<'a> {
-    graph: &'a WaitGraph,
-    token: usize,
-}
-
-impl Drop for Deregister<'_> {
-    fn drop(&mut self) {
-        self.graph.waiters.lock().retain(|w| w.token != self.token);
+        waiters
+            .iter()
+            .zip(&dependent)
+            .filter(|(_, &d)| d)
+            .map(|(w, _)| (w.worker, w.running))
+            .collect()
     }
 }

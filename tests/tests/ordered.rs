@@ -236,3 +236,41 @@ fn shutdown_lets_blocking_handlers_finish_their_backlog() {
         assert_eq!(calls.load(Ordering::SeqCst), 100);
     });
 }
+
+#[test]
+fn blocking_handlers_unsubscribing_each_other_and_waiting_do_not_deadlock() {
+    watchdog(30, || {
+        let bus = Bus::builder().workers(2).build().unwrap();
+        // Both handlers start, then each removes the other and waits for
+        // its running call: each waits for a call that waits for it.
+        let both_in = Arc::new(std::sync::Barrier::new(2));
+        let ids: Arc<Mutex<Vec<switchboard::SubscriptionId>>> = Arc::default();
+        let all_ids = ids;
+        let removed = Arc::new(AtomicU64::new(0));
+        for me in 0..2usize {
+            let (both_in, ids, removed) = (both_in.clone(), all_ids.clone(), removed.clone());
+            let id = bus
+                .subscribe_with(
+                    "go",
+                    &format!("p{me}"),
+                    SubscribeOptions::new().blocking(),
+                    move |_| {
+                        both_in.wait();
+                        let other = ids.lock().unwrap()[1 - me];
+                        let bus = Bus::current().expect("in a handler");
+                        if bus.unsubscribe_id_and_wait(other) {
+                            removed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            all_ids.lock().unwrap().push(id);
+        }
+        bus.publish(ev("go")).unwrap();
+        bus.flush();
+        assert_eq!(removed.load(Ordering::SeqCst), 2, "each removed the other");
+        assert_eq!(bus.stats().subscriptions, 0);
+        bus.shutdown();
+    });
+}
