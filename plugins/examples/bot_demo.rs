@@ -488,7 +488,21 @@ fn main() {
         us(0.999),
         if args.rate == 0 { "flooding: mostly time in the full queue" } else { "paced" }
     );
-    println!("  deliveries                synthetic literal {literal}, synthetic wildcard {wildcard}, slow {slow_done}");
+    println!(
+        "  deliveries                example plugins: {} chat lines each to trivia, quote, stats, faulty and the probe; synthetic literal {literal}, synthetic wildcard {wildcard}; slow {slow_done}",
+        total.chat
+    );
+    let group_errors = |prefix: &str| -> u64 {
+        plugins.iter().filter(|p| p.name.starts_with(prefix)).map(|p| p.handler_errors).sum()
+    };
+    println!(
+        "  errors by plugin group    example {}, synthetic {}, faulty {}, slow {}, latency probe {}",
+        ["trivia", "stats", "quote", "search"].iter().map(|n| errors_of(n)).sum::<u64>(),
+        group_errors("synthetic"),
+        errors_of("faulty"),
+        errors_of("slow"),
+        errors_of("latency")
+    );
     println!("  dropped                   {} (bus), {slow_dropped} from the slow plugin's backlog (counted)", stats.dropped);
     println!("  faulty plugin             {} failures isolated ({} panics); other plugins' errors: {others_errors}", errors_of("faulty"), stats.handler_panics);
     println!("  stats reload              lost {}, duplicated {} (of {} chat lines, by sequence numbers)", delivery.lost, delivery.duplicated, delivery.seen);
