@@ -434,3 +434,82 @@ fn handlers_reach_their_bus_through_current_without_keeping_it_alive() {
     assert!(weak.upgrade().is_none());
     assert_eq!(Arc::strong_count(&token), 1, "the handlers were dropped with the bus");
 }
+
+#[test]
+fn mailbox_handlers_are_dropped_exactly_once_and_never_called_after_the_wait_under_churn() {
+    watchdog(120, || {
+        let bus = Bus::builder().workers(2).capacity(4096).build().unwrap();
+        let _crowd = crowd(&bus);
+        let stop = Arc::new(AtomicBool::new(false));
+        let publishers: Vec<_> = (0..2).map(|_| flood(&bus, &stop)).collect();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let double_drops = Arc::new(AtomicUsize::new(0));
+        let lives = Arc::new(Mutex::new(Vec::<Arc<Life>>::new()));
+        let calls = Arc::new(AtomicU64::new(0));
+        let churners: Vec<_> = (0..2)
+            .map(|c| {
+                let (bus, drops, double_drops, lives, calls) = (
+                    bus.clone(),
+                    drops.clone(),
+                    double_drops.clone(),
+                    lives.clone(),
+                    calls.clone(),
+                );
+                thread::spawn(move || {
+                    for i in 0..150 {
+                        let life = Arc::new(Life::default());
+                        lives.lock().unwrap().push(life.clone());
+                        let tracker = Tracker {
+                            life: life.clone(),
+                            drops: drops.clone(),
+                            double_drops: double_drops.clone(),
+                        };
+                        let waited = Arc::new(AtomicBool::new(false));
+                        let (w, calls) = (waited.clone(), calls.clone());
+                        let handler = move |_: &Event| {
+                            calls.fetch_add(1, Ordering::Relaxed);
+                            if tracker.life.dropped.load(Ordering::SeqCst)
+                                || w.load(Ordering::SeqCst)
+                            {
+                                tracker.life.called_after_drop.store(true, Ordering::SeqCst);
+                            }
+                            Ok(())
+                        };
+                        let options = match i % 3 {
+                            0 => switchboard::SubscribeOptions::new().ordered(),
+                            1 => switchboard::SubscribeOptions::new().blocking().concurrency(2),
+                            _ => switchboard::SubscribeOptions::new().blocking().ordered(),
+                        };
+                        let plugin = format!("mailbox{c}");
+                        let id = bus.subscribe_with("flood.*", &plugin, options, handler).unwrap();
+                        thread::sleep(Duration::from_micros(200));
+                        if i % 2 == 0 {
+                            assert!(bus.unsubscribe_id_and_wait(id));
+                            waited.store(true, Ordering::SeqCst);
+                        } else {
+                            assert!(bus.unsubscribe_id(id));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for c in churners {
+            c.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for p in publishers {
+            p.join().unwrap();
+        }
+        bus.flush();
+        eventually(10, "every mailbox handler's drop", || drops.load(Ordering::SeqCst) == 300);
+        bus.shutdown();
+        assert_eq!(double_drops.load(Ordering::SeqCst), 0, "a handler was dropped twice");
+        assert_eq!(drops.load(Ordering::SeqCst), 300);
+        assert!(calls.load(Ordering::Relaxed) > 300, "the mailbox handlers did run");
+        let lives = lives.lock().unwrap();
+        assert!(
+            lives.iter().all(|l| !l.called_after_drop.load(Ordering::SeqCst)),
+            "a mailbox handler ran after it was dropped or after unsubscribe_and_wait returned"
+        );
+    });
+}
