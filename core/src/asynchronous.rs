@@ -175,7 +175,7 @@ async fn call(
                     }
                 }),
             };
-            Caught(limited).await
+            CatchUnwind(limited).await
         }
     };
     report(shared, sub, &entry.event, outcome);
@@ -200,11 +200,9 @@ impl Future for Scoped<'_> {
     }
 }
 
-/// Turns a panic while polling (the handler's, or the timer's when the
-/// runtime has no time driver) into an outcome, as `catch_unwind` does.
-struct Caught<F>(F);
-
-/// `catch_unwind` for a future of any output: each poll runs inside it.
+/// `catch_unwind` for a future: each poll runs inside it, so a panic while
+/// polling (a handler's, or the timer's when the runtime has no time
+/// driver) becomes an outcome.
 pub(crate) struct CatchUnwind<F>(pub(crate) F);
 
 impl<F: Future + Unpin> Future for CatchUnwind<F> {
@@ -215,19 +213,6 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
         match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut this.0).poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    }
-}
-
-impl<F: Future<Output = HandlerResult> + Unpin> Future for Caught<F> {
-    type Output = std::thread::Result<HandlerResult>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut this.0).poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
             Err(panic) => Poll::Ready(Err(panic)),
         }
     }
