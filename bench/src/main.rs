@@ -1,0 +1,967 @@
+//! The comparison bench: Switchboard against what users would pick instead,
+//! on the same events with the same deliveries, measured in one run.
+//!
+//! Contenders (every one calls the same handlers, each counting in its own
+//! counter, and every run checks every count):
+//!
+//! * **channel**: a bounded crossbeam channel, 1 producer → 1 consumer thread
+//!   that calls the matching handlers, known ahead of time. The floor cost of
+//!   crossing threads; it does no matching.
+//! * **disruptor**: the `disruptor` crate's ring buffer, 1 producer → 1
+//!   consumer (2 when the machine has 3 cores or more, each calling half of
+//!   the handlers), busy-spinning, handlers known ahead of time. The
+//!   lowest-latency hand-off in the field; no matching either.
+//! * **broadcast**: `tokio::sync::broadcast`, one receiver task per
+//!   subscription, filtering by its pattern with Switchboard's own matcher,
+//!   on a 1-thread tokio runtime. What a Rust developer writes by hand. It has
+//!   no back-pressure, so the channel is sized to never lag (and a lag fails
+//!   the run).
+//! * **seed**: the naive bus of the seed design, a map of pattern → handlers
+//!   tested pattern by pattern on every publish, handlers called on the
+//!   publishing thread.
+//! * **switchboard**: the bus with its defaults and 1 worker (the same thread
+//!   count as the channel), so the publisher and the dispatcher each get a
+//!   core.
+//!
+//! `cargo run --release -p switchboard-bench -- [--quick] [--json PATH] [--chart PATH]`
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{json, Value};
+use switchboard::{Bus, Event, HandlerResult, Overflow, Priority};
+use switchboard_bench::alloc::{resident_bytes, CountingAlloc};
+use switchboard_bench::chart::{throughput_chart, Series};
+use switchboard_bench::seed::SeedBus;
+use switchboard_bench::workload::matcher_workload;
+use switchboard_bench::{median_spread, Machine};
+use switchboard_matcher::Pattern;
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// The event every throughput scenario publishes.
+const NAME: &str = "bench.tick";
+/// The three subscriptions that match it, one of each kind.
+const MATCHING: [&str; 3] = ["bench.tick", "bench.*", "b?nch.t[a-z]ck"];
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Switchboard against a bare channel, tokio broadcast, a disruptor and the seed's algorithm"
+)]
+struct Args {
+    /// A short run (about a minute) that checks every count; its numbers are rough.
+    #[arg(long)]
+    quick: bool,
+    /// Write every result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a PNG chart of throughput against subscription count to this file.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// Run only these scenarios (memory, subscriptions, fanout, priority, workers, churn).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Rounds per scenario (default 7, or 3 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Publish this many events through a 1-subscription bus and exit: a
+    /// steady load to run under a profiler.
+    #[arg(long)]
+    profile: Option<usize>,
+}
+
+/// How big a run is.
+struct Plan {
+    rounds: usize,
+    /// Events per run for contenders whose cost per event does not grow
+    /// with the subscriptions.
+    events: usize,
+    /// For the contenders whose cost per event is linear in the
+    /// subscriptions: events × subscriptions per run at most.
+    linear_budget: usize,
+    sizes: Vec<usize>,
+    fanouts: Vec<usize>,
+    priority_run: Duration,
+    scaling_events: usize,
+    churn_events: usize,
+}
+
+impl Plan {
+    fn new(args: &Args) -> Plan {
+        let quick = args.quick;
+        Plan {
+            rounds: args.rounds.unwrap_or(if quick { 3 } else { 7 }).max(1),
+            events: if quick { 40_000 } else { 300_000 },
+            linear_budget: if quick { 2_000_000 } else { 30_000_000 },
+            sizes: vec![1, 100, 1_000, 10_000, 100_000],
+            fanouts: vec![1, 10, 100],
+            priority_run: Duration::from_millis(if quick { 400 } else { 2_000 }),
+            scaling_events: if quick { 20_000 } else { 100_000 },
+            churn_events: if quick { 100_000 } else { 1_000_000 },
+        }
+    }
+
+    /// Events per run for a contender that tests every subscription.
+    fn linear_events(&self, subscriptions: usize) -> usize {
+        (self.linear_budget / subscriptions.max(1)).clamp(20, self.events)
+    }
+}
+
+type Handler = Arc<dyn Fn(&Event) -> HandlerResult + Send + Sync>;
+
+/// A set of subscriptions: the first `matching` patterns match [`NAME`], the
+/// rest (the filler) match nothing that is published.
+struct Subs {
+    patterns: Vec<String>,
+    matching: usize,
+    counters: Vec<Arc<AtomicU64>>,
+    misfires: Arc<AtomicU64>,
+}
+
+impl Subs {
+    /// `n` subscriptions of the mixed workload, `min(n, 3)` of them matching.
+    fn mixed(n: usize) -> Subs {
+        let matching = n.min(MATCHING.len());
+        let mut patterns: Vec<String> =
+            MATCHING[..matching].iter().map(|p| p.to_string()).collect();
+        let mut seed = 1;
+        while patterns.len() < n {
+            let workload = matcher_workload((n - patterns.len()) * 11 / 10 + 16, 0, seed);
+            seed += 1;
+            for p in workload.patterns {
+                if patterns.len() < n && !Pattern::new(&p).expect("valid").is_match(NAME) {
+                    patterns.push(p);
+                }
+            }
+        }
+        Subs::new(patterns, matching)
+    }
+
+    /// `k` subscriptions to [`NAME`] itself.
+    fn fan_out(k: usize) -> Subs {
+        Subs::new(vec![NAME.to_owned(); k], k)
+    }
+
+    fn new(patterns: Vec<String>, matching: usize) -> Subs {
+        let counters = (0..matching).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        Subs { patterns, matching, counters, misfires: Arc::new(AtomicU64::new(0)) }
+    }
+
+    fn handler(&self, i: usize) -> Handler {
+        let counter =
+            if i < self.matching { self.counters[i].clone() } else { self.misfires.clone() };
+        Arc::new(move |_e: &Event| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+
+    /// The handlers of the matching subscriptions, for the contenders that
+    /// do not match.
+    fn matching_handlers(&self) -> Vec<Handler> {
+        (0..self.matching).map(|i| self.handler(i)).collect()
+    }
+
+    fn reset(&self) {
+        for c in &self.counters {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.misfires.store(0, Ordering::Relaxed);
+    }
+
+    /// Fails loudly unless every matching handler saw exactly `events`
+    /// events and no other handler saw any.
+    fn check(&self, contender: &str, events: usize) {
+        for (i, c) in self.counters.iter().enumerate() {
+            let got = c.load(Ordering::Relaxed);
+            assert_eq!(
+                got, events as u64,
+                "{contender}: subscription {i} ({}) got {got} of {events} events",
+                self.patterns[i]
+            );
+        }
+        let misfires = self.misfires.load(Ordering::Relaxed);
+        assert_eq!(misfires, 0, "{contender}: {misfires} calls of handlers that match nothing");
+    }
+}
+
+fn events(n: usize) -> Vec<Event> {
+    (0..n).map(|i| Event::new(NAME, Value::from(i as u64), "bench")).collect()
+}
+
+fn rate(events: usize, took: Duration) -> f64 {
+    events as f64 / took.as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------
+// The contenders. Each runs `n` events through, checks the counts, and
+// returns events per second.
+
+fn run_channel(subs: &Subs, n: usize) -> f64 {
+    subs.reset();
+    let handlers = subs.matching_handlers();
+    let events = events(n);
+    let (tx, rx) = crossbeam_channel::bounded::<Arc<Event>>(65_536);
+    let start = Instant::now();
+    let consumer = std::thread::spawn(move || {
+        for event in rx {
+            for h in &handlers {
+                h(&event).expect("counting handler");
+            }
+        }
+    });
+    for event in events {
+        tx.send(Arc::new(event)).expect("consumer alive");
+    }
+    drop(tx);
+    consumer.join().expect("consumer");
+    let took = start.elapsed();
+    subs.check("channel", n);
+    rate(n, took)
+}
+
+fn run_disruptor(subs: &Subs, n: usize, cores: usize) -> f64 {
+    use disruptor::{build_single_producer, BusySpin, Producer, Sequence};
+    subs.reset();
+    let handlers = subs.matching_handlers();
+    let events = events(n);
+    let consumer = |mine: Vec<Handler>| {
+        move |slot: &Option<Arc<Event>>, _: Sequence, _: bool| {
+            if let Some(event) = slot {
+                for h in &mine {
+                    h(event).expect("counting handler");
+                }
+            }
+        }
+    };
+    let start;
+    if cores >= 3 && handlers.len() >= 2 {
+        let (a, b): (Vec<_>, Vec<_>) =
+            handlers.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        let a = a.into_iter().map(|(_, h)| h).collect();
+        let b = b.into_iter().map(|(_, h)| h).collect();
+        let mut producer = build_single_producer(65_536, || None, BusySpin)
+            .handle_events_with(consumer(a))
+            .handle_events_with(consumer(b))
+            .build();
+        start = Instant::now();
+        for event in events {
+            let event = Arc::new(event);
+            producer.publish(move |slot| *slot = Some(event));
+        }
+        drop(producer); // Waits for the consumers to finish.
+    } else {
+        let mut producer = build_single_producer(65_536, || None, BusySpin)
+            .handle_events_with(consumer(handlers))
+            .build();
+        start = Instant::now();
+        for event in events {
+            let event = Arc::new(event);
+            producer.publish(move |slot| *slot = Some(event));
+        }
+        drop(producer);
+    }
+    let took = start.elapsed();
+    subs.check("disruptor", n);
+    rate(n, took)
+}
+
+fn run_broadcast(subs: &Subs, n: usize, rt: &tokio::runtime::Runtime) -> f64 {
+    use tokio::sync::broadcast::{self, error::RecvError};
+    subs.reset();
+    let events = events(n);
+    let (tx, _) = broadcast::channel::<Arc<Event>>(n.next_power_of_two());
+    let lagged = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = subs
+        .patterns
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut rx = tx.subscribe();
+            let pattern = Pattern::new(p).expect("valid");
+            let handler = subs.handler(i);
+            let lagged = lagged.clone();
+            rt.spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(event) => {
+                            if pattern.is_match(event.name()) {
+                                handler(&event).expect("counting handler");
+                            }
+                        }
+                        Err(RecvError::Closed) => break,
+                        Err(RecvError::Lagged(k)) => {
+                            lagged.fetch_add(k, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for event in events {
+        tx.send(Arc::new(event)).expect("receivers alive");
+    }
+    drop(tx);
+    rt.block_on(async {
+        for task in tasks {
+            task.await.expect("receiver task");
+        }
+    });
+    let took = start.elapsed();
+    assert_eq!(lagged.load(Ordering::Relaxed), 0, "broadcast: receivers lagged");
+    subs.check("broadcast", n);
+    rate(n, took)
+}
+
+fn seed_bus(subs: &Subs) -> SeedBus {
+    let mut bus = SeedBus::new();
+    for (i, p) in subs.patterns.iter().enumerate() {
+        let h = subs.handler(i);
+        bus.subscribe(p, Box::new(move |e| h(e))).expect("valid pattern");
+    }
+    bus
+}
+
+fn run_seed(bus: &SeedBus, subs: &Subs, n: usize) -> f64 {
+    subs.reset();
+    let events = events(n);
+    let start = Instant::now();
+    let mut called = 0;
+    for event in &events {
+        called += bus.publish(event).0;
+    }
+    let took = start.elapsed();
+    assert_eq!(called, n * subs.matching);
+    subs.check("seed", n);
+    rate(n, took)
+}
+
+fn switchboard_bus(subs: &Subs, workers: usize) -> Bus {
+    let bus = Bus::builder().workers(workers).build().expect("bus");
+    for (i, p) in subs.patterns.iter().enumerate() {
+        let h = subs.handler(i);
+        bus.subscribe(p, &format!("plugin{}", i % 1000), move |e: &Event| h(e)).expect("subscribe");
+    }
+    bus
+}
+
+fn run_switchboard(bus: &Bus, subs: &Subs, n: usize) -> f64 {
+    subs.reset();
+    let events = events(n);
+    let before = bus.stats();
+    let start = Instant::now();
+    for event in events {
+        bus.publish(event).expect("publish");
+    }
+    bus.flush();
+    let took = start.elapsed();
+    let after = bus.stats();
+    assert_eq!(
+        after.events_dispatched - before.events_dispatched,
+        n as u64,
+        "switchboard: events not dispatched"
+    );
+    assert_eq!(
+        after.dispatched - before.dispatched,
+        (n * subs.matching) as u64,
+        "switchboard: calls missing"
+    );
+    assert_eq!(after.handler_errors, 0);
+    subs.check("switchboard", n);
+    rate(n, took)
+}
+
+// ---------------------------------------------------------------------------
+// Results.
+
+/// One measured number.
+struct Row {
+    scenario: &'static str,
+    case: String,
+    contender: String,
+    median: f64,
+    spread: f64,
+    unit: &'static str,
+    /// Over the bare channel's median in the same case, where there is one.
+    vs_channel: Option<f64>,
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        scenario: &'static str,
+        case: &str,
+        contender: &str,
+        values: &[f64],
+        unit: &'static str,
+    ) {
+        let (median, spread) = median_spread(values);
+        self.rows.push(Row {
+            scenario,
+            case: case.to_owned(),
+            contender: contender.to_owned(),
+            median,
+            spread,
+            unit,
+            vs_channel: None,
+        });
+    }
+
+    fn value(&self, scenario: &str, case: &str, contender: &str) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.scenario == scenario && r.case == case && r.contender == contender)
+            .map(|r| r.median)
+    }
+
+    /// Fills in the ratios to the channel and prints the rows of `scenario`.
+    fn print(&mut self, scenario: &str) {
+        let channel: BTreeMap<String, f64> = self
+            .rows
+            .iter()
+            .filter(|r| r.scenario == scenario && r.contender == "channel")
+            .map(|r| (r.case.clone(), r.median))
+            .collect();
+        println!(
+            "{:<40} {:<32} {:>16} {:>8} {:>11}",
+            "case", "contender", "median", "spread", "vs channel"
+        );
+        for row in self.rows.iter_mut().filter(|r| r.scenario == scenario) {
+            row.vs_channel = channel.get(&row.case).map(|c| row.median / c);
+            let ratio = row.vs_channel.map_or(String::new(), |r| format!("{r:.2}x"));
+            println!(
+                "{:<40} {:<32} {:>16} {:>7.1}% {:>11}",
+                row.case,
+                row.contender,
+                format!("{} {}", human(row.median), row.unit),
+                row.spread * 100.0,
+                ratio
+            );
+        }
+        println!();
+    }
+
+    fn to_json(&self) -> Value {
+        self.rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "scenario": r.scenario,
+                    "case": r.case,
+                    "contender": r.contender,
+                    "median": r.median,
+                    "spread": r.spread,
+                    "unit": r.unit,
+                    "vs_channel": r.vs_channel,
+                })
+            })
+            .collect()
+    }
+}
+
+fn human(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.1}k", v / 1e3)
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios.
+
+/// Throughput against subscription count (and fan-out, which is the same
+/// run with `k` subscriptions to the published name).
+fn throughput(
+    report: &mut Report,
+    plan: &Plan,
+    scenario: &'static str,
+    cases: Vec<(String, Subs)>,
+) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().expect("runtime");
+    for (case, subs) in cases {
+        let n = subs.patterns.len();
+        let linear = plan.linear_events(n);
+        let bus = switchboard_bus(&subs, 1);
+        let seed = seed_bus(&subs);
+        let mut results: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for _ in 0..plan.rounds {
+            results.entry("channel").or_default().push(run_channel(&subs, plan.events));
+            results.entry("switchboard").or_default().push(run_switchboard(
+                &bus,
+                &subs,
+                plan.events,
+            ));
+            results.entry("disruptor").or_default().push(run_disruptor(&subs, plan.events, cores));
+            results.entry("broadcast").or_default().push(run_broadcast(&subs, linear, &rt));
+            results.entry("seed").or_default().push(run_seed(&seed, &subs, linear));
+        }
+        bus.shutdown();
+        for contender in ["channel", "switchboard", "disruptor", "broadcast", "seed"] {
+            report.add(scenario, &case, contender, &results[contender], "events/s");
+        }
+        eprintln!("  {scenario}: {case} done");
+    }
+    report.print(scenario);
+}
+
+/// `High` publish → handler latency while `Low` floods the bus, against the
+/// same probe at the flood's own priority, and against a FIFO channel.
+fn priority(report: &mut Report, plan: &Plan) {
+    const FLOOD_WORK: Duration = Duration::from_micros(1);
+    const PROBE_EVERY: Duration = Duration::from_millis(1);
+    let origin = Instant::now();
+    let spin = move |d: Duration| {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    };
+    let mut lat: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..plan.rounds {
+        let variants = [
+            ("switchboard High probe, Block", Priority::High, Overflow::Block),
+            ("switchboard High probe, Shed", Priority::High, Overflow::Shed),
+            ("switchboard Low probe, Block", Priority::Low, Overflow::Block),
+        ];
+        for (contender, probe_priority, overflow) in variants {
+            let bus =
+                Bus::builder().workers(1).capacity(16_384).overflow(overflow).build().expect("bus");
+            let flooded = Arc::new(AtomicU64::new(0));
+            let f = flooded.clone();
+            bus.subscribe("flood", "bench", move |_e: &Event| {
+                spin(FLOOD_WORK);
+                f.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })
+            .expect("subscribe");
+            let hist =
+                Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new(3).expect("histogram")));
+            let h = hist.clone();
+            bus.subscribe("probe", "bench", move |e: &Event| {
+                let sent = e.data().as_u64().unwrap_or(0);
+                let now = origin.elapsed().as_nanos() as u64;
+                h.lock()
+                    .expect("histogram")
+                    .record(now.saturating_sub(sent).max(1))
+                    .expect("in range");
+                Ok(())
+            })
+            .expect("subscribe");
+            let stop = Arc::new(AtomicBool::new(false));
+            let flooder = {
+                let (bus, stop) = (bus.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut sent = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        bus.publish(
+                            Event::new("flood", Value::Null, "bench").with_priority(Priority::Low),
+                        )
+                        .expect("publish");
+                        sent += 1;
+                    }
+                    sent
+                })
+            };
+            std::thread::sleep(Duration::from_millis(50)); // Let the queue fill.
+            let start = Instant::now();
+            let mut probes = 0u64;
+            while start.elapsed() < plan.priority_run {
+                let sent = origin.elapsed().as_nanos() as u64;
+                bus.publish(
+                    Event::new("probe", Value::from(sent), "bench").with_priority(probe_priority),
+                )
+                .expect("publish");
+                probes += 1;
+                std::thread::sleep(PROBE_EVERY);
+            }
+            stop.store(true, Ordering::Relaxed);
+            let flood_sent = flooder.join().expect("flooder");
+            bus.flush();
+            let hist = hist.lock().expect("histogram").clone();
+            assert_eq!(hist.len(), probes, "{contender}: probes lost");
+            // Under Shed the flood makes room for the probes: every flood
+            // event is either handled or counted as dropped.
+            let shed = bus.stats().dropped;
+            assert_eq!(
+                flooded.load(Ordering::Relaxed) + shed,
+                flood_sent,
+                "{contender}: flood events lost"
+            );
+            if overflow == Overflow::Block {
+                assert_eq!(shed, 0, "{contender}: Block dropped events");
+            }
+            bus.shutdown();
+            lat.entry(contender).or_default().push(hist.value_at_quantile(0.5) as f64 / 1e3);
+            lat.entry(leak(format!("{contender} p99")))
+                .or_default()
+                .push(hist.value_at_quantile(0.99) as f64 / 1e3);
+        }
+        // The FIFO baseline: the probe waits behind the flood in one channel.
+        let (tx, rx) = crossbeam_channel::bounded::<Option<u64>>(16_384);
+        let consumer = std::thread::spawn(move || {
+            let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+            let mut flood = 0u64;
+            for item in rx {
+                match item {
+                    None => {
+                        spin(FLOOD_WORK);
+                        flood += 1;
+                    }
+                    Some(sent) => {
+                        let now = origin.elapsed().as_nanos() as u64;
+                        hist.record(now.saturating_sub(sent).max(1)).expect("in range");
+                    }
+                }
+            }
+            (hist, flood)
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let flooder = {
+            let (tx, stop) = (tx.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    tx.send(None).expect("consumer");
+                    sent += 1;
+                }
+                sent
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let start = Instant::now();
+        let mut probes = 0u64;
+        while start.elapsed() < plan.priority_run {
+            tx.send(Some(origin.elapsed().as_nanos() as u64)).expect("consumer");
+            probes += 1;
+            std::thread::sleep(PROBE_EVERY);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let flood_sent = flooder.join().expect("flooder");
+        drop(tx);
+        let (hist, flood) = consumer.join().expect("consumer");
+        assert_eq!(hist.len(), probes, "channel: probes lost");
+        assert_eq!(flood, flood_sent, "channel: flood lost");
+        lat.entry("channel (FIFO) probe")
+            .or_default()
+            .push(hist.value_at_quantile(0.5) as f64 / 1e3);
+        lat.entry("channel (FIFO) probe p99")
+            .or_default()
+            .push(hist.value_at_quantile(0.99) as f64 / 1e3);
+    }
+    for (contender, values) in &lat {
+        let (contender, case) = match contender.strip_suffix(" p99") {
+            Some(c) => (c, "p99 latency under Low flood"),
+            None => (*contender, "p50 latency under Low flood"),
+        };
+        report.add("priority", case, contender, values, "us");
+    }
+    println!("== priority: probe publish -> handler latency, one probe per ms, while a Low flood keeps the queue (16k) full; 1 us handlers ==");
+    println!("   Block: every outside publisher, High included, waits for room in the shared capacity. Shed: a High publish displaces the oldest Low event.");
+    report.print("priority");
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// Events per second with 1..=cores workers, 4 handlers per event that each
+/// spin for 1 µs.
+fn workers(report: &mut Report, plan: &Plan) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let subs = Subs::fan_out(4);
+    let work = |h: Handler| -> Handler {
+        Arc::new(move |e: &Event| {
+            let until = Instant::now() + Duration::from_micros(1);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            h(e)
+        })
+    };
+    let buses: Vec<(usize, Bus)> = (1..=cores.max(2))
+        .map(|w| {
+            let bus = Bus::builder().workers(w).build().expect("bus");
+            for i in 0..subs.patterns.len() {
+                let h = work(subs.handler(i));
+                bus.subscribe(NAME, &format!("plugin{i}"), move |e: &Event| h(e))
+                    .expect("subscribe");
+            }
+            (w, bus)
+        })
+        .collect();
+    let mut results: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    for _ in 0..plan.rounds {
+        for (w, bus) in &buses {
+            results.entry(*w).or_default().push(run_switchboard(bus, &subs, plan.scaling_events));
+        }
+    }
+    for (w, values) in &results {
+        report.add(
+            "workers",
+            &format!("{w} worker(s), 4 x 1 us handlers"),
+            "switchboard",
+            values,
+            "events/s",
+        );
+    }
+    for (_, bus) in buses {
+        bus.shutdown();
+    }
+    println!("== worker scaling: 4 handlers per event, each spinning 1 us ({cores} cores) ==");
+    report.print("workers");
+}
+
+/// Subscribes and unsubscribes as fast as one thread can while a publisher
+/// runs at full rate, against the same publishing without churn.
+fn churn(report: &mut Report, plan: &Plan) {
+    let subs = Subs::mixed(10_000);
+    let spare: Vec<String> = Subs::mixed(11_000).patterns.split_off(10_000);
+    let bus = switchboard_bus(&subs, 1);
+    let mut quiet = Vec::new();
+    let mut churning = Vec::new();
+    let mut ops = Vec::new();
+    for _ in 0..plan.rounds {
+        quiet.push(run_switchboard(&bus, &subs, plan.churn_events));
+        let stop = Arc::new(AtomicBool::new(false));
+        let churner = {
+            let (bus, stop, spare) = (bus.clone(), stop.clone(), spare.clone());
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let mut pairs = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let pattern = &spare[pairs as usize % spare.len()];
+                    let id =
+                        bus.subscribe(pattern, "churn", |_e: &Event| Ok(())).expect("subscribe");
+                    assert!(bus.unsubscribe_id(id));
+                    pairs += 1;
+                }
+                pairs as f64 / start.elapsed().as_secs_f64()
+            })
+        };
+        churning.push(run_switchboard(&bus, &subs, plan.churn_events));
+        stop.store(true, Ordering::Relaxed);
+        ops.push(churner.join().expect("churner"));
+        assert_eq!(bus.stats().subscriptions, 10_000, "churn left subscriptions behind");
+    }
+    bus.shutdown();
+    report.add("churn", "10k subscriptions, publishing alone", "switchboard", &quiet, "events/s");
+    report.add("churn", "10k subscriptions, while churning", "switchboard", &churning, "events/s");
+    report.add("churn", "subscribe+unsubscribe pairs meanwhile", "switchboard", &ops, "pairs/s");
+    println!(
+        "== churn: one thread subscribing and unsubscribing while one publishes at full rate =="
+    );
+    report.print("churn");
+    let (q, c) = (median_spread(&quiet).0, median_spread(&churning).0);
+    println!("throughput while churning: {:.2}x of publishing alone\n", c / q);
+}
+
+/// Bytes per subscription and resident memory at 100k subscriptions, and
+/// allocations per published event.
+fn memory(report: &mut Report, plan: &Plan) {
+    let subs = Subs::mixed(100_000);
+    let handlers: Vec<Handler> = (0..subs.patterns.len()).map(|i| subs.handler(i)).collect();
+    let rss_before = resident_bytes();
+    let bus = Bus::builder().workers(1).build().expect("bus");
+    CountingAlloc::start();
+    for (i, (p, h)) in subs.patterns.iter().zip(&handlers).enumerate() {
+        let h = h.clone();
+        bus.subscribe(p, &format!("plugin{}", i % 1000), move |e: &Event| h(e)).expect("subscribe");
+    }
+    let counted = CountingAlloc::stop();
+    let rss_after = resident_bytes();
+    let per_sub = counted.live_bytes as f64 / subs.patterns.len() as f64;
+    report.add("memory", "bytes per subscription at 100k", "switchboard", &[per_sub], "B");
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+        report.add(
+            "memory",
+            "resident growth for 100k subscriptions",
+            "switchboard",
+            &[(after - before) as f64 / 1048576.0],
+            "MiB",
+        );
+        report.add(
+            "memory",
+            "resident total with 100k subscriptions",
+            "switchboard",
+            &[after as f64 / 1048576.0],
+            "MiB",
+        );
+    }
+    // Allocations per event: events made ahead, so only the bus counts.
+    let n = plan.events.min(100_000);
+    let mut per_event = Vec::new();
+    for _ in 0..plan.rounds {
+        subs.reset();
+        let events = events(n);
+        CountingAlloc::start();
+        for event in events {
+            bus.publish(event).expect("publish");
+        }
+        bus.flush();
+        let counted = CountingAlloc::stop();
+        subs.check("switchboard", n);
+        per_event.push(counted.allocations as f64 / n as f64);
+    }
+    report.add(
+        "memory",
+        "allocations per event (100k subs, 3 matching)",
+        "switchboard",
+        &per_event,
+        "allocs",
+    );
+    bus.shutdown();
+    drop(handlers);
+    println!(
+        "== memory (live heap bytes counted by the bench's allocator; resident from the OS) =="
+    );
+    report.print("memory");
+}
+
+fn profile(events: usize) {
+    let subs = Subs::mixed(1);
+    let bus = switchboard_bus(&subs, 1);
+    let per_second = run_switchboard(&bus, &subs, events);
+    bus.shutdown();
+    println!("{events} events through 1 subscription, {per_second:.0} events/s");
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Some(events) = args.profile {
+        profile(events);
+        return;
+    }
+    let plan = Plan::new(&args);
+    let machine = Machine::detect();
+    let wants = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let started = Instant::now();
+    println!(
+        "Switchboard comparison bench{}: {} cores, {}, {}, {}",
+        if args.quick { " (quick: rough numbers, checked counts)" } else { "" },
+        machine.cores,
+        machine.cpu,
+        machine.rustc,
+        machine.os
+    );
+    println!(
+        "{} rounds interleaved per case, medians; spread = (max - min) / 2 / median\n",
+        plan.rounds
+    );
+    let mut report = Report::default();
+    // Memory first, while the heap and the resident set are fresh.
+    if wants("memory") {
+        memory(&mut report, &plan);
+    }
+    if wants("subscriptions") {
+        println!(
+            "== throughput against subscriptions: each event matches min(n, 3) of them; {} events per run ({} per run for broadcast and seed, at most) ==",
+            plan.events,
+            plan.events
+        );
+        let cases =
+            plan.sizes.iter().map(|&n| (format!("{n} subscriptions"), Subs::mixed(n))).collect();
+        throughput(&mut report, &plan, "subscriptions", cases);
+    }
+    if wants("fanout") {
+        println!("== fan-out: one event to k handlers of the same name ==");
+        let cases =
+            plan.fanouts.iter().map(|&k| (format!("fan-out {k}"), Subs::fan_out(k))).collect();
+        throughput(&mut report, &plan, "fanout", cases);
+    }
+    if wants("priority") {
+        priority(&mut report, &plan);
+    }
+    if wants("workers") {
+        workers(&mut report, &plan);
+    }
+    if wants("churn") {
+        churn(&mut report, &plan);
+    }
+    let headline = headline(&report);
+    println!("finished in {:.0} s", started.elapsed().as_secs_f64());
+    if let Some(path) = &args.json {
+        let out = json!({
+            "machine": {"cores": machine.cores, "cpu": machine.cpu, "rustc": machine.rustc, "os": machine.os},
+            "quick": args.quick,
+            "rounds": plan.rounds,
+            "headline": headline,
+            "results": report.to_json(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&out).expect("json") + "\n")
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.chart {
+        let series: Vec<Series> = ["switchboard", "channel", "disruptor", "broadcast", "seed"]
+            .iter()
+            .map(|c| Series {
+                name: chart_label(c).to_owned(),
+                points: plan
+                    .sizes
+                    .iter()
+                    .filter_map(|&n| {
+                        report
+                            .value("subscriptions", &format!("{n} subscriptions"), c)
+                            .map(|v| (n as f64, v))
+                    })
+                    .collect(),
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        let title = format!(
+            "Events/s against subscriptions, 3 deliveries per event (1 at n = 1) ({} cores, {})",
+            machine.cores, machine.cpu
+        );
+        match throughput_chart(path, &title, &series) {
+            Ok(()) => println!("wrote {}", path.display()),
+            Err(e) => {
+                eprintln!("cannot draw {}: {e}", path.display());
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+fn chart_label(contender: &str) -> &'static str {
+    match contender {
+        "switchboard" => "switchboard (1 worker)",
+        "channel" => "crossbeam channel (hand-off only, no matching)",
+        "disruptor" => "disruptor (hand-off only, no matching)",
+        "broadcast" => "tokio broadcast, a receiver task per subscription filtering",
+        _ => "seed algorithm (every pattern tested, on the publisher)",
+    }
+}
+
+/// Switchboard over each contender at 10k subscriptions.
+fn headline(report: &Report) -> Value {
+    let case = "10000 subscriptions";
+    let Some(sb) = report.value("subscriptions", case, "switchboard") else { return Value::Null };
+    let mut out = serde_json::Map::new();
+    println!("== headline: switchboard at 10k subscriptions over each contender, same run ==");
+    for contender in ["channel", "broadcast", "disruptor", "seed"] {
+        if let Some(v) = report.value("subscriptions", case, contender) {
+            println!("  over {contender:<10} {:>8.2}x", sb / v);
+            out.insert(contender.to_owned(), json!(sb / v));
+        }
+    }
+    println!();
+    Value::Object(out)
+}
