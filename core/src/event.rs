@@ -155,6 +155,8 @@ pub struct Event {
     /// The bus's publish sequence number, once accepted by a bus that keeps
     /// history.
     seq: OnceLock<u64>,
+    /// Where a bridge imported it from; `None` for a local event.
+    origin: Option<Arc<str>>,
 }
 
 impl Event {
@@ -209,6 +211,7 @@ impl Event {
             timestamp: SystemTime::now(),
             depth: 0,
             seq: OnceLock::new(),
+            origin: None,
         }
     }
 
@@ -299,6 +302,37 @@ impl Event {
         self.source = source.into().into_boxed_str();
         self
     }
+
+    /// The same event under another id. For bridges that carry an event
+    /// from one bus to another and keep its identity (so duplicates can be
+    /// dropped by id); ids made by [`Event::new`] are unique, and a bus
+    /// does not check that ids given here are.
+    pub fn with_id(mut self, id: EventId) -> Event {
+        self.id = id;
+        self
+    }
+
+    /// The same event with another creation time (a bridge keeps the
+    /// original publisher's).
+    pub fn with_timestamp(mut self, timestamp: SystemTime) -> Event {
+        self.timestamp = timestamp;
+        self
+    }
+
+    /// The same event, marked as imported from `origin` (a bridge's name
+    /// for the bus it came from). Bridges never export an event that has an
+    /// origin, which is what keeps two buses that bridge each other from
+    /// echoing events back and forth. Clones keep the mark.
+    pub fn with_origin(mut self, origin: impl Into<Arc<str>>) -> Event {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// Where a bridge imported this event from, or `None` for an event
+    /// published on this side.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
 }
 
 impl fmt::Debug for Event {
@@ -310,6 +344,7 @@ impl fmt::Debug for Event {
             .field("source", &self.source)
             .field("priority", &self.priority)
             .field("depth", &self.depth)
+            .field("origin", &self.origin)
             .finish()
     }
 }

@@ -1,0 +1,657 @@
+//! The bridge: the export task, the import tasks, and the connection's life.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream;
+use async_nats::{HeaderMap, HeaderValue};
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use parking_lot::Mutex;
+use switchboard::{Bus, Event, EventId, Priority, SubscribeOptions, SubscriptionId};
+use switchboard_matcher::{Pattern, PatternSet};
+use tokio::task::JoinHandle;
+
+use crate::outbox::{Outbox, Outgoing};
+use crate::subject::{self, disjoint_filters, Filter};
+use crate::{BridgeConfig, BridgeError, JetStreamConfig, Mode};
+
+/// Header names.
+pub(crate) const ORIGIN: &str = "Switchboard-Origin";
+pub(crate) const ID: &str = "Switchboard-Id";
+pub(crate) const SOURCE: &str = "Switchboard-Source";
+pub(crate) const PRIORITY: &str = "Switchboard-Priority";
+pub(crate) const TIMESTAMP: &str = "Switchboard-Timestamp";
+const MSG_ID: &str = "Nats-Msg-Id";
+
+/// How many event ids an importer remembers, to drop redeliveries.
+const REMEMBERED_IDS: usize = 1 << 16;
+/// JetStream publishes awaiting their acknowledgement at once.
+const ACK_WINDOW: usize = 256;
+/// Messages imported between two local flushes (JetStream mode).
+const IMPORT_BATCH: usize = 256;
+/// How often a task waiting for the connection looks again.
+const RECHECK: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) exported: AtomicU64,
+    pub(crate) imported: AtomicU64,
+    pub(crate) connects: AtomicU64,
+    pub(crate) disconnects: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) echoes: AtomicU64,
+    pub(crate) invalid: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) slow_consumer: AtomicU64,
+    pub(crate) connected: AtomicBool,
+}
+
+/// What the bridge's tasks share.
+pub(crate) struct Shared {
+    pub(crate) bus: Bus,
+    pub(crate) prefix: String,
+    pub(crate) instance: Arc<str>,
+    pub(crate) imports: Option<PatternSet>,
+    pub(crate) outbox: Outbox,
+    pub(crate) counters: Arc<Counters>,
+    recent: Mutex<Recent>,
+    pub(crate) client: async_nats::Client,
+    pub(crate) export_subs: Mutex<Vec<SubscriptionId>>,
+    pub(crate) closing: AtomicBool,
+    resume_delay: Duration,
+}
+
+/// The ids seen lately, oldest first.
+#[derive(Default)]
+struct Recent {
+    set: HashSet<u128>,
+    order: VecDeque<u128>,
+}
+
+impl Recent {
+    /// Remembers `id`; false if it was already remembered.
+    fn insert(&mut self, id: u128) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > REMEMBERED_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+pub(crate) struct Running {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tasks: Vec<JoinHandle<()>>,
+}
+
+pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, BridgeError> {
+    subject::check_prefix(&config.prefix).map_err(BridgeError::InvalidPrefix)?;
+    let compile = |globs: &[String]| -> Result<Vec<Pattern>, BridgeError> {
+        globs
+            .iter()
+            .map(|g| {
+                Pattern::new(g).map_err(|error| BridgeError::InvalidGlob { glob: g.clone(), error })
+            })
+            .collect()
+    };
+    if config.export.iter().chain(&config.import).any(String::is_empty) {
+        return Err(BridgeError::EmptyGlob);
+    }
+    let exports = compile(&config.export)?;
+    compile(&config.import)?;
+    if config.export.is_empty() && config.import.is_empty() {
+        return Err(BridgeError::NothingToBridge);
+    }
+    let imports = if config.import.is_empty() {
+        None
+    } else {
+        let set = PatternSet::new(&config.import)
+            .map_err(|error| BridgeError::InvalidGlob { glob: config.import.join(", "), error })?;
+        Some(set)
+    };
+    if let Mode::JetStream(js) = &config.mode {
+        check_js_name(&js.durable, "durable consumer name")?;
+        if let Some(stream) = &js.stream {
+            check_js_name(stream, "stream name")?;
+        }
+    }
+
+    let counters = Arc::new(Counters::default());
+    let client = connect(&config, counters.clone()).await?;
+
+    let jetstream = match &config.mode {
+        Mode::Core => None,
+        Mode::JetStream(js) => {
+            let context = jetstream::new(client.clone());
+            let name = js.stream.clone().unwrap_or_else(|| default_stream_name(&config.prefix));
+            let stream = context
+                .get_or_create_stream(jetstream::stream::Config {
+                    name: name.clone(),
+                    subjects: vec![format!("{}.>", config.prefix)],
+                    duplicate_window: js.duplicate_window,
+                    max_age: js.max_age,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| BridgeError::JetStream(format!("stream {name}: {e}")))?;
+            Some((context, stream, js.clone()))
+        }
+    };
+
+    let filters = disjoint_filters(&config.prefix, &config.import);
+    let mut sources = Vec::new();
+    for filter in &filters {
+        sources.push(match &jetstream {
+            None => {
+                let sub = client
+                    .subscribe(filter.subject())
+                    .await
+                    .map_err(|e| BridgeError::Subscribe(format!("{}: {e}", filter.subject())))?;
+                ImportSource::Core(sub)
+            }
+            Some((_, stream, js)) => {
+                ImportSource::JetStream(Box::new(consumer_for(stream, js, filter).await?))
+            }
+        });
+    }
+
+    // A round trip: once it is back, the server has our subscriptions, so
+    // whatever is published after `start` returns reaches us.
+    client
+        .flush()
+        .await
+        .map_err(|e| BridgeError::Subscribe(format!("confirming subscriptions: {e}")))?;
+
+    let shared = Arc::new(Shared {
+        bus: bus.clone(),
+        prefix: config.prefix.clone(),
+        instance: Arc::from(config.instance.as_str()),
+        imports,
+        outbox: Outbox::new(config.queue_capacity),
+        counters,
+        recent: Mutex::new(Recent::default()),
+        client,
+        export_subs: Mutex::new(Vec::new()),
+        closing: AtomicBool::new(false),
+        resume_delay: config.resume_delay,
+    });
+    for (i, glob) in config.export.iter().enumerate() {
+        // Each event is exported once even when several export globs match
+        // it: the first matching glob's subscription sends it.
+        let earlier: Vec<Pattern> = exports[..i].to_vec();
+        let weak = Arc::downgrade(&shared);
+        // Ordered: one publishing thread's events leave in its order.
+        let options = SubscribeOptions::new().ordered().backlog(config.queue_capacity);
+        let subscribed = bus.subscribe_with(glob, &config.plugin, options, move |event: &Event| {
+            if event.origin().is_some() || earlier.iter().any(|p| p.is_match(event.name())) {
+                return Ok(());
+            }
+            if let Some(shared) = weak.upgrade() {
+                shared.export(event);
+            }
+            Ok(())
+        });
+        match subscribed {
+            Ok(id) => shared.export_subs.lock().push(id),
+            Err(e) => {
+                shared.unsubscribe_exports();
+                return Err(BridgeError::Subscribe(format!("local export of {glob:?}: {e}")));
+            }
+        }
+    }
+
+    let mut tasks = Vec::new();
+    tasks.push(match jetstream {
+        None => tokio::spawn(export_core(shared.clone())),
+        Some((context, _, _)) => tokio::spawn(export_jetstream(shared.clone(), context)),
+    });
+    for source in sources {
+        let shared = shared.clone();
+        tasks.push(match source {
+            ImportSource::Core(sub) => tokio::spawn(import_core(shared, sub)),
+            ImportSource::JetStream(consumer) => tokio::spawn(import_jetstream(shared, *consumer)),
+        });
+    }
+    Ok(Running { shared, tasks })
+}
+
+enum ImportSource {
+    Core(async_nats::Subscriber),
+    JetStream(Box<jetstream::consumer::PullConsumer>),
+}
+
+async fn connect(
+    config: &BridgeConfig,
+    counters: Arc<Counters>,
+) -> Result<async_nats::Client, BridgeError> {
+    let options = async_nats::ConnectOptions::new()
+        .name(format!("switchboard bridge {}", config.instance))
+        .connection_timeout(config.connect_timeout)
+        .max_reconnects(None)
+        .subscription_capacity(config.subscription_capacity)
+        .reconnect_delay_callback(|attempts| {
+            // 10 ms, doubling to at most 500 ms: quick to come back after a
+            // restart, gentle on a server that stays down.
+            Duration::from_millis(10u64.saturating_mul(1 << attempts.min(6)).min(500))
+        })
+        .event_callback(move |event| {
+            let counters = counters.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        counters.connects.fetch_add(1, Ordering::Relaxed);
+                        counters.connected.store(true, Ordering::SeqCst);
+                        tracing::info!("bridge connected to NATS");
+                    }
+                    async_nats::Event::Disconnected => {
+                        counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                        counters.connected.store(false, Ordering::SeqCst);
+                        tracing::warn!("bridge disconnected from NATS; reconnecting");
+                    }
+                    async_nats::Event::SlowConsumer(sid) => {
+                        counters.slow_consumer.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(sid, "NATS dropped messages for a slow bridge subscription");
+                    }
+                    other => tracing::info!(event = %other, "NATS client event"),
+                }
+            }
+        });
+    options.connect(config.servers.as_str()).await.map_err(|e| BridgeError::Connect {
+        servers: config.servers.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// Stream and consumer names: no `.`, `*`, `>`, whitespace or path separators.
+fn check_js_name(name: &str, what: &'static str) -> Result<(), BridgeError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(BridgeError::InvalidName { what, name: name.to_owned() })
+    }
+}
+
+pub(crate) fn default_stream_name(prefix: &str) -> String {
+    let body: String = prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .collect();
+    format!("SWITCHBOARD_{body}")
+}
+
+async fn consumer_for(
+    stream: &jetstream::stream::Stream,
+    js: &JetStreamConfig,
+    filter: &Filter,
+) -> Result<jetstream::consumer::PullConsumer, BridgeError> {
+    // One durable consumer per filter, named after it, so a bridge that
+    // restarts with the same globs resumes where it stopped.
+    let subject = filter.subject();
+    let name = format!("{}_{:016x}", js.durable, fnv1a(subject.as_bytes()));
+    stream
+        .get_or_create_consumer(
+            &name,
+            jetstream::consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: subject.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: js.ack_wait,
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| BridgeError::JetStream(format!("consumer {name} on {subject}: {e}")))
+}
+
+/// A stable 64-bit hash (FNV-1a): consumer names must not change between
+/// runs, which `std`'s hasher does not promise.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn priority_name(p: Priority) -> &'static str {
+    match p {
+        Priority::Low => "low",
+        Priority::High => "high",
+        _ => "normal",
+    }
+}
+
+fn header(value: &str) -> HeaderValue {
+    // Every value built here is printable ASCII (ids, numbers, escaped text).
+    HeaderValue::from(value)
+}
+
+impl Shared {
+    /// Encodes `event` and queues it for NATS (on a dispatch worker: never
+    /// waits).
+    fn export(&self, event: &Event) {
+        let mut headers = HeaderMap::new();
+        let id = format!("{:032x}", event.id().as_u128());
+        headers.insert(ORIGIN, header(&self.instance));
+        headers.insert(ID, header(&id));
+        headers.insert(MSG_ID, header(&id));
+        headers.insert(SOURCE, header(&subject::escape_header(event.source())));
+        headers.insert(PRIORITY, header(priority_name(event.priority())));
+        let nanos = event.timestamp().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        headers.insert(TIMESTAMP, header(&nanos.to_string()));
+        let payload = match serde_json::to_vec(event.data()) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(e) => {
+                // A JSON value always serialises; keep the branch honest.
+                tracing::error!(event = event.name(), error = %e, "cannot encode an event for NATS");
+                self.outbox.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        self.outbox.push(
+            Outgoing {
+                subject: subject::subject_for(&self.prefix, event.name()),
+                headers,
+                payload,
+                priority: event.priority(),
+            },
+            false,
+        );
+    }
+
+    fn connected(&self) -> bool {
+        self.counters.connected.load(Ordering::SeqCst)
+            && self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Decodes an imported message into an event, or says why it is skipped.
+    fn decode(&self, subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Option<Event> {
+        let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        if get(ORIGIN) == Some(&*self.instance) {
+            self.counters.echoes.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let invalid = |why: &dyn std::fmt::Display| {
+            self.counters.invalid.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(subject, reason = %why, "skipped a NATS message that is not a bridged event");
+            None
+        };
+        let name = match subject::name_for(&self.prefix, subject) {
+            Ok(name) => name,
+            Err(e) => return invalid(&e),
+        };
+        // The filters are supersets: the exact matcher decides.
+        if !self.imports.as_ref().is_some_and(|set| set.is_match(&name)) {
+            return None;
+        }
+        let Some(origin) = get(ORIGIN) else { return invalid(&"no origin header") };
+        let Some(id) = get(ID).and_then(|v| u128::from_str_radix(v, 16).ok()) else {
+            return invalid(&"no valid id header");
+        };
+        let source = get(SOURCE).and_then(subject::unescape_header).unwrap_or_default();
+        let priority = match get(PRIORITY) {
+            Some("low") => Priority::Low,
+            Some("high") => Priority::High,
+            _ => Priority::Normal,
+        };
+        let timestamp = get(TIMESTAMP)
+            .and_then(|v| v.parse::<u128>().ok())
+            .and_then(|n| {
+                u64::try_from(n / 1_000_000_000).ok().map(|s| (s, (n % 1_000_000_000) as u32))
+            })
+            .map_or_else(SystemTime::now, |(s, ns)| UNIX_EPOCH + Duration::new(s, ns));
+        let data = match serde_json::from_slice(payload) {
+            Ok(data) => data,
+            Err(e) => return invalid(&format!("payload is not JSON: {e}")),
+        };
+        if !self.recent.lock().insert(id) {
+            self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(
+            Event::new(name, data, source)
+                .with_priority(priority)
+                .with_id(EventId::from_u128(id))
+                .with_timestamp(timestamp)
+                .with_origin(origin),
+        )
+    }
+
+    /// Publishes an imported event locally. False once the bus is closed.
+    async fn deliver(&self, event: Event) -> bool {
+        match self.bus.publish_async(event).await {
+            Ok(_) => {
+                self.counters.imported.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(switchboard::PublishError::Closed(_)) => false,
+            Err(e) => {
+                // Full (under a non-blocking policy) or refused: counted by
+                // the bus; say so here too.
+                tracing::warn!(error = %e, "an imported event was refused by the local bus");
+                true
+            }
+        }
+    }
+
+    pub(crate) fn unsubscribe_exports(&self) {
+        for id in self.export_subs.lock().drain(..) {
+            self.bus.unsubscribe_id(id);
+        }
+    }
+
+    /// Events the bus dropped from the export subscriptions' backlogs.
+    pub(crate) fn backlog_dropped(&self) -> u64 {
+        self.export_subs
+            .lock()
+            .iter()
+            .filter_map(|id| self.bus.subscription_stats(*id))
+            .map(|s| s.backlog_dropped)
+            .sum()
+    }
+}
+
+/// Waits until the connection is up (or the bridge closes). After an
+/// outage, waits the resume delay too, so other bridges resubscribe first.
+async fn until_connected(shared: &Shared) -> bool {
+    let mut waited = false;
+    loop {
+        if shared.connected() {
+            if !waited {
+                return true;
+            }
+            tokio::time::sleep(shared.resume_delay).await;
+            if shared.connected() {
+                return true;
+            }
+        }
+        if shared.closing.load(Ordering::SeqCst) {
+            return false;
+        }
+        waited = true;
+        tokio::time::sleep(RECHECK).await;
+    }
+}
+
+/// Core mode: hand each message to the client while connected. During an
+/// outage nothing is handed over; the outbox holds what it can and counts
+/// what it drops.
+async fn export_core(shared: Arc<Shared>) {
+    loop {
+        let Some(item) = shared.outbox.pop() else {
+            if shared.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::select! {
+                () = shared.outbox.ready() => {}
+                () = tokio::time::sleep(RECHECK * 5) => {}
+            }
+            continue;
+        };
+        if !until_connected(&shared).await {
+            shared.outbox.push(item, true);
+            shared.outbox.settle();
+            return;
+        }
+        match shared
+            .client
+            .publish_with_headers(item.subject.clone(), item.headers.clone(), item.payload.clone())
+            .await
+        {
+            Ok(()) => {
+                shared.counters.exported.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, subject = %item.subject, "NATS publish failed; will retry");
+                shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+                shared.outbox.push(item, true);
+                tokio::time::sleep(RECHECK).await;
+            }
+        }
+        shared.outbox.settle();
+    }
+}
+
+/// JetStream mode: publish with `Nats-Msg-Id`, keep up to [`ACK_WINDOW`]
+/// acknowledgements outstanding, and put back what was not acknowledged
+/// (the stream drops the duplicate if it had stored it after all).
+async fn export_jetstream(shared: Arc<Shared>, context: jetstream::Context) {
+    let mut pending = FuturesUnordered::new();
+    loop {
+        // Settle what has been acknowledged.
+        while let Some(Some((item, result))) = pending.next().now_or_never() {
+            settle_ack(&shared, item, result);
+        }
+        let item = if pending.len() < ACK_WINDOW { shared.outbox.pop() } else { None };
+        let Some(item) = item else {
+            if pending.is_empty() {
+                if shared.closing.load(Ordering::SeqCst) && shared.outbox.len() == 0 {
+                    return;
+                }
+                tokio::select! {
+                    () = shared.outbox.ready() => {}
+                    () = tokio::time::sleep(RECHECK * 5) => {}
+                }
+            } else if let Some((item, result)) = pending.next().await {
+                settle_ack(&shared, item, result);
+            }
+            continue;
+        };
+        if !until_connected(&shared).await {
+            shared.outbox.push(item, true);
+            shared.outbox.settle();
+            while let Some((item, result)) = pending.next().await {
+                settle_ack(&shared, item, result);
+            }
+            return;
+        }
+        match context
+            .publish_with_headers(item.subject.clone(), item.headers.clone(), item.payload.clone())
+            .await
+        {
+            Ok(ack) => pending.push(
+                async move {
+                    let result = ack.await.map(|_| ()).map_err(|e| e.to_string());
+                    (item, result)
+                }
+                .boxed(),
+            ),
+            Err(e) => settle_ack(&shared, item, Err(e.to_string())),
+        }
+    }
+}
+
+fn settle_ack(shared: &Shared, item: Outgoing, result: Result<(), String>) {
+    match result {
+        Ok(()) => {
+            shared.counters.exported.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, subject = %item.subject, "JetStream did not acknowledge; will retry");
+            shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+            shared.outbox.push(item, true);
+        }
+    }
+    shared.outbox.settle();
+}
+
+async fn import_core(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
+    while let Some(message) = sub.next().await {
+        if let Some(event) =
+            shared.decode(message.subject.as_str(), message.headers.as_ref(), &message.payload)
+        {
+            if !shared.deliver(event).await {
+                return;
+            }
+        }
+    }
+}
+
+/// JetStream mode: take what is ready (up to [`IMPORT_BATCH`]), publish it
+/// locally, wait until the local handlers are done with it, then
+/// acknowledge. A crash before the acknowledgement means a redelivery,
+/// dropped here by event id if this process saw it.
+async fn import_jetstream(shared: Arc<Shared>, consumer: jetstream::consumer::PullConsumer) {
+    'restart: loop {
+        if shared.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut messages = match consumer.messages().await {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot pull from the JetStream consumer; retrying");
+                tokio::time::sleep(RECHECK * 10).await;
+                continue;
+            }
+        };
+        loop {
+            let Some(first) = messages.next().await else { continue 'restart };
+            let mut batch = vec![first];
+            while batch.len() < IMPORT_BATCH {
+                match messages.next().now_or_never() {
+                    Some(Some(m)) => batch.push(m),
+                    _ => break,
+                }
+            }
+            let mut to_ack = Vec::with_capacity(batch.len());
+            for message in batch {
+                let message = match message {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // Heartbeats missed during an outage, and the like:
+                        // the stream goes on pulling.
+                        tracing::debug!(error = %e, "JetStream pull");
+                        continue;
+                    }
+                };
+                if let Some(event) = shared.decode(
+                    message.subject.as_str(),
+                    message.headers.as_ref(),
+                    &message.payload,
+                ) {
+                    if !shared.deliver(event).await {
+                        return;
+                    }
+                }
+                to_ack.push(message);
+            }
+            shared.bus.flush_async().await;
+            for message in to_ack {
+                if let Err(e) = message.ack().await {
+                    tracing::warn!(error = %e, "JetStream ack failed; the message will be redelivered");
+                }
+            }
+        }
+    }
+}

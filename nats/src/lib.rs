@@ -1,0 +1,423 @@
+//! A NATS bridge for Switchboard: a bot sharded over processes and hosts
+//! keeps one event space.
+//!
+//! A [`Bridge`] connects one local [`Bus`] to a NATS server:
+//!
+//! * **export**: local events whose names match the export globs are
+//!   published to NATS under `<prefix>.<name>` (the name escaped into a
+//!   valid subject, see [`subject`]); metadata (origin, id, source,
+//!   priority, timestamp) travels in headers, the payload as JSON (typed
+//!   payloads through serde);
+//! * **import**: events arriving for the import globs are published into
+//!   the local bus with their original name, id, source, priority and
+//!   timestamp, and marked with [`Event::origin`]. A glob becomes a NATS
+//!   filter that receives a superset of its names (`trivia.*` →
+//!   `<prefix>.trivia.>`; never a NATS `*`), overlapping filters are reduced
+//!   to a disjoint set, and every message is re-checked with the exact
+//!   matcher;
+//! * **no loops**: an imported event is never exported again, and a
+//!   bridge skips messages carrying its own origin, so two buses that
+//!   export and import `*` to each other see each event exactly once;
+//! * **never blocking dispatch**: exports go through a bounded queue of the
+//!   bridge's own; when it is full, the lowest priority is dropped first,
+//!   and counted ([`BridgeStats::dropped`]);
+//! * **outages**: the client reconnects forever and its subscriptions come
+//!   back. In core mode ([`Mode::Core`], at most once), nothing is handed to
+//!   the client while it is disconnected: the queue holds what it can, and
+//!   what it drops is counted; messages already written to a connection that
+//!   then broke can be lost without a count (core NATS has no
+//!   acknowledgements). In JetStream mode ([`Mode::JetStream`], at least
+//!   once) exports are acknowledged by the stream and retried until they
+//!   are, imports come from a durable consumer and are acknowledged only
+//!   after the local handlers ran, and redeliveries are dropped by event id.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use switchboard::Bus;
+//! use switchboard_nats::{Bridge, BridgeConfig};
+//!
+//! let bus = Bus::new()?;
+//! let bridge = Bridge::start(
+//!     &bus,
+//!     BridgeConfig::new("nats://127.0.0.1:4222")
+//!         .prefix("mybot")
+//!         .export("trivia.*")
+//!         .import("stats.*"),
+//! )
+//! .await?;
+//! // ... the bot runs ...
+//! println!("{:?}", bridge.stats());
+//! bridge.shutdown(std::time::Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
+
+mod bridge;
+mod outbox;
+pub mod subject;
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard::Bus;
+use switchboard_matcher::PatternError;
+use tokio::task::JoinHandle;
+
+/// How a bridge delivers.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Core NATS: at most once, lowest latency. The default.
+    #[default]
+    Core,
+    /// JetStream: at least once across outages, duplicates dropped by id.
+    JetStream(JetStreamConfig),
+}
+
+/// JetStream settings.
+#[derive(Clone, Debug)]
+pub struct JetStreamConfig {
+    /// The stream on `<prefix>.>` (created if missing). Default
+    /// `SWITCHBOARD_<PREFIX>`.
+    pub stream: Option<String>,
+    /// The durable consumer name of this bridge: keep it stable across
+    /// restarts of one shard, distinct between shards.
+    pub durable: String,
+    /// How long the stream drops a re-published message id. Default 2 min.
+    pub duplicate_window: Duration,
+    /// How long the stream keeps messages. Default 1 h.
+    pub max_age: Duration,
+    /// How long a delivered message may stay unacknowledged before it is
+    /// delivered again. Default 30 s.
+    pub ack_wait: Duration,
+}
+
+impl JetStreamConfig {
+    /// JetStream with the durable consumer name `durable` and defaults.
+    pub fn new(durable: impl Into<String>) -> JetStreamConfig {
+        JetStreamConfig {
+            stream: None,
+            durable: durable.into(),
+            duplicate_window: Duration::from_secs(120),
+            max_age: Duration::from_secs(3600),
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a bridge bridges, and how. Start from [`BridgeConfig::new`].
+#[derive(Clone, Debug)]
+pub struct BridgeConfig {
+    servers: String,
+    prefix: String,
+    export: Vec<String>,
+    import: Vec<String>,
+    instance: String,
+    plugin: String,
+    queue_capacity: usize,
+    connect_timeout: Duration,
+    resume_delay: Duration,
+    subscription_capacity: usize,
+    mode: Mode,
+}
+
+impl BridgeConfig {
+    /// A bridge to `servers` (`nats://host:port`, comma-separated for
+    /// several), prefix `switchboard`, nothing exported or imported yet.
+    pub fn new(servers: impl Into<String>) -> BridgeConfig {
+        BridgeConfig {
+            servers: servers.into(),
+            prefix: "switchboard".to_owned(),
+            export: Vec::new(),
+            import: Vec::new(),
+            instance: random_instance(),
+            plugin: "nats-bridge".to_owned(),
+            queue_capacity: 65_536,
+            connect_timeout: Duration::from_secs(5),
+            resume_delay: Duration::from_millis(250),
+            subscription_capacity: 65_536,
+            mode: Mode::Core,
+        }
+    }
+
+    /// The subject prefix every event travels under: dot-separated literal
+    /// tokens, such as `mybot` or `bots.prod`. Buses share events only
+    /// under the same prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> BridgeConfig {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Exports local events matching `glob` (fnmatch, as subscriptions).
+    pub fn export(mut self, glob: impl Into<String>) -> BridgeConfig {
+        self.export.push(glob.into());
+        self
+    }
+
+    /// Imports remote events matching `glob`.
+    pub fn import(mut self, glob: impl Into<String>) -> BridgeConfig {
+        self.import.push(glob.into());
+        self
+    }
+
+    /// This bridge's origin id, stamped on what it exports and recorded as
+    /// [`Event::origin`](switchboard::Event::origin) on what others import.
+    /// Default: random, unique per bridge. Give each shard its own.
+    pub fn instance(mut self, instance: impl Into<String>) -> BridgeConfig {
+        self.instance = instance.into();
+        self
+    }
+
+    /// The plugin name the export subscriptions are made under. Default
+    /// `nats-bridge`.
+    pub fn plugin(mut self, plugin: impl Into<String>) -> BridgeConfig {
+        self.plugin = plugin.into();
+        self
+    }
+
+    /// Messages waiting to be sent, at most (default 65,536). Past it the
+    /// lowest priority is dropped first, and counted.
+    pub fn queue_capacity(mut self, capacity: usize) -> BridgeConfig {
+        self.queue_capacity = capacity.max(1);
+        self
+    }
+
+    /// How long connecting may take before [`Bridge::start`] fails. Default 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> BridgeConfig {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// After the connection comes back, how long the bridge waits before it
+    /// sends what it held during the outage (default 250 ms). Core NATS
+    /// delivers only to subscriptions that exist when a message arrives;
+    /// the wait lets the other bridges, reconnecting too, subscribe again
+    /// first.
+    pub fn resume_delay(mut self, delay: Duration) -> BridgeConfig {
+        self.resume_delay = delay;
+        self
+    }
+
+    /// Messages the client buffers per import subscription while the local
+    /// bus is slow to take them (default 65,536). Past it NATS drops them
+    /// for this subscription and reports a slow consumer
+    /// ([`BridgeStats::slow_consumer`]).
+    pub fn subscription_capacity(mut self, capacity: usize) -> BridgeConfig {
+        self.subscription_capacity = capacity.max(1);
+        self
+    }
+
+    /// Core NATS or JetStream.
+    pub fn mode(mut self, mode: Mode) -> BridgeConfig {
+        self.mode = mode;
+        self
+    }
+}
+
+fn random_instance() -> String {
+    // The process part of a fresh event id is random per process; the
+    // counter part makes two bridges of one process differ.
+    let id = switchboard::Event::new("bridge", serde_json::Value::Null, "bridge").id().as_u128();
+    format!("{:016x}-{}", (id >> 64) as u64, id as u64)
+}
+
+/// Why a bridge could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BridgeError {
+    /// The subject prefix is not a literal NATS subject.
+    InvalidPrefix(subject::PrefixError),
+    /// An export or import glob is not a valid pattern.
+    InvalidGlob {
+        /// The glob.
+        glob: String,
+        /// Why.
+        error: PatternError,
+    },
+    /// An export or import glob is empty.
+    EmptyGlob,
+    /// Neither export nor import globs were given.
+    NothingToBridge,
+    /// A JetStream stream or consumer name holds characters NATS refuses.
+    InvalidName {
+        /// Which name.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// No NATS server answered.
+    Connect {
+        /// The servers tried.
+        servers: String,
+        /// The client's error.
+        reason: String,
+    },
+    /// A subscription (on NATS or on the local bus) failed.
+    Subscribe(String),
+    /// The JetStream stream or consumer could not be made.
+    JetStream(String),
+}
+
+impl fmt::Display for BridgeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BridgeError::InvalidPrefix(e) => e.fmt(f),
+            BridgeError::InvalidGlob { glob, error } => {
+                write!(f, "invalid bridge glob {glob:?}: {error}")
+            }
+            BridgeError::EmptyGlob => f.write_str("a bridge glob is empty"),
+            BridgeError::NothingToBridge => {
+                f.write_str("the bridge has no export and no import globs")
+            }
+            BridgeError::InvalidName { what, name } => {
+                write!(f, "invalid JetStream {what} {name:?}: use letters, digits, `-` and `_`")
+            }
+            BridgeError::Connect { servers, reason } => {
+                write!(f, "no NATS server answered at {servers}: {reason}")
+            }
+            BridgeError::Subscribe(e) => write!(f, "bridge subscription failed: {e}"),
+            BridgeError::JetStream(e) => write!(f, "JetStream: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BridgeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BridgeError::InvalidPrefix(e) => Some(e),
+            BridgeError::InvalidGlob { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// A bridge's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BridgeStats {
+    /// Events sent to NATS (in JetStream mode: acknowledged by the stream).
+    pub exported: u64,
+    /// Events received from NATS and published locally.
+    pub imported: u64,
+    /// Events that could not be exported: the bridge's queue was full (the
+    /// lowest priority goes first), or the local export backlog was.
+    pub dropped: u64,
+    /// Times the connection came back after a loss.
+    pub reconnects: u64,
+    /// Imported messages dropped because their event id was seen already
+    /// (JetStream redeliveries).
+    pub duplicates_dropped: u64,
+    /// Messages carrying this bridge's own origin, skipped.
+    pub echoes_skipped: u64,
+    /// Messages on the prefix that are not bridged events (bad subject,
+    /// headers or JSON), skipped and logged.
+    pub invalid: u64,
+    /// Sends that failed or were not acknowledged and were queued again.
+    pub retried: u64,
+    /// Times NATS reported this bridge's subscriptions too slow (the server
+    /// or client dropped messages for them).
+    pub slow_consumer: u64,
+    /// Events waiting in the bridge's queue now.
+    pub queued: u64,
+    /// Connected now.
+    pub connected: bool,
+}
+
+/// A running bridge. Stop it with [`shutdown`](Bridge::shutdown); dropping
+/// it stops it at once, without sending what is queued.
+#[derive(Debug)]
+pub struct Bridge {
+    shared: Arc<bridge::Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for bridge::Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bridge")
+            .field("prefix", &self.prefix)
+            .field("instance", &self.instance)
+            .finish()
+    }
+}
+
+impl Bridge {
+    /// Connects to NATS and starts bridging `bus`. Runs its tasks on the
+    /// current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// A typed [`BridgeError`] for an invalid prefix, glob or JetStream
+    /// name, no globs at all, no server answering within the connect
+    /// timeout, or a stream, consumer or subscription that could not be made.
+    pub async fn start(bus: &Bus, config: BridgeConfig) -> Result<Bridge, BridgeError> {
+        let running = bridge::start(bus, config).await?;
+        Ok(Bridge { shared: running.shared, tasks: running.tasks })
+    }
+
+    /// This bridge's origin id.
+    pub fn instance(&self) -> &str {
+        &self.shared.instance
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> BridgeStats {
+        let c = &self.shared.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        BridgeStats {
+            exported: load(&c.exported),
+            imported: load(&c.imported),
+            dropped: load(&self.shared.outbox.dropped) + self.shared.backlog_dropped(),
+            reconnects: load(&c.connects).saturating_sub(1),
+            duplicates_dropped: load(&c.duplicates),
+            echoes_skipped: load(&c.echoes),
+            invalid: load(&c.invalid),
+            retried: load(&c.retried),
+            slow_consumer: load(&c.slow_consumer),
+            queued: self.shared.outbox.len() as u64,
+            connected: c.connected.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Waits until every event the local bus had dispatched to the export
+    /// subscriptions before the call has been sent (core mode: written to
+    /// the server; JetStream: acknowledged), or `timeout` passes. Returns
+    /// whether it got there.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let work = async {
+            self.shared.bus.flush_async().await;
+            self.shared.outbox.drained().await;
+            self.shared.client.flush().await.is_ok()
+        };
+        tokio::time::timeout(timeout, work).await.unwrap_or(false)
+    }
+
+    /// Stops exporting, sends what is queued (for at most `timeout`), stops
+    /// importing and closes the connection. Returns the events left unsent,
+    /// which are counted as dropped.
+    pub async fn shutdown(mut self, timeout: Duration) -> u64 {
+        let flushed = self.flush(timeout).await;
+        self.shared.unsubscribe_exports();
+        self.shared.closing.store(true, Ordering::SeqCst);
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        let left = self.shared.outbox.len() as u64;
+        if !flushed {
+            tracing::warn!(left, "bridge shut down before its queue was sent");
+        }
+        self.shared.outbox.dropped.fetch_add(left, Ordering::Relaxed);
+        let _ = self.shared.client.drain().await;
+        left
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.shared.unsubscribe_exports();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The bridge against a real NATS server: exactly-once exchange, overlapping
+//! imports, awkward names, metadata, typed payloads, duplicates, invalid
+//! messages and invalid configuration.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use common::{eventually, shared_server, unique_prefix};
+use serde_json::json;
+use switchboard::{Bus, Event, Priority};
+use switchboard_nats::{Bridge, BridgeConfig, BridgeError};
+
+/// Every event a bus's handlers saw, by id.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<Event>>>);
+
+impl Seen {
+    fn on(bus: &Bus, pattern: &str) -> Seen {
+        let seen = Seen::default();
+        let s = seen.clone();
+        bus.subscribe(pattern, "observer", move |e: &Event| {
+            s.0.lock().unwrap().push(e.clone());
+            Ok(())
+        })
+        .expect("subscribe");
+        seen
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// How many times each id was seen.
+    fn counts(&self) -> HashMap<u128, usize> {
+        let mut out = HashMap::new();
+        for e in self.0.lock().unwrap().iter() {
+            *out.entry(e.id().as_u128()).or_insert(0) += 1;
+        }
+        out
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> =
+            self.0.lock().unwrap().iter().map(|e| e.name().to_owned()).collect();
+        v.sort();
+        v
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// After a bus's count settles, extra deliveries would show up within this.
+const QUIET: Duration = Duration::from_millis(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_buses_bridging_everything_both_ways_see_each_event_exactly_once() {
+    let Some(url) = shared_server() else { return };
+    let prefix = unique_prefix("both_ways");
+    let (a, b) = (Bus::new().unwrap(), Bus::new().unwrap());
+    let config =
+        |name: &str| BridgeConfig::new(&url).prefix(&prefix).export("*").import("*").instance(name);
+    let bridge_a = Bridge::start(&a, config("shard-a")).await.expect("bridge a");
+    let bridge_b = Bridge::start(&b, config("shard-b")).await.expect("bridge b");
+    let (seen_a, seen_b) = (Seen::on(&a, "*"), Seen::on(&b, "*"));
+
+    let mut sent_a = Vec::new();
+    let mut sent_b = Vec::new();
+    for i in 0..300u64 {
+        let ea = Event::new(format!("trivia.q{i}"), json!({"i": i}), "trivia")
+            .with_priority(Priority::High);
+        sent_a.push(ea.id().as_u128());
+        a.publish(ea).unwrap();
+        let eb = Event::new(format!("stats.s{i}"), json!([i, "x"]), "stats plugin");
+        sent_b.push(eb.id().as_u128());
+        b.publish(eb).unwrap();
+    }
+    assert!(
+        eventually(WAIT, || seen_a.len() >= 600 && seen_b.len() >= 600).await,
+        "a saw {}, b saw {}",
+        seen_a.len(),
+        seen_b.len()
+    );
+    tokio::time::sleep(QUIET).await;
+    for (bus, seen) in [("a", &seen_a), ("b", &seen_b)] {
+        let counts = seen.counts();
+        assert_eq!(seen.len(), 600, "bus {bus} saw extra deliveries");
+        for id in sent_a.iter().chain(&sent_b) {
+            assert_eq!(counts.get(id), Some(&1), "bus {bus}: event {id:x} not seen exactly once");
+        }
+    }
+    // Imported events keep what the publisher gave them, and say where
+    // they came from.
+    let original: HashMap<u128, Event> =
+        seen_a.events().into_iter().map(|e| (e.id().as_u128(), e)).collect();
+    for e in seen_b.events().into_iter().filter(|e| e.name().starts_with("trivia.")) {
+        let o = &original[&e.id().as_u128()];
+        assert_eq!(e.origin(), Some("shard-a"));
+        assert_eq!(o.origin(), None);
+        assert_eq!(
+            (e.name(), e.source(), e.priority(), e.data()),
+            (o.name(), o.source(), o.priority(), o.data())
+        );
+        assert_eq!(e.timestamp(), o.timestamp());
+    }
+    let sb = seen_a.events().into_iter().find(|e| e.name() == "stats.s7").unwrap();
+    assert_eq!((sb.source(), sb.data()), ("stats plugin", &json!([7, "x"])));
+
+    let (sa, sb) = (bridge_a.stats(), bridge_b.stats());
+    assert_eq!((sa.exported, sa.imported, sa.dropped), (300, 300, 0), "{sa:?}");
+    assert_eq!((sb.exported, sb.imported, sb.dropped), (300, 300, 0), "{sb:?}");
+    assert_eq!((sa.echoes_skipped, sb.echoes_skipped), (300, 300));
+    assert!(sa.connected && sb.connected);
+    assert_eq!(bridge_a.shutdown(Duration::from_secs(5)).await, 0);
+    assert_eq!(bridge_b.shutdown(Duration::from_secs(5)).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_imports_deliver_once_and_only_what_matches() {
+    let Some(url) = shared_server() else { return };
+    let prefix = unique_prefix("overlap");
+    let (a, b) = (Bus::new().unwrap(), Bus::new().unwrap());
+    let _ea = Bridge::start(&a, BridgeConfig::new(&url).prefix(&prefix).export("*")).await.unwrap();
+    let config = BridgeConfig::new(&url)
+        .prefix(&prefix)
+        .import("trivia.*")
+        .import("trivia.started")
+        .import("*.started")
+        .import("t?ivia.*")
+        .import("quote.[a-c]*");
+    let ib = Bridge::start(&b, config).await.unwrap();
+    let seen = Seen::on(&b, "*");
+    // A's own exports also reach its own import-free bridge: nothing.
+    let names = [
+        "trivia.started",
+        "trivia.ended",
+        "quote.started",
+        "quote.added",
+        "quote.removed",
+        "trivia",
+        "stats.count",
+        "trivia.round.won",
+    ];
+    for n in names {
+        a.publish(Event::new(n, json!(null), "test")).unwrap();
+    }
+    let expected =
+        ["quote.added", "quote.started", "trivia.ended", "trivia.round.won", "trivia.started"]
+            .map(String::from);
+    assert!(eventually(WAIT, || seen.len() >= expected.len()).await);
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(seen.names(), expected);
+    assert_eq!(ib.stats().imported, expected.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_are_not_subjects_cross_intact() {
+    let Some(url) = shared_server() else { return };
+    let prefix = unique_prefix("names");
+    let (a, b) = (Bus::new().unwrap(), Bus::new().unwrap());
+    let _ea = Bridge::start(&a, BridgeConfig::new(&url).prefix(&prefix).export("*")).await.unwrap();
+    let _ib = Bridge::start(&b, BridgeConfig::new(&url).prefix(&prefix).import("*")).await.unwrap();
+    let seen = Seen::on(&b, "*");
+    let mut names = vec![
+        "chat message",
+        "a..b",
+        ".x",
+        "y.",
+        "*",
+        ">",
+        "a.*.>",
+        "100%",
+        "%41",
+        "tab\tnew\nline",
+        "🎲.roll",
+        "ünï",
+    ];
+    for n in &names {
+        a.publish(Event::new(*n, json!(n), "te st.src")).unwrap();
+    }
+    assert!(eventually(WAIT, || seen.len() >= names.len()).await, "saw {:?}", seen.names());
+    names.sort();
+    assert_eq!(seen.names(), names);
+    for e in seen.events() {
+        assert_eq!(e.data(), &json!(e.name()));
+        assert_eq!(e.source(), "te st.src");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_payloads_travel_through_serde() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct QuoteAdded {
+        id: u32,
+        text: String,
+    }
+    let Some(url) = shared_server() else { return };
+    let prefix = unique_prefix("typed");
+    let (a, b) = (Bus::new().unwrap(), Bus::new().unwrap());
+    let _ea =
+        Bridge::start(&a, BridgeConfig::new(&url).prefix(&prefix).export("quote.*")).await.unwrap();
+    let _ib =
+        Bridge::start(&b, BridgeConfig::new(&url).prefix(&prefix).import("quote.*")).await.unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    b.subscribe_typed("quote.added", "search", move |_e: &Event, q: &QuoteAdded| {
+        g.lock().unwrap().push(q.text.clone());
+        Ok(())
+    })
+    .unwrap();
+    a.publish(Event::typed("quote.added", QuoteAdded { id: 7, text: "to be".into() }, "quotes"))
+        .unwrap();
+    assert!(eventually(WAIT, || got.lock().unwrap().len() == 1).await);
+    assert_eq!(*got.lock().unwrap(), ["to be"]);
+    assert_eq!(b.stats().handler_errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_by_id_and_foreign_messages_are_dropped_and_counted() {
+    let Some(url) = shared_server() else { return };
+    let prefix = unique_prefix("dups");
+    let b = Bus::new().unwrap();
+    let ib = Bridge::start(&b, BridgeConfig::new(&url).prefix(&prefix).import("*")).await.unwrap();
+    let seen = Seen::on(&b, "*");
+    let raw = async_nats::connect(url.as_str()).await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Switchboard-Origin", "elsewhere");
+    headers.insert("Switchboard-Id", "000000000000000000000000000000ab");
+    headers.insert("Switchboard-Source", "raw");
+    // The same event twice (a redelivery), then messages that are not
+    // bridged events: no headers, bad JSON, a subject escaping cannot make.
+    raw.publish_with_headers(format!("{prefix}.trivia.started"), headers.clone(), "1".into())
+        .await
+        .unwrap();
+    raw.publish_with_headers(format!("{prefix}.trivia.started"), headers.clone(), "1".into())
+        .await
+        .unwrap();
+    raw.publish(format!("{prefix}.trivia.started"), "2".into()).await.unwrap();
+    raw.publish_with_headers(
+        format!("{prefix}.trivia.x"),
+        {
+            let mut h = headers.clone();
+            h.insert("Switchboard-Id", "000000000000000000000000000000cd");
+            h
+        },
+        "{not json".into(),
+    )
+    .await
+    .unwrap();
+    raw.publish_with_headers(format!("{prefix}.a%zz"), headers.clone(), "1".into()).await.unwrap();
+    raw.flush().await.unwrap();
+    assert!(
+        eventually(WAIT, || ib.stats().invalid == 3 && ib.stats().duplicates_dropped == 1).await,
+        "{:?}",
+        ib.stats()
+    );
+    tokio::time::sleep(QUIET).await;
+    let events = seen.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].id().as_u128(), 0xab);
+    assert_eq!(events[0].source(), "raw");
+    assert_eq!(events[0].origin(), Some("elsewhere"));
+    assert_eq!(ib.stats().imported, 1);
+    assert!(events[0].timestamp() <= SystemTime::now());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_gets_a_typed_error() {
+    let bus = Bus::new().unwrap();
+    let start = |c: BridgeConfig| {
+        let bus = bus.clone();
+        async move { Bridge::start(&bus, c).await }
+    };
+    let base =
+        || BridgeConfig::new("nats://127.0.0.1:1").connect_timeout(Duration::from_millis(500));
+    assert!(matches!(
+        start(base().prefix("a..b").export("*")).await,
+        Err(BridgeError::InvalidPrefix(_))
+    ));
+    assert!(matches!(
+        start(base().prefix("a.*").export("*")).await,
+        Err(BridgeError::InvalidPrefix(_))
+    ));
+    assert!(matches!(start(base()).await, Err(BridgeError::NothingToBridge)));
+    assert!(matches!(start(base().import("")).await, Err(BridgeError::EmptyGlob)));
+    assert!(matches!(
+        start(base().export("x".repeat(5000))).await,
+        Err(BridgeError::InvalidGlob { .. })
+    ));
+    let js = switchboard_nats::Mode::JetStream(switchboard_nats::JetStreamConfig::new("bad.name"));
+    assert!(matches!(
+        start(base().export("*").mode(js)).await,
+        Err(BridgeError::InvalidName { .. })
+    ));
+    // Nothing listens on port 1: a clear error naming the server.
+    match start(base().export("*")).await {
+        Err(e @ BridgeError::Connect { .. }) => {
+            assert!(e.to_string().contains("127.0.0.1:1"), "{e}")
+        }
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+    // A refused start leaves no subscription behind.
+    assert_eq!(bus.stats().subscriptions, 0);
+}
