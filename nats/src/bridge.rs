@@ -190,7 +190,9 @@ pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, Br
         let earlier: Vec<Pattern> = exports[..i].to_vec();
         let weak = Arc::downgrade(&shared);
         // Ordered: one publishing thread's events leave in its order.
-        let options = SubscribeOptions::new().ordered().backlog(config.queue_capacity);
+        // The handler only queues: its backlog drains at once, so it can be
+        // generous without holding much.
+        let options = SubscribeOptions::new().ordered().backlog(config.queue_capacity.max(65_536));
         let subscribed = bus.subscribe_with(glob, &config.plugin, options, move |event: &Event| {
             if event.origin().is_some() || earlier.iter().any(|p| p.is_match(event.name())) {
                 return Ok(());
@@ -489,6 +491,11 @@ async fn until_connected(shared: &Shared) -> bool {
 /// what it drops.
 async fn export_core(shared: Arc<Shared>) {
     loop {
+        // Check first, then take: during an outage every message stays in
+        // the outbox, where overflow drops the lowest priority first.
+        if !until_connected(&shared).await {
+            return;
+        }
         let Some(item) = shared.outbox.pop() else {
             if shared.closing.load(Ordering::SeqCst) {
                 return;
@@ -499,11 +506,6 @@ async fn export_core(shared: Arc<Shared>) {
             }
             continue;
         };
-        if !until_connected(&shared).await {
-            shared.outbox.push(item, true);
-            shared.outbox.settle();
-            return;
-        }
         match shared
             .client
             .publish_with_headers(item.subject.clone(), item.headers.clone(), item.payload.clone())
@@ -533,10 +535,17 @@ async fn export_jetstream(shared: Arc<Shared>, context: jetstream::Context) {
         while let Some(Some((item, result))) = pending.next().now_or_never() {
             settle_ack(&shared, item, result);
         }
-        let item = if pending.len() < ACK_WINDOW { shared.outbox.pop() } else { None };
+        let item = if pending.len() < ACK_WINDOW && shared.connected() {
+            shared.outbox.pop()
+        } else {
+            None
+        };
         let Some(item) = item else {
             if pending.is_empty() {
                 if shared.closing.load(Ordering::SeqCst) && shared.outbox.len() == 0 {
+                    return;
+                }
+                if !until_connected(&shared).await {
                     return;
                 }
                 tokio::select! {
@@ -548,14 +557,6 @@ async fn export_jetstream(shared: Arc<Shared>, context: jetstream::Context) {
             }
             continue;
         };
-        if !until_connected(&shared).await {
-            shared.outbox.push(item, true);
-            shared.outbox.settle();
-            while let Some((item, result)) = pending.next().await {
-                settle_ack(&shared, item, result);
-            }
-            return;
-        }
         match context
             .publish_with_headers(item.subject.clone(), item.headers.clone(), item.payload.clone())
             .await
