@@ -63,7 +63,7 @@ struct Args {
     /// Write a PNG chart of throughput against subscription count to this file.
     #[arg(long)]
     chart: Option<PathBuf>,
-    /// Run only these scenarios (memory, subscriptions, fanout, priority, workers, churn).
+    /// Run only these scenarios (memory, subscriptions, fanout, priority, workers, churn, nats).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Rounds per scenario (default 7, or 3 with --quick).
@@ -89,6 +89,7 @@ struct Plan {
     priority_run: Duration,
     scaling_events: usize,
     churn_events: usize,
+    nats_events: usize,
 }
 
 impl Plan {
@@ -103,6 +104,7 @@ impl Plan {
             priority_run: Duration::from_millis(if quick { 400 } else { 2_000 }),
             scaling_events: if quick { 20_000 } else { 100_000 },
             churn_events: if quick { 100_000 } else { 1_000_000 },
+            nats_events: if quick { 20_000 } else { 200_000 },
         }
     }
 
@@ -835,6 +837,201 @@ fn memory(report: &mut Report, plan: &Plan) {
     report.print("memory");
 }
 
+/// The NATS server for the bridge scenario, or `None` (after saying why)
+/// when none answers and `SWITCHBOARD_REQUIRE_NATS=1` is not set.
+fn nats_server() -> Option<String> {
+    let url =
+        std::env::var("SWITCHBOARD_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let addr = url.trim_start_matches("nats://");
+    let up = addr
+        .parse()
+        .ok()
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    if up {
+        return Some(url);
+    }
+    let why = format!("no NATS server answers at {url} (start one with `nats-server -js`, or set SWITCHBOARD_NATS_URL)");
+    assert!(std::env::var("SWITCHBOARD_REQUIRE_NATS").as_deref() != Ok("1"), "{why}");
+    println!("== nats: skipped: {why} ==\n");
+    None
+}
+
+/// Two buses bridged through NATS on this machine: events/s from a publish
+/// on one to the handler on the other, core and JetStream, and publish →
+/// handler latency, against the same events dispatched locally.
+fn nats(report: &mut Report, plan: &Plan) {
+    use switchboard_nats::{Bridge, BridgeConfig, JetStreamConfig, Mode};
+    let Some(url) = nats_server() else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let run = |mode: &str, n: usize| -> (f64, f64) {
+        rt.block_on(async {
+            let prefix = format!("bench.p{}.{mode}.{}", std::process::id(), rand_suffix());
+            let (a, b) = (
+                Bus::builder().workers(1).build().expect("bus"),
+                Bus::builder().workers(1).build().expect("bus"),
+            );
+            let with_mode = |c: BridgeConfig, durable: &str| match mode {
+                "jetstream" => c.mode(Mode::JetStream(JetStreamConfig::new(durable))),
+                _ => c,
+            };
+            let ea = Bridge::start(
+                &a,
+                with_mode(BridgeConfig::new(&url).prefix(&prefix).export("bench.*"), "bench_a"),
+            )
+            .await
+            .expect("bridge");
+            let ib = Bridge::start(
+                &b,
+                with_mode(BridgeConfig::new(&url).prefix(&prefix).import("bench.*"), "bench_b"),
+            )
+            .await
+            .expect("bridge");
+            let (local, remote) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+            let l = local.clone();
+            a.subscribe("bench.*", "local", move |_e: &Event| {
+                l.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })
+            .expect("subscribe");
+            let r = remote.clone();
+            b.subscribe("bench.*", "remote", move |_e: &Event| {
+                r.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })
+            .expect("subscribe");
+            let events: Vec<Event> =
+                (0..n).map(|i| Event::new("bench.tick", Value::from(i as u64), "bench")).collect();
+            let start = Instant::now();
+            for event in events {
+                a.publish_async(event).await.expect("publish");
+            }
+            a.flush_async().await;
+            let local_took = start.elapsed();
+            while remote.load(Ordering::Relaxed) < n as u64 {
+                assert!(
+                    start.elapsed() < Duration::from_secs(120),
+                    "bridge: {} of {n} arrived: {:?}",
+                    remote.load(Ordering::Relaxed),
+                    ib.stats()
+                );
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            let remote_took = start.elapsed();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(local.load(Ordering::Relaxed), n as u64, "local deliveries");
+            assert_eq!(
+                remote.load(Ordering::Relaxed),
+                n as u64,
+                "bridged deliveries (duplicates?)"
+            );
+            assert_eq!(ea.stats().dropped, 0, "the bridge dropped events");
+            ea.shutdown(Duration::from_secs(5)).await;
+            ib.shutdown(Duration::from_secs(5)).await;
+            a.shutdown();
+            b.shutdown();
+            (rate(n, local_took), rate(n, remote_took))
+        })
+    };
+    let rounds = plan.rounds.min(3);
+    let (mut local, mut core, mut js) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (l, c) = run("core", plan.nats_events);
+        local.push(l);
+        core.push(c);
+        js.push(run("jetstream", plan.nats_events / 10).1);
+    }
+    let case = "A -> NATS -> B, 1 handler";
+    report.add("nats", case, "local dispatch on A", &local, "events/s");
+    report.add("nats", case, "bridged, core NATS", &core, "events/s");
+    report.add("nats", case, "bridged, JetStream", &js, "events/s");
+
+    // Latency at a paced 5,000 events/s for a second, core mode.
+    let (local_h, remote_h) = rt.block_on(async {
+        let prefix = format!("bench.p{}.latency.{}", std::process::id(), rand_suffix());
+        let (a, b) = (
+            Bus::builder().workers(1).build().expect("bus"),
+            Bus::builder().workers(1).build().expect("bus"),
+        );
+        let ea = Bridge::start(&a, BridgeConfig::new(&url).prefix(&prefix).export("bench.*"))
+            .await
+            .expect("bridge");
+        let ib = Bridge::start(&b, BridgeConfig::new(&url).prefix(&prefix).import("bench.*"))
+            .await
+            .expect("bridge");
+        let origin = Instant::now();
+        let histogram = |bus: &Bus| {
+            let h =
+                Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new(3).expect("histogram")));
+            let hh = h.clone();
+            bus.subscribe("bench.*", "latency", move |e: &Event| {
+                let sent = e.data().as_u64().unwrap_or(0);
+                let now = origin.elapsed().as_nanos() as u64;
+                hh.lock()
+                    .expect("histogram")
+                    .record(now.saturating_sub(sent).max(1))
+                    .expect("in range");
+                Ok(())
+            })
+            .expect("subscribe");
+            h
+        };
+        let (hl, hr) = (histogram(&a), histogram(&b));
+        let n = 5_000u64;
+        let mut tick = tokio::time::interval(Duration::from_micros(200));
+        for _ in 0..n {
+            tick.tick().await;
+            let sent = origin.elapsed().as_nanos() as u64;
+            a.publish(Event::new("bench.tick", Value::from(sent), "bench")).expect("publish");
+        }
+        a.flush_async().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while hr.lock().expect("histogram").len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            hr.lock().expect("histogram").len(),
+            n,
+            "bridged latency probes lost: {:?}",
+            ib.stats()
+        );
+        ea.shutdown(Duration::from_secs(5)).await;
+        ib.shutdown(Duration::from_secs(5)).await;
+        let out = (hl.lock().expect("histogram").clone(), hr.lock().expect("histogram").clone());
+        out
+    });
+    for (name, h) in [("local dispatch on A", &local_h), ("bridged, core NATS", &remote_h)] {
+        report.add(
+            "nats",
+            "p50 latency at 5k events/s",
+            name,
+            &[h.value_at_quantile(0.5) as f64 / 1e3],
+            "us",
+        );
+        report.add(
+            "nats",
+            "p99 latency at 5k events/s",
+            name,
+            &[h.value_at_quantile(0.99) as f64 / 1e3],
+            "us",
+        );
+    }
+    println!("== nats: two buses bridged through the NATS server at {url} (same machine); {} events per core run, a tenth per JetStream run ==", plan.nats_events);
+    report.print("nats");
+    let (l, c, j) = (median_spread(&local).0, median_spread(&core).0, median_spread(&js).0);
+    println!("bridged over local: core {:.2}x, JetStream {:.3}x\n", c / l, j / l);
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        % 1_000_000_007
+}
+
 fn profile(events: usize) {
     let subs = Subs::mixed(1);
     let bus = switchboard_bus(&subs, 1);
@@ -894,6 +1091,9 @@ fn main() {
     }
     if wants("churn") {
         churn(&mut report, &plan);
+    }
+    if wants("nats") {
+        nats(&mut report, &plan);
     }
     let headline = headline(&report);
     println!("finished in {:.0} s", started.elapsed().as_secs_f64());

@@ -10,7 +10,7 @@
 //!   payloads through serde);
 //! * **import**: events arriving for the import globs are published into
 //!   the local bus with their original name, id, source, priority and
-//!   timestamp, and marked with [`Event::origin`]. A glob becomes a NATS
+//!   timestamp, and marked with [`Event::origin`](switchboard::Event::origin). A glob becomes a NATS
 //!   filter that receives a superset of its names (`trivia.*` →
 //!   `<prefix>.trivia.>`; never a NATS `*`), overlapping filters are reduced
 //!   to a disjoint set, and every message is re-checked with the exact

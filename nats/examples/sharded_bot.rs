@@ -1,0 +1,361 @@
+//! A chat bot sharded over two processes that share one event space
+//! through NATS.
+//!
+//! * the **trivia** shard hosts the trivia plugin and the chat: it plays
+//!   rounds, and exports `trivia.*`; it imports `stats.*`;
+//! * the **stats** shard hosts the stats plugin, which counts rounds,
+//!   answers and wins from the imported `trivia.*` events, and publishes a
+//!   `stats.leaderboard` after every round, exported back to the trivia
+//!   shard.
+//!
+//! Run with no arguments, it starts both shards as child processes (the
+//! same binary, `--shard trivia` and `--shard stats`), relays what each
+//! prints, and checks that each received everything the other sent. It
+//! fails with a clear message when no NATS server answers.
+//!
+//! `cargo run --release --example sharded_bot -- [--server nats://127.0.0.1:4222] [--rounds 20]`
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::json;
+use switchboard::plugin::PluginManager;
+use switchboard::{Bus, Event};
+use switchboard_nats::{Bridge, BridgeConfig};
+use switchboard_plugins::{
+    payload, ChatMessage, StatsPlugin, StatsStore, TriviaEnded, TriviaPlugin,
+};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// The NATS server(s).
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    server: String,
+    /// Trivia rounds to play.
+    #[arg(long, default_value_t = 20)]
+    rounds: u64,
+    /// Run one shard (`trivia` or `stats`) instead of starting both.
+    #[arg(long)]
+    shard: Option<String>,
+    /// The subject prefix the shards share (default: fresh per run).
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+/// Guesses players shout until one is right (the trivia plugin's answers
+/// are among them).
+const GUESSES: &[&str] =
+    &["42", "4", "red", "blue", "6", "8", "london", "paris", "mars", "jupiter"];
+const PLAYERS: &[&str] = &["alice", "bob", "carol", "dave"];
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = runtime.block_on(async {
+        match args.shard.as_deref() {
+            None => parent(&args).await,
+            Some("trivia") => trivia_shard(&args).await,
+            Some("stats") => stats_shard(&args).await,
+            Some(other) => Err(format!("unknown shard {other:?}: use trivia or stats")),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sharded_bot: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts both shards, relays their output, checks their results.
+async fn parent(args: &Args) -> Result<(), String> {
+    // Fail early and clearly when no server answers.
+    let probe =
+        tokio::time::timeout(Duration::from_secs(3), async_nats::connect(args.server.as_str()))
+            .await;
+    match probe {
+        Ok(Ok(client)) => drop(client),
+        Ok(Err(e)) => return Err(no_server(&args.server, &e.to_string())),
+        Err(_) => return Err(no_server(&args.server, "timed out")),
+    }
+    let prefix =
+        args.prefix.clone().unwrap_or_else(|| format!("sharded_bot.run{}", std::process::id()));
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    println!("two shards over NATS at {} under `{prefix}.>`, {} rounds", args.server, args.rounds);
+    let spawn = |shard: &str| {
+        Command::new(&exe)
+            .args(["--shard", shard, "--server", &args.server, "--prefix", &prefix])
+            .args(["--rounds", &args.rounds.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start the {shard} shard: {e}"))
+    };
+    let children = [("stats", spawn("stats")?), ("trivia", spawn("trivia")?)];
+    let results = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut relays = Vec::new();
+    for (name, mut child) in children {
+        let stdout = child.stdout.take().expect("piped");
+        let results = results.clone();
+        relays.push(std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(json) = line.strip_prefix("RESULT ") {
+                    results
+                        .lock()
+                        .unwrap()
+                        .insert(name, serde_json::from_str::<serde_json::Value>(json).ok());
+                } else {
+                    println!("[{name:>6}] {line}");
+                }
+            }
+            child.wait().map(|s| (name, s.success()))
+        }));
+    }
+    let mut failed = Vec::new();
+    for relay in relays {
+        match relay.join().expect("relay thread") {
+            Ok((_, true)) => {}
+            Ok((name, false)) => failed.push(name),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(format!("shard(s) {failed:?} failed"));
+    }
+    let results = results.lock().unwrap().clone();
+    let get = |shard: &str, key: &str| {
+        results
+            .get(shard)
+            .cloned()
+            .flatten()
+            .and_then(|v| v[key].as_u64())
+            .ok_or(format!("{shard} shard gave no {key}"))
+    };
+    let sent = get("trivia", "trivia_events_sent")?;
+    let received = get("stats", "trivia_events_received")?;
+    let boards_sent = get("stats", "leaderboards_sent")?;
+    let boards_received = get("trivia", "leaderboards_received")?;
+    println!(
+        "checked: trivia events {sent} sent / {received} received by the stats shard; leaderboards {boards_sent} sent / {boards_received} received by the trivia shard"
+    );
+    if sent != received || boards_sent != boards_received || boards_sent != args.rounds {
+        return Err("an event was lost or doubled between the shards".into());
+    }
+    Ok(())
+}
+
+fn no_server(server: &str, why: &str) -> String {
+    format!(
+        "no NATS server answers at {server} ({why}). Start one with `nats-server -js`, or pass --server URL."
+    )
+}
+
+fn bridge_config(args: &Args, shard: &str) -> BridgeConfig {
+    BridgeConfig::new(&args.server)
+        .prefix(args.prefix.clone().unwrap_or_else(|| "sharded_bot".into()))
+        .instance(format!("shard-{shard}"))
+        .export("shard.*")
+        .import("shard.*")
+}
+
+/// Both shards say hello until each has heard the other: after that, each
+/// one's imports are subscribed, and nothing sent is lost for want of a
+/// listener.
+async fn handshake(bus: &Bus, me: &str, peer: &str) -> Result<(), String> {
+    let heard = Arc::new(AtomicU64::new(0));
+    let h = heard.clone();
+    let peer_hello = format!("shard.hello.{peer}");
+    let guard = bus
+        .subscribe_scoped(&format!("shard.hello.{peer}"), "handshake", move |_e: &Event| {
+            h.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    // Keep saying hello a little after hearing the peer, so it hears us too.
+    let mut after = 0;
+    while after < 5 {
+        bus.publish(Event::new(format!("shard.hello.{me}"), json!(null), me))
+            .map_err(|e| e.to_string())?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if heard.load(Ordering::Relaxed) > 0 {
+            after += 1;
+        }
+        if start.elapsed() > LIMIT {
+            return Err(format!("never heard {peer_hello} from the other shard"));
+        }
+    }
+    drop(guard);
+    Ok(())
+}
+
+async fn trivia_shard(args: &Args) -> Result<(), String> {
+    let bus = Bus::new().map_err(|e| e.to_string())?;
+    let plugins = PluginManager::new(bus.clone());
+    plugins.load(TriviaPlugin::new()).map_err(|e| e.to_string())?;
+    let bridge =
+        Bridge::start(&bus, bridge_config(args, "trivia").export("trivia.*").import("stats.*"))
+            .await
+            .map_err(|e| e.to_string())?;
+    let sent = Arc::new(AtomicU64::new(0));
+    let ended = Arc::new(AtomicU64::new(0));
+    let (s, e) = (sent.clone(), ended.clone());
+    bus.subscribe("trivia.*", "counter", move |event: &Event| {
+        if event.origin().is_none() {
+            s.fetch_add(1, Ordering::Relaxed);
+            if event.name() == "trivia.ended" {
+                e.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    let boards = Arc::new(Mutex::new(Vec::new()));
+    let b = boards.clone();
+    bus.subscribe("stats.leaderboard", "announcer", move |event: &Event| {
+        b.lock().unwrap().push(event.data().clone());
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    handshake(&bus, "trivia", "stats").await?;
+    println!("connected as {}; playing {} rounds", bridge.instance(), args.rounds);
+
+    let mut seq = 0;
+    let mut say = |user: &str, text: &str| {
+        let line = ChatMessage {
+            channel: "#games".into(),
+            user: user.into(),
+            text: text.into(),
+            origin: 0,
+            seq,
+        };
+        seq += 1;
+        bus.publish(Event::typed("chat.message", line, "gateway"))
+    };
+    for round in 0..args.rounds {
+        say("host", "!trivia").map_err(|e| e.to_string())?;
+        bus.flush_async().await;
+        for (i, guess) in GUESSES.iter().enumerate() {
+            if ended.load(Ordering::Relaxed) > round {
+                break;
+            }
+            say(PLAYERS[(i + round as usize) % PLAYERS.len()], guess).map_err(|e| e.to_string())?;
+            bus.flush_async().await;
+        }
+        if ended.load(Ordering::Relaxed) <= round {
+            return Err(format!("round {} never ended", round + 1));
+        }
+    }
+    // The stats shard answers every round with a leaderboard.
+    let start = Instant::now();
+    while (boards.lock().unwrap().len() as u64) < args.rounds && start.elapsed() < LIMIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = boards.lock().unwrap().last().cloned().unwrap_or_default();
+    println!("final leaderboard from the stats shard: {last}");
+    bus.publish(Event::new(
+        "shard.done",
+        json!({"trivia_events": sent.load(Ordering::Relaxed)}),
+        "trivia",
+    ))
+    .map_err(|e| e.to_string())?;
+    bus.flush_async().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = bridge.stats();
+    println!(
+        "sent {} trivia events; received {} leaderboards; bridge: exported {}, imported {}, dropped {}",
+        sent.load(Ordering::Relaxed),
+        boards.lock().unwrap().len(),
+        stats.exported,
+        stats.imported,
+        stats.dropped
+    );
+    println!(
+        "RESULT {}",
+        json!({"trivia_events_sent": sent.load(Ordering::Relaxed), "leaderboards_received": boards.lock().unwrap().len()})
+    );
+    bridge.shutdown(Duration::from_secs(5)).await;
+    bus.shutdown();
+    Ok(())
+}
+
+async fn stats_shard(args: &Args) -> Result<(), String> {
+    let bus = Bus::new().map_err(|e| e.to_string())?;
+    let store = StatsStore::new();
+    let plugins = PluginManager::new(bus.clone());
+    plugins.load(StatsPlugin::new(store.clone())).map_err(|e| e.to_string())?;
+    let bridge =
+        Bridge::start(&bus, bridge_config(args, "stats").import("trivia.*").export("stats.*"))
+            .await
+            .map_err(|e| e.to_string())?;
+    let received = Arc::new(AtomicU64::new(0));
+    let boards = Arc::new(AtomicU64::new(0));
+    let (r, b, st) = (received.clone(), boards.clone(), store.clone());
+    bus.subscribe("trivia.*", "leaderboard", move |event: &Event| {
+        r.fetch_add(1, Ordering::Relaxed);
+        if let Some(TriviaEnded { round, winner, .. }) = payload::<TriviaEnded>(event) {
+            let top: Vec<_> =
+                st.top_winners(3).into_iter().map(|(u, w)| json!({"user": u, "wins": w})).collect();
+            let bus = Bus::current().ok_or("not in a handler")?;
+            bus.publish(Event::new(
+                "stats.leaderboard",
+                json!({"round": round, "winner": winner, "top": top}),
+                "stats",
+            ))?;
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    let done = Arc::new(Mutex::new(None));
+    let d = done.clone();
+    bus.subscribe("shard.done", "coordinator", move |event: &Event| {
+        *d.lock().unwrap() = event.data()["trivia_events"].as_u64();
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    handshake(&bus, "stats", "trivia").await?;
+    println!("connected as {}; counting the trivia shard's rounds", bridge.instance());
+    let start = Instant::now();
+    loop {
+        if let Some(expected) = *done.lock().unwrap() {
+            if received.load(Ordering::Relaxed) >= expected {
+                break;
+            }
+        }
+        if start.elapsed() > LIMIT * 2 {
+            return Err(format!(
+                "received {} trivia events and no end",
+                received.load(Ordering::Relaxed)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bus.flush_async().await;
+    let top = store.top_winners(4);
+    println!(
+        "received {} trivia events: {} rounds, wins {:?}, answers by alice {}",
+        received.load(Ordering::Relaxed),
+        store.rounds(),
+        top,
+        store.participation("alice")
+    );
+    println!(
+        "RESULT {}",
+        json!({"trivia_events_received": received.load(Ordering::Relaxed), "leaderboards_sent": boards.load(Ordering::Relaxed)})
+    );
+    bridge.shutdown(Duration::from_secs(5)).await;
+    bus.shutdown();
+    Ok(())
+}
