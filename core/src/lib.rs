@@ -95,6 +95,3 @@ pub use crate::queue::Overflow;
 pub use crate::stats::{Stats, SubscriptionStats};
 pub use crate::subscription::{HandlerResult, SubscribeOptions, SubscriptionId};
 
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;
