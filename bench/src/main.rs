@@ -874,8 +874,12 @@ fn nats(report: &mut Report, plan: &Plan) {
                 Bus::builder().workers(1).build().expect("bus"),
                 Bus::builder().workers(1).build().expect("bus"),
             );
+            let stream = format!("SWITCHBOARD_BENCH_{}", prefix.replace('.', "_"));
             let with_mode = |c: BridgeConfig, durable: &str| match mode {
-                "jetstream" => c.mode(Mode::JetStream(JetStreamConfig::new(durable))),
+                "jetstream" => c.mode(Mode::JetStream(JetStreamConfig {
+                    stream: Some(stream.clone()),
+                    ..JetStreamConfig::new(durable)
+                })),
                 _ => c,
             };
             let ea = Bridge::start(
@@ -933,6 +937,15 @@ fn nats(report: &mut Report, plan: &Plan) {
             ib.shutdown(Duration::from_secs(5)).await;
             a.shutdown();
             b.shutdown();
+            if mode == "jetstream" {
+                // Leave the shared server as it was.
+                let client =
+                    switchboard_nats::async_nats::connect(url.as_str()).await.expect("connect");
+                switchboard_nats::async_nats::jetstream::new(client)
+                    .delete_stream(&stream)
+                    .await
+                    .expect("delete the bench stream");
+            }
             (rate(n, local_took), rate(n, remote_took))
         })
     };

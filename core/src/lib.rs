@@ -94,4 +94,3 @@ pub use crate::event::{Event, EventId, Payload, Priority, TypedPayload};
 pub use crate::queue::Overflow;
 pub use crate::stats::{Stats, SubscriptionStats};
 pub use crate::subscription::{HandlerResult, SubscribeOptions, SubscriptionId};
-

@@ -55,6 +55,10 @@ mod bridge;
 mod outbox;
 pub mod subject;
 
+/// The NATS client this crate is built on, for what the bridge does not
+/// cover (managing streams, publishing raw messages).
+pub use async_nats;
+
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
