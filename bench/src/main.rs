@@ -554,19 +554,7 @@ fn priority(report: &mut Report, plan: &Plan) {
                 Ok(())
             })
             .expect("subscribe");
-            let hist =
-                Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new(3).expect("histogram")));
-            let h = hist.clone();
-            bus.subscribe("probe", "bench", move |e: &Event| {
-                let sent = e.data().as_u64().unwrap_or(0);
-                let now = origin.elapsed().as_nanos() as u64;
-                h.lock()
-                    .expect("histogram")
-                    .record(now.saturating_sub(sent).max(1))
-                    .expect("in range");
-                Ok(())
-            })
-            .expect("subscribe");
+            let hist = latency_probe(&bus, "probe", origin);
             let stop = Arc::new(AtomicBool::new(false));
             let flooder = {
                 let (bus, stop) = (bus.clone(), stop.clone());
@@ -678,6 +666,25 @@ fn priority(report: &mut Report, plan: &Plan) {
     println!("== priority: probe publish -> handler latency, one probe per ms, while a Low flood keeps the queue (16k) full; 1 us handlers ==");
     println!("   Block: every outside publisher, High included, waits for room in the shared capacity. Shed: a High publish displaces the oldest Low event.");
     report.print("priority");
+}
+
+/// Subscribes a handler that records, for each event, the time since the
+/// send time its payload carries (nanoseconds since `origin`).
+fn latency_probe(
+    bus: &Bus,
+    pattern: &str,
+    origin: Instant,
+) -> Arc<Mutex<hdrhistogram::Histogram<u64>>> {
+    let hist = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new(3).expect("histogram")));
+    let h = hist.clone();
+    bus.subscribe(pattern, "latency", move |e: &Event| {
+        let sent = e.data().as_u64().unwrap_or(0);
+        let now = origin.elapsed().as_nanos() as u64;
+        h.lock().expect("histogram").record(now.saturating_sub(sent).max(1)).expect("in range");
+        Ok(())
+    })
+    .expect("subscribe");
+    hist
 }
 
 fn leak(s: String) -> &'static str {
@@ -976,23 +983,7 @@ fn nats(report: &mut Report, plan: &Plan) {
             .await
             .expect("bridge");
         let origin = Instant::now();
-        let histogram = |bus: &Bus| {
-            let h =
-                Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new(3).expect("histogram")));
-            let hh = h.clone();
-            bus.subscribe("bench.*", "latency", move |e: &Event| {
-                let sent = e.data().as_u64().unwrap_or(0);
-                let now = origin.elapsed().as_nanos() as u64;
-                hh.lock()
-                    .expect("histogram")
-                    .record(now.saturating_sub(sent).max(1))
-                    .expect("in range");
-                Ok(())
-            })
-            .expect("subscribe");
-            h
-        };
-        let (hl, hr) = (histogram(&a), histogram(&b));
+        let (hl, hr) = (latency_probe(&a, "bench.*", origin), latency_probe(&b, "bench.*", origin));
         let n = 5_000u64;
         let mut tick = tokio::time::interval(Duration::from_micros(200));
         for _ in 0..n {

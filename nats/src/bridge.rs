@@ -506,22 +506,16 @@ async fn export_core(shared: Arc<Shared>) {
             }
             continue;
         };
-        match shared
+        let sent = shared
             .client
             .publish_with_headers(item.subject.clone(), item.headers.clone(), item.payload.clone())
             .await
-        {
-            Ok(()) => {
-                shared.counters.exported.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, subject = %item.subject, "NATS publish failed; will retry");
-                shared.counters.retried.fetch_add(1, Ordering::Relaxed);
-                shared.outbox.push(item, true);
-                tokio::time::sleep(RECHECK).await;
-            }
+            .map_err(|e| e.to_string());
+        let failed = sent.is_err();
+        settle(&shared, item, sent);
+        if failed {
+            tokio::time::sleep(RECHECK).await;
         }
-        shared.outbox.settle();
     }
 }
 
@@ -533,7 +527,7 @@ async fn export_jetstream(shared: Arc<Shared>, context: jetstream::Context) {
     loop {
         // Settle what has been acknowledged.
         while let Some(Some((item, result))) = pending.next().now_or_never() {
-            settle_ack(&shared, item, result);
+            settle(&shared, item, result);
         }
         let item = if pending.len() < ACK_WINDOW && shared.connected() {
             shared.outbox.pop()
@@ -553,7 +547,7 @@ async fn export_jetstream(shared: Arc<Shared>, context: jetstream::Context) {
                     () = tokio::time::sleep(RECHECK * 5) => {}
                 }
             } else if let Some((item, result)) = pending.next().await {
-                settle_ack(&shared, item, result);
+                settle(&shared, item, result);
             }
             continue;
         };
@@ -568,18 +562,20 @@ async fn export_jetstream(shared: Arc<Shared>, context: jetstream::Context) {
                 }
                 .boxed(),
             ),
-            Err(e) => settle_ack(&shared, item, Err(e.to_string())),
+            Err(e) => settle(&shared, item, Err(e.to_string())),
         }
     }
 }
 
-fn settle_ack(shared: &Shared, item: Outgoing, result: Result<(), String>) {
+/// A message taken from the outbox was sent (and, in JetStream mode,
+/// acknowledged), or goes back to the front to be sent again.
+fn settle(shared: &Shared, item: Outgoing, result: Result<(), String>) {
     match result {
         Ok(()) => {
             shared.counters.exported.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => {
-            tracing::warn!(error = %e, subject = %item.subject, "JetStream did not acknowledge; will retry");
+            tracing::warn!(error = %e, subject = %item.subject, "NATS did not take the message; will retry");
             shared.counters.retried.fetch_add(1, Ordering::Relaxed);
             shared.outbox.push(item, true);
         }
