@@ -428,6 +428,63 @@ mod tests {
         f.len() == s.len()
     }
 
+    use proptest::prelude::*;
+
+    /// Names and globs over an alphabet rich in what is special to fnmatch
+    /// and to NATS.
+    fn text(max: usize) -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just('.'),
+                Just('*'),
+                Just('?'),
+                Just('['),
+                Just(']'),
+                Just('>'),
+                Just('%'),
+                Just(' '),
+                Just('a'),
+                Just('b'),
+                Just('é'),
+            ],
+            0..max,
+        )
+        .prop_map(|c| c.into_iter().collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn every_name_is_a_valid_subject_and_comes_back(name in "[^\\x00]{1,40}") {
+            let subject = subject_for("p.q", &name);
+            prop_assert!(subject.split('.').all(|t| !t.is_empty() && t != "*" && t != ">"));
+            prop_assert!(subject.bytes().all(|b| b.is_ascii_graphic()));
+            prop_assert_eq!(name_for("p.q", &subject), Ok(name));
+        }
+
+        #[test]
+        fn a_globs_filter_receives_every_name_it_matches(glob in text(8), name in text(8)) {
+            prop_assume!(!name.is_empty());
+            let pattern = Pattern::new(&glob).expect("valid");
+            if pattern.is_match(&name) {
+                let filter = filter_for("p", &glob).subject();
+                prop_assert!(nats_match(&filter, &subject_for("p", &name)), "{} misses {:?}", filter, name);
+            }
+        }
+
+        #[test]
+        fn disjoint_filters_receive_each_subject_once(globs in proptest::collection::vec(text(6), 1..5), name in text(8)) {
+            prop_assume!(!name.is_empty());
+            let subject = subject_for("p", &name);
+            let all: Vec<String> = globs.iter().map(|g| filter_for("p", g).subject()).collect();
+            let reduced: Vec<String> = disjoint_filters("p", &globs).iter().map(Filter::subject).collect();
+            let before = all.iter().any(|f| nats_match(f, &subject));
+            let after = reduced.iter().filter(|f| nats_match(f, &subject)).count();
+            prop_assert_eq!(after, usize::from(before), "{:?} -> {:?}", all, reduced);
+        }
+    }
+
     #[test]
     fn header_values_round_trip() {
         for v in ["trivia", "my plugin", "a.b", "line\nbreak", "ü", ""] {
