@@ -538,14 +538,19 @@ fn priority(report: &mut Report, plan: &Plan) {
     };
     let mut lat: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for _ in 0..plan.rounds {
+        // (name, probe priority, policy, priority reserve: None = default)
         let variants = [
-            ("switchboard High probe, Block", Priority::High, Overflow::Block),
-            ("switchboard High probe, Shed", Priority::High, Overflow::Shed),
-            ("switchboard Low probe, Block", Priority::Low, Overflow::Block),
+            ("switchboard High probe, Block", Priority::High, Overflow::Block, None),
+            ("switchboard High probe, Block, no reserve", Priority::High, Overflow::Block, Some(0)),
+            ("switchboard High probe, Shed", Priority::High, Overflow::Shed, None),
+            ("switchboard Low probe, Block", Priority::Low, Overflow::Block, None),
         ];
-        for (contender, probe_priority, overflow) in variants {
-            let bus =
-                Bus::builder().workers(1).capacity(16_384).overflow(overflow).build().expect("bus");
+        for (contender, probe_priority, overflow, reserve) in variants {
+            let mut builder = Bus::builder().workers(1).capacity(16_384).overflow(overflow);
+            if let Some(reserve) = reserve {
+                builder = builder.priority_reserve(reserve);
+            }
+            let bus = builder.build().expect("bus");
             let flooded = Arc::new(AtomicU64::new(0));
             let f = flooded.clone();
             bus.subscribe("flood", "bench", move |_e: &Event| {
@@ -664,7 +669,7 @@ fn priority(report: &mut Report, plan: &Plan) {
         report.add("priority", case, contender, values, "us");
     }
     println!("== priority: probe publish -> handler latency, one probe per ms, while a Low flood keeps the queue (16k) full; 1 us handlers ==");
-    println!("   Block: every outside publisher, High included, waits for room in the shared capacity. Shed: a High publish displaces the oldest Low event.");
+    println!("   Block: a publisher waits for room below its priority's limit; Low stops 2/16 short of the capacity and Normal 1/16 (the priority reserve), so High finds room. No reserve: every priority competes for the whole capacity. Shed: a High publish displaces the oldest Low event.");
     report.print("priority");
 }
 

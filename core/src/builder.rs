@@ -19,6 +19,8 @@ pub type ErrorHook = Box<dyn Fn(&Event, &str, &(dyn std::error::Error + 'static)
 pub(crate) struct Config {
     pub(crate) workers: usize,
     pub(crate) capacity: usize,
+    /// `None`: a sixteenth of the capacity.
+    pub(crate) priority_reserve: Option<usize>,
     pub(crate) batch_size: usize,
     pub(crate) history_size: usize,
     pub(crate) max_depth: u32,
@@ -65,6 +67,7 @@ impl Default for BusBuilder {
             config: Config {
                 workers: 2,
                 capacity: 65_536,
+                priority_reserve: None,
                 batch_size: 32,
                 history_size: 100,
                 max_depth: 16,
@@ -98,11 +101,25 @@ impl BusBuilder {
     }
 
     /// How many events may wait in the queues, all priorities together.
-    /// Default 65,536. Handlers may publish past it by as many again (see
+    /// Default 65,536. `High` events may fill all of it; `Normal` and `Low`
+    /// stop short of it (see [`priority_reserve`](BusBuilder::priority_reserve)).
+    /// Handlers may publish past it by as many again (see
     /// [`Bus::publish`]); each priority's queue is allocated to hold that
     /// much.
     pub fn capacity(mut self, n: usize) -> BusBuilder {
         self.config.capacity = n;
+        self
+    }
+
+    /// Room in the capacity kept for higher priorities, so that a flood of
+    /// lower-priority events never makes a higher-priority publisher wait
+    /// (under [`Overflow::Block`]) or fail (under [`Overflow::Error`]):
+    /// `Low` events fill the queues up to `capacity - 2 * n`, `Normal` up to
+    /// `capacity - n`, `High` all of it. Default a sixteenth of the
+    /// capacity (4,096 of 65,536; 0 below 16). `0` turns it off: every
+    /// priority competes for the whole capacity.
+    pub fn priority_reserve(mut self, n: usize) -> BusBuilder {
+        self.config.priority_reserve = Some(n);
         self
     }
 
@@ -190,6 +207,11 @@ impl BusBuilder {
         }
         if config.batch_size == 0 {
             return Err(BuildError::ZeroBatchSize);
+        }
+        if let Some(reserve) = config.priority_reserve {
+            if reserve.saturating_mul(2) >= config.capacity {
+                return Err(BuildError::ReserveTooLarge { reserve, capacity: config.capacity });
+            }
         }
         let shared = Arc::new(Shared::new(config, self.error_hook));
         let workers = shared.config.workers;

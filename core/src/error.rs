@@ -61,6 +61,14 @@ pub enum BuildError {
     ZeroCapacity,
     /// `batch_size(0)`: workers could take nothing.
     ZeroBatchSize,
+    /// `priority_reserve(n)` with `2 * n >= capacity`: `Low` events could
+    /// never be queued.
+    ReserveTooLarge {
+        /// The reserve asked for.
+        reserve: usize,
+        /// The capacity.
+        capacity: usize,
+    },
     /// The operating system refused to start a worker thread.
     Spawn(std::io::Error),
 }
@@ -71,6 +79,10 @@ impl fmt::Display for BuildError {
             BuildError::ZeroWorkers => f.write_str("a bus needs at least one worker"),
             BuildError::ZeroCapacity => f.write_str("queue capacity must be at least 1"),
             BuildError::ZeroBatchSize => f.write_str("batch size must be at least 1"),
+            BuildError::ReserveTooLarge { reserve, capacity } => write!(
+                f,
+                "a priority reserve of {reserve} leaves no room for Low events in a capacity of {capacity}"
+            ),
             BuildError::Spawn(e) => write!(f, "could not start a worker thread: {e}"),
         }
     }

@@ -183,7 +183,7 @@ fn loom_flush_waits_for_earlier_events() {
 #[test]
 fn loom_park_has_no_lost_wakeup() {
     model(|| {
-        let queues: Arc<Queues<u32>> = Arc::new(Queues::new(2));
+        let queues: Arc<Queues<u32>> = Arc::new(Queues::new(2, 0));
         let got = Arc::new(AtomicUsize::new(0));
         let worker = {
             let (queues, got) = (queues.clone(), got.clone());
@@ -211,7 +211,7 @@ fn loom_park_has_no_lost_wakeup() {
 #[test]
 fn loom_shutdown_strands_nothing() {
     model(|| {
-        let queues: Arc<Queues<u32>> = Arc::new(Queues::new(2));
+        let queues: Arc<Queues<u32>> = Arc::new(Queues::new(2, 0));
         let drained = Arc::new(AtomicUsize::new(0));
         let worker = {
             let (queues, drained) = (queues.clone(), drained.clone());
@@ -335,7 +335,7 @@ fn drain_until_closed(queues: &Queues<u32>) -> Vec<u32> {
 #[test]
 fn loom_blocked_publisher_is_woken_despite_failed_reservations() {
     model_one_preemption(|| {
-        let queues: Arc<Queues<u32>> = Arc::new(Queues::new(1));
+        let queues: Arc<Queues<u32>> = Arc::new(Queues::new(1, 0));
         assert!(matches!(
             queues.offer(0, Priority::Normal, 0, Overflow::Error, false, |_| {}),
             Offer::Accepted { .. }
@@ -372,13 +372,48 @@ fn loom_blocked_publisher_is_woken_despite_failed_reservations() {
     });
 }
 
+/// Headroom: a Low publisher blocked at its limit and a High publisher
+/// arriving while the queue is past Low's limit: the High event gets in
+/// without waiting for the worker, the Low one is woken when room appears
+/// below its own limit, and nothing is lost or doubled.
+#[test]
+fn loom_low_waits_at_its_limit_while_high_gets_in() {
+    model_one_preemption(|| {
+        // Capacity 3, reserve 1: Low fills to 1, Normal to 2, High to 3.
+        let queues: Arc<Queues<u32>> = Arc::new(Queues::new(3, 1));
+        let offer = |q: &Queues<u32>, item, priority| {
+            matches!(
+                q.offer(item, priority, 0, Overflow::Block, false, |_| {}),
+                Offer::Accepted { .. }
+            )
+        };
+        assert!(offer(&queues, 0, Priority::Low));
+        assert!(offer(&queues, 1, Priority::Normal));
+        let low = {
+            let queues = queues.clone();
+            thread::spawn(move || assert!(offer(&queues, 2, Priority::Low)))
+        };
+        // No worker yet: if High had to wait for room, this would deadlock.
+        assert!(offer(&queues, 3, Priority::High));
+        let worker = {
+            let queues = queues.clone();
+            thread::spawn(move || drain_until_closed(&queues))
+        };
+        low.join().unwrap();
+        queues.close();
+        let mut taken = worker.join().unwrap();
+        taken.sort_unstable();
+        assert_eq!(taken, vec![0, 1, 2, 3], "an accepted event was lost or doubled");
+    });
+}
+
 /// Overshoot: a handler's publishes into a full queue go past the capacity
 /// (up to as much again) into the same lane, in publish order, while an
 /// outside publisher waits for real room.
 #[test]
 fn loom_handler_overshoot_keeps_order_and_outsiders_wait() {
     model(|| {
-        let queues: Arc<Queues<u32>> = Arc::new(Queues::new(1));
+        let queues: Arc<Queues<u32>> = Arc::new(Queues::new(1, 0));
         let offer = |q: &Queues<u32>, item, from_handler| {
             matches!(
                 q.offer(item, Priority::Normal, 0, Overflow::Block, from_handler, |_| {}),

@@ -13,12 +13,18 @@
 //! sees `closed` and backs out, or its reservation is seen by the draining
 //! workers, which wait for the push. No accepted event is stranded.
 //!
+//! *Headroom.* Each priority may fill the capacity only up to its own
+//! limit: `capacity - 2 * reserve` for `Low`, `capacity - reserve` for
+//! `Normal`, all of it for `High`. A flood of lower-priority events
+//! therefore never makes a higher-priority publisher wait for room: the
+//! reserve above the flood's limit is free for it.
+//!
 //! *Overshoot.* A handler must never wait for room (it would wait on its own
 //! worker), so under `Overflow::Block` a publish from a handler may reserve
 //! past the capacity, up to `capacity` more events. Those events go into the
 //! same lane as any other, so they keep their place in publish order and
 //! their priority. Outside publishers still wait until `queued` is below
-//! the capacity.
+//! their priority's limit.
 //!
 //! *Parking.* A worker that found nothing registers as a sleeper
 //! (`sleepers += 1`) under the park lock, then re-reads `queued`, and only
@@ -38,7 +44,9 @@ use crate::loom::{
     ROOM_SPINS,
 };
 
-/// What publish does when the queues are full.
+/// What publish does when the queues are full: at the event's priority's
+/// limit, which for `Low` and `Normal` is short of the capacity by the
+/// [priority reserve](crate::BusBuilder::priority_reserve).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Overflow {
@@ -79,8 +87,10 @@ pub(crate) enum Offer<T> {
 #[derive(Debug)]
 pub(crate) struct Queues<T> {
     lanes: [BoundedQueue<Queued<T>>; 3],
-    /// What outside publishers may fill.
+    /// What outside publishers may fill (High events; lower priorities
+    /// stop `reserve` per step below).
     capacity: usize,
+    reserve: usize,
     /// What handlers may fill under `Overflow::Block` (see *Overshoot*).
     overshoot_limit: usize,
     /// Reserved or queued events, across all lanes.
@@ -95,7 +105,11 @@ pub(crate) struct Queues<T> {
 }
 
 impl<T> Queues<T> {
-    pub(crate) fn new(capacity: usize) -> Queues<T> {
+    /// Queues holding `capacity` events; `reserve` (with `2 * reserve <
+    /// capacity`) is kept above `Low`'s limit for `Normal` and `High`, and
+    /// as much again above `Normal`'s for `High` (see *Headroom*).
+    pub(crate) fn new(capacity: usize, reserve: usize) -> Queues<T> {
+        debug_assert!(reserve.saturating_mul(2) < capacity.max(1));
         let overshoot_limit = capacity.saturating_mul(2);
         Queues {
             // Each lane can hold everything: all events may be of one priority.
@@ -105,6 +119,7 @@ impl<T> Queues<T> {
                 BoundedQueue::new(overshoot_limit),
             ],
             capacity,
+            reserve,
             overshoot_limit,
             queued: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -139,7 +154,7 @@ impl<T> Queues<T> {
         let limit = if from_handler && policy == Overflow::Block {
             self.overshoot_limit
         } else {
-            self.capacity
+            self.limit(priority)
         };
         let mut shed_tried = false;
         loop {
@@ -156,7 +171,7 @@ impl<T> Queues<T> {
                 Overflow::Error => return Offer::Full(item),
                 Overflow::Block if from_handler => return Offer::Full(item),
                 // Loop: the next reservation sees room, or `closed`.
-                Overflow::Block => self.wait_for_room(),
+                Overflow::Block => self.wait_for_room(limit),
                 Overflow::Shed if shed_tried => return Offer::Shed(item),
                 Overflow::Shed => {
                     // Drop the oldest event of the lowest lane below ours;
@@ -174,6 +189,12 @@ impl<T> Queues<T> {
                 }
             }
         }
+    }
+
+    /// How full the queues may be for an outside publisher at `priority`
+    /// to get in (see *Headroom*).
+    fn limit(&self, priority: Priority) -> usize {
+        self.capacity - self.reserve * (Priority::High.index() - priority.index())
     }
 
     fn reserve(&self, limit: usize) -> Reserve {
@@ -221,12 +242,10 @@ impl<T> Queues<T> {
         }
     }
 
-    fn wait_for_room(&self) {
+    fn wait_for_room(&self, limit: usize) {
         let mut round = 0;
         while round < ROOM_SPINS {
-            if self.queued.load(Ordering::SeqCst) < self.capacity
-                || self.closed.load(Ordering::SeqCst)
-            {
+            if self.queued.load(Ordering::SeqCst) < limit || self.closed.load(Ordering::SeqCst) {
                 return;
             }
             backoff(&mut round);
@@ -234,13 +253,12 @@ impl<T> Queues<T> {
         let guard = self.room.lock();
         self.room_waiters.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let guard = if self.queued.load(Ordering::SeqCst) >= self.capacity
-            && !self.closed.load(Ordering::SeqCst)
-        {
-            self.room_freed.wait(guard)
-        } else {
-            guard
-        };
+        let guard =
+            if self.queued.load(Ordering::SeqCst) >= limit && !self.closed.load(Ordering::SeqCst) {
+                self.room_freed.wait(guard)
+            } else {
+                guard
+            };
         self.room_waiters.fetch_sub(1, Ordering::SeqCst);
         drop(guard);
     }
@@ -339,4 +357,57 @@ enum Reserve {
     Ok,
     Full,
     Closed,
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn offer(q: &Queues<u32>, item: u32, priority: Priority, policy: Overflow) -> bool {
+        matches!(q.offer(item, priority, 0, policy, false, |_| {}), Offer::Accepted { .. })
+    }
+
+    /// Each priority fills only up to its limit; nothing drains here, so a
+    /// High publish under `Block` that had to wait would never return.
+    #[test]
+    fn a_low_flood_leaves_room_for_normal_and_high() {
+        let q: Queues<u32> = Queues::new(8, 2);
+        let accepted = (0..10).filter(|&i| offer(&q, i, Priority::Low, Overflow::Error)).count();
+        assert_eq!(accepted, 4, "Low stops at capacity - 2 * reserve");
+        assert!(offer(&q, 20, Priority::Normal, Overflow::Block));
+        assert!(offer(&q, 21, Priority::Normal, Overflow::Block));
+        assert!(
+            !offer(&q, 22, Priority::Normal, Overflow::Error),
+            "Normal stops at capacity - reserve"
+        );
+        assert!(offer(&q, 30, Priority::High, Overflow::Block));
+        assert!(offer(&q, 31, Priority::High, Overflow::Block));
+        assert!(!offer(&q, 32, Priority::High, Overflow::Error), "High stops at the capacity");
+        assert_eq!(q.depths(), [4, 2, 2]);
+    }
+
+    /// Without a reserve, every priority competes for the whole capacity.
+    #[test]
+    fn no_reserve_lets_low_fill_everything() {
+        let q: Queues<u32> = Queues::new(4, 0);
+        assert_eq!((0..6).filter(|&i| offer(&q, i, Priority::Low, Overflow::Error)).count(), 4);
+        assert!(!offer(&q, 9, Priority::High, Overflow::Error));
+    }
+
+    /// Under `Shed`, a Normal event at its limit displaces the oldest Low
+    /// one rather than taking High's reserve.
+    #[test]
+    fn shed_at_a_limit_displaces_a_lower_event() {
+        let q: Queues<u32> = Queues::new(8, 2);
+        for i in 0..4 {
+            assert!(offer(&q, i, Priority::Low, Overflow::Shed));
+        }
+        assert!(offer(&q, 10, Priority::Normal, Overflow::Shed));
+        assert!(offer(&q, 11, Priority::Normal, Overflow::Shed));
+        match q.offer(12, Priority::Normal, 0, Overflow::Shed, false, |_| {}) {
+            Offer::Accepted { dropped: Some(victim) } => assert_eq!(victim.item, 0),
+            other => panic!("expected the oldest Low event shed, got {other:?}"),
+        }
+        assert_eq!(q.depths(), [3, 3, 0]);
+    }
 }

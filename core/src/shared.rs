@@ -93,7 +93,10 @@ impl Shared {
             id: NEXT_BUS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             snapshot: ArcCell::from_pointee(Snapshot::default()),
             registry: Mutex::new(Registry::default()),
-            queues: Queues::new(config.capacity),
+            queues: Queues::new(
+                config.capacity,
+                config.priority_reserve.unwrap_or(config.capacity / 16),
+            ),
             epochs: Epochs::new(),
             counters: Counters::new(config.workers),
             history: (config.history_size > 0).then(|| History::new(config.history_size)),

@@ -347,6 +347,63 @@ fn overflow_error_gives_the_event_back_and_shed_drops_lowest_first() {
     assert_eq!(stats.published, 5);
 }
 
+/// A flood of Low events fills the queues only to Low's limit: with the
+/// worker held, Normal and then High events still get in, under `Error`
+/// (no refusal) and under `Block` (no wait: nothing drains while the worker
+/// is held, so a waiting publish would never return).
+#[test]
+fn the_priority_reserve_keeps_room_for_higher_priorities() {
+    watchdog(30, || {
+        // Capacity 32: the default reserve is 2.
+        let bus = Bus::builder().workers(1).capacity(32).overflow(Overflow::Error).build().unwrap();
+        let release = hold_worker(&bus);
+        let low = (0..40)
+            .filter(|i| bus.publish(ev(&format!("l{i}")).with_priority(Priority::Low)).is_ok())
+            .count();
+        assert_eq!(
+            low, 28,
+            "Low stops at capacity - 2 * reserve (the held event is taken: not queued)"
+        );
+        let normal = (0..5).filter(|i| bus.publish(ev(&format!("n{i}"))).is_ok()).count();
+        assert_eq!(normal, 2);
+        let high = (0..5)
+            .filter(|i| bus.publish(ev(&format!("h{i}")).with_priority(Priority::High)).is_ok())
+            .count();
+        assert_eq!(high, 2);
+        release.send(()).unwrap();
+        bus.flush();
+        assert_eq!(bus.stats().rejected, 12 + 3 + 3);
+
+        let bus = Bus::builder().workers(1).capacity(32).build().unwrap();
+        let release = hold_worker(&bus);
+        for i in 0..28 {
+            bus.publish(ev(&format!("l{i}")).with_priority(Priority::Low)).unwrap();
+        }
+        // Low is at its limit; a Low publisher now waits, High does not.
+        let waiting = {
+            let bus = bus.clone();
+            std::thread::spawn(move || bus.publish(ev("late").with_priority(Priority::Low)).is_ok())
+        };
+        for i in 0..4 {
+            bus.publish(ev(&format!("h{i}")).with_priority(Priority::High)).unwrap();
+        }
+        assert!(!waiting.is_finished(), "a Low publish past Low's limit did not wait");
+        release.send(()).unwrap();
+        assert!(waiting.join().unwrap());
+        bus.flush();
+        assert_eq!(bus.stats().published, 1 + 28 + 1 + 4);
+    });
+}
+
+#[test]
+fn a_priority_reserve_that_leaves_low_no_room_is_refused() {
+    match Bus::builder().capacity(8).priority_reserve(4).build() {
+        Err(BuildError::ReserveTooLarge { reserve: 4, capacity: 8 }) => {}
+        other => panic!("expected ReserveTooLarge, got {other:?}"),
+    }
+    assert!(Bus::builder().capacity(8).priority_reserve(3).build().is_ok());
+}
+
 #[test]
 fn blocking_publish_waits_for_room_and_loses_nothing() {
     watchdog(30, || {
