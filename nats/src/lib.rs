@@ -26,7 +26,10 @@
 //!   the client while it is disconnected: the queue holds what it can, and
 //!   what it drops is counted; messages already written to a connection that
 //!   then broke can be lost without a count (core NATS has no
-//!   acknowledgements). In JetStream mode ([`Mode::JetStream`], at least
+//!   acknowledgements), and an importing bus that falls more than
+//!   [`BridgeConfig::subscription_capacity`] messages behind loses messages
+//!   (reported in [`BridgeStats::slow_consumer`]; core NATS has no flow
+//!   control). In JetStream mode ([`Mode::JetStream`], at least
 //!   once) exports are acknowledged by the stream and retried until they
 //!   are, imports come from a durable consumer and are acknowledged only
 //!   after the local handlers ran, and redeliveries are dropped by event id.
@@ -319,8 +322,10 @@ pub struct BridgeStats {
     pub invalid: u64,
     /// Sends that failed or were not acknowledged and were queued again.
     pub retried: u64,
-    /// Times NATS reported this bridge's subscriptions too slow (the server
-    /// or client dropped messages for them).
+    /// Times the client reported an import subscription too slow: its
+    /// buffer ([`BridgeConfig::subscription_capacity`]) was full and
+    /// messages were dropped (one report may stand for several). Core mode
+    /// only; JetStream's pull consumers have flow control.
     pub slow_consumer: u64,
     /// Events waiting in the bridge's queue now.
     pub queued: u64,
