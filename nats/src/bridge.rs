@@ -118,6 +118,13 @@ pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, Br
             .map_err(|error| BridgeError::InvalidGlob { glob: config.import.join(", "), error })?;
         Some(set)
     };
+    // The instance travels in a header: printable ASCII, no spaces.
+    if config.instance.is_empty() || !config.instance.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(BridgeError::InvalidName {
+            what: "instance id",
+            name: config.instance.clone(),
+        });
+    }
     if let Mode::JetStream(js) = &config.mode {
         check_js_name(&js.durable, "durable consumer name")?;
         if let Some(stream) = &js.stream {

@@ -169,8 +169,9 @@ impl BridgeConfig {
     }
 
     /// This bridge's origin id, stamped on what it exports and recorded as
-    /// [`Event::origin`](switchboard::Event::origin) on what others import.
-    /// Default: random, unique per bridge. Give each shard its own.
+    /// [`Event::origin`](switchboard::Event::origin) on what others import:
+    /// printable ASCII without spaces. Default: random, unique per bridge.
+    /// Give each shard its own.
     pub fn instance(mut self, instance: impl Into<String>) -> BridgeConfig {
         self.instance = instance.into();
         self
@@ -246,7 +247,8 @@ pub enum BridgeError {
     EmptyGlob,
     /// Neither export nor import globs were given.
     NothingToBridge,
-    /// A JetStream stream or consumer name holds characters NATS refuses.
+    /// An instance id (which travels in a header) or a JetStream stream or
+    /// consumer name holds characters NATS refuses.
     InvalidName {
         /// Which name.
         what: &'static str,
@@ -277,9 +279,10 @@ impl fmt::Display for BridgeError {
             BridgeError::NothingToBridge => {
                 f.write_str("the bridge has no export and no import globs")
             }
-            BridgeError::InvalidName { what, name } => {
-                write!(f, "invalid JetStream {what} {name:?}: use letters, digits, `-` and `_`")
-            }
+            BridgeError::InvalidName { what, name } => write!(
+                f,
+                "invalid {what} {name:?}: use letters, digits, `-` and `_` (an instance id may hold any printable ASCII but spaces)"
+            ),
             BridgeError::Connect { servers, reason } => {
                 write!(f, "no NATS server answered at {servers}: {reason}")
             }

@@ -293,6 +293,10 @@ async fn bad_configuration_gets_a_typed_error() {
         start(base().export("x".repeat(5000))).await,
         Err(BridgeError::InvalidGlob { .. })
     ));
+    assert!(matches!(
+        start(base().export("*").instance("shard 1\r\n")).await,
+        Err(BridgeError::InvalidName { what: "instance id", .. })
+    ));
     let js = switchboard_nats::Mode::JetStream(switchboard_nats::JetStreamConfig::new("bad.name"));
     assert!(matches!(
         start(base().export("*").mode(js)).await,
