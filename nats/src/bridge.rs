@@ -47,7 +47,6 @@ pub(crate) struct Counters {
     pub(crate) invalid: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) slow_consumer: AtomicU64,
-    pub(crate) connected: AtomicBool,
 }
 
 /// What the bridge's tasks share.
@@ -171,12 +170,11 @@ pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, Br
         });
     }
 
-    // A round trip: once it is back, the server has our subscriptions, so
-    // whatever is published after `start` returns reaches us.
-    client
-        .flush()
-        .await
-        .map_err(|e| BridgeError::Subscribe(format!("confirming subscriptions: {e}")))?;
+    // A round trip through the server: it handles one connection's
+    // commands in order, so once our own probe comes back, it has our
+    // subscriptions and whatever is published after `start` returns
+    // reaches us. (`flush` only empties the socket's write buffer.)
+    round_trip(&client).await?;
 
     let shared = Arc::new(Shared {
         bus: bus.clone(),
@@ -233,6 +231,20 @@ pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, Br
     Ok(Running { shared, tasks })
 }
 
+async fn round_trip(client: &async_nats::Client) -> Result<(), BridgeError> {
+    let fail = |e: &dyn std::fmt::Display| {
+        BridgeError::Subscribe(format!("confirming subscriptions: {e}"))
+    };
+    let inbox = client.new_inbox();
+    let mut probe = client.subscribe(inbox.clone()).await.map_err(|e| fail(&e))?;
+    client.publish(inbox, Bytes::new()).await.map_err(|e| fail(&e))?;
+    match tokio::time::timeout(Duration::from_secs(10), probe.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(fail(&"the connection closed")),
+        Err(_) => Err(fail(&"the server did not answer within 10 s")),
+    }
+}
+
 enum ImportSource {
     Core(async_nats::Subscriber),
     JetStream(Box<jetstream::consumer::PullConsumer>),
@@ -258,12 +270,10 @@ async fn connect(
                 match event {
                     async_nats::Event::Connected => {
                         counters.connects.fetch_add(1, Ordering::Relaxed);
-                        counters.connected.store(true, Ordering::SeqCst);
                         tracing::info!("bridge connected to NATS");
                     }
                     async_nats::Event::Disconnected => {
                         counters.disconnects.fetch_add(1, Ordering::Relaxed);
-                        counters.connected.store(false, Ordering::SeqCst);
                         tracing::warn!("bridge disconnected from NATS; reconnecting");
                     }
                     async_nats::Event::SlowConsumer(sid) => {
@@ -379,9 +389,10 @@ impl Shared {
         );
     }
 
-    fn connected(&self) -> bool {
-        self.counters.connected.load(Ordering::SeqCst)
-            && self.client.connection_state() == async_nats::connection::State::Connected
+    /// The client's own state (a watch the connection task updates), not
+    /// the event callback's view, which runs later on a task of its own.
+    pub(crate) fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// Decodes an imported message into an event, or says why it is skipped.

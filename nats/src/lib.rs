@@ -387,7 +387,7 @@ impl Bridge {
             retried: load(&c.retried),
             slow_consumer: load(&c.slow_consumer),
             queued: self.shared.outbox.len() as u64,
-            connected: c.connected.load(Ordering::SeqCst),
+            connected: self.shared.connected(),
         }
     }
 

@@ -56,7 +56,13 @@ async fn core_mode_outage_drops_lowest_priority_first_counts_it_and_never_blocks
     for i in 0..10 {
         a.publish(Event::new(format!("before.{i}"), json!(i), "t")).unwrap();
     }
-    assert!(eventually(WAIT, || count(&remote) == 10).await);
+    assert!(
+        eventually(WAIT, || count(&remote) == 10).await,
+        "b got {}: {:?} {:?}",
+        count(&remote),
+        ea.stats(),
+        ib.stats()
+    );
 
     server.stop();
     assert!(
