@@ -536,7 +536,10 @@ fn priority(report: &mut Report, plan: &Plan) {
             std::hint::spin_loop();
         }
     };
-    let mut lat: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    // (contender, case) -> latency in µs per round.
+    let mut lat: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    const P50: &str = "p50 latency under Low flood";
+    const P99: &str = "p99 latency under Low flood";
     for _ in 0..plan.rounds {
         // (name, probe priority, policy, priority reserve: None = default)
         let variants = [
@@ -604,8 +607,8 @@ fn priority(report: &mut Report, plan: &Plan) {
                 assert_eq!(shed, 0, "{contender}: Block dropped events");
             }
             bus.shutdown();
-            lat.entry(contender).or_default().push(hist.value_at_quantile(0.5) as f64 / 1e3);
-            lat.entry(leak(format!("{contender} p99")))
+            lat.entry((contender, P50)).or_default().push(hist.value_at_quantile(0.5) as f64 / 1e3);
+            lat.entry((contender, P99))
                 .or_default()
                 .push(hist.value_at_quantile(0.99) as f64 / 1e3);
         }
@@ -654,18 +657,11 @@ fn priority(report: &mut Report, plan: &Plan) {
         let (hist, flood) = consumer.join().expect("consumer");
         assert_eq!(hist.len(), probes, "channel: probes lost");
         assert_eq!(flood, flood_sent, "channel: flood lost");
-        lat.entry("channel (FIFO) probe")
-            .or_default()
-            .push(hist.value_at_quantile(0.5) as f64 / 1e3);
-        lat.entry("channel (FIFO) probe p99")
-            .or_default()
-            .push(hist.value_at_quantile(0.99) as f64 / 1e3);
+        let fifo = "channel (FIFO) probe";
+        lat.entry((fifo, P50)).or_default().push(hist.value_at_quantile(0.5) as f64 / 1e3);
+        lat.entry((fifo, P99)).or_default().push(hist.value_at_quantile(0.99) as f64 / 1e3);
     }
-    for (contender, values) in &lat {
-        let (contender, case) = match contender.strip_suffix(" p99") {
-            Some(c) => (c, "p99 latency under Low flood"),
-            None => (*contender, "p50 latency under Low flood"),
-        };
+    for ((contender, case), values) in &lat {
         report.add("priority", case, contender, values, "us");
     }
     println!("== priority: probe publish -> handler latency, one probe per ms, while a Low flood keeps the queue (16k) full; 1 us handlers ==");
@@ -690,10 +686,6 @@ fn latency_probe(
     })
     .expect("subscribe");
     hist
-}
-
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
 }
 
 /// Events per second with 1..=cores workers, 4 handlers per event that each

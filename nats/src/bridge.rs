@@ -41,7 +41,6 @@ pub(crate) struct Counters {
     pub(crate) exported: AtomicU64,
     pub(crate) imported: AtomicU64,
     pub(crate) connects: AtomicU64,
-    pub(crate) disconnects: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     pub(crate) echoes: AtomicU64,
     pub(crate) invalid: AtomicU64,
@@ -273,7 +272,6 @@ async fn connect(
                         tracing::info!("bridge connected to NATS");
                     }
                     async_nats::Event::Disconnected => {
-                        counters.disconnects.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!("bridge disconnected from NATS; reconnecting");
                     }
                     async_nats::Event::SlowConsumer(sid) => {
