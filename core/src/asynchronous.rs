@@ -32,6 +32,40 @@ use crate::shared::Shared;
 use crate::subscription::{HandlerResult, Subscription};
 use crate::worker::HandlerScope;
 
+thread_local! {
+    static OFF_RUNTIME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread runs one of the bus's own `spawn_blocking` closures
+/// (the `_async` forms'), where waiting is what it is there for, whatever
+/// the runtime's flavour.
+pub(crate) fn off_runtime() -> bool {
+    OFF_RUNTIME.with(|c| c.get())
+}
+
+/// Runs `f` on tokio's blocking pool, marked as [`off_runtime`], and
+/// resumes its panic, if any, here.
+pub(crate) async fn on_blocking_pool<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> R {
+    struct Mark;
+    impl Drop for Mark {
+        fn drop(&mut self) {
+            OFF_RUNTIME.with(|c| c.set(false));
+        }
+    }
+    let ran = tokio::task::spawn_blocking(move || {
+        OFF_RUNTIME.with(|c| c.set(true));
+        let _mark = Mark;
+        f()
+    })
+    .await;
+    match ran {
+        Ok(r) => r,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
 /// A handler's future.
 pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
 
@@ -54,6 +88,11 @@ impl TokioRunner {
     ) -> TokioRunner {
         let permits = (concurrency > 1).then(|| Arc::new(Semaphore::new(concurrency)));
         TokioRunner { handle, timeout, permits }
+    }
+
+    /// Whether its runtime is a current-thread one.
+    pub(crate) fn on_current_thread(&self) -> bool {
+        self.handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
     }
 }
 
@@ -81,15 +120,14 @@ async fn run(mut guard: CallGuard) {
             return;
         };
         let Work::Async(f) = work else {
-            mailbox.done(&shared, entry.bucket);
+            mailbox.done(&shared, entry.bucket, Some(work));
             continue;
         };
         match permit {
             None => {
                 guard.bucket = Some(entry.bucket);
                 call(&shared, &sub, &entry, &f, runner.timeout).await;
-                drop(f);
-                guard.end_call();
+                guard.end_call(Some(Work::Async(f)));
             }
             Some(permit) => {
                 let mut call_guard = CallGuard {
@@ -102,8 +140,7 @@ async fn run(mut guard: CallGuard) {
                 runner.handle.spawn(async move {
                     let (shared, sub) = (call_guard.shared.clone(), call_guard.sub.clone());
                     call(&shared, &sub, &entry, &f, timeout).await;
-                    drop(f);
-                    call_guard.end_call();
+                    call_guard.end_call(Some(Work::Async(f)));
                     drop(permit);
                 });
             }
@@ -125,20 +162,21 @@ struct CallGuard {
 }
 
 impl CallGuard {
-    /// Ends the call in progress.
-    fn end_call(&mut self) {
+    /// Ends the call in progress, dropping `work` as
+    /// [`Mailbox::done`] says.
+    fn end_call(&mut self, work: Option<Work>) {
         if let (Some(bucket), Some(mailbox)) = (self.bucket.take(), &self.sub.mailbox) {
-            mailbox.done(&self.shared, bucket);
+            mailbox.done(&self.shared, bucket, work);
         }
     }
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        self.end_call();
+        self.end_call(None);
         let Some(mailbox) = &self.sub.mailbox else { return };
         if self.abandon {
-            let lost = mailbox.abandon(&self.shared);
+            let lost = mailbox.abandon(&self.shared, &self.sub);
             if lost > 0 {
                 tracing::warn!(
                     plugin = &*self.sub.plugin,
@@ -165,7 +203,8 @@ async fn call(
     let outcome = match started {
         Err(panic) => Err(panic),
         Ok(future) => {
-            let scoped = Scoped { future, shared: shared.clone(), sub: sub.clone(), entry };
+            let scoped =
+                Scoped { future: Some(future), shared: shared.clone(), sub: sub.clone(), entry };
             let limited: Pin<Box<dyn Future<Output = HandlerResult> + Send + '_>> = match timeout {
                 None => Box::pin(scoped),
                 Some(limit) => Box::pin(async move {
@@ -181,9 +220,12 @@ async fn call(
     report(shared, sub, &entry.event, outcome);
 }
 
-/// Polls a handler's future inside its handler scope.
+/// Polls a handler's future inside its handler scope, and drops it there
+/// too (when it finished, or when a timeout cancels it): what the future
+/// holds is part of the call, so its `Drop` may use the bus as the call
+/// may (a `flush` from it returns at once).
 struct Scoped<'a> {
-    future: HandlerFuture,
+    future: Option<HandlerFuture>,
     shared: Arc<Shared>,
     sub: Arc<Subscription>,
     entry: &'a Entry,
@@ -196,7 +238,21 @@ impl Future for Scoped<'_> {
         let this = self.get_mut();
         let _scope =
             HandlerScope::enter(&this.shared, &this.sub, &this.entry.event, this.entry.bucket);
-        this.future.as_mut().poll(cx)
+        match &mut this.future {
+            Some(future) => future.as_mut().poll(cx),
+            // Never polled again after `Ready`.
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Scoped<'_> {
+    fn drop(&mut self) {
+        let Some(future) = self.future.take() else { return };
+        let _scope =
+            HandlerScope::enter(&self.shared, &self.sub, &self.entry.event, self.entry.bucket);
+        // A panicking `Drop` is caught and counted, as any stray panic.
+        self.shared.drop_caught(future);
     }
 }
 

@@ -13,7 +13,11 @@
 //! liburcu's `memb` flavour and folly's asymmetric barriers work.
 //!
 //! Where the call is missing (other systems, a kernel before 4.14, a
-//! sandbox that forbids it) both sides use a full fence. Under loom both
+//! sandbox that forbids it) both sides use a full fence. Setting the
+//! environment variable `SWITCHBOARD_NO_MEMBARRIER` (to anything but `0` or
+//! the empty string) before the first bus is built forces that fallback,
+//! so that the tests can run the fallback path on a system that has the
+//! call (CI runs the core tests both ways). Under loom both
 //! are full fences: the models check the protocol given the fences'
 //! semantics, which is what the system call guarantees.
 
@@ -28,6 +32,13 @@ pub(crate) struct Barrier {
 impl Barrier {
     pub(crate) fn new() -> Barrier {
         Barrier { expedited: cfg!(not(loom)) && imp::register() }
+    }
+
+    /// Whether the light side is a compiler fence (the expedited system
+    /// call is in use) rather than a full fence.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn is_expedited(self) -> bool {
+        self.expedited
     }
 
     /// The hot path's fence: orders a worker's store before its next load
@@ -67,10 +78,17 @@ mod imp {
         unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_long, 0 as libc::c_long) }
     }
 
-    /// Registers the process for expedited barriers, once; whether it worked.
+    /// Registers the process for expedited barriers, once; whether it worked
+    /// (`false` without trying when `SWITCHBOARD_NO_MEMBARRIER` asks for the
+    /// fallback).
     pub(super) fn register() -> bool {
         static REGISTERED: OnceLock<bool> = OnceLock::new();
         *REGISTERED.get_or_init(|| {
+            let forced_off = std::env::var_os("SWITCHBOARD_NO_MEMBARRIER")
+                .is_some_and(|v| !v.is_empty() && v != "0");
+            if forced_off {
+                return false;
+            }
             let supported = membarrier(QUERY);
             supported >= 0
                 && supported & PRIVATE_EXPEDITED != 0
@@ -91,5 +109,22 @@ mod imp {
 
     pub(super) fn barrier() -> bool {
         true
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::Barrier;
+
+    /// The switch CI uses to run the tests on the fallback path: with it
+    /// set, the light fence is a full fence (checked here, as that run is
+    /// only meaningful if the switch really took effect).
+    #[test]
+    fn the_environment_switch_forces_the_fallback() {
+        let forced = std::env::var_os("SWITCHBOARD_NO_MEMBARRIER")
+            .is_some_and(|v| !v.is_empty() && v != "0");
+        if forced {
+            assert!(!Barrier::new().is_expedited(), "SWITCHBOARD_NO_MEMBARRIER was ignored");
+        }
     }
 }

@@ -84,7 +84,20 @@ impl Default for BusBuilder {
 }
 
 impl BusBuilder {
-    /// Worker threads that dispatch events. Default 2.
+    /// The most worker threads a bus takes.
+    pub const MAX_WORKERS: usize = 1024;
+    /// The largest queue capacity: each priority's queue is allocated up
+    /// front to hold twice the capacity (room for handlers' overshoot), so
+    /// this is about 600 MiB of queue slots.
+    pub const MAX_CAPACITY: usize = 1 << 22;
+    /// The largest history: each slot is allocated up front (a cache line
+    /// and a lock), so this is about 128 MiB.
+    pub const MAX_HISTORY: usize = 1 << 20;
+    /// The largest batch a worker takes (its buffer is allocated up front).
+    pub const MAX_BATCH: usize = 1 << 16;
+
+    /// Worker threads that dispatch events. Default 2; at most
+    /// [`MAX_WORKERS`](BusBuilder::MAX_WORKERS).
     ///
     /// Sizing: inline handlers run on the workers, so count how many
     /// handler calls per second the bot needs and how long an inline call
@@ -101,7 +114,7 @@ impl BusBuilder {
     }
 
     /// How many events may wait in the queues, all priorities together.
-    /// Default 65,536. `High` events may fill all of it; `Normal` and `Low`
+    /// Default 65,536; at most [`MAX_CAPACITY`](BusBuilder::MAX_CAPACITY). `High` events may fill all of it; `Normal` and `Low`
     /// stop short of it (see [`priority_reserve`](BusBuilder::priority_reserve)).
     /// Handlers may publish past it by as many again (see
     /// [`Bus::publish`]); each priority's queue is allocated to hold that
@@ -131,7 +144,7 @@ impl BusBuilder {
     }
 
     /// How many recent events [`Bus::history`] keeps. Default 100; 0 turns
-    /// history off.
+    /// history off; at most [`MAX_HISTORY`](BusBuilder::MAX_HISTORY).
     pub fn history_size(mut self, n: usize) -> BusBuilder {
         self.config.history_size = n;
         self
@@ -195,10 +208,21 @@ impl BusBuilder {
     ///
     /// # Errors
     ///
-    /// [`BuildError`] for zero workers, capacity or batch size, or when a
-    /// thread cannot be started.
+    /// [`BuildError`] for zero workers, capacity or batch size, a size past
+    /// its limit ([`BuildError::TooLarge`]), or when a thread cannot be
+    /// started.
     pub fn build(self) -> Result<Bus, BuildError> {
         let config = self.config;
+        for (what, value, max) in [
+            ("workers", config.workers, BusBuilder::MAX_WORKERS),
+            ("capacity", config.capacity, BusBuilder::MAX_CAPACITY),
+            ("history_size", config.history_size, BusBuilder::MAX_HISTORY),
+            ("batch_size", config.batch_size, BusBuilder::MAX_BATCH),
+        ] {
+            if value > max {
+                return Err(BuildError::TooLarge { what, value, max });
+            }
+        }
         if config.workers == 0 {
             return Err(BuildError::ZeroWorkers);
         }

@@ -13,15 +13,17 @@ use crate::error::{
     BuildError, FlushTimeout, HistoryError, NameError, PayloadError, PublishError, ShutdownTimeout,
     SubscribeError, WaitTimeout,
 };
+use crate::event::Priority;
 use crate::event::{Event, EventId, Payload};
 use crate::loom::Ordering;
-use crate::mailbox::{self, Mailbox, Runner, Work};
+use crate::mailbox::{self, Mailbox, Room, Runner, Work};
 use crate::queue::{Offer, Overflow};
 use crate::shared::Shared;
 use crate::stats::SubscriptionStats;
 use crate::stats::{Count, Stats};
 use crate::subscription::{Handler, HandlerResult, SubscribeOptions, Subscription, SubscriptionId};
 use crate::worker::{in_handler_of, mailbox_call, parent_of, worker_index, CONTEXT};
+use smallvec::SmallVec;
 
 /// The owner of the workers: dropping the last one shuts the bus down.
 pub(crate) struct Handle {
@@ -30,7 +32,21 @@ pub(crate) struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        let _ = self.shared.shutdown(None);
+        let shared = &self.shared;
+        if in_handler_of(shared.id) {
+            shared.close();
+            return;
+        }
+        if shared.wait_here(|| shared.shutdown(None)).is_none() {
+            // Dropped on a current-thread runtime whose async handlers this
+            // thread would starve: close, and let the workers drain.
+            shared.close();
+            tracing::warn!(
+                "the last Bus handle was dropped on a current-thread tokio runtime that runs async \
+                 handlers: the bus is closed without waiting for its drain (call shutdown_async \
+                 first to wait for it)"
+            );
+        }
     }
 }
 
@@ -217,6 +233,28 @@ impl Bus {
         self.handle.shared.id
     }
 
+    /// A number that tells this bus apart from every other one, in this
+    /// process or any other (drawn at random when it was built). With an
+    /// event's [`sequence`](Event::sequence) it makes a key unique to one
+    /// accepted publish, for de-duplicating across buses: a republished
+    /// clone of an event is a new publish with a new key.
+    pub fn instance(&self) -> u64 {
+        self.shared().instance
+    }
+
+    /// The counter of calls a plugin's reload hand-over skipped (they are
+    /// taken out of `Stats::dispatched`).
+    pub(crate) fn skip_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.shared().counters.skipped.clone()
+    }
+
+    /// Whether this thread may wait for the bus's work (see
+    /// `Shared::wait_mode`): `false` on a current-thread tokio runtime's
+    /// thread while async handlers run on a current-thread runtime.
+    pub(crate) fn may_wait_here(&self) -> bool {
+        self.shared().wait_mode() != crate::shared::WaitMode::Refused
+    }
+
     /// A handle that does not keep the bus alive.
     pub fn downgrade(&self) -> WeakBus {
         WeakBus { handle: Arc::downgrade(&self.handle) }
@@ -322,11 +360,19 @@ impl Bus {
     /// thread and before this returns, with up to `n` of the latest events
     /// in [`history`](Bus::history) matching `pattern`, in publish order;
     /// then with live events, as [`subscribe`](Bus::subscribe) would. At
-    /// the seam nothing is missed and nothing comes twice: live events the
-    /// replay covered are skipped, and live events that arrive during the
-    /// replay wait for it. (On a bus without history there is nothing to
-    /// replay.) A replayed call's error or panic is counted and reported
-    /// like any handler's.
+    /// the seam nothing is missed and nothing comes twice, whatever the
+    /// number of publishers: the replayed events are a contiguous run of the
+    /// publish sequence ending just below the seam, live events numbered
+    /// below the seam are skipped, and live events that arrive during the
+    /// replay wait for it (buffered; no worker waits). (On a bus without
+    /// history there is nothing to replay.)
+    ///
+    /// Replayed calls are handler calls: they run inside the handler's
+    /// context (so [`Bus::current`] works, a publish from them is one level
+    /// deeper, a `flush` from them returns at once), under no lock, and a
+    /// replayed call's error or panic is counted and reported like any
+    /// handler's. The replay stops early if the subscription is removed
+    /// meanwhile.
     ///
     /// # Errors
     ///
@@ -344,10 +390,11 @@ impl Bus {
     /// }
     /// let seen = Arc::new(Mutex::new(Vec::new()));
     /// let s = seen.clone();
-    /// bus.subscribe_replay("score.*", "board", 3, move |e: &Event| {
+    /// let replay = bus.subscribe_replay("score.*", "board", 3, move |e: &Event| {
     ///     s.lock().unwrap().push(e.data().as_u64().unwrap());
     ///     Ok(())
     /// })?;
+    /// assert_eq!((replay.replayed, replay.seam), (3, 5));
     /// bus.publish(Event::new("score.changed", serde_json::json!(5), "trivia"))?;
     /// bus.flush();
     /// assert_eq!(*seen.lock().unwrap(), [2, 3, 4, 5]);
@@ -359,12 +406,13 @@ impl Bus {
         plugin: &str,
         n: usize,
         handler: F,
-    ) -> Result<SubscriptionId, SubscribeError>
+    ) -> Result<Replayed, SubscribeError>
     where
         F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
     {
         struct Replay {
-            /// Live events that came during the replay.
+            /// Live events that came during the replay; `None` once it is
+            /// over.
             buffer: Option<Vec<Event>>,
             /// Live events numbered below it were covered by the replay.
             seam: u64,
@@ -373,13 +421,14 @@ impl Bus {
         let state = Arc::new(crate::loom::Mutex::new(Replay { buffer: Some(Vec::new()), seam: 0 }));
         let (h, st) = (handler.clone(), state.clone());
         let live = move |event: &Event| -> HandlerResult {
-            let mut replay = st.lock();
-            if let Some(buffer) = &mut replay.buffer {
-                buffer.push(event.clone());
-                return Ok(());
-            }
-            let seam = replay.seam;
-            drop(replay);
+            let seam = {
+                let mut replay = st.lock();
+                if let Some(buffer) = &mut replay.buffer {
+                    buffer.push(event.clone());
+                    return Ok(());
+                }
+                replay.seam
+            };
             if event.sequence().is_some_and(|seq| seq < seam) {
                 return Ok(());
             }
@@ -388,29 +437,54 @@ impl Bus {
         let sub =
             self.register(pattern, plugin, SubscribeOptions::new(), Some(Box::new(live)), None)?;
         let shared = &self.handle.shared;
-        let (mut replayed, seam) = match &shared.history {
-            Some(history) => history.read_settled(n, Some(&sub.pattern)),
-            None => (Vec::new(), 0),
+        // Read after the subscribe: every event numbered at or above it is
+        // matched against a snapshot that holds the subscription.
+        let seam = shared.sequence_end();
+        state.lock().seam = seam;
+        let (mut replayed, _start) = match &shared.history {
+            Some(history) => history.read_settled(seam, n, Some(&sub.pattern)),
+            None => (Vec::new(), seam),
         };
         replayed.reverse();
         let call = |event: &Event| {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(event)));
+            let bucket = shared.epochs.begin();
+            let outcome = {
+                let _scope = crate::worker::HandlerScope::enter(shared, &sub, event, bucket);
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(event)))
+            };
             mailbox::report(shared, &sub, event, outcome);
+            shared.epochs.end(bucket, 1);
         };
+        let mut count = 0;
         for event in &replayed {
+            if !sub.is_active() {
+                break;
+            }
             call(event);
+            count += 1;
         }
-        // Held while the buffered live events run, so later live calls
-        // queue behind them.
-        let mut replay = state.lock();
-        replay.seam = seam;
-        for event in replay.buffer.take().unwrap_or_default() {
-            if !event.sequence().is_some_and(|seq| seq < seam) {
-                call(&event);
+        drop(replayed);
+        // The live events that came meanwhile, a batch at a time, each taken
+        // under the lock and called outside it; the buffer ends, and live
+        // calls start, once it is found empty.
+        loop {
+            let batch = {
+                let mut replay = state.lock();
+                match &mut replay.buffer {
+                    Some(buffer) if !buffer.is_empty() => std::mem::take(buffer),
+                    _ => {
+                        replay.buffer = None;
+                        break;
+                    }
+                }
+            };
+            for event in &batch {
+                if sub.is_active() && !event.sequence().is_some_and(|seq| seq < seam) {
+                    call(event);
+                }
             }
         }
-        drop(replay);
-        Ok(sub.id)
+        Ok(Replayed { id: sub.id, replayed: count, seam })
     }
 
     /// Subscribes a handler that receives the payload as a `T`.
@@ -568,34 +642,31 @@ impl Bus {
         let concurrency = if options.ordered { 1 } else { options.concurrency };
         let work: Arc<AsyncFn> =
             Arc::new(move |event: Arc<Event>| -> HandlerFuture { Box::pin(handler(event)) });
+        options.check()?;
         let runner = Runner::Tokio(TokioRunner::new(runtime, concurrency, options.timeout));
-        let mailbox = Mailbox::new(Work::Async(work), runner, options.ordered, options.backlog);
+        let overflow = options.overflow.unwrap_or(self.shared().config.overflow);
+        let mailbox =
+            Mailbox::new(Work::Async(work), runner, options.ordered, options.backlog, overflow);
         Ok(self.register(pattern, plugin, options, None, Some(mailbox))?.id)
     }
 
-    /// [`publish`](Bus::publish) for async code: under
-    /// [`Overflow::Block`] with the queues full, it waits for room without
-    /// blocking a runtime thread (the wait runs on tokio's blocking pool).
-    /// Under other policies, or from inside a handler, it is `publish`.
+    /// [`publish`](Bus::publish) for async code: where `publish` would wait
+    /// for room (under [`Overflow::Block`], the queues or an ordered
+    /// subscription's backlog full), it waits without blocking a runtime
+    /// thread (on tokio's blocking pool), on any runtime flavour. From
+    /// inside a handler, which never waits, it is `publish`.
     ///
     /// # Errors
     ///
-    /// As [`publish`](Bus::publish).
+    /// As [`publish`](Bus::publish), but never [`PublishError::WouldBlock`].
     #[cfg(feature = "tokio")]
     pub async fn publish_async(&self, event: Event) -> Result<EventId, PublishError> {
-        let shared = self.shared();
-        if shared.config.overflow != Overflow::Block || parent_of(shared.id).is_some() {
-            return self.publish(event);
-        }
-        match self.publish_with_policy(event, Overflow::Error, false) {
-            Err(PublishError::Full(event)) => {
+        match self.attempt(event) {
+            Attempt::Done(result) => result,
+            Attempt::Wait(event, _) => {
                 let bus = self.clone();
-                match tokio::task::spawn_blocking(move || bus.publish(*event)).await {
-                    Ok(result) => result,
-                    Err(join) => std::panic::resume_unwind(join.into_panic()),
-                }
+                crate::asynchronous::on_blocking_pool(move || bus.publish(*event)).await
             }
-            other => other,
         }
     }
 
@@ -609,13 +680,29 @@ impl Bus {
             return;
         }
         let bus = self.clone();
-        let waited = tokio::task::spawn_blocking(move || {
+        crate::asynchronous::on_blocking_pool(move || {
             let _ = bus.shared().epochs.flush(None);
         })
         .await;
-        if let Err(join) = waited {
-            std::panic::resume_unwind(join.into_panic());
+    }
+
+    /// [`shutdown`](Bus::shutdown) for async code: waits for the drain, the
+    /// handlers' drop and the join without blocking a runtime thread, so
+    /// async handlers on this very runtime (a current-thread one included)
+    /// work through their backlogs meanwhile. From inside a handler it only
+    /// closes the bus, as `shutdown` does.
+    #[cfg(feature = "tokio")]
+    pub async fn shutdown_async(&self) {
+        let shared = self.shared();
+        if in_handler_of(shared.id) {
+            shared.close();
+            return;
         }
+        let bus = self.clone();
+        crate::asynchronous::on_blocking_pool(move || {
+            let _ = bus.shared().shutdown(None);
+        })
+        .await;
     }
 
     fn add_subscription(
@@ -628,9 +715,16 @@ impl Bus {
         if !options.has_mailbox() {
             return Ok(self.register(pattern, plugin, options, Some(handler), None)?.id);
         }
+        options.check()?;
         let runner = if options.blocking { Runner::Threads } else { Runner::Pool };
-        let mailbox =
-            Mailbox::new(Work::Sync(Arc::from(handler)), runner, options.ordered, options.backlog);
+        let overflow = options.overflow.unwrap_or(self.shared().config.overflow);
+        let mailbox = Mailbox::new(
+            Work::Sync(Arc::from(handler)),
+            runner,
+            options.ordered,
+            options.backlog,
+            overflow,
+        );
         let sub = self.register(pattern, plugin, options, None, Some(mailbox))?;
         if options.blocking {
             let threads = if options.ordered { 1 } else { options.concurrency };
@@ -691,8 +785,12 @@ impl Bus {
             shared.ordered_live.fetch_add(1, Ordering::SeqCst);
         }
         #[cfg(feature = "tokio")]
-        if sub.mailbox.as_ref().is_some_and(|m| matches!(m.runner, Runner::Tokio(_))) {
-            shared.async_live.fetch_add(1, Ordering::SeqCst);
+        if sub
+            .mailbox
+            .as_ref()
+            .is_some_and(|m| matches!(&m.runner, Runner::Tokio(r) if r.on_current_thread()))
+        {
+            shared.async_on_current_thread.fetch_add(1, Ordering::SeqCst);
         }
         let next = shared.snapshot.load_full().with(sub.clone());
         shared.snapshot.store(Arc::new(next));
@@ -933,8 +1031,8 @@ impl Bus {
                     shared.ordered_live.fetch_sub(1, Ordering::SeqCst);
                 }
                 #[cfg(feature = "tokio")]
-                if matches!(mailbox.runner, Runner::Tokio(_)) {
-                    shared.async_live.fetch_sub(1, Ordering::SeqCst);
+                if matches!(&mailbox.runner, Runner::Tokio(r) if r.on_current_thread()) {
+                    shared.async_on_current_thread.fetch_sub(1, Ordering::SeqCst);
                 }
             }
         }
@@ -948,49 +1046,110 @@ impl Bus {
 
     /// Queues `event` and returns without waiting for any handler.
     ///
+    /// Under [`Overflow::Block`](crate::Overflow::Block) (the default) it
+    /// waits while the queues are full, and while the backlog of an ordered
+    /// subscription the event matches is full (its
+    /// [policy](SubscribeOptions::overflow) is the bus's unless it chose
+    /// another), so nothing accepted is ever dropped. On a multi-thread
+    /// tokio runtime's thread it waits in `block_in_place`; on a
+    /// current-thread runtime's thread, while async handlers run on a
+    /// current-thread runtime, it does not wait but returns
+    /// [`PublishError::WouldBlock`] (use [`publish_async`](Bus::publish_async)
+    /// there).
+    ///
     /// From inside a handler the event is one level deeper than the event
     /// being handled, and it is queued like any other (handlers never run
     /// nested). A handler never waits for room (it would wait on its own
-    /// worker): under [`Overflow::Block`](crate::Overflow::Block) its event may go past the capacity,
-    /// by as many events again, into the same queue as any other, so it
-    /// keeps its place in publish order and its priority; past that, or
-    /// under [`Overflow::Error`](crate::Overflow::Error), it gets [`PublishError::Full`].
+    /// worker, or on itself): under `Block` its event may go past the
+    /// capacity of the queues, or of an ordered subscription's backlog, by
+    /// as many events again, keeping its place in publish order and its
+    /// priority; past that, or under [`Overflow::Error`](crate::Overflow::Error),
+    /// it gets [`PublishError::Full`].
     ///
-    /// Once this returns `Ok`, the event is in [`history`](Bus::history).
+    /// Once this returns `Ok`, the event is in [`history`](Bus::history) and
+    /// has its [sequence number](Event::sequence).
     ///
     /// # Errors
     ///
     /// [`PublishError`], which gives the event back: the bus is closed, the
-    /// queues are full (policy `Error`), the name is empty, too long or holds
-    /// a NUL, or the handler chain is deeper than the bus's `max_depth`.
-    pub fn publish(&self, event: Event) -> Result<EventId, PublishError> {
-        self.publish_with_policy(event, self.shared().config.overflow, true)
+    /// queues are full (policy `Error`), an ordered subscription's backlog is
+    /// full (its policy `Error`), waiting would block a current-thread
+    /// runtime, the name is empty, too long or holds a NUL, or the handler
+    /// chain is deeper than the bus's `max_depth`.
+    pub fn publish(&self, mut event: Event) -> Result<EventId, PublishError> {
+        let shared = self.shared();
+        loop {
+            let (back, wait_for) = match self.attempt(event) {
+                Attempt::Done(result) => return result,
+                Attempt::Wait(back, wait_for) => (back, wait_for),
+            };
+            let waited = shared.wait_here(|| match &wait_for {
+                WaitFor::Queue(priority) => shared.queues.wait_for_room_at(*priority),
+                WaitFor::Backlog(sub) => {
+                    if let Some(mailbox) = &sub.mailbox {
+                        mailbox.wait_for_room();
+                    }
+                }
+            });
+            if waited.is_none() {
+                shared.counters.bump(Count::Rejected);
+                return Err(PublishError::WouldBlock(back));
+            }
+            event = *back;
+        }
     }
 
-    /// [`publish`](Bus::publish) under `overflow`; a `Full` refusal is
-    /// counted only when `count_full`.
-    fn publish_with_policy(
-        &self,
-        mut event: Event,
-        overflow: Overflow,
-        count_full: bool,
-    ) -> Result<EventId, PublishError> {
+    /// One try at publishing `event` that never waits: what would wait comes
+    /// back, for the caller to wait as its context allows and try again.
+    fn attempt(&self, mut event: Event) -> Attempt {
         let shared = self.shared();
         if let Err(reason) = NameError::check(event.name()) {
             shared.counters.bump(Count::Rejected);
-            return Err(PublishError::InvalidName { event: Box::new(event), reason });
+            return Attempt::Done(Err(PublishError::InvalidName {
+                event: Box::new(event),
+                reason,
+            }));
         }
-        // On a worker: one level deeper, and in the flush bucket of the
+        // From a handler: one level deeper, and in the flush bucket of the
         // event being handled, so a flush also waits for the cascade.
         let parent = parent_of(shared.id);
         let depth = parent.map_or(0, |(depth, _)| depth);
         if depth > shared.config.max_depth {
             shared.counters.bump(Count::DepthRefused);
-            return Err(PublishError::DepthExceeded {
+            return Attempt::Done(Err(PublishError::DepthExceeded {
                 event: Box::new(event),
                 depth,
                 max: shared.config.max_depth,
-            });
+            }));
+        }
+        let from_handler = parent.is_some();
+        // Ordered subscriptions get the event from this thread, in its
+        // publish order (see `mailbox.rs`); their backlogs are checked for
+        // room before anything is reserved, so a wait holds nothing.
+        let mut ordered: SmallVec<[Arc<Subscription>; 4]> = SmallVec::new();
+        if shared.ordered_live.load(Ordering::SeqCst) > 0 {
+            shared
+                .snapshot
+                .load_full()
+                .route_ordered(event.name(), |sub| ordered.push(sub.clone()));
+            for sub in &ordered {
+                let Some(mailbox) = &sub.mailbox else { continue };
+                match mailbox.room_for(from_handler) {
+                    Room::Free => {}
+                    Room::Wait => {
+                        return Attempt::Wait(Box::new(event), WaitFor::Backlog(sub.clone()))
+                    }
+                    Room::Refused => {
+                        shared.counters.bump(Count::Rejected);
+                        let event = Box::new(event);
+                        return Attempt::Done(Err(if mailbox.overflow == Overflow::Error {
+                            PublishError::BacklogFull { event, subscription: sub.id }
+                        } else {
+                            PublishError::Full(event)
+                        }));
+                    }
+                }
+            }
         }
         event.set_depth(depth);
         event.clear_sequence();
@@ -1001,35 +1160,34 @@ impl Bus {
             Some((_, bucket)) => shared.epochs.begin_in(bucket),
             None => shared.epochs.begin(),
         };
+        // Numbered and in history once it is sure to be accepted, before any
+        // worker can take it.
         let record = |event: &Arc<Event>| {
+            let seq = shared.next_sequence();
+            event.set_sequence(seq);
             if let Some(history) = &shared.history {
-                history.record(event);
+                history.record(event, seq);
             }
         };
-        // Ordered subscriptions get the event from this thread, in its
-        // publish order, once it is sure to be accepted (see `mailbox.rs`).
         let route = |event: &Arc<Event>| {
             record(event);
-            if shared.ordered_live.load(Ordering::SeqCst) > 0 {
-                shared.snapshot.load_full().route_ordered(event.name(), |sub| {
-                    Mailbox::push(&self.handle.shared, sub, event, bucket);
-                });
+            for sub in &ordered {
+                Mailbox::push(&self.handle.shared, sub, event, bucket);
             }
         };
-        let offer = shared.queues.offer(event, priority, bucket, overflow, parent.is_some(), route);
+        let overflow = shared.config.overflow;
+        let offer = shared.queues.offer(event, priority, bucket, overflow, from_handler, route);
         let refused = match offer {
             Offer::Accepted { dropped } => {
                 if let Some(victim) = dropped {
                     shared.epochs.end(victim.epoch, 1);
                     shared.counters.bump(Count::Dropped);
-                    tracing::debug!(
-                        event = victim.item.name(),
-                        "dropped by the shed overflow policy"
-                    );
+                    shared.log_shed(&victim.item);
                     // The victim was counted as published when it was accepted.
+                    shared.drop_caught(victim);
                 }
                 shared.counters.bump(Count::Published);
-                return Ok(id);
+                return Attempt::Done(Ok(id));
             }
             Offer::Shed(event) => {
                 // Accepted and dropped at once: published, in history, and
@@ -1038,17 +1196,20 @@ impl Bus {
                 shared.epochs.end(bucket, 1);
                 shared.counters.bump(Count::Published);
                 shared.counters.bump(Count::Dropped);
-                tracing::debug!(event = event.name(), "dropped by the shed overflow policy");
-                return Ok(id);
+                shared.log_shed(&event);
+                shared.drop_caught(event);
+                return Attempt::Done(Ok(id));
+            }
+            Offer::Wait(event) => {
+                shared.epochs.end(bucket, 1);
+                return Attempt::Wait(unwrap_event(event), WaitFor::Queue(priority));
             }
             Offer::Full(event) => PublishError::Full(unwrap_event(event)),
             Offer::Closed(event) => PublishError::Closed(unwrap_event(event)),
         };
         shared.epochs.end(bucket, 1);
-        if count_full || !refused.is_full() {
-            shared.counters.bump(Count::Rejected);
-        }
-        Err(refused)
+        shared.counters.bump(Count::Rejected);
+        Attempt::Done(Err(refused))
     }
 
     /// Returns once every event published before the call has been
@@ -1064,7 +1225,7 @@ impl Bus {
         if in_handler_of(shared.id) {
             return;
         }
-        shared.blocking_wait(|| {
+        shared.blocking_wait("flush", || {
             let _ = shared.epochs.flush(None);
         });
     }
@@ -1093,7 +1254,7 @@ impl Bus {
         if in_handler_of(shared.id) {
             return Ok(());
         }
-        shared.blocking_wait(|| {
+        shared.blocking_wait("flush", || {
             shared.epochs.flush(deadline(timeout)).map_err(|pending| FlushTimeout { pending })
         })
     }
@@ -1147,7 +1308,9 @@ impl Bus {
             }
         };
         Ok(match &self.shared().history {
-            Some(h) => h.read(limit.unwrap_or(usize::MAX), pattern.as_ref()),
+            Some(h) => {
+                h.read(self.shared().sequence_end(), limit.unwrap_or(usize::MAX), pattern.as_ref())
+            }
             None => Vec::new(),
         })
     }
@@ -1224,8 +1387,33 @@ impl Bus {
     /// the drain and the join. Called from inside a handler it cannot wait
     /// for its own thread: it closes the bus and returns, and the workers
     /// finish draining by themselves.
+    ///
+    /// # Panics
+    ///
+    /// On a current-thread tokio runtime's thread while async handlers run
+    /// on a current-thread runtime, where waiting would starve them (as
+    /// `flush` does): use [`shutdown_async`](Bus::shutdown_async) there. The
+    /// bus is closed all the same. On a multi-thread runtime's thread it
+    /// waits in `block_in_place`.
     pub fn shutdown(&self) {
-        let _ = self.shared().shutdown(None);
+        let _ = self.shutdown_until(None);
+    }
+
+    fn shutdown_until(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimeout> {
+        let shared = self.shared();
+        if in_handler_of(shared.id) {
+            return shared.shutdown(deadline);
+        }
+        match shared.wait_here(|| shared.shutdown(deadline)) {
+            Some(result) => result,
+            None => {
+                shared.close();
+                panic!(
+                    "Bus::shutdown called on a current-thread tokio runtime that runs async \
+                     handlers would wait forever; use shutdown_async"
+                );
+            }
+        }
     }
 
     /// [`shutdown`](Bus::shutdown) that waits at most `timeout` for the drain
@@ -1249,8 +1437,12 @@ impl Bus {
     /// assert!(bus.is_closed());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`shutdown`](Bus::shutdown).
     pub fn shutdown_timeout(&self, timeout: Duration) -> Result<(), ShutdownTimeout> {
-        self.shared().shutdown(deadline(timeout))
+        self.shutdown_until(deadline(timeout))
     }
 
     /// Whether [`shutdown`](Bus::shutdown) has been called.
@@ -1268,6 +1460,35 @@ enum Target<'a> {
     Plugin(&'a str),
     /// The one with this id.
     Id(SubscriptionId),
+}
+
+/// What [`Bus::subscribe_replay`] did: the subscription, how many events
+/// it replayed from history, and where the replay ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Replayed {
+    /// The new subscription.
+    pub id: SubscriptionId,
+    /// Events replayed from history (at most the `n` asked for).
+    pub replayed: usize,
+    /// The seam: the [sequence number](Event::sequence) of the first event
+    /// the handler gets live. Replayed events are numbered below it, the
+    /// last of them just below it.
+    pub seam: u64,
+}
+
+/// What one try at publishing came back with.
+enum Attempt {
+    Done(Result<EventId, PublishError>),
+    /// It would have had to wait for room: the event, and what to wait for.
+    Wait(Box<Event>, WaitFor),
+}
+
+enum WaitFor {
+    /// Room in the queues at this priority.
+    Queue(Priority),
+    /// Room in this ordered subscription's backlog.
+    Backlog(Arc<Subscription>),
 }
 
 /// `now + timeout`, or no deadline when that is past the end of time.

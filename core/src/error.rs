@@ -69,6 +69,17 @@ pub enum BuildError {
         /// The capacity.
         capacity: usize,
     },
+    /// A size the bus would have to allocate up front is past what it
+    /// accepts (queue slots and history slots are allocated at build).
+    TooLarge {
+        /// Which setting: `workers`, `capacity`, `history_size`,
+        /// `batch_size` or `priority_reserve`.
+        what: &'static str,
+        /// The value asked for.
+        value: usize,
+        /// The largest accepted.
+        max: usize,
+    },
     /// The operating system refused to start a worker thread.
     Spawn(std::io::Error),
 }
@@ -83,6 +94,9 @@ impl fmt::Display for BuildError {
                 f,
                 "a priority reserve of {reserve} leaves no room for Low events in a capacity of {capacity}"
             ),
+            BuildError::TooLarge { what, value, max } => {
+                write!(f, "{what} of {value} is too large: at most {max}")
+            }
             BuildError::Spawn(e) => write!(f, "could not start a worker thread: {e}"),
         }
     }
@@ -121,6 +135,15 @@ pub enum SubscribeError {
     /// An async handler was subscribed with no tokio runtime to run it:
     /// none given to the builder, and none current.
     NoRuntime,
+    /// An option is out of its range.
+    InvalidOption {
+        /// Which option: `concurrency`.
+        what: &'static str,
+        /// The value asked for.
+        value: usize,
+        /// The largest accepted.
+        max: usize,
+    },
 }
 
 impl fmt::Display for SubscribeError {
@@ -138,6 +161,9 @@ impl fmt::Display for SubscribeError {
                 "no tokio runtime for an async handler: give one to BusBuilder::runtime or \
                  subscribe from inside a runtime",
             ),
+            SubscribeError::InvalidOption { what, value, max } => {
+                write!(f, "{what} of {value} is too large: at most {max}")
+            }
         }
     }
 }
@@ -154,7 +180,10 @@ impl std::error::Error for SubscribeError {
         match self {
             SubscribeError::InvalidPattern { reason, .. }
             | SubscribeError::InvalidPlugin { reason } => Some(reason),
-            SubscribeError::Closed | SubscribeError::Spawn(_) | SubscribeError::NoRuntime => None,
+            SubscribeError::Closed
+            | SubscribeError::Spawn(_)
+            | SubscribeError::NoRuntime
+            | SubscribeError::InvalidOption { .. } => None,
         }
     }
 }
@@ -171,6 +200,20 @@ pub enum PublishError {
     /// into a full queue and the room handlers may overshoot by was used up
     /// too.
     Full(Box<Event>),
+    /// An ordered subscription's backlog was full and its overflow policy is
+    /// [`Overflow::Error`](crate::Overflow::Error).
+    BacklogFull {
+        /// The event.
+        event: Box<Event>,
+        /// The subscription whose backlog was full.
+        subscription: crate::SubscriptionId,
+    },
+    /// The queues, or an ordered subscription's backlog, were full under
+    /// [`Overflow::Block`](crate::Overflow::Block), and waiting for room on
+    /// this thread (a current-thread tokio runtime's, while async handlers
+    /// run on a current-thread runtime) could starve the handlers that make
+    /// room: use [`Bus::publish_async`](crate::Bus::publish_async) there.
+    WouldBlock(Box<Event>),
     /// The event's name is not acceptable.
     InvalidName {
         /// The event.
@@ -191,9 +234,14 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// Whether the queue was full (see [`PublishError::Full`]).
+    /// Whether the queue or a backlog was full ([`PublishError::Full`],
+    /// [`PublishError::BacklogFull`], [`PublishError::WouldBlock`]): trying
+    /// again later may succeed.
     pub fn is_full(&self) -> bool {
-        matches!(self, PublishError::Full(_))
+        matches!(
+            self,
+            PublishError::Full(_) | PublishError::BacklogFull { .. } | PublishError::WouldBlock(_)
+        )
     }
 
     /// Whether the bus was shut down.
@@ -204,20 +252,20 @@ impl PublishError {
     /// The event that was not accepted, by reference.
     pub fn event(&self) -> &Event {
         match self {
-            PublishError::Closed(e) | PublishError::Full(e) => e,
-            PublishError::InvalidName { event, .. } | PublishError::DepthExceeded { event, .. } => {
-                event
-            }
+            PublishError::Closed(e) | PublishError::Full(e) | PublishError::WouldBlock(e) => e,
+            PublishError::InvalidName { event, .. }
+            | PublishError::DepthExceeded { event, .. }
+            | PublishError::BacklogFull { event, .. } => event,
         }
     }
 
     /// The event that was not accepted.
     pub fn into_event(self) -> Event {
         match self {
-            PublishError::Closed(e) | PublishError::Full(e) => *e,
-            PublishError::InvalidName { event, .. } | PublishError::DepthExceeded { event, .. } => {
-                *event
-            }
+            PublishError::Closed(e) | PublishError::Full(e) | PublishError::WouldBlock(e) => *e,
+            PublishError::InvalidName { event, .. }
+            | PublishError::DepthExceeded { event, .. }
+            | PublishError::BacklogFull { event, .. } => *event,
         }
     }
 }
@@ -227,6 +275,13 @@ impl fmt::Display for PublishError {
         match self {
             PublishError::Closed(_) => f.write_str("the bus is shut down"),
             PublishError::Full(_) => f.write_str("the queue is full"),
+            PublishError::BacklogFull { subscription, .. } => {
+                write!(f, "the backlog of subscription {subscription} is full")
+            }
+            PublishError::WouldBlock(_) => f.write_str(
+                "the queue or a backlog is full, and waiting on a current-thread tokio runtime \
+                 that runs async handlers could wait forever; use publish_async",
+            ),
             PublishError::InvalidName { event, reason } => {
                 write!(f, "invalid event name {:?}: {reason}", truncate(event.name()))
             }
@@ -348,6 +403,29 @@ impl fmt::Display for ShutdownTimeout {
 }
 
 impl std::error::Error for ShutdownTimeout {}
+
+/// What the error hook is given for an event a blocking or async
+/// subscription's backlog refused under
+/// [`Overflow::Error`](crate::Overflow::Error) (counted in
+/// [`Stats::backlog_dropped`](crate::Stats::backlog_dropped)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BacklogFull {
+    /// The backlog's capacity.
+    pub capacity: usize,
+}
+
+impl fmt::Display for BacklogFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the subscription's backlog of {} events is full: the event is refused for it",
+            self.capacity
+        )
+    }
+}
+
+impl std::error::Error for BacklogFull {}
 
 /// The error a typed handler reports when an event's payload is not the type
 /// it expects.

@@ -24,7 +24,7 @@ use crossbeam_utils::CachePadded;
 use switchboard_matcher::Pattern;
 
 use crate::event::Event;
-use crate::loom::{AtomicU64, Mutex, Ordering};
+use crate::loom::Mutex;
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -36,24 +36,18 @@ struct Slot {
 #[derive(Debug)]
 pub(crate) struct History {
     slots: Box<[CachePadded<Mutex<Slot>>]>,
-    next: AtomicU64,
 }
 
 impl History {
     pub(crate) fn new(size: usize) -> History {
         History {
             slots: (0..size).map(|_| CachePadded::new(Mutex::new(Slot::default()))).collect(),
-            next: AtomicU64::new(0),
         }
     }
 
-    /// Records an accepted event as the newest.
-    pub(crate) fn record(&self, event: &Arc<Event>) {
-        // Relaxed: the counter's modification order alone is the total
-        // order, and it agrees with each thread's program order (coherence).
-        // Readers synchronise through the slot's lock.
-        let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        event.set_sequence(seq);
+    /// Records an accepted event, numbered `seq` by the bus's publish
+    /// sequence, as the newest.
+    pub(crate) fn record(&self, event: &Arc<Event>, seq: u64) {
         let slot = &self.slots[(seq % self.slots.len() as u64) as usize];
         let evicted = {
             let mut slot = slot.lock();
@@ -75,38 +69,63 @@ impl History {
         }
     }
 
-    /// Up to `limit` events whose name matches `pattern`, most recent
-    /// first, *settled*: it first waits until every event numbered below
-    /// the current end has been written (a publisher between taking its
-    /// number and writing its slot takes nanoseconds), so the result holds
-    /// every matching event numbered below the returned end, as far back as
-    /// the ring and `limit` go, with no hole. For replaying history before
-    /// live events (the returned end is the seam).
+    /// The events numbered in `[start, end)` whose name matches `pattern`,
+    /// most recent first, where `start` is as far back as the ring and
+    /// `limit` allow with no hole: *settled*, it first waits until every
+    /// event numbered below `end` (the bus's next sequence number, read by
+    /// the caller after it subscribed) has been written (a publisher between
+    /// taking its number and writing its slot takes nanoseconds), then walks
+    /// back from `end` and stops at the first slot a newer lap overwrote, so
+    /// the window is contiguous whatever the number of publishers. Returns
+    /// the events and `start`. For replaying history before live events
+    /// (`end` is the seam).
     pub(crate) fn read_settled(
         &self,
+        end: u64,
         limit: usize,
         pattern: Option<&Pattern>,
     ) -> (Vec<Arc<Event>>, u64) {
-        // SeqCst: the end is read after the caller's subscribe; every event
-        // numbered at or above it is then matched against a snapshot
-        // holding the subscription.
-        let end = self.next.load(Ordering::SeqCst);
-        let start = end.saturating_sub(self.slots.len() as u64);
-        for seq in start..end {
-            let slot = &self.slots[(seq % self.slots.len() as u64) as usize];
+        let len = self.slots.len() as u64;
+        let oldest = end.saturating_sub(len);
+        for seq in oldest..end {
+            let slot = &self.slots[(seq % len) as usize];
             let mut round = 0;
             while slot.lock().stamp < seq + 1 {
                 crate::loom::backoff(&mut round);
             }
         }
-        (self.read_from(end, limit, pattern), end)
+        let mut out = Vec::new();
+        let mut start = end;
+        while start > oldest && out.len() < limit {
+            let seq = start - 1;
+            let event = {
+                let slot = self.slots[(seq % len) as usize].lock();
+                // Settled: the stamp is at least ours. Above ours, a newer
+                // lap overwrote it, and everything older is out of the
+                // window too as far as a contiguous replay goes.
+                if slot.stamp != seq + 1 {
+                    break;
+                }
+                slot.event.clone()
+            };
+            start = seq;
+            if let Some(event) = event {
+                if pattern.map_or(true, |p| p.is_match(event.name())) {
+                    out.push(event);
+                }
+            }
+        }
+        (out, start)
     }
 
-    /// Up to `limit` events whose name matches `pattern`, most recent first.
-    pub(crate) fn read(&self, limit: usize, pattern: Option<&Pattern>) -> Vec<Arc<Event>> {
-        // Relaxed: see `record`; an event whose publish returned before this
-        // call is seen through the happens-before that ordered the calls.
-        let end = self.next.load(Ordering::Relaxed);
+    /// Up to `limit` events numbered below `end` whose name matches
+    /// `pattern`, most recent first.
+    pub(crate) fn read(
+        &self,
+        end: u64,
+        limit: usize,
+        pattern: Option<&Pattern>,
+    ) -> Vec<Arc<Event>> {
         self.read_from(end, limit, pattern)
     }
 

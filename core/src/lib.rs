@@ -85,10 +85,10 @@ mod worker;
 mod loom_tests;
 
 pub use crate::builder::{BusBuilder, ErrorHook};
-pub use crate::bus::{Bus, SubscriptionGuard, WeakBus};
+pub use crate::bus::{Bus, Replayed, SubscriptionGuard, WeakBus};
 pub use crate::error::{
-    BuildError, FlushTimeout, HandlerPanic, HandlerTimeout, HistoryError, NameError, PayloadError,
-    PublishError, ShutdownTimeout, SubscribeError, WaitTimeout, MAX_NAME_LEN,
+    BacklogFull, BuildError, FlushTimeout, HandlerPanic, HandlerTimeout, HistoryError, NameError,
+    PayloadError, PublishError, ShutdownTimeout, SubscribeError, WaitTimeout, MAX_NAME_LEN,
 };
 pub use crate::event::{Event, EventId, Payload, Priority, TypedPayload};
 pub use crate::queue::Overflow;

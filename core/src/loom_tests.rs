@@ -198,7 +198,7 @@ fn loom_park_has_no_lost_wakeup() {
                 }
             })
         };
-        match queues.offer(7, Priority::Normal, 0, Overflow::Block, false, |_| {}) {
+        match queues.offer_waiting(7, Priority::Normal, 0, Overflow::Block, false, |_| {}) {
             Offer::Accepted { .. } => {}
             other => panic!("offer failed: {other:?}"),
         }
@@ -235,7 +235,7 @@ fn loom_shutdown_strands_nothing() {
             let queues = queues.clone();
             thread::spawn(move || {
                 matches!(
-                    queues.offer(1, Priority::Normal, 0, Overflow::Block, false, |_| {}),
+                    queues.offer_waiting(1, Priority::Normal, 0, Overflow::Block, false, |_| {}),
                     Offer::Accepted { .. }
                 )
             })
@@ -356,7 +356,7 @@ fn loom_blocked_publisher_is_woken_despite_failed_reservations() {
         };
         // A publisher that waits for room.
         let blocked = matches!(
-            queues.offer(2, Priority::Normal, 0, Overflow::Block, false, |_| {}),
+            queues.offer_waiting(2, Priority::Normal, 0, Overflow::Block, false, |_| {}),
             Offer::Accepted { .. }
         );
         assert!(blocked, "a blocking publish on an open bus is accepted");
@@ -383,7 +383,7 @@ fn loom_low_waits_at_its_limit_while_high_gets_in() {
         let queues: Arc<Queues<u32>> = Arc::new(Queues::new(3, 1));
         let offer = |q: &Queues<u32>, item, priority| {
             matches!(
-                q.offer(item, priority, 0, Overflow::Block, false, |_| {}),
+                q.offer_waiting(item, priority, 0, Overflow::Block, false, |_| {}),
                 Offer::Accepted { .. }
             )
         };
@@ -416,7 +416,7 @@ fn loom_handler_overshoot_keeps_order_and_outsiders_wait() {
         let queues: Arc<Queues<u32>> = Arc::new(Queues::new(1, 0));
         let offer = |q: &Queues<u32>, item, from_handler| {
             matches!(
-                q.offer(item, Priority::Normal, 0, Overflow::Block, from_handler, |_| {}),
+                q.offer_waiting(item, Priority::Normal, 0, Overflow::Block, from_handler, |_| {}),
                 Offer::Accepted { .. }
             )
         };

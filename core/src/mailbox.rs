@@ -17,15 +17,29 @@
 //!   threads of its own (`concurrency`, one when ordered), so a slow
 //!   handler never holds a dispatch worker. An async subscription is run by
 //!   a task on its tokio runtime (see `asynchronous.rs`).
-//! * **Backlog.** A full mailbox refuses the event for that subscription
-//!   only: it is counted in the subscription's `backlog_dropped` and in
-//!   [`Stats::backlog_dropped`](crate::Stats::backlog_dropped), and logged.
+//! * **Backlog.** It holds up to `capacity` events, and what happens when
+//!   it is full is the subscription's overflow policy (by default the
+//!   bus's). Under `Block` nothing is lost: whoever puts the event in waits
+//!   for room (an outside publisher of an ordered subscription's event
+//!   before it reserves its queue slot; the dispatching worker for the
+//!   others), except a handler, which never waits (it might wait on
+//!   itself): its event may go past the capacity by as much again, and past
+//!   that its publish is refused with `PublishError::Full`. Under `Shed`
+//!   the oldest waiting event is dropped to make room; under `Error` an
+//!   ordered subscription's publisher gets `PublishError::BacklogFull` and
+//!   the others' events are refused for that subscription and reported to
+//!   the error hook. Every drop and refusal is counted in the
+//!   subscription's `backlog_dropped` and in `Stats::backlog_dropped`, and
+//!   logged at `warn`.
 //! * **Unsubscribe.** The handler lives in the mailbox state, under its
 //!   lock; a runner checks and clones it under the lock and counts the call
 //!   as running before it lets go. Retiring takes it out under the same
 //!   lock and discards the backlog, so once that returns no call starts; the
 //!   closure is dropped by whoever holds its last clone (the last running
-//!   call), outside every lock. Waiting is waiting for `running` to drop.
+//!   call), outside every lock, after its event is counted out of its flush
+//!   bucket and before the call stops counting as running: its `Drop` may
+//!   flush or shut the bus down, and a waiter for the call returns with the
+//!   handler dropped. Waiting is waiting for `running` to drop.
 //! * **Flush.** Every event in a mailbox is counted in its flush bucket
 //!   until its call has returned (or it is discarded), so `flush` waits for
 //!   mailbox calls, async ones included.
@@ -39,8 +53,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::error::BacklogFull;
 use crate::event::Event;
 use crate::loom::{backoff, AtomicU64, Condvar, Mutex, Ordering};
+use crate::queue::Overflow;
 use crate::shared::Shared;
 use crate::subscription::{HandlerResult, Subscription};
 use crate::worker::{report_failure, HandlerScope};
@@ -94,15 +110,34 @@ struct State {
     scheduled: bool,
     /// No event will come any more (the bus has drained).
     sealed: bool,
+    /// Threads waiting in [`Mailbox::wait_for_room`].
+    room_waiters: usize,
 }
 
 pub(crate) struct Mailbox {
     pub(crate) ordered: bool,
     capacity: usize,
+    pub(crate) overflow: Overflow,
     pub(crate) runner: Runner,
     state: Mutex<State>,
+    /// Wakes thread runners: an event came, or the subscription retired.
     changed: Condvar,
+    /// Wakes those waiting for room: an event left, or the mailbox retired
+    /// or was sealed or abandoned.
+    room: Condvar,
     pub(crate) backlog_dropped: AtomicU64,
+}
+
+/// Whether an event may go into a backlog now, for a publisher that checks
+/// before it reserves its queue slot.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Room {
+    /// Yes (or the subscription is gone, or sheds to make room).
+    Free,
+    /// Full under `Block`: an outside publisher waits for room.
+    Wait,
+    /// Full under `Error`, or a handler's overshoot is used up.
+    Refused,
 }
 
 /// What a push asks the caller to do once the lock is released.
@@ -116,10 +151,17 @@ enum Wake {
 }
 
 impl Mailbox {
-    pub(crate) fn new(work: Work, runner: Runner, ordered: bool, capacity: usize) -> Mailbox {
+    pub(crate) fn new(
+        work: Work,
+        runner: Runner,
+        ordered: bool,
+        capacity: usize,
+        overflow: Overflow,
+    ) -> Mailbox {
         Mailbox {
             ordered,
             capacity: capacity.max(1),
+            overflow,
             runner,
             state: Mutex::new(State {
                 entries: VecDeque::new(),
@@ -127,14 +169,72 @@ impl Mailbox {
                 running: 0,
                 scheduled: false,
                 sealed: false,
+                room_waiters: 0,
             }),
             changed: Condvar::new(),
+            room: Condvar::new(),
             backlog_dropped: AtomicU64::new(0),
         }
     }
 
-    /// Puts `event` in `sub`'s mailbox (counted in flush bucket `bucket`),
-    /// or counts it as refused when the backlog is full.
+    /// Whether an event may go in now (see [`Room`]). A handler never
+    /// waits: under `Block` it may overshoot the capacity by as much again.
+    pub(crate) fn room_for(&self, from_handler: bool) -> Room {
+        let state = self.state.lock();
+        if state.work.is_none() || state.sealed || state.entries.len() < self.capacity {
+            return Room::Free;
+        }
+        match self.overflow {
+            Overflow::Shed => Room::Free,
+            Overflow::Error => Room::Refused,
+            Overflow::Block if !from_handler => Room::Wait,
+            Overflow::Block if state.entries.len() < self.capacity.saturating_mul(2) => Room::Free,
+            Overflow::Block => Room::Refused,
+        }
+    }
+
+    /// Waits until the backlog has room, or the subscription retired, or
+    /// the mailbox is sealed or abandoned. Its runner makes room without
+    /// ever waiting for a pusher, so this ends as long as the runner runs.
+    pub(crate) fn wait_for_room(&self) {
+        let mut state = self.state.lock();
+        while state.work.is_some() && !state.sealed && state.entries.len() >= self.capacity {
+            state.room_waiters += 1;
+            state = self.room.wait(state);
+            state.room_waiters -= 1;
+        }
+    }
+
+    /// A dispatching worker's hand-over of `event` to `sub`'s mailbox
+    /// (counted in flush bucket `bucket`), under the subscription's policy:
+    /// `Block` waits for room, `Shed` drops the oldest waiting event, `Error`
+    /// refuses the event for this subscription and reports it to the error
+    /// hook.
+    pub(crate) fn deliver(
+        shared: &Arc<Shared>,
+        sub: &Arc<Subscription>,
+        event: &Arc<Event>,
+        bucket: usize,
+    ) {
+        let Some(mailbox) = &sub.mailbox else { return };
+        match mailbox.overflow {
+            Overflow::Block => mailbox.wait_for_room(),
+            Overflow::Error if mailbox.room_for(false) == Room::Refused => {
+                mailbox.count_lost(shared, sub, event, 1, "refused");
+                let refused = BacklogFull { capacity: mailbox.capacity };
+                shared.report_backlog_refusal(event, sub, &refused);
+                return;
+            }
+            _ => {}
+        }
+        Mailbox::push(shared, sub, event, bucket);
+    }
+
+    /// Puts `event` in `sub`'s mailbox (counted in flush bucket `bucket`).
+    /// Room was checked (or waited for) by the caller, so a full backlog
+    /// only sheds its oldest event under `Shed`; under the other policies
+    /// it takes the event anyway (publishers that checked at once may
+    /// overshoot the capacity by one event each).
     pub(crate) fn push(
         shared: &Arc<Shared>,
         sub: &Arc<Subscription>,
@@ -142,27 +242,18 @@ impl Mailbox {
         bucket: usize,
     ) {
         let Some(mailbox) = &sub.mailbox else { return };
-        let wake = {
+        let (wake, shed) = {
             let mut state = mailbox.state.lock();
             if state.work.is_none() || state.sealed {
                 return;
             }
-            if state.entries.len() >= mailbox.capacity {
-                drop(state);
-                // Relaxed: statistics.
-                mailbox.backlog_dropped.fetch_add(1, Ordering::Relaxed);
-                shared.counters.backlog_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    event = event.name(),
-                    plugin = &*sub.plugin,
-                    pattern = sub.pattern.as_str(),
-                    "a subscription's backlog is full: the event is dropped for it"
-                );
-                return;
-            }
+            let shed = (mailbox.overflow == Overflow::Shed
+                && state.entries.len() >= mailbox.capacity)
+                .then(|| state.entries.pop_front())
+                .flatten();
             shared.epochs.begin_in(bucket);
             state.entries.push_back(Entry { event: event.clone(), bucket });
-            match mailbox.runner {
+            let wake = match mailbox.runner {
                 Runner::Threads => {
                     mailbox.changed.notify_one();
                     Wake::None
@@ -177,13 +268,40 @@ impl Mailbox {
                     Wake::Spawn
                 }
                 _ => Wake::None,
-            }
+            };
+            (wake, shed)
         };
+        if let Some(victim) = shed {
+            mailbox.count_lost(shared, sub, &victim.event, 1, "shed");
+            shared.epochs.end(victim.bucket, 1);
+            shared.drop_caught(victim);
+        }
         match wake {
             Wake::None => {}
             Wake::Ready => shared.make_ready(sub.clone()),
             #[cfg(feature = "tokio")]
             Wake::Spawn => crate::asynchronous::spawn_runner(shared, sub),
+        }
+    }
+
+    /// Counts `n` events lost for this subscription (`how`: shed, refused,
+    /// abandoned) and logs it at `warn`, at most once a second per bus.
+    fn count_lost(&self, shared: &Shared, sub: &Subscription, event: &Event, n: u64, how: &str) {
+        // Relaxed: statistics.
+        self.backlog_dropped.fetch_add(n, Ordering::Relaxed);
+        shared.counters.backlog_dropped.fetch_add(n, Ordering::Relaxed);
+        if let Some(suppressed) = shared.loss_log.admit(n) {
+            tracing::warn!(
+                event = event.name(),
+                plugin = &*sub.plugin,
+                pattern = sub.pattern.as_str(),
+                how,
+                lost = n,
+                suppressed,
+                total = shared.counters.backlog_dropped.load(Ordering::Relaxed),
+                "a subscription's backlog was full under a lossy overflow policy: events lost for it \
+                 (counted in Stats::backlog_dropped)"
+            );
         }
     }
 
@@ -196,6 +314,9 @@ impl Mailbox {
         match (work, state.entries.pop_front()) {
             (Some(work), Some(entry)) => {
                 state.running += 1;
+                if state.room_waiters > 0 {
+                    self.room.notify_all();
+                }
                 Some((entry, work))
             }
             _ => {
@@ -213,6 +334,9 @@ impl Mailbox {
             let work = state.work.clone()?;
             if let Some(entry) = state.entries.pop_front() {
                 state.running += 1;
+                if state.room_waiters > 0 {
+                    self.room.notify_all();
+                }
                 return Some((entry, work));
             }
             if state.sealed {
@@ -222,9 +346,15 @@ impl Mailbox {
         }
     }
 
-    /// Ends a call begun by [`next`](Mailbox::next).
-    pub(crate) fn done(&self, shared: &Shared, bucket: usize) {
+    /// Ends a call begun by [`next`](Mailbox::next): its event is counted
+    /// out of its flush bucket, then `work` (maybe the handler's last clone,
+    /// when the subscription retired meanwhile) is dropped outside every
+    /// lock and scope, then the call stops counting as running. So a
+    /// handler's `Drop` may flush or shut the bus down, and whoever waits for
+    /// the call returns with the handler dropped.
+    pub(crate) fn done(&self, shared: &Shared, bucket: usize, work: Option<Work>) {
         shared.epochs.end(bucket, 1);
+        shared.drop_caught(work);
         let mut state = self.state.lock();
         state.running -= 1;
         if state.running == 0 {
@@ -241,15 +371,43 @@ impl Mailbox {
     /// backlog (counted out of its flush buckets). Once this returns, no
     /// call starts. The work is returned to be dropped outside the lock.
     pub(crate) fn retire(&self, shared: &Shared) -> Option<Work> {
+        self.retire_counted(shared).0
+    }
+
+    /// [`retire`](Mailbox::retire), also returning how many events it
+    /// discarded.
+    fn retire_counted(&self, shared: &Shared) -> (Option<Work>, u64) {
         let (work, discarded) = {
             let mut state = self.state.lock();
             let work = state.work.take();
             let discarded = std::mem::take(&mut state.entries);
             self.changed.notify_all();
+            self.room.notify_all();
             (work, discarded)
         };
-        for entry in discarded {
+        for entry in &discarded {
             shared.epochs.end(entry.bucket, 1);
+        }
+        let n = discarded.len() as u64;
+        shared.drop_caught(discarded);
+        (work, n)
+    }
+
+    /// [`retire`](Mailbox::retire) at shutdown, past the drain timeout:
+    /// the discarded events were accepted and are lost, so they are counted
+    /// (in `Stats::drain_dropped`) and logged.
+    pub(crate) fn retire_at_shutdown(&self, shared: &Shared, sub: &Subscription) -> Option<Work> {
+        let (work, lost) = self.retire_counted(shared);
+        if lost > 0 {
+            // Relaxed: a statistic.
+            shared.counters.drain_dropped.fetch_add(lost, Ordering::Relaxed);
+            tracing::warn!(
+                plugin = &*sub.plugin,
+                pattern = sub.pattern.as_str(),
+                lost,
+                "shutdown: the drain timeout passed with events in a subscription's backlog; they \
+                 are dropped (counted in Stats::drain_dropped)"
+            );
         }
         work
     }
@@ -259,25 +417,29 @@ impl Mailbox {
     /// buckets, and the mailbox is no longer scheduled, so the next event
     /// starts a runner again. Returns how many were dropped.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    pub(crate) fn abandon(&self, shared: &Shared) -> usize {
+    pub(crate) fn abandon(&self, shared: &Shared, sub: &Subscription) -> usize {
         let lost = {
             let mut state = self.state.lock();
             state.scheduled = false;
+            self.room.notify_all();
             std::mem::take(&mut state.entries)
         };
         for entry in &lost {
             shared.epochs.end(entry.bucket, 1);
         }
-        // Relaxed: statistics.
-        self.backlog_dropped.fetch_add(lost.len() as u64, Ordering::Relaxed);
-        shared.counters.backlog_dropped.fetch_add(lost.len() as u64, Ordering::Relaxed);
-        lost.len()
+        let n = lost.len();
+        if let Some(first) = lost.front() {
+            self.count_lost(shared, sub, &first.event, n as u64, "abandoned");
+        }
+        shared.drop_caught(lost);
+        n
     }
 
     /// No event will come any more: thread runners leave once empty.
     pub(crate) fn seal(&self) {
         self.state.lock().sealed = true;
         self.changed.notify_all();
+        self.room.notify_all();
     }
 
     /// Calls running now.
@@ -339,8 +501,7 @@ pub(crate) fn run_on_worker(shared: &Arc<Shared>, sub: &Arc<Subscription>, max: 
         if let Some(f) = work.sync() {
             call_sync(shared, sub, &entry, f);
         }
-        drop(work);
-        mailbox.done(shared, entry.bucket);
+        mailbox.done(shared, entry.bucket, Some(work));
     }
     shared.make_ready(sub.clone());
 }
@@ -352,7 +513,6 @@ pub(crate) fn run_thread(shared: Arc<Shared>, sub: Arc<Subscription>) {
         if let Some(f) = work.sync() {
             call_sync(&shared, &sub, &entry, f);
         }
-        drop(work);
-        mailbox.done(&shared, entry.bucket);
+        mailbox.done(&shared, entry.bucket, Some(work));
     }
 }

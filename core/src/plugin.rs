@@ -46,6 +46,8 @@ use crate::bus::Bus;
 use crate::error::{BuildError, HandlerPanic, PublishError, SubscribeError};
 use crate::event::{Event, EventId, Priority};
 use crate::subscription::{HandlerResult, SubscribeOptions, SubscriptionId};
+#[cfg(feature = "tokio")]
+use crate::worker::CarriedContext;
 
 /// A plugin: a named piece of a bot that subscribes to events and publishes
 /// others, through its [`PluginContext`].
@@ -153,6 +155,11 @@ pub enum PluginError {
         /// The name.
         name: String,
     },
+    /// A blocking form (`unload`, `reload`) was called on a current-thread
+    /// tokio runtime's thread while async handlers run on a current-thread
+    /// runtime: waiting for their calls there would starve them. Use the
+    /// `_async` form. Nothing was changed.
+    WouldBlock,
     /// `setup` failed or panicked; the plugin is not loaded (or, for a
     /// reload, the old instance keeps running).
     Setup {
@@ -204,6 +211,10 @@ impl fmt::Display for PluginError {
             PluginError::NeedsAsync { name } => {
                 write!(f, "plugin {name:?} is async: use unload_async and reload_async")
             }
+            PluginError::WouldBlock => f.write_str(
+                "a blocking plugin operation on a current-thread tokio runtime that runs async \
+                 handlers would wait forever; use the _async form",
+            ),
             PluginError::Setup { name, reason } => {
                 write!(f, "plugin {name:?} failed to set up: {reason}")
             }
@@ -232,13 +243,28 @@ impl From<SubscribeError> for PluginError {
 }
 
 /// The claims of a reload in progress, shared by the old and new instances.
-#[derive(Debug, Default)]
+///
+/// A claim is keyed by the event's sequence number, which is unique to one
+/// accepted publish (a republished clone of an event is a new publish, and
+/// reaches each role once more), and by the role.
+#[derive(Debug)]
 struct Handover {
     active: std::sync::atomic::AtomicBool,
-    claims: Mutex<HashSet<(EventId, Arc<str>)>>,
+    claims: Mutex<HashSet<(u64, Arc<str>)>>,
+    /// The bus's count of calls skipped here (taken out of
+    /// `Stats::dispatched`: a refused claim is no call).
+    skipped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Handover {
+    fn new(bus: &Bus) -> Handover {
+        Handover {
+            active: std::sync::atomic::AtomicBool::new(false),
+            claims: Mutex::new(HashSet::new()),
+            skipped: bus.skip_counter(),
+        }
+    }
+
     /// Whether this call of `role` for `event` should run.
     #[inline]
     fn admits(&self, event: &Event, role: &Arc<str>) -> bool {
@@ -249,7 +275,15 @@ impl Handover {
         if !self.active.load(Ordering::Acquire) {
             return true;
         }
-        self.claims.lock().insert((event.id(), role.clone()))
+        // Every event a handler is called with was accepted, so it has a
+        // sequence number.
+        let key = event.sequence().unwrap_or(u64::MAX);
+        let admitted = self.claims.lock().insert((key, role.clone()));
+        if !admitted {
+            // Relaxed: a statistic.
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
     }
 }
 
@@ -354,12 +388,14 @@ impl PluginContext {
         pattern: &str,
         n: usize,
         handler: F,
-    ) -> Result<SubscriptionId, SubscribeError>
+    ) -> Result<crate::Replayed, SubscribeError>
     where
         F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
     {
-        let id = self.bus.subscribe_replay(pattern, &self.name, n, self.gated(pattern, handler))?;
-        Ok(self.remember(id, pattern))
+        let replay =
+            self.bus.subscribe_replay(pattern, &self.name, n, self.gated(pattern, handler))?;
+        self.remember(replay.id, pattern);
+        Ok(replay)
     }
 
     /// Subscribes a handler that receives the payload as a `T` (see
@@ -618,6 +654,18 @@ impl Instance {
         !matches!(self, Instance::Sync(_))
     }
 
+    /// `version()`, called outside every lock; a panic gives `"?"`.
+    fn version_guarded(&self) -> String {
+        match catch_unwind(AssertUnwindSafe(|| self.version().to_owned())) {
+            Ok(version) => version,
+            Err(panic) => {
+                tracing::warn!(plugin = self.name(), "version() panicked");
+                crate::worker::discard_panic(panic);
+                "?".to_owned()
+            }
+        }
+    }
+
     /// Runs a sync instance's `setup` or `teardown` (an async one is an
     /// error here: the caller checked).
     fn run_sync(&mut self, ctx: &PluginContext, setup: bool) -> Result<(), String> {
@@ -663,6 +711,8 @@ type Factory = Arc<dyn Fn() -> Instance + Send + Sync>;
 
 struct Loaded {
     plugin: Instance,
+    /// `plugin.version()`, asked once outside the manager's lock.
+    version: String,
     ctx: PluginContext,
     factory: Option<Factory>,
     state: PluginState,
@@ -745,7 +795,8 @@ impl PluginManager {
             return Err(PluginError::AlreadyLoaded { name: name.to_owned() });
         }
         plugins.insert(name.to_owned(), Slot::Loading);
-        Ok(PluginContext::new(self.host.bus.clone(), Arc::from(name), Arc::default()))
+        let handover = Arc::new(Handover::new(&self.host.bus));
+        Ok(PluginContext::new(self.host.bus.clone(), Arc::from(name), handover))
     }
 
     fn settle_load(&self, name: &str, loaded: Option<Loaded>) {
@@ -805,6 +856,7 @@ impl PluginManager {
         &self,
         name: &str,
         fresh: Instance,
+        version: String,
         ctx: PluginContext,
         r: &Reloading,
     ) -> Box<Loaded> {
@@ -814,6 +866,7 @@ impl PluginManager {
         };
         let loaded = Loaded {
             plugin: fresh,
+            version,
             ctx,
             factory: Some(r.factory.clone()),
             state: PluginState::Reloading,
@@ -832,6 +885,17 @@ impl PluginManager {
 
     fn fresh_context(&self, name: &str, r: &Reloading) -> PluginContext {
         PluginContext::new(self.host.bus.clone(), Arc::from(name), r.handover.clone())
+    }
+
+    /// A reload's fresh instance from its factory; a factory that panics or
+    /// builds another name ends the reload, leaving the old instance
+    /// running.
+    fn build_fresh(&self, name: &str, r: &Reloading) -> Result<Instance, PluginError> {
+        let built = build(name, &*r.factory);
+        if built.is_err() {
+            self.end_reload(name, r);
+        }
+        built
     }
 
     fn teardown_failed(name: &str, reason: String) -> PluginError {
@@ -870,15 +934,16 @@ impl PluginManager {
     ///
     /// # Errors
     ///
-    /// As [`load`](PluginManager::load), and
-    /// [`PluginError::NameMismatch`] when the instance is not named `name`.
+    /// As [`load`](PluginManager::load);
+    /// [`PluginError::NameMismatch`] when the instance is not named `name`,
+    /// and [`PluginError::Setup`] when the factory panics.
     pub fn register<P, F>(&self, name: &str, factory: F) -> Result<(), PluginError>
     where
         P: Plugin,
         F: Fn() -> P + Send + Sync + 'static,
     {
         let factory: Factory = Arc::new(move || Instance::Sync(Box::new(factory())));
-        self.load_instance(check_name(name, factory())?, Some(factory))
+        self.load_instance(build(name, &*factory)?, Some(factory))
     }
 
     /// Loads `plugin` (it cannot be reloaded: use
@@ -905,49 +970,70 @@ impl PluginManager {
             self.settle_load(&name, None);
             return Err(PluginError::Setup { name, reason });
         }
-        self.settle_load(&name, Some(Loaded { plugin, ctx, factory, state: PluginState::Running }));
+        let version = plugin.version_guarded();
+        self.settle_load(
+            &name,
+            Some(Loaded { plugin, version, ctx, factory, state: PluginState::Running }),
+        );
         Ok(())
     }
 
     /// Unloads `name`: removes every subscription it made, waits for their
     /// running calls (but its own, when a plugin unloads itself from its
-    /// handler), drops its handlers, and calls `teardown`.
+    /// handler), drops its handlers, and calls `teardown`; whatever
+    /// `teardown` subscribed through its context is removed too.
+    ///
+    /// On a current-thread tokio runtime (what `#[tokio::test]` uses) it
+    /// works while no async handler runs on such a runtime; while one does,
+    /// waiting there could starve it, and it returns
+    /// [`PluginError::WouldBlock`]: use [`unload_async`](PluginManager::unload_async).
     ///
     /// # Errors
     ///
     /// [`PluginError::NotLoaded`], [`PluginError::Busy`],
-    /// [`PluginError::NeedsAsync`] for an async plugin (`AsyncPlugin`), or
-    /// [`PluginError::Teardown`] when `teardown` failed or panicked (the
-    /// plugin is unloaded all the same).
+    /// [`PluginError::NeedsAsync`] for an async plugin (`AsyncPlugin`),
+    /// [`PluginError::WouldBlock`], or [`PluginError::Teardown`] when
+    /// `teardown` failed or panicked (the plugin is unloaded all the same).
     pub fn unload(&self, name: &str) -> Result<(), PluginError> {
+        if !self.host.bus.may_wait_here() {
+            return Err(PluginError::WouldBlock);
+        }
         let mut loaded = self.take_for_unload(name, false)?;
         loaded.ctx.unsubscribe_all();
         let torn = loaded.plugin.run_sync(&loaded.ctx, false);
+        // What teardown subscribed would outlive the plugin.
+        loaded.ctx.unsubscribe_all();
         self.host.plugins.lock().remove(name);
         drop(loaded);
         torn.map_err(|reason| PluginManager::teardown_failed(name, reason))
     }
 
     /// Replaces `name` with a fresh instance from its factory, losing and
-    /// duplicating no event (see the module documentation). If the new
-    /// instance's `setup` fails, the old instance keeps running.
+    /// duplicating no event (see the module documentation). If the factory
+    /// panics or builds a plugin of another name, or the new instance's
+    /// `setup` fails, the old instance keeps running and the plugin can be
+    /// reloaded or unloaded again.
+    ///
+    /// It waits for the bus twice ([`Bus::flush`]): on a current-thread
+    /// tokio runtime it works while no async handler runs on such a runtime,
+    /// and returns [`PluginError::WouldBlock`] while one does (use
+    /// [`reload_async`](PluginManager::reload_async)).
     ///
     /// # Errors
     ///
     /// [`PluginError::NotLoaded`], [`PluginError::NotReloadable`],
     /// [`PluginError::Busy`], [`PluginError::InHandler`],
-    /// [`PluginError::NeedsAsync`], or [`PluginError::Setup`] (the old
+    /// [`PluginError::NeedsAsync`], [`PluginError::WouldBlock`],
+    /// [`PluginError::NameMismatch`], or [`PluginError::Setup`] (the old
     /// instance is still loaded).
     pub fn reload(&self, name: &str) -> Result<(), PluginError> {
+        if !self.host.bus.may_wait_here() {
+            return Err(PluginError::WouldBlock);
+        }
         let r = self.begin_reload(name, false)?;
         let ctx = self.fresh_context(name, &r);
-        let mut fresh = (r.factory)();
-        let set_up = if fresh.name() == name {
-            fresh.run_sync(&ctx, true)
-        } else {
-            Err(format!("the factory built a plugin named {:?}", fresh.name()))
-        };
-        if let Err(reason) = set_up {
+        let mut fresh = self.build_fresh(name, &r)?;
+        if let Err(reason) = fresh.run_sync(&ctx, true) {
             ctx.unsubscribe_all();
             // Calls of the new instance that ran have claimed; the old
             // instance skipped those events, which were handled once.
@@ -955,14 +1041,16 @@ impl PluginManager {
             self.end_reload(name, &r);
             return Err(PluginError::Setup { name: name.to_owned(), reason });
         }
+        let version = fresh.version_guarded();
         // Every event published before the new instance subscribed reaches
         // the old one (or, if the new one saw it too, one of them).
         self.host.bus.flush();
-        let mut old = self.swap_in(name, fresh, ctx, &r);
+        let mut old = self.swap_in(name, fresh, version, ctx, &r);
         old.ctx.unsubscribe_all();
         if let Err(reason) = old.plugin.run_sync(&old.ctx, false) {
             tracing::warn!(plugin = name, %reason, "the replaced instance's teardown failed");
         }
+        old.ctx.unsubscribe_all();
         drop(old);
         // Calls the new instance was dispatched while the old one was still
         // subscribed may still need the claims: let them end first.
@@ -984,7 +1072,7 @@ impl PluginManager {
                 let subs = l.ctx.subscriptions();
                 PluginInfo {
                     name: name.clone(),
-                    version: l.plugin.version().to_owned(),
+                    version: l.version.clone(),
                     state: l.state,
                     handler_errors: subs
                         .iter()
@@ -1001,7 +1089,15 @@ impl PluginManager {
     /// An async plugin's (`AsyncPlugin`, feature `tokio`) subscriptions are
     /// removed but its async `teardown` is not run (that needs
     /// `shutdown_async`).
+    ///
+    /// # Panics
+    ///
+    /// As [`Bus::shutdown`]: on a current-thread tokio runtime that runs
+    /// async handlers, use `shutdown_async`.
     pub fn shutdown(&self) {
+        if !self.host.bus.may_wait_here() {
+            self.host.bus.shutdown(); // closes the bus, and panics saying why
+        }
         let names: Vec<String> = self.host.plugins.lock().keys().cloned().collect();
         for name in names {
             match self.unload(&name) {
@@ -1020,8 +1116,19 @@ impl PluginManager {
     }
 }
 
-/// Checks a factory-built instance is named as registered.
-fn check_name(name: &str, plugin: Instance) -> Result<Instance, PluginError> {
+/// Builds an instance with `factory`, checking it is named as registered;
+/// a panicking factory is an error, not an unwind through the manager.
+fn build(
+    name: &str,
+    factory: &(dyn Fn() -> Instance + Send + Sync),
+) -> Result<Instance, PluginError> {
+    let plugin = match catch_unwind(AssertUnwindSafe(factory)) {
+        Ok(plugin) => plugin,
+        Err(panic) => {
+            let reason = format!("the factory panicked: {}", panic_message(panic));
+            return Err(PluginError::Setup { name: name.to_owned(), reason });
+        }
+    };
     if plugin.name() == name {
         Ok(plugin)
     } else {
@@ -1034,18 +1141,16 @@ fn check_name(name: &str, plugin: Instance) -> Result<Instance, PluginError> {
 
 #[cfg(feature = "tokio")]
 impl PluginManager {
-    /// Runs a blocking step (waiting for running calls) on tokio's blocking
-    /// pool, so no runtime thread waits.
-    async fn off_runtime<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-        match tokio::task::spawn_blocking(f).await {
-            Ok(r) => r,
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
-        }
-    }
-
-    /// Removes an instance's subscriptions off the runtime.
-    async fn unsubscribe_all_async(ctx: PluginContext) -> PluginContext {
-        PluginManager::off_runtime(move || {
+    /// Removes an instance's subscriptions on tokio's blocking pool, so no
+    /// runtime thread waits. Called from a handler of this bus, the
+    /// blocking step runs in that handler's context: its wait excuses the
+    /// call it is part of (a plugin unloading itself) and registers in the
+    /// wait-for graph (plugins unloading each other), as it would on the
+    /// handler's own thread.
+    async fn unsubscribe_all_async(&self, ctx: PluginContext) -> PluginContext {
+        let carried = CarriedContext::capture(self.host.bus.shared_id());
+        crate::asynchronous::on_blocking_pool(move || {
+            let _scope = carried.map(CarriedContext::enter);
             ctx.unsubscribe_all();
             ctx
         })
@@ -1063,7 +1168,7 @@ impl PluginManager {
         F: Fn() -> P + Send + Sync + 'static,
     {
         let factory: Factory = Arc::new(move || Instance::Async(Box::new(factory())));
-        self.load_instance_async(check_name(name, factory())?, Some(factory)).await
+        self.load_instance_async(build(name, &*factory)?, Some(factory)).await
     }
 
     /// [`load`](PluginManager::load) for an [`AsyncPlugin`].
@@ -1083,11 +1188,15 @@ impl PluginManager {
         let name = plugin.name().to_owned();
         let ctx = self.reserve(&name)?;
         if let Err(reason) = plugin.run(&ctx, true).await {
-            PluginManager::unsubscribe_all_async(ctx).await;
+            self.unsubscribe_all_async(ctx).await;
             self.settle_load(&name, None);
             return Err(PluginError::Setup { name, reason });
         }
-        self.settle_load(&name, Some(Loaded { plugin, ctx, factory, state: PluginState::Running }));
+        let version = plugin.version_guarded();
+        self.settle_load(
+            &name,
+            Some(Loaded { plugin, version, ctx, factory, state: PluginState::Running }),
+        );
         Ok(())
     }
 
@@ -1099,8 +1208,10 @@ impl PluginManager {
     /// As [`unload`](PluginManager::unload).
     pub async fn unload_async(&self, name: &str) -> Result<(), PluginError> {
         let Loaded { mut plugin, ctx, .. } = *self.take_for_unload(name, true)?;
-        let ctx = PluginManager::unsubscribe_all_async(ctx).await;
+        let ctx = self.unsubscribe_all_async(ctx).await;
         let torn = plugin.run(&ctx, false).await;
+        // What teardown subscribed would outlive the plugin.
+        let ctx = self.unsubscribe_all_async(ctx).await;
         self.host.plugins.lock().remove(name);
         drop((plugin, ctx));
         torn.map_err(|reason| PluginManager::teardown_failed(name, reason))
@@ -1116,24 +1227,22 @@ impl PluginManager {
     pub async fn reload_async(&self, name: &str) -> Result<(), PluginError> {
         let r = self.begin_reload(name, true)?;
         let ctx = self.fresh_context(name, &r);
-        let mut fresh = (r.factory)();
-        let set_up = if fresh.name() == name {
-            fresh.run(&ctx, true).await
-        } else {
-            Err(format!("the factory built a plugin named {:?}", fresh.name()))
-        };
-        if let Err(reason) = set_up {
-            PluginManager::unsubscribe_all_async(ctx).await;
+        let mut fresh = self.build_fresh(name, &r)?;
+        if let Err(reason) = fresh.run(&ctx, true).await {
+            self.unsubscribe_all_async(ctx).await;
             self.host.bus.flush_async().await;
             self.end_reload(name, &r);
             return Err(PluginError::Setup { name: name.to_owned(), reason });
         }
+        let version = fresh.version_guarded();
         self.host.bus.flush_async().await;
-        let Loaded { plugin: mut old, ctx: old_ctx, .. } = *self.swap_in(name, fresh, ctx, &r);
-        let old_ctx = PluginManager::unsubscribe_all_async(old_ctx).await;
+        let Loaded { plugin: mut old, ctx: old_ctx, .. } =
+            *self.swap_in(name, fresh, version, ctx, &r);
+        let old_ctx = self.unsubscribe_all_async(old_ctx).await;
         if let Err(reason) = old.run(&old_ctx, false).await {
             tracing::warn!(plugin = name, %reason, "the replaced instance's teardown failed");
         }
+        let old_ctx = self.unsubscribe_all_async(old_ctx).await;
         drop((old, old_ctx));
         self.host.bus.flush_async().await;
         self.end_reload(name, &r);
@@ -1149,7 +1258,6 @@ impl PluginManager {
                 tracing::warn!(plugin = %name, error = %e, "unloading at shutdown");
             }
         }
-        let bus = self.host.bus.clone();
-        PluginManager::off_runtime(move || bus.shutdown()).await;
+        self.host.bus.shutdown_async().await;
     }
 }

@@ -82,6 +82,9 @@ pub(crate) enum Offer<T> {
     /// Not queued and nothing queued: under `Shed`, the new event itself was
     /// the lowest and was dropped.
     Shed(T),
+    /// Not queued: full under `Block`, for an outside publisher, which waits
+    /// ([`Queues::wait_for_room_at`]) and offers again.
+    Wait(T),
 }
 
 #[derive(Debug)]
@@ -132,10 +135,11 @@ impl<T> Queues<T> {
         }
     }
 
-    /// Offers `item` at `priority`. `from_handler` marks a publish from a
-    /// handler: it never waits, and under `Overflow::Block` it may overshoot
-    /// the capacity instead (see *Overshoot*). `accepted` is called once the
-    /// item is sure to be queued, before any worker can take it.
+    /// Offers `item` at `priority`; never waits (a full queue under `Block`
+    /// gives [`Offer::Wait`]). `from_handler` marks a publish from a
+    /// handler: under `Overflow::Block` it may overshoot the capacity
+    /// instead (see *Overshoot*). `accepted` is called once the item is sure
+    /// to be queued, before any worker can take it.
     pub(crate) fn offer(
         &self,
         item: T,
@@ -170,8 +174,7 @@ impl<T> Queues<T> {
             match policy {
                 Overflow::Error => return Offer::Full(item),
                 Overflow::Block if from_handler => return Offer::Full(item),
-                // Loop: the next reservation sees room, or `closed`.
-                Overflow::Block => self.wait_for_room(limit),
+                Overflow::Block => return Offer::Wait(item),
                 Overflow::Shed if shed_tried => return Offer::Shed(item),
                 Overflow::Shed => {
                     // Drop the oldest event of the lowest lane below ours;
@@ -187,6 +190,29 @@ impl<T> Queues<T> {
                     // appeared meanwhile, then the new event is the one shed.
                     shed_tried = true;
                 }
+            }
+        }
+    }
+
+    /// [`offer`](Queues::offer), waiting for room and offering again while
+    /// it says [`Offer::Wait`]: what `Bus::publish` does.
+    #[cfg(test)]
+    pub(crate) fn offer_waiting(
+        &self,
+        mut item: T,
+        priority: Priority,
+        epoch: usize,
+        policy: Overflow,
+        from_handler: bool,
+        accepted: impl Fn(&T),
+    ) -> Offer<T> {
+        loop {
+            match self.offer(item, priority, epoch, policy, from_handler, &accepted) {
+                Offer::Wait(back) => {
+                    self.wait_for_room_at(priority);
+                    item = back;
+                }
+                other => return other,
             }
         }
     }
@@ -240,6 +266,12 @@ impl<T> Queues<T> {
             let _guard = self.park.lock();
             self.wake.notify_one();
         }
+    }
+
+    /// Waits until an outside publisher at `priority` may find room, or the
+    /// queues close.
+    pub(crate) fn wait_for_room_at(&self, priority: Priority) {
+        self.wait_for_room(self.limit(priority));
     }
 
     fn wait_for_room(&self, limit: usize) {
@@ -364,7 +396,7 @@ mod tests {
     use super::*;
 
     fn offer(q: &Queues<u32>, item: u32, priority: Priority, policy: Overflow) -> bool {
-        matches!(q.offer(item, priority, 0, policy, false, |_| {}), Offer::Accepted { .. })
+        matches!(q.offer_waiting(item, priority, 0, policy, false, |_| {}), Offer::Accepted { .. })
     }
 
     /// Each priority fills only up to its limit; nothing drains here, so a

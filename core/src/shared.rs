@@ -26,12 +26,13 @@ use crate::event::Event;
 use crate::flush::Epochs;
 use crate::history::History;
 use crate::loom::{
-    ArcCell, AtomicBool, AtomicUsize, Condvar, JoinHandle, Mutex, Ordering, UnboundedQueue,
+    ArcCell, AtomicBool, AtomicU64, AtomicUsize, Condvar, JoinHandle, Mutex, Ordering,
+    UnboundedQueue,
 };
 use crate::queue::Queues;
 use crate::reclaim::Calls;
 use crate::snapshot::Snapshot;
-use crate::stats::{Counters, WorkerCounters};
+use crate::stats::{Counters, LossLog, WorkerCounters};
 use crate::subscription::{Subscription, SubscriptionId};
 use crate::wait::WaitGraph;
 use crate::worker::{discard_panic, in_handler_of};
@@ -72,10 +73,17 @@ pub(crate) struct Shared {
     pub(crate) ready: UnboundedQueue<Arc<Subscription>>,
     /// Whether any ordered subscription is live (publishers route to them).
     pub(crate) ordered_live: AtomicUsize,
-    /// Live async subscriptions (a blocking flush on a current-thread
-    /// runtime would starve them).
+    /// Live async subscriptions on current-thread runtimes: a blocking
+    /// wait on such a runtime's thread could starve them (see
+    /// [`Shared::wait_mode`]).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    pub(crate) async_live: AtomicUsize,
+    pub(crate) async_on_current_thread: AtomicUsize,
+    /// The publish sequence: every accepted event takes the next number.
+    sequence: AtomicU64,
+    /// Distinguishes this bus from every other (in any process), for keys
+    /// made of it and a sequence number.
+    pub(crate) instance: u64,
+    pub(crate) loss_log: LossLog,
     /// The bus's handle, for [`Bus::current`](crate::Bus::current).
     pub(crate) handle: OnceLock<Weak<Handle>>,
     error_hook: Mutex<Option<Arc<ErrorHook>>>,
@@ -104,7 +112,10 @@ impl Shared {
             calls: Calls::new(config.workers),
             ready: UnboundedQueue::new(),
             ordered_live: AtomicUsize::new(0),
-            async_live: AtomicUsize::new(0),
+            async_on_current_thread: AtomicUsize::new(0),
+            sequence: AtomicU64::new(0),
+            instance: random_instance(),
+            loss_log: LossLog::new(),
             handle: OnceLock::new(),
             error_hook: Mutex::new(error_hook.map(Arc::new)),
             shut: AtomicBool::new(false),
@@ -121,6 +132,51 @@ impl Shared {
 
     pub(crate) fn is_shut(&self) -> bool {
         self.shut.load(Ordering::SeqCst)
+    }
+
+    /// The next number of the publish sequence, for an event sure to be
+    /// accepted.
+    #[inline]
+    pub(crate) fn next_sequence(&self) -> u64 {
+        // SeqCst: `subscribe_replay` reads the end after its subscribe; an
+        // event numbered at or above it took its number later, and so is
+        // matched against a snapshot holding the subscription.
+        self.sequence.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// The number the next accepted event will take.
+    pub(crate) fn sequence_end(&self) -> u64 {
+        self.sequence.load(Ordering::SeqCst)
+    }
+
+    /// Logs, rate-limited, an event the bus's `Shed` policy dropped.
+    pub(crate) fn log_shed(&self, event: &Event) {
+        if let Some(suppressed) = self.loss_log.admit(1) {
+            tracing::warn!(
+                event = event.name(),
+                suppressed,
+                "the queues were full under Overflow::Shed: an event was dropped (counted in \
+                 Stats::dropped)"
+            );
+        }
+    }
+
+    /// Reports to the error hook an event a backlog refused under
+    /// `Overflow::Error` (it is counted already).
+    pub(crate) fn report_backlog_refusal(
+        &self,
+        event: &Event,
+        sub: &Subscription,
+        error: &crate::error::BacklogFull,
+    ) {
+        let hook = self.error_hook.lock().clone();
+        if let Some(hook) = hook {
+            let hook_run = catch_unwind(AssertUnwindSafe(|| hook(event, &sub.plugin, error)));
+            if let Err(panic) = hook_run {
+                discard_panic(panic);
+                tracing::error!(event = event.name(), "the error hook panicked");
+            }
+        }
     }
 
     pub(crate) fn handler_failed(
@@ -171,29 +227,56 @@ impl Shared {
         self.life_changed.notify_all();
     }
 
-    /// Runs `wait` (a flush), minding the tokio runtime this thread may
-    /// belong to: on a multi-thread runtime's thread it runs in
+    /// How this thread may wait for the bus's work, minding the tokio
+    /// runtime it may belong to: on a multi-thread runtime's thread, in
     /// `block_in_place`, so the runtime moves its other tasks (async
-    /// handlers among them) elsewhere; on a current-thread runtime, while
-    /// async handlers exist, waiting would starve them forever, so it
-    /// panics with a message naming `flush_async`, as tokio's own blocking
-    /// calls do.
-    pub(crate) fn blocking_wait<R>(&self, wait: impl FnOnce() -> R) -> R {
+    /// handlers among them) elsewhere; on a current-thread runtime's thread
+    /// while async handlers run on a current-thread runtime, not at all
+    /// (waiting could starve them forever: the `_async` forms are for
+    /// that); elsewhere, plainly.
+    pub(crate) fn wait_mode(&self) -> WaitMode {
         #[cfg(feature = "tokio")]
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            match handle.runtime_flavor() {
-                tokio::runtime::RuntimeFlavor::CurrentThread => {
-                    if self.async_live.load(Ordering::SeqCst) > 0 {
-                        panic!(
-                            "Bus::flush called on a current-thread tokio runtime that runs this \
-                             bus's async handlers would wait forever; use flush_async"
-                        );
+        if !crate::asynchronous::off_runtime() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                return match handle.runtime_flavor() {
+                    tokio::runtime::RuntimeFlavor::CurrentThread => {
+                        if self.async_on_current_thread.load(Ordering::SeqCst) > 0 {
+                            WaitMode::Refused
+                        } else {
+                            WaitMode::Plain
+                        }
                     }
-                }
-                _ => return tokio::task::block_in_place(wait),
+                    _ => WaitMode::InPlace,
+                };
             }
         }
-        wait()
+        WaitMode::Plain
+    }
+
+    /// Runs `wait` as [`wait_mode`](Shared::wait_mode) says; `None` when
+    /// this thread must not wait.
+    pub(crate) fn wait_here<R>(&self, wait: impl FnOnce() -> R) -> Option<R> {
+        match self.wait_mode() {
+            WaitMode::Plain => Some(wait()),
+            #[cfg(feature = "tokio")]
+            WaitMode::InPlace => Some(tokio::task::block_in_place(wait)),
+            #[cfg(not(feature = "tokio"))]
+            WaitMode::InPlace => Some(wait()),
+            WaitMode::Refused => None,
+        }
+    }
+
+    /// Runs `wait` (a flush) as [`wait_here`](Shared::wait_here) does; where
+    /// it must not wait, panics with a message naming the `_async` form, as
+    /// tokio's own blocking calls do.
+    pub(crate) fn blocking_wait<R>(&self, what: &str, wait: impl FnOnce() -> R) -> R {
+        match self.wait_here(wait) {
+            Some(r) => r,
+            None => panic!(
+                "Bus::{what} called on a current-thread tokio runtime that runs async handlers \
+                 would wait forever; use {what}_async"
+            ),
+        }
     }
 
     /// Puts an ordered subscription with events on the ready queue, and
@@ -232,7 +315,9 @@ impl Shared {
         if self.epochs.flush(deadline).is_err() {
             tracing::warn!(
                 pending = self.epochs.pending(),
-                "shutdown: mailbox handlers still had events at the drain timeout"
+                timeout = ?self.config.drain_timeout,
+                "shutdown: blocking and async handlers still had events at the drain timeout; \
+                 what is left in their backlogs is dropped (counted in Stats::drain_dropped)"
             );
         }
     }
@@ -254,7 +339,7 @@ impl Shared {
         let mut works = Vec::new();
         for sub in &subs {
             if let Some(mailbox) = &sub.mailbox {
-                works.extend(mailbox.retire(self));
+                works.extend(mailbox.retire_at_shutdown(self, sub));
             }
         }
         for work in works {
@@ -284,12 +369,19 @@ impl Shared {
         }
     }
 
-    /// Closes the bus, then (outside a handler) waits until the workers have
-    /// drained, dropped the handlers and been joined, or until `deadline`.
-    pub(crate) fn shutdown(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimeout> {
+    /// Closes the bus: no event is accepted from now on.
+    pub(crate) fn close(&self) {
         if !self.shut.swap(true, Ordering::SeqCst) {
             self.queues.close();
         }
+    }
+
+    /// Closes the bus, then (outside a handler) waits until the workers have
+    /// drained, dropped the handlers and been joined, or until `deadline`.
+    /// The caller has made sure this thread may wait (see
+    /// [`wait_mode`](Shared::wait_mode)).
+    pub(crate) fn shutdown(&self, deadline: Option<Instant>) -> Result<(), ShutdownTimeout> {
+        self.close();
         if in_handler_of(self.id) {
             // A handler cannot wait for its own thread; the workers finish
             // draining on their own.
@@ -321,11 +413,35 @@ impl Shared {
         }
     }
 
-    fn unfinished(&self, from_handler: bool) -> ShutdownTimeout {
+    pub(crate) fn unfinished(&self, from_handler: bool) -> ShutdownTimeout {
         ShutdownTimeout {
             pending: self.epochs.pending(),
             running_workers: self.live_workers.load(Ordering::SeqCst),
             from_handler,
         }
     }
+}
+
+/// How a thread may wait; see [`Shared::wait_mode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitMode {
+    Plain,
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    InPlace,
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    Refused,
+}
+
+/// A number no other bus is likely to have drawn, in this process or any
+/// other: the clock, the process id and a per-process count, hashed with
+/// the process's random hash keys.
+fn random_instance() -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    std::time::SystemTime::now().hash(&mut hasher);
+    std::process::id().hash(&mut hasher);
+    // Relaxed: only uniqueness matters.
+    COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed).hash(&mut hasher);
+    hasher.finish()
 }

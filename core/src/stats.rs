@@ -10,12 +10,24 @@ use crate::loom::{thread_local, AtomicU64, Ordering};
 const STRIPES: usize = 16;
 
 /// A snapshot of a bus's counters.
+///
+/// Where loss shows: under the default policies (`Overflow::Block` for the
+/// queues and, unless a subscription asks otherwise, for its backlog)
+/// nothing accepted is ever dropped, and `dropped`, `backlog_dropped` and
+/// `drain_dropped` stay 0. Each counts the losses of one lossy choice:
+/// `Overflow::Shed` on the bus, a lossy policy on a subscription's backlog,
+/// and a shutdown whose drain timeout passed. Each loss is also logged at
+/// `warn` (rate-limited) through `tracing`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Events accepted by `publish`.
+    /// Events accepted by `publish` (each once, however many handlers it
+    /// reaches; those later dropped included).
     pub published: u64,
-    /// Handler invocations (one event reaching three handlers counts three).
+    /// Handler calls that ran (one event reaching three handlers counts
+    /// three; a replayed call counts too). A call a plugin's reload
+    /// hand-over skipped, because the other instance handles that event,
+    /// counts nothing.
     pub dispatched: u64,
     /// Events taken off the queues and matched (whether or not any handler matched).
     pub events_dispatched: u64,
@@ -39,9 +51,15 @@ pub struct Stats {
     pub queue_depth: [u64; 3],
     /// Live subscriptions.
     pub subscriptions: u64,
-    /// Events dropped for one ordered, blocking or async subscription
-    /// because its backlog was full (the event still reached the others).
+    /// Events lost for one ordered, blocking or async subscription because
+    /// its backlog was full and its policy is lossy (`Shed` drops the oldest
+    /// waiting event, `Error` refuses a worker's hand-over), or because its
+    /// tokio runtime stopped running it. The event still reached the
+    /// others. 0 under `Block`.
     pub backlog_dropped: u64,
+    /// Accepted events discarded at shutdown, still in a backlog when the
+    /// [drain timeout](crate::BusBuilder::drain_timeout) passed.
+    pub drain_dropped: u64,
 }
 
 /// One subscription's counters; see [`Bus::subscription_stats`](crate::Bus::subscription_stats).
@@ -50,8 +68,9 @@ pub struct Stats {
 pub struct SubscriptionStats {
     /// Its handler's errors and panics (and async timeouts).
     pub errors: u64,
-    /// Events dropped for it because its backlog was full (ordered,
-    /// blocking and async subscriptions only).
+    /// Events lost for it because its backlog was full under a lossy
+    /// policy, or its runtime stopped (ordered, blocking and async
+    /// subscriptions only; see [`Stats::backlog_dropped`]).
     pub backlog_dropped: u64,
     /// Events waiting in its backlog now.
     pub backlog: u64,
@@ -96,6 +115,47 @@ pub(crate) struct Counters {
     /// ordered handlers on workers): shared, written per call.
     pub(crate) runners: CachePadded<WorkerCounters>,
     pub(crate) backlog_dropped: AtomicU64,
+    pub(crate) drain_dropped: AtomicU64,
+    /// Calls that ran but did nothing because a reload's hand-over gave the
+    /// event to the other instance: taken out of `dispatched`. Shared with
+    /// the plugin host's handler wrappers, which count them.
+    pub(crate) skipped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Rate-limits the `warn` lines that report losses: at most one a second
+/// per bus, saying how many losses the lines it held back covered.
+#[derive(Debug)]
+pub(crate) struct LossLog {
+    start: std::time::Instant,
+    /// Milliseconds since `start` of the last line, plus one (0: none yet).
+    last: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl LossLog {
+    pub(crate) fn new() -> LossLog {
+        LossLog {
+            start: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether to log a loss of `n` now; `Some(losses held back since the
+    /// last line)` when so.
+    pub(crate) fn admit(&self, n: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Relaxed: only which thread logs is decided here.
+        let now = self.start.elapsed().as_millis() as u64 + 1;
+        let last = self.last.load(Relaxed);
+        if last != 0 && now < last + 1000
+            || self.last.compare_exchange(last, now, Relaxed, Relaxed).is_err()
+        {
+            self.suppressed.fetch_add(n, Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Relaxed))
+    }
 }
 
 /// Which publisher-side counter to bump.
@@ -135,6 +195,8 @@ impl Counters {
             stray: AtomicU64::new(0),
             runners: CachePadded::new(WorkerCounters::default()),
             backlog_dropped: AtomicU64::new(0),
+            drain_dropped: AtomicU64::new(0),
+            skipped: std::sync::Arc::default(),
         }
     }
 
@@ -167,7 +229,10 @@ impl Counters {
             dropped: sum(|s| &s.dropped),
             rejected: sum(|s| &s.rejected),
             depth_refused: sum(|s| &s.depth_refused),
-            dispatched: wsum(|w| &w.dispatched),
+            // Relaxed: a statistic. A skip is counted after its call, so the
+            // difference never goes below zero for long; saturate meanwhile.
+            dispatched: wsum(|w| &w.dispatched)
+                .saturating_sub(self.skipped.load(std::sync::atomic::Ordering::Relaxed)),
             events_dispatched: wsum(|w| &w.events),
             handler_errors: wsum(|w| &w.errors),
             handler_panics: wsum(|w| &w.panics),
@@ -175,6 +240,7 @@ impl Counters {
             queue_depth: [0; 3],
             subscriptions: 0,
             backlog_dropped: self.backlog_dropped.load(Ordering::Relaxed),
+            drain_dropped: self.drain_dropped.load(Ordering::Relaxed),
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct SubscribeOptions {
     pub(crate) concurrency: usize,
     pub(crate) timeout: Option<Duration>,
     pub(crate) backlog: usize,
+    /// `None`: the bus's policy.
+    pub(crate) overflow: Option<crate::Overflow>,
 }
 
 impl Default for SubscribeOptions {
@@ -71,6 +73,7 @@ impl Default for SubscribeOptions {
             concurrency: 1,
             timeout: None,
             backlog: SubscribeOptions::DEFAULT_BACKLOG,
+            overflow: None,
         }
     }
 }
@@ -78,6 +81,10 @@ impl Default for SubscribeOptions {
 impl SubscribeOptions {
     /// The default backlog of a subscription that does not run inline.
     pub const DEFAULT_BACKLOG: usize = 1024;
+
+    /// The most calls of one subscription that may run at once
+    /// ([`concurrency`](SubscribeOptions::concurrency)).
+    pub const MAX_CONCURRENCY: usize = 1024;
 
     /// The defaults: [`Priority::Normal`], inline, unordered.
     pub fn new() -> SubscribeOptions {
@@ -110,8 +117,11 @@ impl SubscribeOptions {
     /// Runs the handler on threads of its own ([`concurrency`] of them; one
     /// when [`ordered`]), never on a dispatch worker: for a handler that
     /// sleeps, waits on I/O or computes for long. Events wait in its
-    /// [`backlog`]; when that is full, they are dropped for this
-    /// subscription only, and counted.
+    /// [`backlog`]; when that is full, its [`overflow`] policy decides
+    /// (by default the bus's: under `Block` the dispatching worker waits
+    /// for room, and nothing is lost).
+    ///
+    /// [`overflow`]: SubscribeOptions::overflow
     ///
     /// [`concurrency`]: SubscribeOptions::concurrency
     /// [`ordered`]: SubscribeOptions::ordered
@@ -122,8 +132,10 @@ impl SubscribeOptions {
     }
 
     /// How many calls of a blocking or async subscription may run at once
-    /// (default 1; at least 1; ignored when ordered, which is one at a
-    /// time). Inline handlers run on as many workers as there are.
+    /// (default 1; at least 1, at most [`MAX_CONCURRENCY`](SubscribeOptions::MAX_CONCURRENCY),
+    /// past which subscribing fails with [`SubscribeError::InvalidOption`](crate::SubscribeError::InvalidOption);
+    /// ignored when ordered, which is one at a time). Inline handlers run on
+    /// as many workers as there are.
     pub fn concurrency(mut self, n: usize) -> SubscribeOptions {
         self.concurrency = n.max(1);
         self
@@ -139,12 +151,64 @@ impl SubscribeOptions {
 
     /// How many events may wait for an ordered, blocking or async
     /// subscription (default [`DEFAULT_BACKLOG`](SubscribeOptions::DEFAULT_BACKLOG));
-    /// past that, events are dropped for it and counted in
-    /// [`Stats::backlog_dropped`](crate::Stats::backlog_dropped) and its
-    /// [`SubscriptionStats`](crate::SubscriptionStats).
+    /// what happens past that is its [`overflow`](SubscribeOptions::overflow)
+    /// policy's choice.
     pub fn backlog(mut self, events: usize) -> SubscribeOptions {
         self.backlog = events.max(1);
         self
+    }
+
+    /// What happens when the [`backlog`](SubscribeOptions::backlog) of an
+    /// ordered, blocking or async subscription is full. Default: the bus's
+    /// [`overflow`](crate::BusBuilder::overflow) policy, so that under the
+    /// default `Block` no event is ever lost for any subscription.
+    ///
+    /// * [`Overflow::Block`](crate::Overflow::Block): whoever hands the event
+    ///   over waits for room: for an ordered subscription the publisher
+    ///   (before it reserves anything), for the others the dispatching
+    ///   worker. A slow subscriber slows the bus down to its pace. A handler
+    ///   never waits: its publish may overshoot an ordered backlog by as
+    ///   much again, and past that gets [`PublishError::Full`](crate::PublishError::Full).
+    /// * [`Overflow::Shed`](crate::Overflow::Shed): the oldest waiting event
+    ///   is dropped to make room. A slow subscriber falls behind alone: the
+    ///   isolation to ask for when a subscriber may lag (a thumbnailer, a
+    ///   logger that may skip lines).
+    /// * [`Overflow::Error`](crate::Overflow::Error): an ordered
+    ///   subscription's publisher gets
+    ///   [`PublishError::BacklogFull`](crate::PublishError::BacklogFull)
+    ///   and nothing is accepted; for the others, the event is refused for
+    ///   this subscription only and reported to the error hook as a
+    ///   [`BacklogFull`](crate::BacklogFull).
+    ///
+    /// Every event shed or refused is counted in the subscription's
+    /// [`SubscriptionStats::backlog_dropped`](crate::SubscriptionStats::backlog_dropped)
+    /// and in [`Stats::backlog_dropped`](crate::Stats::backlog_dropped),
+    /// and logged at `warn` (at most a line a second).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{Overflow, SubscribeOptions};
+    ///
+    /// // A thumbnailer that may skip images when it falls behind.
+    /// let thumbnails = SubscribeOptions::new().blocking().backlog(100).overflow(Overflow::Shed);
+    /// # let _ = thumbnails;
+    /// ```
+    pub fn overflow(mut self, policy: crate::Overflow) -> SubscribeOptions {
+        self.overflow = Some(policy);
+        self
+    }
+
+    /// Checks the options that have limits.
+    pub(crate) fn check(&self) -> Result<(), crate::SubscribeError> {
+        if self.concurrency > SubscribeOptions::MAX_CONCURRENCY {
+            return Err(crate::SubscribeError::InvalidOption {
+                what: "concurrency",
+                value: self.concurrency,
+                max: SubscribeOptions::MAX_CONCURRENCY,
+            });
+        }
+        Ok(())
     }
 
     /// Whether the subscription needs a mailbox (it does not run inline).

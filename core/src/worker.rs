@@ -94,6 +94,46 @@ impl Drop for HandlerScope {
     }
 }
 
+/// The handler context of this thread, to carry into work it hands to
+/// another thread on its behalf (an `_async` form's blocking step): there,
+/// waiting excuses the call it is part of, as it would here.
+#[cfg(feature = "tokio")]
+pub(crate) struct CarriedContext {
+    saved: Saved,
+}
+
+#[cfg(feature = "tokio")]
+impl CarriedContext {
+    /// This thread's context, if it is running a mailbox handler of bus
+    /// `id` (the calls that can hand work to another thread and wait).
+    pub(crate) fn capture(id: usize) -> Option<CarriedContext> {
+        CONTEXT.with(|c| {
+            let c = c.borrow();
+            (c.handler_bus == id && c.mailbox_call != 0).then(|| CarriedContext {
+                saved: (c.handler_bus, c.shared.clone(), c.depth, c.bucket, c.mailbox_call),
+            })
+        })
+    }
+
+    /// Makes this thread run in the carried context until the guard drops.
+    pub(crate) fn enter(self) -> HandlerScope {
+        let (handler_bus, shared, depth, bucket, mailbox_call) = self.saved;
+        let saved = CONTEXT.with(|c| {
+            let mut c = c.borrow_mut();
+            let saved = (c.handler_bus, c.shared.clone(), c.depth, c.bucket, c.mailbox_call);
+            c.handler_bus = handler_bus;
+            if c.bus == 0 {
+                c.shared = shared;
+            }
+            c.depth = depth;
+            c.bucket = bucket;
+            c.mailbox_call = mailbox_call;
+            saved
+        });
+        HandlerScope { saved: Some(saved) }
+    }
+}
+
 /// Whether this thread is running a handler of the bus `id` (as one of its
 /// workers, or in a mailbox call): it must not wait for that bus's work.
 pub(crate) fn in_handler_of(id: usize) -> bool {
@@ -257,8 +297,9 @@ fn dispatch(
     for &at in &scratch.matched {
         let sub = snapshot.get(at);
         if sub.mailbox.is_some() {
-            // Runs elsewhere: hand the event over.
-            crate::mailbox::Mailbox::push(shared, snapshot.get_arc(at), event, queued.epoch);
+            // Runs elsewhere: hand the event over (under `Block`, waiting
+            // for room: its runner never waits for a worker).
+            crate::mailbox::Mailbox::deliver(shared, snapshot.get_arc(at), event, queued.epoch);
             continue;
         }
         if !shared.calls.enter(worker, sub) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::watchdog;
 use switchboard::plugin::{Plugin, PluginContext, PluginError, PluginManager};
-use switchboard::{Bus, Event, SubscribeOptions};
+use switchboard::{Bus, Event, Overflow, SubscribeOptions};
 use switchboard_plugins::{
     ChatMessage, QuotePlugin, SearchIndex, SearchPlugin, StatsPlugin, StatsStore, TriviaPlugin,
 };
@@ -142,7 +142,10 @@ impl Plugin for Faulty {
                 _ => Ok(()),
             }
         })?;
-        ctx.subscribe_with("chat.message", SubscribeOptions::new().blocking().backlog(8), |_| {
+        // A dawdler that asked to fall behind alone (under the default
+        // `Block` it would slow the whole bot to its pace).
+        let dawdler = SubscribeOptions::new().blocking().backlog(8).overflow(Overflow::Shed);
+        ctx.subscribe_with("chat.message", dawdler, |_| {
             thread::sleep(Duration::from_millis(20));
             Ok(())
         })?;
