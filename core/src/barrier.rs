@@ -36,7 +36,7 @@ impl Barrier {
 
     /// Whether the light side is a compiler fence (the expedited system
     /// call is in use) rather than a full fence.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg_attr(any(not(test), loom), allow(dead_code))]
     pub(crate) fn is_expedited(self) -> bool {
         self.expedited
     }

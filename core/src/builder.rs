@@ -204,6 +204,13 @@ impl BusBuilder {
         self
     }
 
+    /// The configuration, for models that build a bus's parts without
+    /// starting it.
+    #[cfg(all(test, loom))]
+    pub(crate) fn into_config(self) -> Config {
+        self.config
+    }
+
     /// Starts the workers.
     ///
     /// # Errors

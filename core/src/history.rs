@@ -71,14 +71,16 @@ impl History {
 
     /// The events numbered in `[start, end)` whose name matches `pattern`,
     /// most recent first, where `start` is as far back as the ring and
-    /// `limit` allow with no hole: *settled*, it first waits until every
-    /// event numbered below `end` (the bus's next sequence number, read by
-    /// the caller after it subscribed) has been written (a publisher between
-    /// taking its number and writing its slot takes nanoseconds), then walks
-    /// back from `end` and stops at the first slot a newer lap overwrote, so
-    /// the window is contiguous whatever the number of publishers. Returns
-    /// the events and `start`. For replaying history before live events
-    /// (`end` is the seam).
+    /// `limit` allow with no hole: *settled*, it walks back from `end` (the
+    /// bus's next sequence number, read by the caller after it subscribed),
+    /// waits at each slot until the event numbered for it has been written
+    /// (a publisher between taking its number and writing its slot takes
+    /// nanoseconds, unless it is descheduled), and stops at the first slot a
+    /// newer lap has overwritten. Newest first, so a flood that laps the
+    /// ring meanwhile costs the oldest events of the window, never a block
+    /// in its middle: the window is contiguous whatever the number of
+    /// publishers. Returns the events and `start`. For replaying history
+    /// before live events (`end` is the seam).
     pub(crate) fn read_settled(
         &self,
         end: u64,
@@ -87,32 +89,28 @@ impl History {
     ) -> (Vec<Arc<Event>>, u64) {
         let len = self.slots.len() as u64;
         let oldest = end.saturating_sub(len);
-        for seq in oldest..end {
-            let slot = &self.slots[(seq % len) as usize];
-            let mut round = 0;
-            while slot.lock().stamp < seq + 1 {
-                crate::loom::backoff(&mut round);
-            }
-        }
         let mut out = Vec::new();
         let mut start = end;
         while start > oldest && out.len() < limit {
             let seq = start - 1;
-            let event = {
-                let slot = self.slots[(seq % len) as usize].lock();
-                // Settled: the stamp is at least ours. Above ours, a newer
-                // lap overwrote it, and everything older is out of the
-                // window too as far as a contiguous replay goes.
-                if slot.stamp != seq + 1 {
-                    break;
+            let slot = &self.slots[(seq % len) as usize];
+            let mut round = 0;
+            let event = loop {
+                let slot = slot.lock();
+                match slot.stamp.cmp(&(seq + 1)) {
+                    std::cmp::Ordering::Equal => break slot.event.clone(),
+                    // A newer lap overwrote it (or its publisher, finding
+                    // that lap there already, never wrote).
+                    std::cmp::Ordering::Greater => break None,
+                    std::cmp::Ordering::Less => {}
                 }
-                slot.event.clone()
+                drop(slot);
+                crate::loom::backoff(&mut round);
             };
+            let Some(event) = event else { break };
             start = seq;
-            if let Some(event) = event {
-                if pattern.map_or(true, |p| p.is_match(event.name())) {
-                    out.push(event);
-                }
+            if pattern.map_or(true, |p| p.is_match(event.name())) {
+                out.push(event);
             }
         }
         (out, start)

@@ -551,3 +551,72 @@ fn loom_ordered_handoff_keeps_order_and_never_overlaps() {
         bus.shutdown();
     });
 }
+
+/// The backlog wait under `Overflow::Block`: an ordered subscription's
+/// backlog of one is full; its runner takes the event, and its handler
+/// publishes another into the same backlog (a handler never waits: it
+/// overshoots); meanwhile an outside publisher waits for room. Everyone
+/// finishes and all three events are handled: the runner's take wakes the
+/// waiting publisher. (Removing that wake-up in `Mailbox::next` makes this
+/// model fail: the publisher sleeps forever.)
+#[test]
+fn loom_a_full_backlog_wakes_its_waiting_publisher_while_its_handler_publishes() {
+    use crate::mailbox::{Mailbox, Room, Runner, Work};
+    model(|| {
+        let config = crate::BusBuilder::default().workers(1).history_size(0).into_config();
+        let shared = Arc::new(crate::shared::Shared::new(config, None));
+        let mailbox = Mailbox::new(
+            Work::Sync(Arc::new(|_e: &Event| Ok(()))),
+            Runner::Pool,
+            true,
+            1,
+            Overflow::Block,
+        );
+        let sub = Arc::new(Subscription::new(
+            SubscriptionId::new(1),
+            Pattern::new("x").unwrap(),
+            Arc::from("p"),
+            Priority::Normal,
+            None,
+            Some(mailbox),
+        ));
+        let event = |n: u64| Arc::new(Event::new("x", serde_json::Value::from(n), "t"));
+        let backlog = || sub.mailbox.as_ref().unwrap();
+        Mailbox::push(&shared, &sub, &event(0), 0);
+        assert_eq!(backlog().room_for(false), Room::Wait, "full for an outsider");
+        let publisher = {
+            let (shared, sub) = (shared.clone(), sub.clone());
+            thread::spawn(move || {
+                let backlog = sub.mailbox.as_ref().unwrap();
+                loop {
+                    match backlog.room_for(false) {
+                        Room::Free => break,
+                        Room::Wait => backlog.wait_for_room(),
+                        Room::Refused => panic!("Block never refuses an outsider"),
+                    }
+                }
+                Mailbox::push(&shared, &sub, &event(1), 0);
+            })
+        };
+        // The runner: a worker's turns at the mailbox.
+        let mut handled = Vec::new();
+        while handled.len() < 3 {
+            let Some((entry, work)) = backlog().next() else {
+                thread::yield_now();
+                continue;
+            };
+            let n = entry.event.data().as_u64().unwrap();
+            if n == 0 {
+                // The handler publishes into its own backlog: never waits.
+                assert_ne!(backlog().room_for(true), Room::Wait);
+                Mailbox::push(&shared, &sub, &event(2), 0);
+            }
+            handled.push(n);
+            backlog().done(&shared, entry.bucket, Some(work));
+        }
+        publisher.join().unwrap();
+        handled.sort_unstable();
+        assert_eq!(handled, [0, 1, 2], "lost an event");
+        assert_eq!(backlog().backlog(), 0);
+    });
+}
