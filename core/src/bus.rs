@@ -1054,7 +1054,7 @@ impl Bus {
     /// tokio runtime's thread it waits in `block_in_place`; on a
     /// current-thread runtime's thread, while async handlers run on a
     /// current-thread runtime, it does not wait but returns
-    /// [`PublishError::WouldBlock`] (use [`publish_async`](Bus::publish_async)
+    /// [`PublishError::WouldBlock`] (use `publish_async`
     /// there).
     ///
     /// From inside a handler the event is one level deeper than the event
@@ -1392,7 +1392,7 @@ impl Bus {
     ///
     /// On a current-thread tokio runtime's thread while async handlers run
     /// on a current-thread runtime, where waiting would starve them (as
-    /// `flush` does): use [`shutdown_async`](Bus::shutdown_async) there. The
+    /// `flush` does): use `shutdown_async` there. The
     /// bus is closed all the same. On a multi-thread runtime's thread it
     /// waits in `block_in_place`.
     pub fn shutdown(&self) {

@@ -212,7 +212,7 @@ pub enum PublishError {
     /// [`Overflow::Block`](crate::Overflow::Block), and waiting for room on
     /// this thread (a current-thread tokio runtime's, while async handlers
     /// run on a current-thread runtime) could starve the handlers that make
-    /// room: use [`Bus::publish_async`](crate::Bus::publish_async) there.
+    /// room: use `Bus::publish_async` (feature `tokio`) there.
     WouldBlock(Box<Event>),
     /// The event's name is not acceptable.
     InvalidName {

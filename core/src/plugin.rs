@@ -986,7 +986,7 @@ impl PluginManager {
     /// On a current-thread tokio runtime (what `#[tokio::test]` uses) it
     /// works while no async handler runs on such a runtime; while one does,
     /// waiting there could starve it, and it returns
-    /// [`PluginError::WouldBlock`]: use [`unload_async`](PluginManager::unload_async).
+    /// [`PluginError::WouldBlock`]: use `unload_async`.
     ///
     /// # Errors
     ///
@@ -1017,7 +1017,7 @@ impl PluginManager {
     /// It waits for the bus twice ([`Bus::flush`]): on a current-thread
     /// tokio runtime it works while no async handler runs on such a runtime,
     /// and returns [`PluginError::WouldBlock`] while one does (use
-    /// [`reload_async`](PluginManager::reload_async)).
+    /// `reload_async`).
     ///
     /// # Errors
     ///
