@@ -1087,7 +1087,9 @@ impl Bus {
                 WaitFor::Queue(priority) => shared.queues.wait_for_room_at(*priority),
                 WaitFor::Backlog(sub) => {
                     if let Some(mailbox) = &sub.mailbox {
-                        mailbox.wait_for_room();
+                        // Released when the bus closes: the next try then
+                        // says `Closed`.
+                        mailbox.wait_for_room(|| shared.is_shut());
                     }
                 }
             });
@@ -1136,6 +1138,11 @@ impl Bus {
                 let Some(mailbox) = &sub.mailbox else { continue };
                 match mailbox.room_for(from_handler) {
                     Room::Free => {}
+                    // A closed bus refuses as closed, full or not.
+                    Room::Wait if shared.is_shut() => {
+                        shared.counters.bump(Count::Rejected);
+                        return Attempt::Done(Err(PublishError::Closed(Box::new(event))));
+                    }
                     Room::Wait => {
                         return Attempt::Wait(Box::new(event), WaitFor::Backlog(sub.clone()))
                     }

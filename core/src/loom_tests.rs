@@ -591,7 +591,9 @@ fn loom_a_full_backlog_wakes_its_waiting_publisher_while_its_handler_publishes()
                 loop {
                     match backlog.room_for(false) {
                         Room::Free => break,
-                        Room::Wait => backlog.wait_for_room(),
+                        Room::Wait => {
+                            backlog.wait_for_room(|| false);
+                        }
                         Room::Refused => panic!("Block never refuses an outsider"),
                     }
                 }

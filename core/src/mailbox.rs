@@ -194,13 +194,23 @@ impl Mailbox {
     }
 
     /// Waits until the backlog has room, or the subscription retired, or
-    /// the mailbox is sealed or abandoned. Its runner makes room without
-    /// ever waiting for a pusher, so this ends as long as the runner runs.
-    pub(crate) fn wait_for_room(&self) {
+    /// the mailbox is sealed or abandoned (`true`: a push now goes in or is
+    /// skipped), or until `give_up()` says so (`false`), which is asked
+    /// every 50 ms while it waits (a closing bus releases its waiters). Its
+    /// runner makes room without ever waiting for a pusher, so this ends as
+    /// long as the runner runs.
+    pub(crate) fn wait_for_room(&self, mut give_up: impl FnMut() -> bool) -> bool {
         let mut state = self.state.lock();
-        while state.work.is_some() && !state.sealed && state.entries.len() >= self.capacity {
+        loop {
+            if state.work.is_none() || state.sealed || state.entries.len() < self.capacity {
+                return true;
+            }
+            if give_up() {
+                return false;
+            }
             state.room_waiters += 1;
-            state = self.room.wait(state);
+            let slice = Instant::now().checked_add(std::time::Duration::from_millis(50));
+            state = self.room.wait_until(state, slice).0;
             state.room_waiters -= 1;
         }
     }
@@ -218,7 +228,20 @@ impl Mailbox {
     ) {
         let Some(mailbox) = &sub.mailbox else { return };
         match mailbox.overflow {
-            Overflow::Block => mailbox.wait_for_room(),
+            // Once the bus is closing, a backlog that stays full past the
+            // drain timeout (a stuck handler) must not hold the drain.
+            Overflow::Block if !mailbox.wait_for_room(|| shared.drain_expired()) => {
+                // Relaxed: a statistic.
+                shared.counters.drain_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    event = event.name(),
+                    plugin = &*sub.plugin,
+                    pattern = sub.pattern.as_str(),
+                    "shutdown: a subscription's backlog stayed full past the drain timeout; the \
+                     event is dropped for it (counted in Stats::drain_dropped)"
+                );
+                return;
+            }
             Overflow::Error if mailbox.room_for(false) == Room::Refused => {
                 mailbox.count_lost(shared, sub, event, 1, "refused");
                 let refused = BacklogFull { capacity: mailbox.capacity };

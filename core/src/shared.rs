@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     pub(crate) handle: OnceLock<Weak<Handle>>,
     error_hook: Mutex<Option<Arc<ErrorHook>>>,
     shut: AtomicBool,
+    /// When the bus was closed: the drain timeout counts from there.
+    closed_at: OnceLock<Instant>,
     live_workers: AtomicUsize,
     life: Mutex<Life>,
     life_changed: Condvar,
@@ -119,6 +121,7 @@ impl Shared {
             handle: OnceLock::new(),
             error_hook: Mutex::new(error_hook.map(Arc::new)),
             shut: AtomicBool::new(false),
+            closed_at: OnceLock::new(),
             live_workers: AtomicUsize::new(config.workers),
             life: Mutex::new(Life::default()),
             life_changed: Condvar::new(),
@@ -372,8 +375,15 @@ impl Shared {
     /// Closes the bus: no event is accepted from now on.
     pub(crate) fn close(&self) {
         if !self.shut.swap(true, Ordering::SeqCst) {
+            let _ = self.closed_at.set(Instant::now());
             self.queues.close();
         }
+    }
+
+    /// Whether the bus is closing and its drain timeout has passed.
+    pub(crate) fn drain_expired(&self) -> bool {
+        self.is_shut()
+            && self.closed_at.get().is_some_and(|at| at.elapsed() >= self.config.drain_timeout)
     }
 
     /// Closes the bus, then (outside a handler) waits until the workers have

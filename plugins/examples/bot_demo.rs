@@ -161,8 +161,7 @@ impl Plugin for Slow {
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
         let calls = self.calls.clone();
-        let options =
-            SubscribeOptions::new().blocking().backlog(1_024).overflow(Overflow::Shed);
+        let options = SubscribeOptions::new().blocking().backlog(1_024).overflow(Overflow::Shed);
         ctx.subscribe_with("chat.message", options, move |_| {
             std::thread::sleep(Duration::from_millis(1));
             calls.fetch_add(1, Ordering::Relaxed);

@@ -643,3 +643,70 @@ fn publishers_waiting_for_a_backlog_and_its_publishing_handler_all_finish() {
         bus.shutdown();
     });
 }
+
+/// A blocking handler that never returns with its backlog full: the worker
+/// waiting for room gives up once the bus is closing and the drain timeout
+/// has passed, counting what it drops, so shutdown still ends.
+#[test]
+fn a_stuck_subscriber_cannot_hold_the_drain_past_its_timeout() {
+    watchdog(30, || {
+        let bus =
+            Bus::builder().workers(1).drain_timeout(Duration::from_millis(200)).build().unwrap();
+        let latch = Latch::default();
+        let l = latch.clone();
+        bus.subscribe_with(
+            "job.*",
+            "stuck",
+            SubscribeOptions::new().blocking().backlog(1),
+            move |_| {
+                l.wait();
+                Ok(())
+            },
+        )
+        .unwrap();
+        const EVENTS: u64 = 5;
+        for _ in 0..EVENTS {
+            bus.publish(ev("job.done")).unwrap();
+        }
+        bus.shutdown();
+        let stats = bus.stats();
+        // One call is running and one event may wait in the backlog; the
+        // rest could never be handed over.
+        assert!(stats.drain_dropped >= EVENTS - 2, "{stats:?}");
+        latch.open();
+    });
+}
+
+/// A publisher waiting for room in a full ordered backlog is released when
+/// the bus closes, with its event back as `Closed`.
+#[test]
+fn a_publisher_waiting_for_backlog_room_is_released_by_shutdown() {
+    watchdog(30, || {
+        let bus = Bus::builder().workers(2).build().unwrap();
+        let (latch, started) = (Latch::default(), Arc::new(AtomicBool::new(false)));
+        let (l, s) = (latch.clone(), started.clone());
+        bus.subscribe_with("o.*", "o", SubscribeOptions::new().ordered().backlog(1), move |_| {
+            s.store(true, Ordering::SeqCst);
+            l.wait();
+            Ok(())
+        })
+        .unwrap();
+        bus.publish(ev("o.first")).unwrap();
+        eventually(10, "the call to start", || started.load(Ordering::SeqCst));
+        bus.publish(ev("o.second")).unwrap(); // fills the backlog
+        let waiting = {
+            let bus = bus.clone();
+            thread::spawn(move || bus.publish(ev("o.third")))
+        };
+        thread::sleep(Duration::from_millis(50));
+        assert!(!waiting.is_finished(), "it waits for room");
+        let _ = bus.shutdown_timeout(Duration::from_millis(100));
+        match waiting.join().unwrap() {
+            Err(PublishError::Closed(event)) => assert_eq!(event.name(), "o.third"),
+            other => panic!("expected Closed, got {other:?}"),
+        }
+        latch.open();
+        bus.shutdown();
+        assert_eq!(bus.stats().dispatched, 2);
+    });
+}
