@@ -152,8 +152,7 @@ pub struct Event {
     priority: Priority,
     timestamp: SystemTime,
     depth: u32,
-    /// The bus's publish sequence number, once accepted by a bus that keeps
-    /// history.
+    /// The bus's publish sequence number, once accepted.
     seq: Sequence,
     /// Where a bridge imported it from; `None` for a local event.
     origin: Option<Arc<str>>,
@@ -282,7 +281,10 @@ impl Event {
     /// it accepted it, one total order of all accepted events that agrees
     /// with each publishing thread's order (the order of
     /// [`Bus::history`](crate::Bus::history)). `None` before it is
-    /// published, or on a bus without history.
+    /// published. Every accepted publish takes a new number, with or
+    /// without history: a republished clone keeps its [`id`](Event::id) but
+    /// gets another sequence number, so `(bus instance, sequence)` names one
+    /// publish (see [`Bus::instance`](crate::Bus::instance)).
     pub fn sequence(&self) -> Option<u64> {
         self.seq.0.load(Ordering::Acquire).checked_sub(1)
     }
@@ -337,7 +339,7 @@ impl Event {
 }
 
 /// An event's sequence number plus one, 0 while it has none. Set once per
-/// publish, at the history record (a `OnceLock` cost about 90 instructions
+/// publish, once it is sure to be accepted (a `OnceLock` cost about 90 instructions
 /// per event there; this is one compare-and-swap).
 #[derive(Default)]
 struct Sequence(AtomicU64);
