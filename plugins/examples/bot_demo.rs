@@ -496,14 +496,14 @@ fn main() {
         if args.rate == 0 { "flooding: mostly time in the full queue" } else { "paced" }
     );
     println!(
-        "  deliveries                example plugins: {} chat lines each to trivia, quote, stats, faulty and the probe; synthetic literal {literal}, synthetic wildcard {wildcard}; slow {slow_done}",
+        "  deliveries                example plugins: {} chat lines each to trivia, quote, stats, faulty and the probe; synthetic literal {literal}, synthetic wildcard {wildcard}; slow {slow_done} (all it could handle at 1 ms a line; see dropped)",
         total.chat
     );
     let group_errors = |prefix: &str| -> u64 {
         plugins.iter().filter(|p| p.name.starts_with(prefix)).map(|p| p.handler_errors).sum()
     };
     println!(
-        "  errors by plugin group    example {}, synthetic {}, faulty {}, slow {}, latency probe {}",
+        "  errors by plugin group    example {}, synthetic {}, faulty {} (it fails or panics on 2 calls in 3, on purpose), slow {}, latency probe {}",
         ["trivia", "stats", "quote", "search"].iter().map(|n| errors_of(n)).sum::<u64>(),
         group_errors("synthetic"),
         errors_of("faulty"),
