@@ -22,13 +22,18 @@ use crate::{BridgeConfig, BridgeError, JetStreamConfig, Mode};
 /// Header names.
 pub(crate) const ORIGIN: &str = "Switchboard-Origin";
 pub(crate) const ID: &str = "Switchboard-Id";
+/// The publish key: unique to one accepted publish on the exporting bus (its
+/// [`Bus::instance`] in the high 64 bits, the event's
+/// [`sequence`](Event::sequence) in the low 64), 32 hex digits. What
+/// de-duplication goes by, and the `Nats-Msg-Id` in JetStream mode.
+pub(crate) const KEY: &str = "Switchboard-Key";
 pub(crate) const SOURCE: &str = "Switchboard-Source";
 pub(crate) const PRIORITY: &str = "Switchboard-Priority";
 pub(crate) const TIMESTAMP: &str = "Switchboard-Timestamp";
 const MSG_ID: &str = "Nats-Msg-Id";
 
-/// How many event ids an importer remembers, to drop redeliveries.
-const REMEMBERED_IDS: usize = 1 << 16;
+/// How many publish keys an importer remembers, to drop redeliveries.
+const REMEMBERED_KEYS: usize = 1 << 16;
 /// JetStream publishes awaiting their acknowledgement at once.
 const ACK_WINDOW: usize = 256;
 /// Messages imported between two local flushes (JetStream mode).
@@ -63,7 +68,7 @@ pub(crate) struct Shared {
     resume_delay: Duration,
 }
 
-/// The ids seen lately, oldest first.
+/// The publish keys of the messages imported lately, oldest first.
 #[derive(Default)]
 struct Recent {
     set: HashSet<u128>,
@@ -71,13 +76,13 @@ struct Recent {
 }
 
 impl Recent {
-    /// Remembers `id`; false if it was already remembered.
-    fn insert(&mut self, id: u128) -> bool {
-        if !self.set.insert(id) {
+    /// Remembers `key`; false if it was already remembered.
+    fn insert(&mut self, key: u128) -> bool {
+        if !self.set.insert(key) {
             return false;
         }
-        self.order.push_back(id);
-        if self.order.len() > REMEMBERED_IDS {
+        self.order.push_back(key);
+        if self.order.len() > REMEMBERED_KEYS {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
             }
@@ -358,11 +363,21 @@ impl Shared {
     /// Encodes `event` and queues it for NATS (on a dispatch worker: never
     /// waits).
     fn export(&self, event: &Event) {
+        // A dispatched event always has its sequence number; keep the
+        // branch honest.
+        let Some(seq) = event.sequence() else {
+            tracing::error!(event = event.name(), "an exported event has no sequence number");
+            self.outbox.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        // One key per accepted publish: a republished clone (same id) is
+        // a new publish with a new sequence number, so a new key.
+        let key = format!("{:032x}", (u128::from(self.bus.instance()) << 64) | u128::from(seq));
         let mut headers = HeaderMap::new();
-        let id = format!("{:032x}", event.id().as_u128());
         headers.insert(ORIGIN, header(&self.instance));
-        headers.insert(ID, header(&id));
-        headers.insert(MSG_ID, header(&id));
+        headers.insert(ID, header(&format!("{:032x}", event.id().as_u128())));
+        headers.insert(KEY, header(&key));
+        headers.insert(MSG_ID, header(&key));
         headers.insert(SOURCE, header(&subject::escape_header(event.source())));
         headers.insert(PRIORITY, header(priority_name(event.priority())));
         let nanos = event.timestamp().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -417,6 +432,9 @@ impl Shared {
         let Some(id) = get(ID).and_then(|v| u128::from_str_radix(v, 16).ok()) else {
             return invalid(&"no valid id header");
         };
+        let Some(key) = get(KEY).and_then(|v| u128::from_str_radix(v, 16).ok()) else {
+            return invalid(&"no valid publish key header");
+        };
         let source = get(SOURCE).and_then(subject::unescape_header).unwrap_or_default();
         let priority = match get(PRIORITY) {
             Some("low") => Priority::Low,
@@ -433,7 +451,7 @@ impl Shared {
             Ok(data) => data,
             Err(e) => return invalid(&format!("payload is not JSON: {e}")),
         };
-        if !self.recent.lock().insert(id) {
+        if !self.recent.lock().insert(key) {
             self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -614,7 +632,7 @@ async fn import_core(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
 /// JetStream mode: take what is ready (up to [`IMPORT_BATCH`]), publish it
 /// locally, wait until the local handlers are done with it, then
 /// acknowledge. A crash before the acknowledgement means a redelivery,
-/// dropped here by event id if this process saw it.
+/// dropped here by its publish key if this process saw it.
 async fn import_jetstream(shared: Arc<Shared>, consumer: jetstream::consumer::PullConsumer) {
     'restart: loop {
         if shared.closing.load(Ordering::SeqCst) {

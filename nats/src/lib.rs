@@ -5,9 +5,9 @@
 //!
 //! * **export**: local events whose names match the export globs are
 //!   published to NATS under `<prefix>.<name>` (the name escaped into a
-//!   valid subject, see [`subject`]); metadata (origin, id, source,
-//!   priority, timestamp) travels in headers, the payload as JSON (typed
-//!   payloads through serde);
+//!   valid subject, see [`subject`]); metadata (origin, id, publish key,
+//!   source, priority, timestamp) travels in headers, the payload as JSON
+//!   (typed payloads through serde);
 //! * **import**: events arriving for the import globs are published into
 //!   the local bus with their original name, id, source, priority and
 //!   timestamp, and marked with [`Event::origin`](switchboard::Event::origin). A glob becomes a NATS
@@ -32,7 +32,27 @@
 //!   control). In JetStream mode ([`Mode::JetStream`], at least
 //!   once) exports are acknowledged by the stream and retried until they
 //!   are, imports come from a durable consumer and are acknowledged only
-//!   after the local handlers ran, and redeliveries are dropped by event id.
+//!   after the local handlers ran, and redeliveries are dropped by their
+//!   publish key (below).
+//!
+//! # One delivery per publish
+//!
+//! Each event the local bus accepts is one delivery to each importing bus,
+//! even when it is a clone of an earlier one: `Event::clone` keeps the
+//! [`EventId`](switchboard::EventId), and republishing a clone is a new
+//! publish. So de-duplication does not go by the event id but by a
+//! *publish key* unique to one accepted publish: the exporting bus's
+//! [`Bus::instance`] in the high 64 bits and the event's
+//! [`sequence`](switchboard::Event::sequence) in the low 64. It travels as
+//! 32 hex digits in the `Switchboard-Key` header and, in JetStream mode, as
+//! the `Nats-Msg-Id` the stream's duplicate window goes by. The event id
+//! still travels in `Switchboard-Id` and the imported event keeps it, so a
+//! clone imported twice arrives as two events with one id. An importer
+//! remembers the keys of the last 65,536 messages it imported and drops a
+//! message whose key it saw ([`BridgeStats::duplicates_dropped`]): a
+//! re-send or redelivery of one publish. A message without a valid
+//! `Switchboard-Key` (or `Switchboard-Id`, or `Switchboard-Origin`) is not a
+//! bridged event: it is skipped and counted in [`BridgeStats::invalid`].
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -78,7 +98,8 @@ pub enum Mode {
     /// Core NATS: at most once, lowest latency. The default.
     #[default]
     Core,
-    /// JetStream: at least once across outages, duplicates dropped by id.
+    /// JetStream: at least once across outages, duplicates of one publish
+    /// dropped by its publish key.
     JetStream(JetStreamConfig),
 }
 
@@ -91,7 +112,8 @@ pub struct JetStreamConfig {
     /// The durable consumer name of this bridge: keep it stable across
     /// restarts of one shard, distinct between shards.
     pub durable: String,
-    /// How long the stream drops a re-published message id. Default 2 min.
+    /// How long the stream drops a message whose `Nats-Msg-Id` (the publish
+    /// key) it already stored: a re-send of one publish. Default 2 min.
     pub duplicate_window: Duration,
     /// How long the stream keeps messages. Default 1 h.
     pub max_age: Duration,
@@ -315,8 +337,9 @@ pub struct BridgeStats {
     pub dropped: u64,
     /// Times the connection came back after a loss.
     pub reconnects: u64,
-    /// Imported messages dropped because their event id was seen already
-    /// (JetStream redeliveries).
+    /// Imported messages dropped because their publish key was seen already:
+    /// a re-send or redelivery of one publish. (A republished clone of an
+    /// event has the same id but a new key, and is delivered.)
     pub duplicates_dropped: u64,
     /// Messages carrying this bridge's own origin, skipped.
     pub echoes_skipped: u64,

@@ -1,17 +1,18 @@
 //! The bridge against a real NATS server: exactly-once exchange, overlapping
-//! imports, awkward names, metadata, typed payloads, duplicates, invalid
-//! messages and invalid configuration.
+//! imports, awkward names, metadata, typed payloads, duplicates, republished
+//! clones, invalid messages and invalid configuration.
 
 mod common;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use common::{eventually, shared_server, unique_prefix};
 use serde_json::json;
 use switchboard::{Bus, Event, Priority};
-use switchboard_nats::{Bridge, BridgeConfig, BridgeError};
+use switchboard_nats::{Bridge, BridgeConfig, BridgeError, JetStreamConfig, Mode};
 
 /// Every event a bus's handlers saw, by id.
 #[derive(Clone, Default)]
@@ -222,52 +223,135 @@ async fn typed_payloads_travel_through_serde() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicates_by_id_and_foreign_messages_are_dropped_and_counted() {
+async fn duplicates_of_one_publish_and_foreign_messages_are_dropped_and_counted() {
     let Some(url) = shared_server() else { return };
     let prefix = unique_prefix("dups");
     let b = Bus::new().unwrap();
     let ib = Bridge::start(&b, BridgeConfig::new(&url).prefix(&prefix).import("*")).await.unwrap();
     let seen = Seen::on(&b, "*");
     let raw = async_nats::connect(url.as_str()).await.unwrap();
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Switchboard-Origin", "elsewhere");
-    headers.insert("Switchboard-Id", "000000000000000000000000000000ab");
-    headers.insert("Switchboard-Source", "raw");
-    // The same event twice (a redelivery), then messages that are not
-    // bridged events: no headers, bad JSON, a subject escaping cannot make.
-    raw.publish_with_headers(format!("{prefix}.trivia.started"), headers.clone(), "1".into())
+    let mut keyless = async_nats::HeaderMap::new();
+    keyless.insert("Switchboard-Origin", "elsewhere");
+    keyless.insert("Switchboard-Id", "000000000000000000000000000000ab");
+    keyless.insert("Switchboard-Source", "raw");
+    // The publish key: the exporting bus's instance, then the sequence.
+    let keyed = |key: &'static str| {
+        let mut h = keyless.clone();
+        h.insert("Switchboard-Key", key);
+        h
+    };
+    let headers = keyed("00000000000000070000000000000001");
+    let subject = format!("{prefix}.trivia.started");
+    // One publish twice (a redelivery): once. The same event published
+    // again (a clone: same id, a new publish key): delivered again.
+    raw.publish_with_headers(subject.clone(), headers.clone(), "1".into()).await.unwrap();
+    raw.publish_with_headers(subject.clone(), headers.clone(), "1".into()).await.unwrap();
+    let again = keyed("00000000000000070000000000000002");
+    raw.publish_with_headers(subject.clone(), again, "1".into()).await.unwrap();
+    // Then messages that are not bridged events: no headers, no publish
+    // key, bad JSON, a subject escaping cannot make.
+    raw.publish(subject.clone(), "2".into()).await.unwrap();
+    raw.publish_with_headers(subject.clone(), keyless.clone(), "1".into()).await.unwrap();
+    let bad_json = keyed("00000000000000070000000000000003");
+    raw.publish_with_headers(format!("{prefix}.trivia.x"), bad_json, "{not json".into())
         .await
         .unwrap();
-    raw.publish_with_headers(format!("{prefix}.trivia.started"), headers.clone(), "1".into())
-        .await
-        .unwrap();
-    raw.publish(format!("{prefix}.trivia.started"), "2".into()).await.unwrap();
-    raw.publish_with_headers(
-        format!("{prefix}.trivia.x"),
-        {
-            let mut h = headers.clone();
-            h.insert("Switchboard-Id", "000000000000000000000000000000cd");
-            h
-        },
-        "{not json".into(),
-    )
-    .await
-    .unwrap();
     raw.publish_with_headers(format!("{prefix}.a%zz"), headers.clone(), "1".into()).await.unwrap();
     raw.flush().await.unwrap();
     assert!(
-        eventually(WAIT, || ib.stats().invalid == 3 && ib.stats().duplicates_dropped == 1).await,
+        eventually(WAIT, || ib.stats().invalid == 4 && ib.stats().duplicates_dropped == 1).await,
         "{:?}",
         ib.stats()
     );
     tokio::time::sleep(QUIET).await;
     let events = seen.events();
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].id().as_u128(), 0xab);
-    assert_eq!(events[0].source(), "raw");
-    assert_eq!(events[0].origin(), Some("elsewhere"));
-    assert_eq!(ib.stats().imported, 1);
-    assert!(events[0].timestamp() <= SystemTime::now());
+    assert_eq!(events.len(), 2, "{:?}", ib.stats());
+    for e in &events {
+        assert_eq!(e.id().as_u128(), 0xab);
+        assert_eq!(e.source(), "raw");
+        assert_eq!(e.origin(), Some("elsewhere"));
+        assert!(e.timestamp() <= SystemTime::now());
+    }
+    assert_eq!(ib.stats().imported, 2);
+}
+
+/// A JetStream stream name of this test's own, and the mode using it.
+fn jetstream(prefix: &str, durable: &str) -> (String, Mode) {
+    let stream: String = prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .collect();
+    let mut config = JetStreamConfig::new(durable);
+    config.stream = Some(stream.clone());
+    (stream, Mode::JetStream(config))
+}
+
+/// Runs `test`, then deletes the JetStream stream it made on the shared
+/// server, whether it passed or not.
+async fn removing_stream(url: &str, stream: &str, test: impl Future<Output = ()> + Send + 'static) {
+    let outcome = tokio::spawn(test).await;
+    match async_nats::connect(url).await {
+        Ok(client) => {
+            if let Err(e) = async_nats::jetstream::new(client).delete_stream(stream).await {
+                eprintln!("could not delete the test stream {stream}: {e}");
+            }
+        }
+        Err(e) => eprintln!("could not delete the test stream {stream}: {e}"),
+    }
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Bus A exports `x.*`, bus B imports it; A publishes an event and then a
+/// clone of it (same id, a second publish): B's handlers see both.
+async fn an_event_and_its_clone_both_cross(url: String, prefix: String, mode: Option<Mode>) {
+    let (a, b) = (Bus::new().unwrap(), Bus::new().unwrap());
+    let config = |instance: &str| {
+        let c = BridgeConfig::new(&url).prefix(&prefix).instance(instance);
+        match &mode {
+            Some(m) => c.mode(m.clone()),
+            None => c,
+        }
+    };
+    let ea = Bridge::start(&a, config("a").export("x.*")).await.expect("bridge a");
+    let ib = Bridge::start(&b, config("b").import("x.*")).await.expect("bridge b");
+    let seen = Seen::on(&b, "x.*");
+    let event = Event::new("x.ping", json!({"n": 1}), "test");
+    let clone = event.clone();
+    a.publish(event).unwrap();
+    a.publish(clone).unwrap();
+    assert!(ea.flush(WAIT).await, "{:?}", ea.stats());
+    assert!(
+        eventually(WAIT, || seen.len() >= 2).await,
+        "b saw {} of 2: {:?} {:?}",
+        seen.len(),
+        ea.stats(),
+        ib.stats()
+    );
+    tokio::time::sleep(QUIET).await;
+    let events = seen.events();
+    assert_eq!(events.len(), 2, "{:?}", ib.stats());
+    // Both keep the event's identity.
+    assert_eq!(events[0].id(), events[1].id());
+    assert_eq!(events[0].origin(), Some("a"));
+    let (sa, sb) = (ea.stats(), ib.stats());
+    assert_eq!((sa.exported, sb.imported, sb.duplicates_dropped), (2, 2, 0), "{sa:?} {sb:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_republished_clone_is_delivered_again_in_core_mode() {
+    let Some(url) = shared_server() else { return };
+    an_event_and_its_clone_both_cross(url, unique_prefix("clone_core"), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_republished_clone_is_delivered_again_in_jetstream_mode() {
+    let Some(url) = shared_server() else { return };
+    let prefix = unique_prefix("clone_js");
+    let (stream, mode) = jetstream(&prefix, "clone_b");
+    let test = an_event_and_its_clone_both_cross(url.clone(), prefix, Some(mode));
+    removing_stream(&url, &stream, test).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
