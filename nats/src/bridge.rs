@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
+use async_nats::jetstream::AckKind;
 use async_nats::{HeaderMap, HeaderValue};
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
-use switchboard::{Bus, Event, EventId, Priority, SubscribeOptions, SubscriptionId};
+use switchboard::{Bus, Event, EventId, Priority, PublishError, SubscribeOptions, SubscriptionId};
 use switchboard_matcher::{Pattern, PatternSet};
 use tokio::task::JoinHandle;
 
@@ -40,6 +41,11 @@ const ACK_WINDOW: usize = 256;
 const IMPORT_BATCH: usize = 256;
 /// How often a task waiting for the connection looks again.
 const RECHECK: Duration = Duration::from_millis(20);
+/// How long JetStream waits before delivering again an import the local bus
+/// refused, on the first refusal; it doubles with each delivery...
+const NAK_DELAY: Duration = Duration::from_millis(100);
+/// ...up to this.
+const NAK_DELAY_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -51,6 +57,7 @@ pub(crate) struct Counters {
     pub(crate) invalid: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) slow_consumer: AtomicU64,
+    pub(crate) refused: AtomicU64,
 }
 
 /// What the bridge's tasks share.
@@ -76,6 +83,10 @@ struct Recent {
 }
 
 impl Recent {
+    fn contains(&self, key: u128) -> bool {
+        self.set.contains(&key)
+    }
+
     /// Remembers `key`; false if it was already remembered.
     fn insert(&mut self, key: u128) -> bool {
         if !self.set.insert(key) {
@@ -89,6 +100,26 @@ impl Recent {
         }
         true
     }
+}
+
+/// An imported message decoded into an event, with its publish key.
+struct Incoming {
+    event: Event,
+    key: u128,
+}
+
+/// What became of an imported event offered to the local bus.
+enum Delivery {
+    /// Published locally (and its key remembered).
+    Accepted,
+    /// Refused for now (a queue or backlog was full): a later try may
+    /// succeed. Counted in `refused`.
+    Refused(PublishError),
+    /// Refused for good: the local bus does not accept its name. Counted in
+    /// `invalid`.
+    Invalid,
+    /// The local bus is shut down.
+    Closed,
 }
 
 pub(crate) struct Running {
@@ -409,7 +440,16 @@ impl Shared {
     }
 
     /// Decodes an imported message into an event, or says why it is skipped.
-    fn decode(&self, subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Option<Event> {
+    /// A message whose publish key was imported already is a duplicate; the
+    /// key is remembered only once the local bus accepted the event (see
+    /// [`deliver`](Shared::deliver)), so a refused event delivered again is
+    /// not one.
+    fn decode(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Option<Incoming> {
         let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
         if get(ORIGIN) == Some(&*self.instance) {
             self.counters.echoes.fetch_add(1, Ordering::Relaxed);
@@ -451,32 +491,45 @@ impl Shared {
             Ok(data) => data,
             Err(e) => return invalid(&format!("payload is not JSON: {e}")),
         };
-        if !self.recent.lock().insert(key) {
+        if self.recent.lock().contains(key) {
             self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        Some(
-            Event::new(name, data, source)
-                .with_priority(priority)
-                .with_id(EventId::from_u128(id))
-                .with_timestamp(timestamp)
-                .with_origin(origin),
-        )
+        let event = Event::new(name, data, source)
+            .with_priority(priority)
+            .with_id(EventId::from_u128(id))
+            .with_timestamp(timestamp)
+            .with_origin(origin);
+        Some(Incoming { event, key })
     }
 
-    /// Publishes an imported event locally. False once the bus is closed.
-    async fn deliver(&self, event: Event) -> bool {
+    /// Publishes an imported event locally, and remembers its key once the
+    /// bus accepted it. An import task handles its messages one after the
+    /// other, and the filters are disjoint, so no other task offers the same
+    /// key meanwhile.
+    async fn deliver(&self, incoming: Incoming) -> Delivery {
+        let Incoming { event, key } = incoming;
         match self.bus.publish_async(event).await {
             Ok(_) => {
+                self.recent.lock().insert(key);
                 self.counters.imported.fetch_add(1, Ordering::Relaxed);
-                true
+                Delivery::Accepted
             }
-            Err(switchboard::PublishError::Closed(_)) => false,
+            Err(PublishError::Closed(_)) => Delivery::Closed,
+            Err(PublishError::InvalidName { event, reason }) => {
+                self.counters.invalid.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    event = event.name(),
+                    %reason,
+                    "skipped an imported event whose name the local bus refuses"
+                );
+                Delivery::Invalid
+            }
             Err(e) => {
-                // Full (under a non-blocking policy) or refused: counted by
-                // the bus; say so here too.
-                tracing::warn!(error = %e, "an imported event was refused by the local bus");
-                true
+                // Full or BacklogFull under Overflow::Error, and the like:
+                // the bus counts it too; the caller says what becomes of it.
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                Delivery::Refused(e)
             }
         }
     }
@@ -617,22 +670,42 @@ fn settle(shared: &Shared, item: Outgoing, result: Result<(), String>) {
     shared.outbox.settle();
 }
 
+/// Core mode: nothing can be delivered again, so an event the local bus
+/// refuses is lost: counted in `refused` and logged.
 async fn import_core(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
     while let Some(message) = sub.next().await {
-        if let Some(event) =
+        let Some(incoming) =
             shared.decode(message.subject.as_str(), message.headers.as_ref(), &message.payload)
-        {
-            if !shared.deliver(event).await {
-                return;
-            }
+        else {
+            continue;
+        };
+        match shared.deliver(incoming).await {
+            Delivery::Accepted | Delivery::Invalid => {}
+            Delivery::Refused(e) => tracing::warn!(
+                error = %e,
+                subject = %message.subject,
+                "the local bus refused an imported event; core NATS cannot deliver it again: lost"
+            ),
+            Delivery::Closed => return,
         }
     }
+}
+
+/// How long JetStream should wait before delivering again a message the
+/// local bus refused, after its `delivered`-th delivery: [`NAK_DELAY`],
+/// doubling with each delivery, at most [`NAK_DELAY_MAX`].
+fn nak_delay(delivered: i64) -> Duration {
+    let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 16)).unwrap_or(0);
+    NAK_DELAY.saturating_mul(1 << doublings).min(NAK_DELAY_MAX)
 }
 
 /// JetStream mode: take what is ready (up to [`IMPORT_BATCH`]), publish it
 /// locally, wait until the local handlers are done with it, then
 /// acknowledge. A crash before the acknowledgement means a redelivery,
-/// dropped here by its publish key if this process saw it.
+/// dropped here by its publish key if this process saw it. What the local
+/// bus refuses for now is never acknowledged: it is negatively acknowledged
+/// with a delay ([`nak_delay`]), so the stream delivers it again; what it
+/// refuses for good (its name) is terminated.
 async fn import_jetstream(shared: Arc<Shared>, consumer: jetstream::consumer::PullConsumer) {
     'restart: loop {
         if shared.closing.load(Ordering::SeqCst) {
@@ -666,16 +739,39 @@ async fn import_jetstream(shared: Arc<Shared>, consumer: jetstream::consumer::Pu
                         continue;
                     }
                 };
-                if let Some(event) = shared.decode(
+                let Some(incoming) = shared.decode(
                     message.subject.as_str(),
                     message.headers.as_ref(),
                     &message.payload,
-                ) {
-                    if !shared.deliver(event).await {
-                        return;
+                ) else {
+                    // An echo, a duplicate, not for this bridge, or not a
+                    // bridged event: done with.
+                    to_ack.push(message);
+                    continue;
+                };
+                match shared.deliver(incoming).await {
+                    Delivery::Accepted => to_ack.push(message),
+                    Delivery::Refused(e) => {
+                        let delivered = message.info().map_or(1, |info| info.delivered);
+                        let delay = nak_delay(delivered);
+                        tracing::debug!(
+                            error = %e,
+                            subject = %message.subject,
+                            delivered,
+                            ?delay,
+                            "the local bus refused an imported event; JetStream will deliver it again"
+                        );
+                        if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                            tracing::warn!(error = %e, "JetStream nak failed; the message will be redelivered after the ack wait");
+                        }
                     }
+                    Delivery::Invalid => {
+                        if let Err(e) = message.ack_with(AckKind::Term).await {
+                            tracing::warn!(error = %e, "JetStream term failed");
+                        }
+                    }
+                    Delivery::Closed => return,
                 }
-                to_ack.push(message);
             }
             shared.bus.flush_async().await;
             for message in to_ack {
@@ -684,5 +780,19 @@ async fn import_jetstream(shared: Arc<Shared>, consumer: jetstream::consumer::Pu
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_import_waits_longer_with_each_delivery_up_to_a_limit() {
+        let ms = |d: i64| nak_delay(d).as_millis();
+        assert_eq!([ms(1), ms(2), ms(3), ms(4), ms(5)], [100, 200, 400, 800, 1600]);
+        assert_eq!([ms(6), ms(100), ms(i64::MAX)], [2000, 2000, 2000]);
+        // A count the server should never send still gets the first delay.
+        assert_eq!([ms(0), ms(-3)], [100, 100]);
     }
 }

@@ -33,7 +33,20 @@
 //!   once) exports are acknowledged by the stream and retried until they
 //!   are, imports come from a durable consumer and are acknowledged only
 //!   after the local handlers ran, and redeliveries are dropped by their
-//!   publish key (below).
+//!   publish key (below);
+//! * **a full importing bus**: [`Bus::publish_async`](switchboard::Bus::publish_async)
+//!   waits for room under the bus's default [`Overflow::Block`](switchboard::Overflow::Block).
+//!   Under a policy that refuses instead (`Overflow::Error`: `Full`,
+//!   `BacklogFull`), a refused import is counted in
+//!   [`BridgeStats::refused`]. In JetStream mode it is never acknowledged:
+//!   it is negatively acknowledged with a backoff (100 ms, doubling with
+//!   each delivery as the message's delivery count says, at most 2 s), so
+//!   the stream delivers it again until the bus takes it; order is not kept
+//!   for it (what came after it may be published first). In core mode it is
+//!   lost, and logged at warn. An event whose name the local bus refuses
+//!   (`InvalidName`) can never be taken: it is counted in
+//!   [`BridgeStats::invalid`] and, in JetStream mode, terminated (`Term`)
+//!   so it is not delivered again.
 //!
 //! # One delivery per publish
 //!
@@ -344,7 +357,10 @@ pub struct BridgeStats {
     /// Messages carrying this bridge's own origin, skipped.
     pub echoes_skipped: u64,
     /// Messages on the prefix that are not bridged events (bad subject,
-    /// headers or JSON), skipped and logged.
+    /// headers or JSON), skipped and logged; and imported events whose name
+    /// the local bus refuses ([`PublishError::InvalidName`](switchboard::PublishError::InvalidName)),
+    /// which no retry could deliver (in JetStream mode they are
+    /// terminated: never delivered again).
     pub invalid: u64,
     /// Sends that failed or were not acknowledged and were queued again.
     pub retried: u64,
@@ -353,6 +369,16 @@ pub struct BridgeStats {
     /// messages were dropped (one report may stand for several). Core mode
     /// only; JetStream's pull consumers have flow control.
     pub slow_consumer: u64,
+    /// Times the local bus refused an imported event for now: its queue, or
+    /// an ordered subscription's backlog, was full and the overflow policy
+    /// is not to wait ([`Overflow::Error`](switchboard::Overflow::Error)).
+    /// In JetStream mode each refusal is a retry, not a loss: the message is
+    /// negatively acknowledged with a delay (100 ms, doubling with each
+    /// delivery, at most 2 s), the stream delivers it again, and it counts
+    /// in `imported` once the bus takes it (one event refused three times
+    /// counts 3 here). In core mode nothing can be delivered again: each
+    /// refusal is an event lost, and logged at warn.
+    pub refused: u64,
     /// Events waiting in the bridge's queue now.
     pub queued: u64,
     /// Connected now.
@@ -409,6 +435,7 @@ impl Bridge {
             invalid: load(&c.invalid),
             retried: load(&c.retried),
             slow_consumer: load(&c.slow_consumer),
+            refused: load(&c.refused),
             queued: self.shared.outbox.len() as u64,
             connected: self.shared.connected(),
         }

@@ -1,17 +1,19 @@
 //! The bridge against a real NATS server: exactly-once exchange, overlapping
 //! imports, awkward names, metadata, typed payloads, duplicates, republished
-//! clones, invalid messages and invalid configuration.
+//! clones, refused imports, invalid messages and invalid configuration.
 
 mod common;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use common::{eventually, shared_server, unique_prefix};
+use futures::TryStreamExt;
 use serde_json::json;
-use switchboard::{Bus, Event, Priority};
+use switchboard::{Bus, Event, Overflow, Priority, PublishError};
 use switchboard_nats::{Bridge, BridgeConfig, BridgeError, JetStreamConfig, Mode};
 
 /// Every event a bus's handlers saw, by id.
@@ -351,6 +353,166 @@ async fn a_republished_clone_is_delivered_again_in_jetstream_mode() {
     let prefix = unique_prefix("clone_js");
     let (stream, mode) = jetstream(&prefix, "clone_b");
     let test = an_event_and_its_clone_both_cross(url.clone(), prefix, Some(mode));
+    removing_stream(&url, &stream, test).await;
+}
+
+/// A latch handlers wait on until the test opens it (30 s at most).
+#[derive(Clone, Default)]
+struct Latch(Arc<(Mutex<bool>, Condvar)>);
+
+impl Latch {
+    fn wait(&self) {
+        let (open, changed) = &*self.0;
+        let guard = open.lock().unwrap();
+        let _ = changed.wait_timeout_while(guard, Duration::from_secs(30), |open| !*open).unwrap();
+    }
+
+    fn open(&self) {
+        *self.0 .0.lock().unwrap() = true;
+        self.0 .1.notify_all();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_imports_the_local_bus_refuses_are_redelivered_not_lost() {
+    const BURST: u64 = 40;
+    let Some(url) = shared_server() else { return };
+    let prefix = unique_prefix("refused");
+    let (stream, mode) = jetstream(&prefix, "refused_b");
+    let server = url.clone();
+    let test = async move {
+        let a = Bus::new().unwrap();
+        // One worker taking one event at a time, room for 4 more, and a
+        // publish into a full queue refused (`Full`) rather than waited on.
+        let b = Bus::builder()
+            .workers(1)
+            .batch_size(1)
+            .capacity(4)
+            .overflow(Overflow::Error)
+            .build()
+            .unwrap();
+        let config = |instance: &str| {
+            BridgeConfig::new(&server).prefix(&prefix).instance(instance).mode(mode.clone())
+        };
+        let ea = Bridge::start(&a, config("a").export("x.*")).await.expect("bridge a");
+        let ib = Bridge::start(&b, config("b").import("x.*")).await.expect("bridge b");
+        let latch = Latch::default();
+        let seen: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+        let local = Arc::new(Mutex::new(0usize));
+        let entered = Arc::new(AtomicBool::new(false));
+        let (l, s, lo, en) = (latch.clone(), seen.clone(), local.clone(), entered.clone());
+        b.subscribe("x.*", "slow", move |e: &Event| {
+            en.store(true, Ordering::SeqCst);
+            l.wait();
+            match e.data()["n"].as_u64() {
+                Some(n) if e.origin().is_some() => *s.lock().unwrap().entry(n).or_default() += 1,
+                _ => *lo.lock().unwrap() += 1,
+            }
+            Ok(())
+        })
+        .unwrap();
+        // The worker blocks on a first local event; the next ones fill the
+        // queue until B refuses.
+        b.publish(Event::new("x.local", json!(null), "test")).unwrap();
+        assert!(eventually(WAIT, || entered.load(Ordering::SeqCst)).await, "the handler never ran");
+        let mut filled = 1;
+        loop {
+            match b.publish(Event::new("x.local", json!(null), "test")) {
+                Ok(_) => filled += 1,
+                Err(PublishError::Full(_)) => break,
+                Err(e) => panic!("unexpected {e}"),
+            }
+            assert!(filled < 100, "B's queue never filled");
+        }
+        for n in 0..BURST {
+            a.publish(Event::new(format!("x.burst{n}"), json!({ "n": n }), "test")).unwrap();
+        }
+        assert!(ea.flush(WAIT).await, "{:?}", ea.stats());
+        // B refuses what JetStream delivers while it is full...
+        assert!(
+            eventually(WAIT, || ib.stats().refused > 0).await,
+            "nothing was refused: {:?}",
+            ib.stats()
+        );
+        latch.open();
+        // ...and gets it again once it has room: everything, once each.
+        assert!(
+            eventually(Duration::from_secs(30), || seen.lock().unwrap().len() as u64 == BURST)
+                .await,
+            "b handled {} of {BURST}: {:?}",
+            seen.lock().unwrap().len(),
+            ib.stats()
+        );
+        tokio::time::sleep(QUIET).await;
+        b.flush_async().await;
+        let seen = seen.lock().unwrap().clone();
+        for n in 0..BURST {
+            assert_eq!(seen.get(&n), Some(&1), "event {n} not handled exactly once");
+        }
+        assert_eq!(*local.lock().unwrap(), filled);
+        let sb = ib.stats();
+        assert_eq!(sb.imported, BURST, "{sb:?}");
+        assert!(sb.refused > 0, "{sb:?}");
+        assert_eq!(sb.invalid, 0, "{sb:?}");
+        assert_eq!(ea.shutdown(Duration::from_secs(5)).await, 0);
+        ib.shutdown(Duration::from_secs(5)).await;
+    };
+    removing_stream(&url, &stream, test).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_import_whose_name_the_bus_refuses_is_terminated_and_counted_invalid() {
+    let Some(url) = shared_server() else { return };
+    let prefix = unique_prefix("badname");
+    let (stream, mode) = jetstream(&prefix, "badname_b");
+    let (server, name) = (url.clone(), stream.clone());
+    let test = async move {
+        let b = Bus::new().unwrap();
+        let config = BridgeConfig::new(&server).prefix(&prefix).import("*").instance("b");
+        let ib = Bridge::start(&b, config.mode(mode)).await.expect("bridge b");
+        let seen = Seen::on(&b, "*");
+        let js = async_nats::jetstream::new(async_nats::connect(server.as_str()).await.unwrap());
+        let headers = |key: &'static str| {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Switchboard-Origin", "elsewhere");
+            h.insert("Switchboard-Id", "000000000000000000000000000000ab");
+            h.insert("Switchboard-Key", key);
+            h
+        };
+        // `%` is an empty token: the subject of the empty name, which `*`
+        // matches and no bus accepts. Then a good message, which must not
+        // be held up behind it.
+        for (subject, key) in [
+            (format!("{prefix}.%"), "00000000000000070000000000000001"),
+            (format!("{prefix}.x.ok"), "00000000000000070000000000000002"),
+        ] {
+            let ack = js.publish_with_headers(subject, headers(key), "1".into()).await.unwrap();
+            ack.await.expect("stored");
+        }
+        assert!(
+            eventually(WAIT, || seen.len() == 1 && ib.stats().invalid == 1).await,
+            "{:?}",
+            ib.stats()
+        );
+        // Both settled: neither waits to be delivered again.
+        let stream = js.get_stream(&name).await.unwrap();
+        let mut settled = false;
+        for _ in 0..100 {
+            let consumers: Vec<_> = stream.consumers().try_collect().await.unwrap();
+            assert_eq!(consumers.len(), 1);
+            let c = &consumers[0];
+            settled = c.num_ack_pending == 0 && c.num_pending == 0 && c.num_redelivered == 0;
+            if settled {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(settled, "a message was left unsettled or delivered again");
+        tokio::time::sleep(QUIET).await;
+        assert_eq!(seen.names(), ["x.ok"]);
+        let sb = ib.stats();
+        assert_eq!((sb.imported, sb.invalid, sb.refused), (1, 1, 0), "{sb:?}");
+    };
     removing_stream(&url, &stream, test).await;
 }
 
