@@ -13,6 +13,13 @@
 //! prints, and checks that each received everything the other sent. It
 //! fails with a clear message when no NATS server answers.
 //!
+//! Each shard ends with what its bridge counted, split by kind of event,
+//! and the parent sets what one shard exported against what the other
+//! imported. They may differ by a few `shard.hello.*` events: the bridge
+//! runs in core mode (at most once), and a hello sent before the other
+//! shard had subscribed reached nobody. That is why the shards shake hands
+//! before the game, which must arrive in full.
+//!
 //! `cargo run --release --example sharded_bot -- [--server nats://127.0.0.1:4222] [--rounds 20]`
 
 use std::collections::BTreeMap;
@@ -26,7 +33,7 @@ use clap::Parser;
 use serde_json::json;
 use switchboard::plugin::PluginManager;
 use switchboard::{Bus, Event};
-use switchboard_nats::{Bridge, BridgeConfig};
+use switchboard_nats::{Bridge, BridgeConfig, BridgeStats};
 use switchboard_plugins::{
     payload, ChatMessage, StatsPlugin, StatsStore, TriviaEnded, TriviaPlugin,
 };
@@ -139,7 +146,7 @@ async fn parent(args: &Args) -> Result<(), String> {
             .get(shard)
             .cloned()
             .flatten()
-            .and_then(|v| v[key].as_u64())
+            .and_then(|v| v.pointer(&format!("/{key}")).and_then(serde_json::Value::as_u64))
             .ok_or(format!("{shard} shard gave no {key}"))
     };
     let sent = get("trivia", "trivia_events_sent")?;
@@ -149,10 +156,54 @@ async fn parent(args: &Args) -> Result<(), String> {
     println!(
         "checked: trivia events {sent} sent / {received} received by the stats shard; leaderboards {boards_sent} sent / {boards_received} received by the trivia shard"
     );
+    for (from, to) in [("trivia", "stats"), ("stats", "trivia")] {
+        println!(
+            "{}",
+            explain(
+                from,
+                to,
+                get(from, "bridge/exported")?,
+                get(to, "bridge/imported")?,
+                get(from, "hellos_sent")?,
+                get(to, "hellos_imported")?,
+            )
+        );
+    }
     if sent != received || boards_sent != boards_received || boards_sent != args.rounds {
         return Err("an event was lost or doubled between the shards".into());
     }
     Ok(())
+}
+
+/// One line: what `from` exported, what `to` imported of it, and why the
+/// two differ.
+fn explain(
+    from: &str,
+    to: &str,
+    exported: u64,
+    imported: u64,
+    hellos_sent: u64,
+    hellos_imported: u64,
+) -> String {
+    let head = format!("{from} -> {to}: {exported} exported, {imported} imported");
+    if imported == exported {
+        return format!("{head}: every message arrived, once");
+    }
+    if imported > exported {
+        return format!("{head}: {} more than were sent (a delivery twice?)", imported - exported);
+    }
+    let missing = exported - imported;
+    let early = hellos_sent.saturating_sub(hellos_imported);
+    if missing == early {
+        let what = if missing == 1 { "is a hello" } else { "are hellos" };
+        format!(
+            "{head}: the {missing} missing {what} the {from} shard sent before the {to} shard had subscribed; core NATS is at most once and keeps nothing for a subscriber not there yet (expected at start-up)"
+        )
+    } else {
+        format!(
+            "{head}: {missing} lost on the way ({early} of them start-up hellos); core NATS is at most once"
+        )
+    }
 }
 
 fn no_server(server: &str, why: &str) -> String {
@@ -171,8 +222,8 @@ fn bridge_config(args: &Args, shard: &str) -> BridgeConfig {
 
 /// Both shards say hello until each has heard the other: after that, each
 /// one's imports are subscribed, and nothing sent is lost for want of a
-/// listener.
-async fn handshake(bus: &Bus, me: &str, peer: &str) -> Result<(), String> {
+/// listener. Returns how many hellos this shard sent.
+async fn handshake(bus: &Bus, me: &str, peer: &str) -> Result<u64, String> {
     let heard = Arc::new(AtomicU64::new(0));
     let h = heard.clone();
     let peer_hello = format!("shard.hello.{peer}");
@@ -185,9 +236,11 @@ async fn handshake(bus: &Bus, me: &str, peer: &str) -> Result<(), String> {
     let start = Instant::now();
     // Keep saying hello a little after hearing the peer, so it hears us too.
     let mut after = 0;
+    let mut sent = 0;
     while after < 5 {
         bus.publish(Event::new(format!("shard.hello.{me}"), json!(null), me))
             .map_err(|e| e.to_string())?;
+        sent += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
         if heard.load(Ordering::Relaxed) > 0 {
             after += 1;
@@ -197,13 +250,90 @@ async fn handshake(bus: &Bus, me: &str, peer: &str) -> Result<(), String> {
         }
     }
     drop(guard);
-    Ok(())
+    Ok(sent)
+}
+
+/// Counts the peer's hellos this shard imports, over the whole run (made
+/// before the bridge starts, so it sees every one the bridge imports).
+fn count_imported_hellos(bus: &Bus) -> Result<Arc<AtomicU64>, String> {
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    bus.subscribe("shard.hello.*", "hello-counter", move |event: &Event| {
+        if event.origin().is_some() {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(count)
+}
+
+/// `total (a x, b y, ...)`, the parts that are not zero, and what is left
+/// over if they do not add up.
+fn split(total: u64, parts: &[(u64, &str)]) -> String {
+    let mut shown: Vec<String> =
+        parts.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect();
+    let sum: u64 = parts.iter().map(|(n, _)| n).sum();
+    if sum != total {
+        shown.push(format!("{} not accounted for", total.abs_diff(sum)));
+    }
+    if shown.is_empty() {
+        total.to_string()
+    } else {
+        format!("{total} ({})", shown.join(", "))
+    }
+}
+
+/// What a shard's bridge counted, each figure with what it is made of:
+/// `sent` are the local events that match the export globs, `received` the
+/// imported events by kind.
+fn bridge_summary(stats: &BridgeStats, sent: &[(u64, &str)], received: &[(u64, &str)]) -> String {
+    let total_sent: u64 = sent.iter().map(|(n, _)| n).sum();
+    let mut line = format!(
+        "bridge: of its {} local events to export, exported {}, dropped {}",
+        split(total_sent, sent),
+        stats.exported,
+        stats.dropped
+    );
+    if stats.dropped > 0 {
+        line.push_str(" (its queue was full: they never left, lowest priority first)");
+    }
+    if stats.queued > 0 {
+        line.push_str(&format!(", {} still queued", stats.queued));
+    }
+    line.push_str(&format!("; imported {}", split(stats.imported, received)));
+    line.push_str(&format!(
+        "; skipped {} echoes (its own shard.* messages coming back)",
+        stats.echoes_skipped
+    ));
+    for (n, what) in [
+        (stats.duplicates_dropped, "re-sent duplicates dropped"),
+        (stats.invalid, "invalid messages skipped"),
+        (stats.refused, "imports the local bus refused (lost in core mode)"),
+        (stats.slow_consumer, "slow-consumer reports (NATS dropped imports: the bus fell behind)"),
+    ] {
+        if n > 0 {
+            line.push_str(&format!("; {n} {what}"));
+        }
+    }
+    line
+}
+
+/// A bridge's counters for the parent's check.
+fn stats_json(stats: &BridgeStats) -> serde_json::Value {
+    json!({
+        "exported": stats.exported,
+        "imported": stats.imported,
+        "dropped": stats.dropped,
+        "echoes_skipped": stats.echoes_skipped,
+    })
 }
 
 async fn trivia_shard(args: &Args) -> Result<(), String> {
     let bus = Bus::new().map_err(|e| e.to_string())?;
     let plugins = PluginManager::new(bus.clone());
     plugins.load(TriviaPlugin::new()).map_err(|e| e.to_string())?;
+    let hellos_imported = count_imported_hellos(&bus)?;
     let bridge =
         Bridge::start(&bus, bridge_config(args, "trivia").export("trivia.*").import("stats.*"))
             .await
@@ -228,7 +358,7 @@ async fn trivia_shard(args: &Args) -> Result<(), String> {
         Ok(())
     })
     .map_err(|e| e.to_string())?;
-    handshake(&bus, "trivia", "stats").await?;
+    let hellos_sent = handshake(&bus, "trivia", "stats").await?;
     println!("connected as {}; playing {} rounds", bridge.instance(), args.rounds);
 
     let mut seq = 0;
@@ -272,18 +402,30 @@ async fn trivia_shard(args: &Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     bus.flush_async().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    bridge.flush(Duration::from_secs(5)).await;
+    bus.flush_async().await;
     let stats = bridge.stats();
+    let (trivia_sent, boards_received) =
+        (sent.load(Ordering::Relaxed), boards.lock().unwrap().len() as u64);
+    let hellos_imported = hellos_imported.load(Ordering::Relaxed);
+    println!("sent {trivia_sent} trivia events; received {boards_received} leaderboards");
     println!(
-        "sent {} trivia events; received {} leaderboards; bridge: exported {}, imported {}, dropped {}",
-        sent.load(Ordering::Relaxed),
-        boards.lock().unwrap().len(),
-        stats.exported,
-        stats.imported,
-        stats.dropped
+        "{}",
+        bridge_summary(
+            &stats,
+            &[(trivia_sent, "trivia events"), (hellos_sent, "hellos"), (1, "done")],
+            &[(boards_received, "leaderboards"), (hellos_imported, "hellos")],
+        )
     );
     println!(
         "RESULT {}",
-        json!({"trivia_events_sent": sent.load(Ordering::Relaxed), "leaderboards_received": boards.lock().unwrap().len()})
+        json!({
+            "trivia_events_sent": trivia_sent,
+            "leaderboards_received": boards_received,
+            "hellos_sent": hellos_sent,
+            "hellos_imported": hellos_imported,
+            "bridge": stats_json(&stats),
+        })
     );
     bridge.shutdown(Duration::from_secs(5)).await;
     bus.shutdown();
@@ -295,6 +437,7 @@ async fn stats_shard(args: &Args) -> Result<(), String> {
     let store = StatsStore::new();
     let plugins = PluginManager::new(bus.clone());
     plugins.load(StatsPlugin::new(store.clone())).map_err(|e| e.to_string())?;
+    let hellos_imported = count_imported_hellos(&bus)?;
     let bridge =
         Bridge::start(&bus, bridge_config(args, "stats").import("trivia.*").export("stats.*"))
             .await
@@ -325,7 +468,7 @@ async fn stats_shard(args: &Args) -> Result<(), String> {
         Ok(())
     })
     .map_err(|e| e.to_string())?;
-    handshake(&bus, "stats", "trivia").await?;
+    let hellos_sent = handshake(&bus, "stats", "trivia").await?;
     println!("connected as {}; counting the trivia shard's rounds", bridge.instance());
     let start = Instant::now();
     loop {
@@ -343,17 +486,33 @@ async fn stats_shard(args: &Args) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bus.flush_async().await;
+    bridge.flush(Duration::from_secs(5)).await;
+    let stats = bridge.stats();
+    let (received, boards) = (received.load(Ordering::Relaxed), boards.load(Ordering::Relaxed));
+    let hellos_imported = hellos_imported.load(Ordering::Relaxed);
     let top = store.top_winners(4);
     println!(
-        "received {} trivia events: {} rounds, wins {:?}, answers by alice {}",
-        received.load(Ordering::Relaxed),
+        "received {received} trivia events: {} rounds, wins {top:?}, answers by alice {}",
         store.rounds(),
-        top,
         store.participation("alice")
     );
     println!(
+        "{}",
+        bridge_summary(
+            &stats,
+            &[(boards, "leaderboards"), (hellos_sent, "hellos")],
+            &[(received, "trivia events"), (hellos_imported, "hellos"), (1, "done")],
+        )
+    );
+    println!(
         "RESULT {}",
-        json!({"trivia_events_received": received.load(Ordering::Relaxed), "leaderboards_sent": boards.load(Ordering::Relaxed)})
+        json!({
+            "trivia_events_received": received,
+            "leaderboards_sent": boards,
+            "hellos_sent": hellos_sent,
+            "hellos_imported": hellos_imported,
+            "bridge": stats_json(&stats),
+        })
     );
     bridge.shutdown(Duration::from_secs(5)).await;
     bus.shutdown();
