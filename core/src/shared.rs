@@ -172,6 +172,17 @@ impl Shared {
         sub: &Subscription,
         error: &crate::error::BacklogFull,
     ) {
+        self.call_hook(event, sub, error);
+    }
+
+    /// Calls the error hook, if any, outside the lock: the hook may do
+    /// anything, even shut down. A panicking hook is caught and logged.
+    fn call_hook(
+        &self,
+        event: &Event,
+        sub: &Subscription,
+        error: &(dyn std::error::Error + 'static),
+    ) {
         let hook = self.error_hook.lock().clone();
         if let Some(hook) = hook {
             let hook_run = catch_unwind(AssertUnwindSafe(|| hook(event, &sub.plugin, error)));
@@ -204,15 +215,7 @@ impl Shared {
             %error,
             "handler failed"
         );
-        // Called outside the lock: the hook may do anything, even shut down.
-        let hook = self.error_hook.lock().clone();
-        if let Some(hook) = hook {
-            let hook_run = catch_unwind(AssertUnwindSafe(|| hook(event, &sub.plugin, error)));
-            if let Err(panic) = hook_run {
-                discard_panic(panic);
-                tracing::error!(event = event.name(), "the error hook panicked");
-            }
-        }
+        self.call_hook(event, sub, error);
     }
 
     /// Called as `n` workers leave (or, when a spawn fails, never start).

@@ -79,19 +79,23 @@ impl HandlerScope {
 
 impl Drop for HandlerScope {
     fn drop(&mut self) {
-        if let Some((handler_bus, shared, depth, bucket, mailbox_call)) = self.saved.take() {
-            CONTEXT.with(|c| {
-                let mut c = c.borrow_mut();
-                c.handler_bus = handler_bus;
-                if c.bus == 0 {
-                    c.shared = shared;
-                }
-                c.depth = depth;
-                c.bucket = bucket;
-                c.mailbox_call = mailbox_call;
-            });
+        if let Some(saved) = self.saved.take() {
+            CONTEXT.with(|c| restore(&mut c.borrow_mut(), saved));
         }
     }
+}
+
+/// Puts back what a [`HandlerScope`] changed (the shared bus only on a
+/// thread that is not a worker: a worker's stays its own bus).
+fn restore(c: &mut Context, saved: Saved) {
+    let (handler_bus, shared, depth, bucket, mailbox_call) = saved;
+    c.handler_bus = handler_bus;
+    if c.bus == 0 {
+        c.shared = shared;
+    }
+    c.depth = depth;
+    c.bucket = bucket;
+    c.mailbox_call = mailbox_call;
 }
 
 /// The handler context of this thread, to carry into work it hands to
@@ -117,17 +121,10 @@ impl CarriedContext {
 
     /// Makes this thread run in the carried context until the guard drops.
     pub(crate) fn enter(self) -> HandlerScope {
-        let (handler_bus, shared, depth, bucket, mailbox_call) = self.saved;
         let saved = CONTEXT.with(|c| {
             let mut c = c.borrow_mut();
             let saved = (c.handler_bus, c.shared.clone(), c.depth, c.bucket, c.mailbox_call);
-            c.handler_bus = handler_bus;
-            if c.bus == 0 {
-                c.shared = shared;
-            }
-            c.depth = depth;
-            c.bucket = bucket;
-            c.mailbox_call = mailbox_call;
+            restore(&mut c, self.saved);
             saved
         });
         HandlerScope { saved: Some(saved) }
