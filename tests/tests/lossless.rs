@@ -710,3 +710,57 @@ fn a_publisher_waiting_for_backlog_room_is_released_by_shutdown() {
         assert_eq!(bus.stats().dispatched, 2);
     });
 }
+
+/// The new waits against user code that re-enters: workers wait for room in
+/// a blocking subscriber's full backlog, and publishers for room in an
+/// ordered one's, while those handlers publish, flush and unsubscribe
+/// themselves (waiting for their own calls). The unsubscribe wakes every
+/// waiter; nothing waits forever and nothing accepted before it is lost.
+#[test]
+fn handlers_that_publish_flush_and_unsubscribe_themselves_release_the_waiters() {
+    watchdog(60, || {
+        for options in [
+            SubscribeOptions::new().blocking().backlog(1),
+            SubscribeOptions::new().ordered().backlog(1),
+        ] {
+            let bus = Bus::builder().workers(2).build().unwrap();
+            let (calls, me) = (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(None)));
+            let (c, m, inner) = (calls.clone(), me.clone(), bus.downgrade());
+            let id = bus
+                .subscribe_with("w.*", "self", options, move |e| {
+                    let bus = inner.upgrade().unwrap();
+                    let n = c.fetch_add(1, Ordering::SeqCst);
+                    if e.name() == "w.outside" {
+                        // Full is an answer; waiting would not be.
+                        let _ = bus.publish(ev("w.inside"));
+                    }
+                    bus.flush();
+                    if n == 200 {
+                        let id = m.lock().unwrap().expect("set before publishing");
+                        assert!(bus.unsubscribe_id_and_wait(id));
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            *me.lock().unwrap() = Some(id);
+            let publishers: Vec<_> = (0..2)
+                .map(|_| {
+                    let bus = bus.clone();
+                    thread::spawn(move || {
+                        for _ in 0..1_000 {
+                            bus.publish(ev("w.outside")).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for p in publishers {
+                p.join().unwrap();
+            }
+            bus.flush();
+            assert!(bus.subscription_stats(id).is_none(), "it unsubscribed itself");
+            assert!(calls.load(Ordering::SeqCst) > 200);
+            assert_eq!(bus.stats().backlog_dropped, 0);
+            bus.shutdown();
+        }
+    });
+}
