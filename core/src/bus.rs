@@ -1226,7 +1226,14 @@ impl Bus {
     ///
     /// Called from inside a handler it returns at once: the event being
     /// handled was published before the call and cannot finish while its
-    /// handler waits.
+    /// handler waits. On a multi-thread tokio runtime's thread it waits in
+    /// `block_in_place`.
+    ///
+    /// # Panics
+    ///
+    /// On a current-thread tokio runtime's thread while async handlers run
+    /// on a current-thread runtime: waiting there could starve them forever
+    /// (use `flush_async`).
     pub fn flush(&self) {
         let shared = self.shared();
         if in_handler_of(shared.id) {
