@@ -115,7 +115,7 @@ async fn run(mut guard: CallGuard) {
             Some(permits) => permits.clone().acquire_owned().await.ok(),
             None => None,
         };
-        let Some((entry, work)) = mailbox.next() else {
+        let Some((entry, work)) = mailbox.next(&shared) else {
             guard.abandon = false;
             return;
         };

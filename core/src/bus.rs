@@ -411,32 +411,59 @@ impl Bus {
         F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
     {
         struct Replay {
-            /// Live events that came during the replay; `None` once it is
-            /// over.
-            buffer: Option<Vec<Event>>,
+            /// Live events that came during the replay, each still counted
+            /// in the flush bucket of its dispatch (so a flush waits for
+            /// its real call); `None` once the replay is over.
+            buffer: Option<Vec<(Event, usize)>>,
             /// Live events numbered below it were covered by the replay.
             seam: u64,
         }
+        let shared = &self.handle.shared;
         let handler = Arc::new(handler);
         let state = Arc::new(crate::loom::Mutex::new(Replay { buffer: Some(Vec::new()), seam: 0 }));
-        let (h, st) = (handler.clone(), state.clone());
+        let (h, st, sh) = (handler.clone(), state.clone(), shared.clone());
         let live = move |event: &Event| -> HandlerResult {
             let seam = {
                 let mut replay = st.lock();
                 if let Some(buffer) = &mut replay.buffer {
-                    buffer.push(event.clone());
+                    // Called by a worker, which is in the event's bucket.
+                    let bucket = parent_of(sh.id).map_or(0, |(_, bucket)| bucket);
+                    sh.epochs.begin_in(bucket);
+                    buffer.push((event.clone(), bucket));
+                    // The replay counts the real call.
+                    sh.counters.skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Ok(());
                 }
                 replay.seam
             };
             if event.sequence().is_some_and(|seq| seq < seam) {
+                sh.counters.skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(());
             }
             h(event)
         };
         let sub =
             self.register(pattern, plugin, SubscribeOptions::new(), Some(Box::new(live)), None)?;
-        let shared = &self.handle.shared;
+        // Until this is dropped, the waiting forms of unsubscribe wait for
+        // the replay; dropped on unwind too, when it also ends the buffer
+        // (so live calls go on) and counts its events out of flush.
+        struct InProgress<'a> {
+            sub: &'a Subscription,
+            shared: &'a Shared,
+            state: &'a crate::loom::Mutex<Replay>,
+        }
+        impl Drop for InProgress<'_> {
+            fn drop(&mut self) {
+                let left = self.state.lock().buffer.take().unwrap_or_default();
+                for (_, bucket) in &left {
+                    self.shared.epochs.end(*bucket, 1);
+                }
+                self.shared.drop_caught(left);
+                self.sub.replay_done();
+            }
+        }
+        sub.replay_started();
+        let in_progress = InProgress { sub: &sub, shared, state: &state };
         // Read after the subscribe: every event numbered at or above it is
         // matched against a snapshot that holds the subscription.
         let seam = shared.sequence_end();
@@ -446,24 +473,24 @@ impl Bus {
             None => (Vec::new(), seam),
         };
         replayed.reverse();
-        let call = |event: &Event| {
-            let bucket = shared.epochs.begin();
+        let call = |event: &Event, bucket: usize| {
             let outcome = {
                 let _scope = crate::worker::HandlerScope::enter(shared, &sub, event, bucket);
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(event)))
             };
             mailbox::report(shared, &sub, event, outcome);
-            shared.epochs.end(bucket, 1);
         };
         let mut count = 0;
         for event in &replayed {
             if !sub.is_active() {
                 break;
             }
-            call(event);
+            let bucket = shared.epochs.begin();
+            call(event, bucket);
+            shared.epochs.end(bucket, 1);
             count += 1;
         }
-        drop(replayed);
+        shared.drop_caught(replayed);
         // The live events that came meanwhile, a batch at a time, each taken
         // under the lock and called outside it; the buffer ends, and live
         // calls start, once it is found empty.
@@ -478,12 +505,18 @@ impl Bus {
                     }
                 }
             };
-            for event in &batch {
-                if sub.is_active() && !event.sequence().is_some_and(|seq| seq < seam) {
-                    call(event);
+            for (event, bucket) in &batch {
+                if !event.sequence().is_some_and(|seq| seq < seam) && sub.is_active() {
+                    call(event, *bucket);
                 }
+                shared.epochs.end(*bucket, 1);
             }
+            shared.drop_caught(batch);
         }
+        // The replay's clone of the handler goes before the waiters are
+        // let go, so they return with the handler dropped.
+        shared.drop_caught(handler);
+        drop(in_progress);
         Ok(Replayed { id: sub.id, replayed: count, seam })
     }
 
@@ -851,19 +884,26 @@ impl Bus {
     /// calls are stuck in the same kind of wait and end right after it
     /// returns; no new call of the removed subscriptions starts either way.
     pub fn unsubscribe_and_wait(&self, pattern: &str, plugin: &str) -> usize {
-        self.retire_and_wait(self.take(Target::Pattern(plugin, pattern)), None).unwrap_or(0)
+        waited(
+            "unsubscribe_and_wait",
+            self.retire_and_wait(self.take(Target::Pattern(plugin, pattern)), None),
+        )
     }
 
     /// Like [`unsubscribe_all`](Bus::unsubscribe_all), and waits as
     /// [`unsubscribe_and_wait`](Bus::unsubscribe_and_wait) does.
     pub fn unsubscribe_all_and_wait(&self, plugin: &str) -> usize {
-        self.retire_and_wait(self.take(Target::Plugin(plugin)), None).unwrap_or(0)
+        waited(
+            "unsubscribe_all_and_wait",
+            self.retire_and_wait(self.take(Target::Plugin(plugin)), None),
+        )
     }
 
     /// Like [`unsubscribe_id`](Bus::unsubscribe_id), and waits as
     /// [`unsubscribe_and_wait`](Bus::unsubscribe_and_wait) does.
     pub fn unsubscribe_id_and_wait(&self, id: SubscriptionId) -> bool {
-        self.retire_and_wait(self.take(Target::Id(id)), None).unwrap_or(0) == 1
+        waited("unsubscribe_id_and_wait", self.retire_and_wait(self.take(Target::Id(id)), None))
+            == 1
     }
 
     /// [`unsubscribe_and_wait`](Bus::unsubscribe_and_wait) that waits at most
@@ -964,25 +1004,50 @@ impl Bus {
         let registered = shared.waits.register(me, running, keys);
         let (inline, boxed): (Vec<_>, Vec<_>) =
             removed.iter().cloned().partition(|s| s.mailbox.is_none());
-        let waited =
-            shared.waits.wait_idle(&shared.calls, &inline, me, registered.as_ref(), deadline);
-        for handler in shared.calls.reclaim_seen_idle(&inline, &waited.held) {
-            shared.drop_caught(handler);
-        }
-        // The ones still held go with a later reclaim; this one clears the
-        // list of those taken here.
-        shared.reclaim();
-        let mut still_running = waited.still_running;
-        for sub in &boxed {
-            let key = crate::reclaim::key(sub);
-            let own = usize::from(running == key);
-            let excused = || own + shared.waits.held_by_dependents(registered.as_ref(), key);
-            if let Some(mailbox) = &sub.mailbox {
-                if !mailbox.wait_idle(excused, deadline) {
+        // Mailbox calls may run on a tokio runtime: minding this thread's
+        // own (see `Shared::wait_mode`), waiting for them may be refused.
+        let on_current_thread = boxed.iter().filter(|s| s.runs_on_current_thread()).count();
+        let mode = shared.wait_mode_with(on_current_thread);
+        let wait = || {
+            let waited =
+                shared.waits.wait_idle(&shared.calls, &inline, me, registered.as_ref(), deadline);
+            for handler in shared.calls.reclaim_seen_idle(&inline, &waited.held) {
+                shared.drop_caught(handler);
+            }
+            // The ones still held go with a later reclaim; this one clears
+            // the list of those taken here.
+            shared.reclaim();
+            let mut still_running = waited.still_running;
+            for sub in &inline {
+                // A replay in progress (`subscribe_replay`) stops at its next
+                // event; its own calls excuse it.
+                let own = usize::from(running == crate::reclaim::key(sub));
+                if !sub.wait_replays(own, deadline) {
                     still_running.push(sub.id);
                 }
             }
-        }
+            for sub in &boxed {
+                let key = crate::reclaim::key(sub);
+                let own = usize::from(running == key);
+                let excused = || own + shared.waits.held_by_dependents(registered.as_ref(), key);
+                let Some(mailbox) = &sub.mailbox else { continue };
+                let idle = if mode == crate::shared::WaitMode::Refused {
+                    let now = mailbox.running();
+                    now == 0 || now <= excused()
+                } else {
+                    mailbox.wait_idle(excused, deadline)
+                };
+                if !idle {
+                    still_running.push(sub.id);
+                }
+            }
+            still_running
+        };
+        let still_running = match mode {
+            #[cfg(feature = "tokio")]
+            crate::shared::WaitMode::InPlace => tokio::task::block_in_place(wait),
+            _ => wait(),
+        };
         drop(registered);
         let n = removed.len();
         if still_running.is_empty() {
@@ -1085,6 +1150,7 @@ impl Bus {
             };
             let waited = shared.wait_here(|| match &wait_for {
                 WaitFor::Queue(priority) => shared.queues.wait_for_room_at(*priority),
+                WaitFor::Gate => shared.gate.wait_open(|| shared.is_shut()),
                 WaitFor::Backlog(sub) => {
                     if let Some(mailbox) = &sub.mailbox {
                         // Released when the bus closes: the next try then
@@ -1125,6 +1191,24 @@ impl Bus {
             }));
         }
         let from_handler = parent.is_some();
+        // A blocking or async subscription's backlog is full under `Block`:
+        // outside publishers wait until its runner has made room (workers
+        // never wait for a backlog; handlers never wait at all).
+        if !from_handler && shared.gate.is_held() {
+            if shared.is_shut() {
+                shared.counters.bump(Count::Rejected);
+                return Attempt::Done(Err(PublishError::Closed(Box::new(event))));
+            }
+            return Attempt::Wait(Box::new(event), WaitFor::Gate);
+        }
+        // Counted in flush before the snapshot is loaded: a flush that starts
+        // after this (a reload's, once the new instance subscribed) waits
+        // for this publish, so whichever subscriptions the snapshot holds
+        // are still live when it pushes (a retired one skips the push).
+        let bucket = match parent {
+            Some((_, bucket)) => shared.epochs.begin_in(bucket),
+            None => shared.epochs.begin(),
+        };
         // Ordered subscriptions get the event from this thread, in its
         // publish order (see `mailbox.rs`); their backlogs are checked for
         // room before anything is reserved, so a wait holds nothing.
@@ -1136,26 +1220,23 @@ impl Bus {
                 .route_ordered(event.name(), |sub| ordered.push(sub.clone()));
             for sub in &ordered {
                 let Some(mailbox) = &sub.mailbox else { continue };
-                match mailbox.room_for(from_handler) {
-                    Room::Free => {}
+                let refusal = match mailbox.room_for(from_handler) {
+                    Room::Free => continue,
                     // A closed bus refuses as closed, full or not.
-                    Room::Wait if shared.is_shut() => {
-                        shared.counters.bump(Count::Rejected);
-                        return Attempt::Done(Err(PublishError::Closed(Box::new(event))));
-                    }
+                    Room::Wait if shared.is_shut() => PublishError::Closed(Box::new(event)),
                     Room::Wait => {
-                        return Attempt::Wait(Box::new(event), WaitFor::Backlog(sub.clone()))
+                        shared.epochs.end(bucket, 1);
+                        return Attempt::Wait(Box::new(event), WaitFor::Backlog(sub.clone()));
                     }
-                    Room::Refused => {
-                        shared.counters.bump(Count::Rejected);
-                        let event = Box::new(event);
-                        return Attempt::Done(Err(if mailbox.overflow == Overflow::Error {
-                            PublishError::BacklogFull { event, subscription: sub.id }
-                        } else {
-                            PublishError::Full(event)
-                        }));
+                    // Never accepted: counted in `rejected`, not as a loss.
+                    Room::Refused if mailbox.overflow == Overflow::Error => {
+                        PublishError::BacklogFull { event: Box::new(event), subscription: sub.id }
                     }
-                }
+                    Room::Refused => PublishError::Full(Box::new(event)),
+                };
+                shared.epochs.end(bucket, 1);
+                shared.counters.bump(Count::Rejected);
+                return Attempt::Done(Err(refusal));
             }
         }
         event.set_depth(depth);
@@ -1163,10 +1244,6 @@ impl Bus {
         let id = event.id();
         let priority = event.priority();
         let event = Arc::new(event);
-        let bucket = match parent {
-            Some((_, bucket)) => shared.epochs.begin_in(bucket),
-            None => shared.epochs.begin(),
-        };
         // Numbered and in history once it is sure to be accepted, before any
         // worker can take it.
         let record = |event: &Arc<Event>| {
@@ -1503,6 +1580,22 @@ enum WaitFor {
     Queue(Priority),
     /// Room in this ordered subscription's backlog.
     Backlog(Arc<Subscription>),
+    /// Room in every blocking or async subscription's backlog (the gate).
+    Gate,
+}
+
+/// The count of an untimed `_and_wait` form, which fails only where it
+/// must not wait (a current-thread tokio runtime's thread while async
+/// handlers run on one, with their calls running): loudly, as `flush` does.
+fn waited(what: &str, result: Result<usize, WaitTimeout>) -> usize {
+    match result {
+        Ok(n) => n,
+        Err(e) => panic!(
+            "Bus::{what} called on a current-thread tokio runtime that runs async handlers \
+             would wait forever for their running calls ({e}); unsubscribe without waiting \
+             there, or wait from tokio's blocking pool"
+        ),
+    }
 }
 
 /// `now + timeout`, or no deadline when that is past the end of time.

@@ -603,7 +603,7 @@ fn loom_a_full_backlog_wakes_its_waiting_publisher_while_its_handler_publishes()
         // The runner: a worker's turns at the mailbox.
         let mut handled = Vec::new();
         while handled.len() < 3 {
-            let Some((entry, work)) = backlog().next() else {
+            let Some((entry, work)) = backlog().next(&shared) else {
                 thread::yield_now();
                 continue;
             };
@@ -620,5 +620,60 @@ fn loom_a_full_backlog_wakes_its_waiting_publisher_while_its_handler_publishes()
         handled.sort_unstable();
         assert_eq!(handled, [0, 1, 2], "lost an event");
         assert_eq!(backlog().backlog(), 0);
+    });
+}
+
+/// The gate: a blocking subscription's backlog of one, fed by a worker
+/// that never waits, fills and holds the bus's gate; an outside publisher
+/// waits at it; the runner takes the event and opens the gate, waking the
+/// publisher. (Removing the wake-up in `Gate::release` makes this model
+/// fail: the publisher sleeps forever.)
+#[test]
+fn loom_a_full_worker_fed_backlog_holds_publishers_at_the_gate_until_its_runner_takes() {
+    use crate::mailbox::{Mailbox, Runner, Work};
+    model(|| {
+        let config = crate::BusBuilder::default().workers(1).history_size(0).into_config();
+        let shared = Arc::new(crate::shared::Shared::new(config, None));
+        let mailbox = Mailbox::new(
+            Work::Sync(Arc::new(|_e: &Event| Ok(()))),
+            Runner::Threads,
+            false,
+            1,
+            Overflow::Block,
+        );
+        let sub = Arc::new(Subscription::new(
+            SubscriptionId::new(1),
+            Pattern::new("x").unwrap(),
+            Arc::from("p"),
+            Priority::Normal,
+            None,
+            Some(mailbox),
+        ));
+        let event = Arc::new(Event::new("x", serde_json::Value::Null, "t"));
+        // The worker's hand-over: it never waits.
+        Mailbox::deliver(&shared, &sub, &event, 0);
+        assert!(shared.gate.is_held(), "a full backlog holds the gate");
+        let published = Arc::new(AtomicBool::new(false));
+        let publisher = {
+            let (shared, published) = (shared.clone(), published.clone());
+            thread::spawn(move || {
+                while shared.gate.is_held() {
+                    shared.gate.wait_open(|| false);
+                }
+                published.store(true, Ordering::SeqCst);
+            })
+        };
+        // The runner.
+        let backlog = sub.mailbox.as_ref().unwrap();
+        let (entry, work) = loop {
+            match backlog.next(&shared) {
+                Some(taken) => break taken,
+                None => thread::yield_now(),
+            }
+        };
+        backlog.done(&shared, entry.bucket, Some(work));
+        publisher.join().unwrap();
+        assert!(published.load(Ordering::SeqCst));
+        assert!(!shared.gate.is_held());
     });
 }

@@ -19,18 +19,22 @@
 //!   a task on its tokio runtime (see `asynchronous.rs`).
 //! * **Backlog.** It holds up to `capacity` events, and what happens when
 //!   it is full is the subscription's overflow policy (by default the
-//!   bus's). Under `Block` nothing is lost: whoever puts the event in waits
-//!   for room (an outside publisher of an ordered subscription's event
-//!   before it reserves its queue slot; the dispatching worker for the
-//!   others), except a handler, which never waits (it might wait on
-//!   itself): its event may go past the capacity by as much again, and past
-//!   that its publish is refused with `PublishError::Full`. Under `Shed`
-//!   the oldest waiting event is dropped to make room; under `Error` an
-//!   ordered subscription's publisher gets `PublishError::BacklogFull` and
-//!   the others' events are refused for that subscription and reported to
-//!   the error hook. Every drop and refusal is counted in the
-//!   subscription's `backlog_dropped` and in `Stats::backlog_dropped`, and
-//!   logged at `warn`.
+//!   bus's). Under `Block` nothing is lost. An outside publisher of an
+//!   ordered subscription's event waits for room in its backlog before it
+//!   reserves anything; a handler never waits (it might wait on itself):
+//!   its event may go past the capacity by as much again, and past that its
+//!   publish is refused with `PublishError::Full`. A worker never waits
+//!   either (the request a blocking handler waits for may be queued behind
+//!   it): it hands the event to a blocking or async backlog past its
+//!   capacity (bounded by what the queues hold), and the full backlog holds
+//!   the bus's [`Gate`], at which outside publishers wait until its runner
+//!   has made room. Under `Shed` the oldest waiting event is dropped to
+//!   make room; under `Error` an ordered subscription's publisher gets
+//!   `PublishError::BacklogFull` (a refused publish, counted in
+//!   `Stats::rejected`) and the others' events are refused for that
+//!   subscription and reported to the error hook. Every event lost for a
+//!   subscription is counted in its `backlog_dropped` and in
+//!   `Stats::backlog_dropped`, and logged at `warn`.
 //! * **Unsubscribe.** The handler lives in the mailbox state, under its
 //!   lock; a runner checks and clones it under the lock and counts the call
 //!   as running before it lets go. Retiring takes it out under the same
@@ -55,7 +59,7 @@ use std::time::Instant;
 
 use crate::error::BacklogFull;
 use crate::event::Event;
-use crate::loom::{backoff, AtomicU64, Condvar, Mutex, Ordering};
+use crate::loom::{backoff, fence, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
 use crate::queue::Overflow;
 use crate::shared::Shared;
 use crate::subscription::{HandlerResult, Subscription};
@@ -112,6 +116,8 @@ struct State {
     sealed: bool,
     /// Threads waiting in [`Mailbox::wait_for_room`].
     room_waiters: usize,
+    /// Holding the bus's [`Gate`] shut: full under `Block`, fed by workers.
+    holding: bool,
 }
 
 pub(crate) struct Mailbox {
@@ -170,6 +176,7 @@ impl Mailbox {
                 scheduled: false,
                 sealed: false,
                 room_waiters: 0,
+                holding: false,
             }),
             changed: Condvar::new(),
             room: Condvar::new(),
@@ -216,10 +223,12 @@ impl Mailbox {
     }
 
     /// A dispatching worker's hand-over of `event` to `sub`'s mailbox
-    /// (counted in flush bucket `bucket`), under the subscription's policy:
-    /// `Block` waits for room, `Shed` drops the oldest waiting event, `Error`
-    /// refuses the event for this subscription and reports it to the error
-    /// hook.
+    /// (counted in flush bucket `bucket`), under the subscription's policy.
+    /// It never waits: under `Block` a full backlog takes the event anyway
+    /// and holds the bus's [`Gate`] until it has room again, so outside
+    /// publishers wait instead; `Shed` drops the oldest waiting event;
+    /// `Error` refuses the event for this subscription and reports it to
+    /// the error hook.
     pub(crate) fn deliver(
         shared: &Arc<Shared>,
         sub: &Arc<Subscription>,
@@ -228,20 +237,6 @@ impl Mailbox {
     ) {
         let Some(mailbox) = &sub.mailbox else { return };
         match mailbox.overflow {
-            // Once the bus is closing, a backlog that stays full past the
-            // drain timeout (a stuck handler) must not hold the drain.
-            Overflow::Block if !mailbox.wait_for_room(|| shared.drain_expired()) => {
-                // Relaxed: a statistic.
-                shared.counters.drain_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    event = event.name(),
-                    plugin = &*sub.plugin,
-                    pattern = sub.pattern.as_str(),
-                    "shutdown: a subscription's backlog stayed full past the drain timeout; the \
-                     event is dropped for it (counted in Stats::drain_dropped)"
-                );
-                return;
-            }
             Overflow::Error if mailbox.room_for(false) == Room::Refused => {
                 mailbox.count_lost(shared, sub, event, 1, "refused");
                 let refused = BacklogFull { capacity: mailbox.capacity };
@@ -257,7 +252,8 @@ impl Mailbox {
     /// Room was checked (or waited for) by the caller, so a full backlog
     /// only sheds its oldest event under `Shed`; under the other policies
     /// it takes the event anyway (publishers that checked at once may
-    /// overshoot the capacity by one event each).
+    /// overshoot an ordered backlog by one event each; workers a blocking or
+    /// async one by what the queues hold, holding the gate meanwhile).
     pub(crate) fn push(
         shared: &Arc<Shared>,
         sub: &Arc<Subscription>,
@@ -276,6 +272,14 @@ impl Mailbox {
                 .flatten();
             shared.epochs.begin_in(bucket);
             state.entries.push_back(Entry { event: event.clone(), bucket });
+            if !mailbox.ordered
+                && mailbox.overflow == Overflow::Block
+                && !state.holding
+                && state.entries.len() >= mailbox.capacity
+            {
+                state.holding = true;
+                shared.gate.hold();
+            }
             let wake = match mailbox.runner {
                 Runner::Threads => {
                     mailbox.changed.notify_one();
@@ -331,15 +335,13 @@ impl Mailbox {
     /// The next event and the work to do with it, counted as running; or
     /// `None` when the backlog is empty (then the mailbox is no longer
     /// scheduled) or the subscription retired.
-    pub(crate) fn next(&self) -> Option<(Entry, Work)> {
+    pub(crate) fn next(&self, shared: &Shared) -> Option<(Entry, Work)> {
         let mut state = self.state.lock();
         let work = state.work.clone();
         match (work, state.entries.pop_front()) {
             (Some(work), Some(entry)) => {
                 state.running += 1;
-                if state.room_waiters > 0 {
-                    self.room.notify_all();
-                }
+                self.made_room(&mut state, shared);
                 Some((entry, work))
             }
             _ => {
@@ -351,21 +353,33 @@ impl Mailbox {
 
     /// For a thread runner: waits for the next event; `None` once the
     /// subscription is retired, or sealed and empty.
-    fn next_blocking(&self) -> Option<(Entry, Work)> {
+    fn next_blocking(&self, shared: &Shared) -> Option<(Entry, Work)> {
         let mut state = self.state.lock();
         loop {
             let work = state.work.clone()?;
             if let Some(entry) = state.entries.pop_front() {
                 state.running += 1;
-                if state.room_waiters > 0 {
-                    self.room.notify_all();
-                }
+                self.made_room(&mut state, shared);
                 return Some((entry, work));
             }
             if state.sealed {
                 return None;
             }
             state = self.changed.wait(state);
+        }
+    }
+
+    /// An event left (or all did): wakes those waiting for room, and lets go
+    /// of the gate once there is room.
+    fn made_room(&self, state: &mut State, shared: &Shared) {
+        if state.room_waiters > 0 {
+            self.room.notify_all();
+        }
+        if state.holding
+            && (state.entries.len() < self.capacity || state.work.is_none() || state.sealed)
+        {
+            state.holding = false;
+            shared.gate.release();
         }
     }
 
@@ -405,7 +419,7 @@ impl Mailbox {
             let work = state.work.take();
             let discarded = std::mem::take(&mut state.entries);
             self.changed.notify_all();
-            self.room.notify_all();
+            self.made_room(&mut state, shared);
             (work, discarded)
         };
         for entry in &discarded {
@@ -444,8 +458,9 @@ impl Mailbox {
         let lost = {
             let mut state = self.state.lock();
             state.scheduled = false;
-            self.room.notify_all();
-            std::mem::take(&mut state.entries)
+            let lost = std::mem::take(&mut state.entries);
+            self.made_room(&mut state, shared);
+            lost
         };
         for entry in &lost {
             shared.epochs.end(entry.bucket, 1);
@@ -459,10 +474,11 @@ impl Mailbox {
     }
 
     /// No event will come any more: thread runners leave once empty.
-    pub(crate) fn seal(&self) {
-        self.state.lock().sealed = true;
+    pub(crate) fn seal(&self, shared: &Shared) {
+        let mut state = self.state.lock();
+        state.sealed = true;
         self.changed.notify_all();
-        self.room.notify_all();
+        self.made_room(&mut state, shared);
     }
 
     /// Calls running now.
@@ -520,7 +536,7 @@ pub(crate) fn report(
 pub(crate) fn run_on_worker(shared: &Arc<Shared>, sub: &Arc<Subscription>, max: usize) {
     let Some(mailbox) = &sub.mailbox else { return };
     for _ in 0..max {
-        let Some((entry, work)) = mailbox.next() else { return };
+        let Some((entry, work)) = mailbox.next(shared) else { return };
         if let Some(f) = work.sync() {
             call_sync(shared, sub, &entry, f);
         }
@@ -532,10 +548,77 @@ pub(crate) fn run_on_worker(shared: &Arc<Shared>, sub: &Arc<Subscription>, max: 
 /// The body of a blocking subscription's thread.
 pub(crate) fn run_thread(shared: Arc<Shared>, sub: Arc<Subscription>) {
     let Some(mailbox) = &sub.mailbox else { return };
-    while let Some((entry, work)) = mailbox.next_blocking() {
+    while let Some((entry, work)) = mailbox.next_blocking(&shared) {
         if let Some(f) = work.sync() {
             call_sync(&shared, &sub, &entry, f);
         }
         mailbox.done(&shared, entry.bucket, Some(work));
+    }
+}
+
+/// Back-pressure from the backlogs workers feed: while a blocking or async
+/// subscription's backlog is full under `Overflow::Block`, the gate is held,
+/// and outside publishers wait at it before they reserve anything. A worker
+/// never waits for a backlog (the request it would wait behind may be in
+/// its own queue): it hands the event over past the capacity, which is
+/// bounded by what the queues hold, and holds the gate until the backlog's
+/// runner has made room.
+///
+/// The handshake is the queue's *Room* one: a waiter registers, then
+/// re-checks `held`, then waits under the lock; whatever lowers `held` to
+/// zero reads `waiters` after it and notifies under the lock.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    /// Backlogs holding it.
+    held: AtomicUsize,
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    opened: Condvar,
+}
+
+impl Gate {
+    pub(crate) fn new() -> Gate {
+        Gate {
+            held: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            opened: Condvar::new(),
+        }
+    }
+
+    fn hold(&self) {
+        self.held.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn release(&self) {
+        if self.held.fetch_sub(1, Ordering::SeqCst) == 1 {
+            fence(Ordering::SeqCst);
+            if self.waiters.load(Ordering::SeqCst) > 0 {
+                let _guard = self.lock.lock();
+                self.opened.notify_all();
+            }
+        }
+    }
+
+    /// Whether some backlog holds it.
+    #[inline]
+    pub(crate) fn is_held(&self) -> bool {
+        self.held.load(Ordering::SeqCst) > 0
+    }
+
+    /// Waits until no backlog holds it, or `give_up()` (asked every 50 ms).
+    pub(crate) fn wait_open(&self, mut give_up: impl FnMut() -> bool) {
+        let mut guard = self.lock.lock();
+        loop {
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if self.held.load(Ordering::SeqCst) == 0 || give_up() {
+                self.waiters.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+            let slice = Instant::now().checked_add(std::time::Duration::from_millis(50));
+            guard = self.opened.wait_until(guard, slice).0;
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }

@@ -533,10 +533,17 @@ impl PluginContext {
     }
 
     /// Removes every subscription of this instance, waiting for running
-    /// calls (its own excepted, when called from one of its handlers).
+    /// calls (its own excepted, when called from one of its handlers) where
+    /// this thread may wait; elsewhere (a current-thread tokio runtime that
+    /// runs async handlers) without waiting.
     fn unsubscribe_all(&self) {
+        let wait = self.bus.may_wait_here();
         for (id, _) in std::mem::take(&mut *self.subs.lock()) {
-            self.bus.unsubscribe_id_and_wait(id);
+            if wait {
+                self.bus.unsubscribe_id_and_wait(id);
+            } else {
+                self.bus.unsubscribe_id(id);
+            }
         }
     }
 }

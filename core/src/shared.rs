@@ -84,12 +84,13 @@ pub(crate) struct Shared {
     /// made of it and a sequence number.
     pub(crate) instance: u64,
     pub(crate) loss_log: LossLog,
+    /// Held while a worker-fed backlog is full under `Block`: outside
+    /// publishers wait at it (see `mailbox::Gate`).
+    pub(crate) gate: crate::mailbox::Gate,
     /// The bus's handle, for [`Bus::current`](crate::Bus::current).
     pub(crate) handle: OnceLock<Weak<Handle>>,
     error_hook: Mutex<Option<Arc<ErrorHook>>>,
     shut: AtomicBool,
-    /// When the bus was closed: the drain timeout counts from there.
-    closed_at: OnceLock<Instant>,
     live_workers: AtomicUsize,
     life: Mutex<Life>,
     life_changed: Condvar,
@@ -118,10 +119,10 @@ impl Shared {
             sequence: AtomicU64::new(0),
             instance: random_instance(),
             loss_log: LossLog::new(),
+            gate: crate::mailbox::Gate::new(),
             handle: OnceLock::new(),
             error_hook: Mutex::new(error_hook.map(Arc::new)),
             shut: AtomicBool::new(false),
-            closed_at: OnceLock::new(),
             live_workers: AtomicUsize::new(config.workers),
             life: Mutex::new(Life::default()),
             life_changed: Condvar::new(),
@@ -241,12 +242,19 @@ impl Shared {
     /// (waiting could starve them forever: the `_async` forms are for
     /// that); elsewhere, plainly.
     pub(crate) fn wait_mode(&self) -> WaitMode {
+        self.wait_mode_with(0)
+    }
+
+    /// [`wait_mode`](Shared::wait_mode), counting `removed` more async
+    /// subscriptions on current-thread runtimes (ones just unsubscribed,
+    /// whose calls may still run).
+    pub(crate) fn wait_mode_with(&self, removed: usize) -> WaitMode {
         #[cfg(feature = "tokio")]
         if !crate::asynchronous::off_runtime() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 return match handle.runtime_flavor() {
                     tokio::runtime::RuntimeFlavor::CurrentThread => {
-                        if self.async_on_current_thread.load(Ordering::SeqCst) > 0 {
+                        if self.async_on_current_thread.load(Ordering::SeqCst) + removed > 0 {
                             WaitMode::Refused
                         } else {
                             WaitMode::Plain
@@ -256,6 +264,7 @@ impl Shared {
                 };
             }
         }
+        let _ = removed;
         WaitMode::Plain
     }
 
@@ -314,7 +323,7 @@ impl Shared {
         }
         for sub in &subs {
             if let Some(mailbox) = &sub.mailbox {
-                mailbox.seal();
+                mailbox.seal(self);
             }
         }
         let deadline = Instant::now().checked_add(self.config.drain_timeout);
@@ -335,6 +344,9 @@ impl Shared {
             let mut reg = self.registry.lock();
             reg.live = 0;
             reg.by_id.clear();
+            // Nothing is left to route to or to wait for.
+            self.ordered_live.store(0, Ordering::SeqCst);
+            self.async_on_current_thread.store(0, Ordering::SeqCst);
             std::mem::take(&mut reg.plugins)
         };
         let mut subs: Vec<Arc<Subscription>> = plugins.into_values().flatten().collect();
@@ -378,15 +390,8 @@ impl Shared {
     /// Closes the bus: no event is accepted from now on.
     pub(crate) fn close(&self) {
         if !self.shut.swap(true, Ordering::SeqCst) {
-            let _ = self.closed_at.set(Instant::now());
             self.queues.close();
         }
-    }
-
-    /// Whether the bus is closing and its drain timeout has passed.
-    pub(crate) fn drain_expired(&self) -> bool {
-        self.is_shut()
-            && self.closed_at.get().is_some_and(|at| at.elapsed() >= self.config.drain_timeout)
     }
 
     /// Closes the bus, then (outside a handler) waits until the workers have

@@ -118,8 +118,8 @@ impl SubscribeOptions {
     /// when [`ordered`]), never on a dispatch worker: for a handler that
     /// sleeps, waits on I/O or computes for long. Events wait in its
     /// [`backlog`]; when that is full, its [`overflow`] policy decides
-    /// (by default the bus's: under `Block` the dispatching worker waits
-    /// for room, and nothing is lost).
+    /// (by default the bus's: under `Block` outside publishers wait for
+    /// room, and nothing is lost).
     ///
     /// [`overflow`]: SubscribeOptions::overflow
     ///
@@ -163,12 +163,16 @@ impl SubscribeOptions {
     /// [`overflow`](crate::BusBuilder::overflow) policy, so that under the
     /// default `Block` no event is ever lost for any subscription.
     ///
-    /// * [`Overflow::Block`](crate::Overflow::Block): whoever hands the event
-    ///   over waits for room: for an ordered subscription the publisher
-    ///   (before it reserves anything), for the others the dispatching
-    ///   worker. A slow subscriber slows the bus down to its pace. A handler
-    ///   never waits: its publish may overshoot an ordered backlog by as
-    ///   much again, and past that gets [`PublishError::Full`](crate::PublishError::Full).
+    /// * [`Overflow::Block`](crate::Overflow::Block): outside publishers
+    ///   wait for room. For an ordered subscription, a publisher of an
+    ///   event it matches waits (before it reserves anything). For a
+    ///   blocking or async one, the dispatching worker never waits: it hands
+    ///   the event over past the capacity, and while the backlog is full
+    ///   every outside publisher waits, whatever it publishes, until the
+    ///   runner has made room. A slow subscriber slows the bus down to its
+    ///   pace, but never holds a worker. A handler never waits: its publish
+    ///   may overshoot an ordered backlog by as much again, and past that
+    ///   gets [`PublishError::Full`](crate::PublishError::Full).
     /// * [`Overflow::Shed`](crate::Overflow::Shed): the oldest waiting event
     ///   is dropped to make room. A slow subscriber falls behind alone: the
     ///   isolation to ask for when a subscriber may lag (a thumbnailer, a
@@ -176,11 +180,12 @@ impl SubscribeOptions {
     /// * [`Overflow::Error`](crate::Overflow::Error): an ordered
     ///   subscription's publisher gets
     ///   [`PublishError::BacklogFull`](crate::PublishError::BacklogFull)
-    ///   and nothing is accepted; for the others, the event is refused for
-    ///   this subscription only and reported to the error hook as a
-    ///   [`BacklogFull`](crate::BacklogFull).
+    ///   and nothing is accepted (counted in
+    ///   [`Stats::rejected`](crate::Stats::rejected)); for the others, the
+    ///   event is refused for this subscription only and reported to the
+    ///   error hook as a [`BacklogFull`](crate::BacklogFull).
     ///
-    /// Every event shed or refused is counted in the subscription's
+    /// Every accepted event shed or refused for the subscription is counted in the subscription's
     /// [`SubscriptionStats::backlog_dropped`](crate::SubscriptionStats::backlog_dropped)
     /// and in [`Stats::backlog_dropped`](crate::Stats::backlog_dropped),
     /// and logged at `warn` (at most a line a second).
@@ -244,6 +249,10 @@ pub(crate) struct Subscription {
     pub(crate) pattern: Pattern,
     pub(crate) plugin: Arc<str>,
     pub(crate) errors: AtomicU64,
+    /// Replays of `subscribe_replay` in progress (one at most): its calls
+    /// are in no worker slot, so the waiting forms of unsubscribe wait for
+    /// this instead.
+    replaying: crate::loom::AtomicUsize,
     /// For ordered, blocking and async subscriptions, which do not run
     /// inline (their handler lives there, not in `handler`).
     pub(crate) mailbox: Option<crate::mailbox::Mailbox>,
@@ -275,6 +284,7 @@ impl Subscription {
             handler: UnsafeCell::new(handler),
             claimed: AtomicBool::new(false),
             errors: AtomicU64::new(0),
+            replaying: crate::loom::AtomicUsize::new(0),
             mailbox,
         }
     }
@@ -328,6 +338,41 @@ impl Subscription {
         // SAFETY: per this function's contract, no worker reads the cell,
         // and the claim above makes this the only writer.
         self.handler.with_mut(|handler| unsafe { (*handler).take() })
+    }
+
+    /// Whether it is an async subscription on a current-thread runtime.
+    pub(crate) fn runs_on_current_thread(&self) -> bool {
+        #[cfg(feature = "tokio")]
+        if let Some(crate::mailbox::Mailbox {
+            runner: crate::mailbox::Runner::Tokio(runner), ..
+        }) = &self.mailbox
+        {
+            return runner.on_current_thread();
+        }
+        false
+    }
+
+    /// Marks a replay as in progress until [`replay_done`](Subscription::replay_done).
+    pub(crate) fn replay_started(&self) {
+        self.replaying.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The replay is over and has dropped its clone of the handler.
+    pub(crate) fn replay_done(&self) {
+        self.replaying.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Waits until no replay is in progress but `own` (the caller's), or
+    /// `deadline`; `false` when the deadline passed first.
+    pub(crate) fn wait_replays(&self, own: usize, deadline: Option<std::time::Instant>) -> bool {
+        let mut round = 0;
+        while self.replaying.load(Ordering::SeqCst) > own {
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return false;
+            }
+            crate::loom::backoff(&mut round);
+        }
+        true
     }
 
     /// Whether the handler has been taken (or is being taken).
