@@ -29,6 +29,13 @@
 //! claiming. Events are neither lost nor duplicated (tested under a flood
 //! from several threads with sequence numbers).
 //!
+//! Claims are keyed by the event's publish sequence number: each accepted
+//! publish is one delivery (a republished clone of an event is another).
+//! A call whose claim is refused counts nothing in `Stats::dispatched`. A
+//! new instance that subscribes with `subscribe_replay` catches up from
+//! history like any late joiner: the replayed events, which the old
+//! instance may have handled already, are not claimed.
+//!
 //! Outside a reload, the wrapper costs one relaxed load per call.
 
 use std::collections::{BTreeMap, HashSet};
