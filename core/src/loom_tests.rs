@@ -552,6 +552,28 @@ fn loom_ordered_handoff_keeps_order_and_never_overlaps() {
     });
 }
 
+/// The parts of a bus a backlog needs, and a subscription with a backlog
+/// of one under `Overflow::Block`, run by `runner`.
+fn backlog_of_one(
+    runner: crate::mailbox::Runner,
+    ordered: bool,
+) -> (Arc<crate::shared::Shared>, Arc<Subscription>) {
+    use crate::mailbox::{Mailbox, Work};
+    let config = crate::BusBuilder::default().workers(1).history_size(0).into_config();
+    let shared = Arc::new(crate::shared::Shared::new(config, None));
+    let work = Work::Sync(Arc::new(|_e: &Event| Ok(())));
+    let mailbox = Mailbox::new(work, runner, ordered, 1, Overflow::Block);
+    let sub = Arc::new(Subscription::new(
+        SubscriptionId::new(1),
+        Pattern::new("x").unwrap(),
+        Arc::from("p"),
+        Priority::Normal,
+        None,
+        Some(mailbox),
+    ));
+    (shared, sub)
+}
+
 /// The backlog wait under `Overflow::Block`: an ordered subscription's
 /// backlog of one is full; its runner takes the event, and its handler
 /// publishes another into the same backlog (a handler never waits: it
@@ -561,25 +583,9 @@ fn loom_ordered_handoff_keeps_order_and_never_overlaps() {
 /// model fail: the publisher sleeps forever.)
 #[test]
 fn loom_a_full_backlog_wakes_its_waiting_publisher_while_its_handler_publishes() {
-    use crate::mailbox::{Mailbox, Room, Runner, Work};
+    use crate::mailbox::{Mailbox, Room, Runner};
     model(|| {
-        let config = crate::BusBuilder::default().workers(1).history_size(0).into_config();
-        let shared = Arc::new(crate::shared::Shared::new(config, None));
-        let mailbox = Mailbox::new(
-            Work::Sync(Arc::new(|_e: &Event| Ok(()))),
-            Runner::Pool,
-            true,
-            1,
-            Overflow::Block,
-        );
-        let sub = Arc::new(Subscription::new(
-            SubscriptionId::new(1),
-            Pattern::new("x").unwrap(),
-            Arc::from("p"),
-            Priority::Normal,
-            None,
-            Some(mailbox),
-        ));
+        let (shared, sub) = backlog_of_one(Runner::Pool, true);
         let event = |n: u64| Arc::new(Event::new("x", serde_json::Value::from(n), "t"));
         let backlog = || sub.mailbox.as_ref().unwrap();
         Mailbox::push(&shared, &sub, &event(0), 0);
@@ -630,25 +636,9 @@ fn loom_a_full_backlog_wakes_its_waiting_publisher_while_its_handler_publishes()
 /// fail: the publisher sleeps forever.)
 #[test]
 fn loom_a_full_worker_fed_backlog_holds_publishers_at_the_gate_until_its_runner_takes() {
-    use crate::mailbox::{Mailbox, Runner, Work};
+    use crate::mailbox::{Mailbox, Runner};
     model(|| {
-        let config = crate::BusBuilder::default().workers(1).history_size(0).into_config();
-        let shared = Arc::new(crate::shared::Shared::new(config, None));
-        let mailbox = Mailbox::new(
-            Work::Sync(Arc::new(|_e: &Event| Ok(()))),
-            Runner::Threads,
-            false,
-            1,
-            Overflow::Block,
-        );
-        let sub = Arc::new(Subscription::new(
-            SubscriptionId::new(1),
-            Pattern::new("x").unwrap(),
-            Arc::from("p"),
-            Priority::Normal,
-            None,
-            Some(mailbox),
-        ));
+        let (shared, sub) = backlog_of_one(Runner::Threads, false);
         let event = Arc::new(Event::new("x", serde_json::Value::Null, "t"));
         // The worker's hand-over: it never waits.
         Mailbox::deliver(&shared, &sub, &event, 0);

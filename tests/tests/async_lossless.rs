@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{ev, eventually, watchdog};
+use support::{ev, eventually, watchdog, FlushOnDrop};
 use switchboard::plugin::{
     AsyncPlugin, PluginContext, PluginError, PluginFuture, PluginManager, WeakPluginManager,
 };
-use switchboard::{Bus, Event, PublishError, SubscribeOptions, WeakBus};
+use switchboard::{Bus, Event, PublishError, SubscribeOptions};
 
 fn multi_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -140,21 +140,6 @@ fn dropping_the_last_bus_on_a_current_thread_runtime_does_not_stall() {
             drop(bus);
         });
     });
-}
-
-/// Flushes its bus when dropped, then says so.
-struct FlushOnDrop {
-    bus: WeakBus,
-    dropped: Arc<AtomicBool>,
-}
-
-impl Drop for FlushOnDrop {
-    fn drop(&mut self) {
-        if let Some(bus) = self.bus.upgrade() {
-            bus.flush();
-        }
-        self.dropped.store(true, Ordering::SeqCst);
-    }
 }
 
 /// An async handler's closure whose `Drop` flushes, unsubscribed while its

@@ -11,30 +11,10 @@ use std::thread;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{ev, eventually, watchdog};
+use support::{ev, eventually, watchdog, FlushOnDrop, Latch};
 use switchboard::{
     BacklogFull, BuildError, Bus, Event, Overflow, PublishError, SubscribeError, SubscribeOptions,
 };
-
-/// A latch a handler waits on until the test opens it.
-#[derive(Clone, Default)]
-struct Latch(Arc<(Mutex<bool>, std::sync::Condvar)>);
-
-impl Latch {
-    fn wait(&self) {
-        let (open, changed) = &*self.0;
-        let mut open = open.lock().unwrap();
-        while !*open {
-            open = changed.wait(open).unwrap();
-        }
-    }
-
-    fn open(&self) {
-        let (open, changed) = &*self.0;
-        *open.lock().unwrap() = true;
-        changed.notify_all();
-    }
-}
 
 fn numbered(name: &str, thread: u64, n: u64) -> Event {
     Event::new(name, json!({ "thread": thread, "n": n }), "test")
@@ -453,21 +433,6 @@ fn a_replayed_call_finds_its_bus_and_publishes_one_level_deeper() {
         assert_eq!(bus.stats().handler_errors, 0);
         bus.shutdown();
     });
-}
-
-/// Calls `flush` on its bus when dropped, then says so.
-struct FlushOnDrop {
-    bus: switchboard::WeakBus,
-    dropped: Arc<AtomicBool>,
-}
-
-impl Drop for FlushOnDrop {
-    fn drop(&mut self) {
-        if let Some(bus) = self.bus.upgrade() {
-            bus.flush();
-        }
-        self.dropped.store(true, Ordering::SeqCst);
-    }
 }
 
 /// The reported case: a blocking handler whose captured value flushes in

@@ -9,28 +9,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{ev, eventually, watchdog};
+use support::{ev, eventually, watchdog, Latch};
 use switchboard::{Bus, Event, Overflow, PublishError, SubscribeOptions};
-
-/// A latch a handler waits on until the test opens it.
-#[derive(Clone, Default)]
-struct Latch(Arc<(Mutex<bool>, std::sync::Condvar)>);
-
-impl Latch {
-    fn wait(&self) {
-        let (open, changed) = &*self.0;
-        let mut open = open.lock().unwrap();
-        while !*open {
-            open = changed.wait(open).unwrap();
-        }
-    }
-
-    fn open(&self) {
-        let (open, changed) = &*self.0;
-        *open.lock().unwrap() = true;
-        changed.notify_all();
-    }
-}
 
 /// Sets its flag when dropped.
 struct DropFlag(Arc<AtomicBool>);

@@ -80,3 +80,39 @@ pub(crate) fn recorder(
         Ok(())
     })
 }
+
+/// A latch a handler waits on until the test opens it.
+#[derive(Clone, Default)]
+pub(crate) struct Latch(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Latch {
+    pub(crate) fn wait(&self) {
+        let (open, changed) = &*self.0;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = changed.wait(open).unwrap();
+        }
+    }
+
+    pub(crate) fn open(&self) {
+        let (open, changed) = &*self.0;
+        *open.lock().unwrap() = true;
+        changed.notify_all();
+    }
+}
+
+/// Calls `flush` on its bus when dropped, then says so: for handlers whose
+/// `Drop` uses the bus.
+pub(crate) struct FlushOnDrop {
+    pub(crate) bus: switchboard::WeakBus,
+    pub(crate) dropped: Arc<AtomicBool>,
+}
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        if let Some(bus) = self.bus.upgrade() {
+            bus.flush();
+        }
+        self.dropped.store(true, Ordering::SeqCst);
+    }
+}
