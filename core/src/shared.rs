@@ -79,14 +79,16 @@ pub(crate) struct Shared {
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) async_on_current_thread: AtomicUsize,
     /// The publish sequence: every accepted event takes the next number.
-    sequence: AtomicU64,
+    /// On a line of its own: publishers write it per event, workers read
+    /// the fields around it.
+    sequence: crossbeam_utils::CachePadded<AtomicU64>,
     /// Distinguishes this bus from every other (in any process), for keys
     /// made of it and a sequence number.
     pub(crate) instance: u64,
     pub(crate) loss_log: LossLog,
     /// Held while a worker-fed backlog is full under `Block`: outside
     /// publishers wait at it (see `mailbox::Gate`).
-    pub(crate) gate: crate::mailbox::Gate,
+    pub(crate) gate: crossbeam_utils::CachePadded<crate::mailbox::Gate>,
     /// The bus's handle, for [`Bus::current`](crate::Bus::current).
     pub(crate) handle: OnceLock<Weak<Handle>>,
     error_hook: Mutex<Option<Arc<ErrorHook>>>,
@@ -116,10 +118,10 @@ impl Shared {
             ready: UnboundedQueue::new(),
             ordered_live: AtomicUsize::new(0),
             async_on_current_thread: AtomicUsize::new(0),
-            sequence: AtomicU64::new(0),
+            sequence: crossbeam_utils::CachePadded::new(AtomicU64::new(0)),
             instance: random_instance(),
             loss_log: LossLog::new(),
-            gate: crate::mailbox::Gate::new(),
+            gate: crossbeam_utils::CachePadded::new(crate::mailbox::Gate::new()),
             handle: OnceLock::new(),
             error_hook: Mutex::new(error_hook.map(Arc::new)),
             shut: AtomicBool::new(false),
