@@ -817,12 +817,7 @@ impl Bus {
         if sub.mailbox.as_ref().is_some_and(|m| m.ordered) {
             shared.ordered_live.fetch_add(1, Ordering::SeqCst);
         }
-        #[cfg(feature = "tokio")]
-        if sub
-            .mailbox
-            .as_ref()
-            .is_some_and(|m| matches!(&m.runner, Runner::Tokio(r) if r.on_current_thread()))
-        {
+        if sub.runs_on_current_thread() {
             shared.async_on_current_thread.fetch_add(1, Ordering::SeqCst);
         }
         let next = shared.snapshot.load_full().with(sub.clone());
@@ -1091,14 +1086,11 @@ impl Bus {
         for sub in &removed {
             sub.close();
             reg.by_id.remove(&sub.id);
-            if let Some(mailbox) = &sub.mailbox {
-                if mailbox.ordered {
-                    shared.ordered_live.fetch_sub(1, Ordering::SeqCst);
-                }
-                #[cfg(feature = "tokio")]
-                if matches!(&mailbox.runner, Runner::Tokio(r) if r.on_current_thread()) {
-                    shared.async_on_current_thread.fetch_sub(1, Ordering::SeqCst);
-                }
+            if sub.mailbox.as_ref().is_some_and(|m| m.ordered) {
+                shared.ordered_live.fetch_sub(1, Ordering::SeqCst);
+            }
+            if sub.runs_on_current_thread() {
+                shared.async_on_current_thread.fetch_sub(1, Ordering::SeqCst);
             }
         }
         reg.live -= removed.len();

@@ -433,7 +433,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn unfinished(&self, from_handler: bool) -> ShutdownTimeout {
+    fn unfinished(&self, from_handler: bool) -> ShutdownTimeout {
         ShutdownTimeout {
             pending: self.epochs.pending(),
             running_workers: self.live_workers.load(Ordering::SeqCst),
