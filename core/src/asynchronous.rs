@@ -26,10 +26,10 @@ use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 use crate::error::HandlerTimeout;
-use crate::event::Event;
+use crate::handler::{AsyncFn, HandlerFuture, HandlerResult};
 use crate::mailbox::{report, Entry, Mailbox, Runner, Work};
 use crate::shared::Shared;
-use crate::subscription::{HandlerResult, Subscription};
+use crate::subscription::Subscription;
 use crate::worker::HandlerScope;
 
 thread_local! {
@@ -65,12 +65,6 @@ pub(crate) async fn on_blocking_pool<R: Send + 'static>(
         Err(join) => std::panic::resume_unwind(join.into_panic()),
     }
 }
-
-/// A handler's future.
-pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
-
-/// An async handler, as stored.
-pub(crate) type AsyncFn = dyn Fn(Arc<Event>) -> HandlerFuture + Send + Sync;
 
 /// Where and how an async subscription runs.
 pub(crate) struct TokioRunner {
@@ -151,7 +145,7 @@ async fn run(mut guard: CallGuard) {
 /// Ends what a runner or call task leaves behind when it is dropped before
 /// it finishes (its runtime shut down): the call it was in is ended, and
 /// (for a runner) the backlog is given up, counted as dropped, so `flush`
-/// and `unsubscribe_and_wait` never wait for a task that will not run.
+/// and `Unsubscribed::wait` never wait for a task that will not run.
 struct CallGuard {
     shared: Arc<Shared>,
     sub: Arc<Subscription>,

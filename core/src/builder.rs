@@ -180,8 +180,9 @@ impl BusBuilder {
     }
 
     /// The tokio runtime async handlers run on. Default: the runtime
-    /// current where [`Bus::subscribe_async`] is called.
+    /// current where an async handler ([`Handler::future`](crate::Handler::future)) subscribes.
     #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub fn runtime(mut self, handle: tokio::runtime::Handle) -> BusBuilder {
         self.config.runtime = Some(handle);
         self

@@ -1,27 +1,26 @@
 //! The public handle: subscribing, publishing, waiting, shutting down.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
 use switchboard_matcher::Pattern;
 
 use crate::builder::BusBuilder;
 use crate::error::{
-    BuildError, FlushTimeout, HistoryError, NameError, PayloadError, PublishError, ShutdownTimeout,
+    BuildError, FlushTimeout, HistoryError, NameError, PublishError, ShutdownTimeout,
     SubscribeError, WaitTimeout,
 };
 use crate::event::Priority;
-use crate::event::{Event, EventId, Payload};
+use crate::event::{Event, EventId};
+use crate::handler::{Handler, HandlerResult, Kind};
 use crate::loom::Ordering;
 use crate::mailbox::{self, Mailbox, Room, Runner, Work};
 use crate::queue::{Offer, Overflow};
 use crate::shared::Shared;
 use crate::stats::SubscriptionStats;
 use crate::stats::{Count, Stats};
-use crate::subscription::{Handler, HandlerResult, SubscribeOptions, Subscription, SubscriptionId};
+use crate::subscription::{SubscribeOptions, Subscription, SubscriptionId};
 use crate::worker::{in_handler_of, mailbox_call, parent_of, worker_index, CONTEXT};
 use smallvec::SmallVec;
 
@@ -66,15 +65,16 @@ impl Drop for Handle {
 /// use std::sync::atomic::{AtomicUsize, Ordering};
 /// use std::sync::Arc;
 /// use serde_json::json;
-/// use switchboard::{Bus, Event};
+/// use switchboard::{Bus, Event, Handler};
 ///
 /// let bus = Bus::builder().workers(2).build()?;
 /// let seen = Arc::new(AtomicUsize::new(0));
 /// let counter = seen.clone();
-/// bus.subscribe("trivia.*", "stats", move |_event: &Event| {
+/// let count = Handler::sync(move |_event| {
 ///     counter.fetch_add(1, Ordering::SeqCst);
 ///     Ok(())
-/// })?;
+/// });
+/// bus.subscribe("trivia.*", count, "stats")?;
 /// bus.publish(Event::new("trivia.started", json!({"question": "2+2?"}), "trivia"))?;
 /// bus.publish(Event::new("quote.added", json!({}), "quotes"))?;
 /// bus.flush();
@@ -101,7 +101,7 @@ impl WeakBus {
 }
 
 /// A subscription that lasts as long as this guard: dropping it
-/// unsubscribes (as [`Bus::unsubscribe_id`]). From
+/// unsubscribes (as [`Bus::unsubscribe`] of its id). From
 /// [`Bus::subscribe_scoped`].
 ///
 /// The guard does not keep the bus alive; once the bus is gone, dropping it
@@ -119,11 +119,11 @@ impl SubscriptionGuard {
         self.id
     }
 
-    /// Unsubscribes now and waits, as [`Bus::unsubscribe_id_and_wait`];
-    /// `false` when it was no longer live.
+    /// Unsubscribes now and waits for its running calls, as
+    /// [`Unsubscribed::wait`]; `false` when it was no longer live.
     pub fn unsubscribe_and_wait(mut self) -> bool {
         let bus = self.bus.take().and_then(|b| b.upgrade());
-        bus.is_some_and(|bus| bus.unsubscribe_id_and_wait(self.id))
+        bus.is_some_and(|bus| bus.unsubscribe(self.id).wait() == 1)
     }
 
     /// Keeps the subscription for the bus's lifetime, dropping the guard
@@ -137,7 +137,7 @@ impl SubscriptionGuard {
 impl Drop for SubscriptionGuard {
     fn drop(&mut self) {
         if let Some(bus) = self.bus.take().and_then(|b| b.upgrade()) {
-            bus.unsubscribe_id(self.id);
+            drop(bus.unsubscribe(self.id));
         }
     }
 }
@@ -202,18 +202,19 @@ impl Bus {
     ///
     /// ```
     /// use serde_json::Value;
-    /// use switchboard::{Bus, Event};
+    /// use switchboard::{Bus, Event, Handler, HistoryQuery};
     ///
     /// let bus = Bus::new()?;
-    /// bus.subscribe("quote.added", "search", |event: &Event| {
+    /// let index = Handler::sync(|event| {
     ///     let bus = Bus::current().expect("called by a worker of a live bus");
     ///     bus.publish(Event::new("search.indexed", event.data().clone(), "search"))?;
     ///     Ok(())
-    /// })?;
+    /// });
+    /// bus.subscribe("quote.added", index, "search")?;
     /// assert!(Bus::current().is_none(), "not inside a handler");
     /// bus.publish(Event::new("quote.added", Value::from(7), "quotes"))?;
     /// bus.flush();
-    /// assert_eq!(bus.history(None, Some("search.*"))?.len(), 1);
+    /// assert_eq!(bus.history(HistoryQuery::new().matching("search.*"))?.len(), 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn current() -> Option<Bus> {
@@ -228,9 +229,9 @@ impl Bus {
         &self.handle.shared
     }
 
-    /// The bus's identity, for "am I inside one of its handlers" checks.
-    pub(crate) fn shared_id(&self) -> usize {
-        self.handle.shared.id
+    /// Whether `self` and `other` are handles of one bus.
+    pub fn same_bus(&self, other: &Bus) -> bool {
+        Arc::ptr_eq(&self.handle, &other.handle)
     }
 
     /// A number that tells this bus apart from every other one, in this
@@ -242,17 +243,61 @@ impl Bus {
         self.shared().instance
     }
 
-    /// The counter of calls a plugin's reload hand-over skipped (they are
-    /// taken out of `Stats::dispatched`).
-    pub(crate) fn skip_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
-        self.shared().counters.skipped.clone()
+    /// Whether this thread is running a handler of this bus (as one of its
+    /// workers, in a blocking or async subscription's call, or in a
+    /// replayed call): code that may run in a handler or outside one (a
+    /// plugin's unload) can tell which. In a handler the bus never waits for
+    /// its own work: `flush` returns at once, `publish` does not wait for
+    /// room.
+    pub fn in_handler(&self) -> bool {
+        in_handler_of(self.shared().id)
     }
 
-    /// Whether this thread may wait for the bus's work (see
-    /// `Shared::wait_mode`): `false` on a current-thread tokio runtime's
-    /// thread while async handlers run on a current-thread runtime.
-    pub(crate) fn may_wait_here(&self) -> bool {
+    /// Whether this thread may wait for the bus's work: `false` on a
+    /// current-thread tokio runtime's thread while async handlers run on a
+    /// current-thread runtime (a wait there would starve them; `publish`
+    /// returns [`PublishError::WouldBlock`] instead of waiting, and
+    /// [`Unsubscribed::wait`] panics). Elsewhere `true`.
+    pub fn can_wait_here(&self) -> bool {
         self.shared().wait_mode() != crate::shared::WaitMode::Refused
+    }
+
+    /// Runs `f` on tokio's blocking pool, where waiting for the bus is
+    /// allowed on any runtime flavour, and returns its result (a panic of
+    /// `f` resumes here). Called from an async handler of this bus, `f`
+    /// runs in that handler's context: a [`Unsubscribed::wait`] in it
+    /// excuses the call it is part of (a plugin unloading itself), and
+    /// [`in_handler`](Bus::in_handler) is `true` there, as they would be on
+    /// the handler's own thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{Bus, Handler, Target};
+    ///
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// # runtime.block_on(async {
+    /// let bus = Bus::new()?;
+    /// bus.subscribe("quote.*", Handler::future(|_e| async { Ok(()) }), "search")?;
+    /// let waiter = bus.clone();
+    /// let removed = bus.run_blocking(move || waiter.unsubscribe(Target::Plugin("search")).wait()).await;
+    /// assert_eq!(removed, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn run_blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> R {
+        let carried = crate::worker::CarriedContext::capture(self.shared().id);
+        crate::asynchronous::on_blocking_pool(move || {
+            let _scope = carried.map(crate::worker::CarriedContext::enter);
+            f()
+        })
+        .await
     }
 
     /// A handle that does not keep the bus alive.
@@ -261,51 +306,55 @@ impl Bus {
     }
 
     /// Calls `handler` for every event whose name matches `pattern` (an
-    /// fnmatch glob: `trivia.*`, `*`), on behalf of `plugin`.
+    /// fnmatch glob: `trivia.*`, `*`), on behalf of the plugin `options`
+    /// names; the handler's kind ([`Handler::sync`], [`Handler::typed`], or
+    /// with the feature `tokio` `Handler::future`) and the `options` say
+    /// where and how it runs. A plugin name alone stands for the default
+    /// options: `bus.subscribe(pattern, handler, "stats")`.
     ///
-    /// An event published after this returns (on this thread, or ordered
-    /// after it) is seen by the subscription.
+    /// Within one event, handlers run by subscription
+    /// [priority](SubscribeOptions::priority) (`High` first), then in
+    /// subscription order. An event published after this returns (on this
+    /// thread, or ordered after it) is seen by the subscription.
     ///
-    /// # Errors
-    ///
-    /// [`SubscribeError`] for an empty pattern or plugin name, one longer
-    /// than [`MAX_NAME_LEN`](crate::MAX_NAME_LEN), one with a NUL, or a
-    /// closed bus.
-    pub fn subscribe<F>(
-        &self,
-        pattern: &str,
-        plugin: &str,
-        handler: F,
-    ) -> Result<SubscriptionId, SubscribeError>
-    where
-        F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
-    {
-        self.subscribe_with(pattern, plugin, SubscribeOptions::new(), handler)
-    }
-
-    /// Like [`subscribe`](Bus::subscribe), with options such as the
-    /// subscription's priority: within one event, handlers run by
-    /// subscription priority (`High` first), then in subscription order.
+    /// An async handler runs on the runtime of
+    /// [`BusBuilder::runtime`](crate::BusBuilder::runtime), else the one
+    /// current here.
     ///
     /// # Errors
     ///
-    /// As [`subscribe`](Bus::subscribe).
-    pub fn subscribe_with<F>(
+    /// [`SubscribeError`] for an empty pattern or plugin name (or none
+    /// given), one longer than [`MAX_NAME_LEN`](crate::MAX_NAME_LEN), one
+    /// with a NUL, an option out of its range, an async handler with no
+    /// runtime to run on ([`SubscribeError::NoRuntime`]), or a closed bus.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{Bus, Event, Handler, Priority, SubscribeOptions};
+    ///
+    /// let bus = Bus::new()?;
+    /// bus.subscribe("trivia.*", Handler::sync(|_event| Ok(())), "stats")?;
+    /// let audit = SubscribeOptions::new().plugin("audit").ordered().priority(Priority::High);
+    /// bus.subscribe("*", Handler::sync(|event: &Event| {
+    ///     println!("{} from {}", event.name(), event.source());
+    ///     Ok(())
+    /// }), audit)?;
+    /// assert_eq!(bus.stats().subscriptions, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn subscribe(
         &self,
         pattern: &str,
-        plugin: &str,
-        options: SubscribeOptions,
-        handler: F,
-    ) -> Result<SubscriptionId, SubscribeError>
-    where
-        F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
-    {
-        self.add_subscription(pattern, plugin, options, Box::new(handler))
+        handler: Handler,
+        options: impl Into<SubscribeOptions>,
+    ) -> Result<SubscriptionId, SubscribeError> {
+        Ok(self.add_subscription(pattern, handler, options.into())?.id)
     }
 
-    /// Like [`subscribe`](Bus::subscribe), returning a guard that
-    /// unsubscribes when dropped: the subscription lives as long as the
-    /// scope (or the struct) holding the guard.
+    /// [`subscribe`](Bus::subscribe), returning a guard that unsubscribes
+    /// when dropped: the subscription lives as long as the scope (or the
+    /// struct) holding the guard. Any kind of handler, any options.
     ///
     /// # Errors
     ///
@@ -314,55 +363,33 @@ impl Bus {
     /// # Examples
     ///
     /// ```
-    /// use serde_json::Value;
-    /// use switchboard::{Bus, Event};
+    /// use switchboard::{Bus, Handler};
     ///
     /// let bus = Bus::new()?;
     /// {
-    ///     let _guard = bus.subscribe_scoped("trivia.*", "stats", |_event| Ok(()))?;
+    ///     let _guard = bus.subscribe_scoped("trivia.*", Handler::sync(|_event| Ok(())), "stats")?;
     ///     assert_eq!(bus.stats().subscriptions, 1);
     /// }
     /// assert_eq!(bus.stats().subscriptions, 0, "dropping the guard unsubscribed");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn subscribe_scoped<F>(
+    pub fn subscribe_scoped(
         &self,
         pattern: &str,
-        plugin: &str,
-        handler: F,
-    ) -> Result<SubscriptionGuard, SubscribeError>
-    where
-        F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
-    {
-        self.subscribe_scoped_with(pattern, plugin, SubscribeOptions::new(), handler)
-    }
-
-    /// [`subscribe_scoped`](Bus::subscribe_scoped) with options.
-    ///
-    /// # Errors
-    ///
-    /// As [`subscribe`](Bus::subscribe).
-    pub fn subscribe_scoped_with<F>(
-        &self,
-        pattern: &str,
-        plugin: &str,
-        options: SubscribeOptions,
-        handler: F,
-    ) -> Result<SubscriptionGuard, SubscribeError>
-    where
-        F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
-    {
-        let id = self.subscribe_with(pattern, plugin, options, handler)?;
+        handler: Handler,
+        options: impl Into<SubscribeOptions>,
+    ) -> Result<SubscriptionGuard, SubscribeError> {
+        let id = self.subscribe(pattern, handler, options)?;
         Ok(SubscriptionGuard { bus: Some(self.downgrade()), id })
     }
 
-    /// Subscribes `handler` and catches it up: it is first called, on this
-    /// thread and before this returns, with up to `n` of the latest events
-    /// in [`history`](Bus::history) matching `pattern`, in publish order;
-    /// then with live events, as [`subscribe`](Bus::subscribe) would. At
-    /// the seam nothing is missed and nothing comes twice, whatever the
-    /// number of publishers: the replayed events are a contiguous run of the
-    /// publish sequence ending just below the seam, live events numbered
+    /// [`subscribe`](Bus::subscribe), and catches the handler up: it is
+    /// first called, on this thread and before this returns, with up to
+    /// `last` of the latest events in [`history`](Bus::history) matching
+    /// `pattern`, in publish order; then with live events, as the options
+    /// say. At the seam nothing is missed and nothing comes twice, whatever
+    /// the number of publishers: the replayed events are a contiguous run of
+    /// the publish sequence ending just below the seam, live events numbered
     /// below the seam are skipped, and live events that arrive during the
     /// replay wait for it (buffered; no worker waits). (On a bus without
     /// history there is nothing to replay.)
@@ -376,13 +403,15 @@ impl Bus {
     ///
     /// # Errors
     ///
-    /// As [`subscribe`](Bus::subscribe).
+    /// As [`subscribe`](Bus::subscribe), and
+    /// [`SubscribeError::InvalidOption`] for an async handler (a replay
+    /// calls the handler on this thread, which async code cannot be).
     ///
     /// # Examples
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
-    /// use switchboard::{Bus, Event};
+    /// use switchboard::{Bus, Event, Handler};
     ///
     /// let bus = Bus::builder().history_size(100).build()?;
     /// for i in 0..5 {
@@ -390,26 +419,24 @@ impl Bus {
     /// }
     /// let seen = Arc::new(Mutex::new(Vec::new()));
     /// let s = seen.clone();
-    /// let replay = bus.subscribe_replay("score.*", "board", 3, move |e: &Event| {
+    /// let board = Handler::sync(move |e: &Event| {
     ///     s.lock().unwrap().push(e.data().as_u64().unwrap());
     ///     Ok(())
-    /// })?;
+    /// });
+    /// let replay = bus.subscribe_replay("score.*", board, "board", 3)?;
     /// assert_eq!((replay.replayed, replay.seam), (3, 5));
     /// bus.publish(Event::new("score.changed", serde_json::json!(5), "trivia"))?;
     /// bus.flush();
     /// assert_eq!(*seen.lock().unwrap(), [2, 3, 4, 5]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn subscribe_replay<F>(
+    pub fn subscribe_replay(
         &self,
         pattern: &str,
-        plugin: &str,
-        n: usize,
-        handler: F,
-    ) -> Result<Replayed, SubscribeError>
-    where
-        F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
-    {
+        handler: Handler,
+        options: impl Into<SubscribeOptions>,
+        last: usize,
+    ) -> Result<Replayed, SubscribeError> {
         struct Replay {
             /// Live events that came during the replay, each still counted
             /// in the flush bucket of its dispatch (so a flush waits for
@@ -419,14 +446,25 @@ impl Bus {
             seam: u64,
         }
         let shared = &self.handle.shared;
-        let handler = Arc::new(handler);
+        let handler = match handler.into_kind(shared.counters.skipped.clone()) {
+            Kind::Sync(f) => Arc::<crate::handler::SyncFn>::from(f),
+            #[cfg(feature = "tokio")]
+            Kind::Async(_) => {
+                return Err(SubscribeError::InvalidOption {
+                    what: "replay of an async handler",
+                    value: last,
+                    max: 0,
+                })
+            }
+        };
         let state = Arc::new(crate::loom::Mutex::new(Replay { buffer: Some(Vec::new()), seam: 0 }));
         let (h, st, sh) = (handler.clone(), state.clone(), shared.clone());
         let live = move |event: &Event| -> HandlerResult {
             let seam = {
                 let mut replay = st.lock();
                 if let Some(buffer) = &mut replay.buffer {
-                    // Called by a worker, which is in the event's bucket.
+                    // Called in a handler scope, which is in the event's
+                    // bucket.
                     let bucket = parent_of(sh.id).map_or(0, |(_, bucket)| bucket);
                     sh.epochs.begin_in(bucket);
                     buffer.push((event.clone(), bucket));
@@ -442,8 +480,7 @@ impl Bus {
             }
             h(event)
         };
-        let sub =
-            self.register(pattern, plugin, SubscribeOptions::new(), Some(Box::new(live)), None)?;
+        let sub = self.add_subscription(pattern, Handler::sync(live), options.into())?;
         // Until this is dropped, the waiting forms of unsubscribe wait for
         // the replay; dropped on unwind too, when it also ends the buffer
         // (so live calls go on) and counts its events out of flush.
@@ -469,7 +506,7 @@ impl Bus {
         let seam = shared.sequence_end();
         state.lock().seam = seam;
         let (mut replayed, _start) = match &shared.history {
-            Some(history) => history.read_settled(seam, n, Some(&sub.pattern)),
+            Some(history) => history.read_settled(seam, last, Some(&sub.pattern)),
             None => (Vec::new(), seam),
         };
         replayed.reverse();
@@ -520,169 +557,6 @@ impl Bus {
         Ok(Replayed { id: sub.id, replayed: count, seam })
     }
 
-    /// Subscribes a handler that receives the payload as a `T`.
-    ///
-    /// An event built with [`Event::typed`] carrying a `T` is handed over as
-    /// is; a JSON event is deserialised into a `T`. Any other payload makes
-    /// the call fail with a [`PayloadError`], counted like any handler error.
-    ///
-    /// # Errors
-    ///
-    /// As [`subscribe`](Bus::subscribe).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use serde::{Deserialize, Serialize};
-    /// use switchboard::{Bus, Event};
-    ///
-    /// #[derive(Serialize, Deserialize)]
-    /// struct Added { id: u32 }
-    ///
-    /// let bus = Bus::new()?;
-    /// bus.subscribe_typed("quote.added", "search", |_event: &Event, added: &Added| {
-    ///     assert_eq!(added.id, 7);
-    ///     Ok(())
-    /// })?;
-    /// bus.publish(Event::typed("quote.added", Added { id: 7 }, "quotes"))?;
-    /// bus.flush();
-    /// assert_eq!(bus.stats().handler_errors, 0);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn subscribe_typed<T, F>(
-        &self,
-        pattern: &str,
-        plugin: &str,
-        handler: F,
-    ) -> Result<SubscriptionId, SubscribeError>
-    where
-        T: DeserializeOwned + Send + Sync + 'static,
-        F: Fn(&Event, &T) -> HandlerResult + Send + Sync + 'static,
-    {
-        self.subscribe_typed_with(pattern, plugin, SubscribeOptions::new(), handler)
-    }
-
-    /// [`subscribe_typed`](Bus::subscribe_typed) with options.
-    ///
-    /// # Errors
-    ///
-    /// As [`subscribe`](Bus::subscribe).
-    pub fn subscribe_typed_with<T, F>(
-        &self,
-        pattern: &str,
-        plugin: &str,
-        options: SubscribeOptions,
-        handler: F,
-    ) -> Result<SubscriptionId, SubscribeError>
-    where
-        T: DeserializeOwned + Send + Sync + 'static,
-        F: Fn(&Event, &T) -> HandlerResult + Send + Sync + 'static,
-    {
-        let expected = std::any::type_name::<T>();
-        let adapter = move |event: &Event| -> HandlerResult {
-            match event.payload() {
-                Payload::Typed(typed) => match typed.downcast_ref::<T>() {
-                    Some(value) => handler(event, value),
-                    None => Err(Box::new(PayloadError::WrongType {
-                        expected,
-                        found: typed.type_name(),
-                    })),
-                },
-                Payload::Json(json) => match T::deserialize(json) {
-                    Ok(value) => handler(event, &value),
-                    Err(error) => Err(Box::new(PayloadError::Json { expected, error })),
-                },
-            }
-        };
-        self.add_subscription(pattern, plugin, options, Box::new(adapter))
-    }
-
-    /// Subscribes an async handler: `handler` gets the event and returns a
-    /// future, run as a task on the bus's tokio runtime
-    /// ([`BusBuilder::runtime`](crate::BusBuilder::runtime), else the one
-    /// current here). A dispatch worker only hands the event over; the
-    /// handler never blocks one. Calls run one at a time unless
-    /// [`concurrency`](SubscribeOptions::concurrency) says more; errors,
-    /// panics and [timeouts](SubscribeOptions::timeout) are counted and
-    /// reported like a sync handler's; `flush` waits for the calls.
-    ///
-    /// # Errors
-    ///
-    /// As [`subscribe`](Bus::subscribe), and [`SubscribeError::NoRuntime`]
-    /// when there is no runtime to run it on.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use switchboard::{Bus, Event};
-    ///
-    /// # let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    /// # runtime.block_on(async {
-    /// let bus = Bus::new()?;
-    /// bus.subscribe_async("quote.added", "search", |event: Arc<Event>| async move {
-    ///     tokio::task::yield_now().await; // index the quote...
-    ///     let _ = event.data();
-    ///     Ok(())
-    /// })?;
-    /// bus.publish_async(Event::new("quote.added", serde_json::json!({"id": 7}), "quotes")).await?;
-    /// bus.flush_async().await; // the async call has finished
-    /// assert_eq!(bus.stats().dispatched, 1);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// # })?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    #[cfg(feature = "tokio")]
-    pub fn subscribe_async<F, Fut>(
-        &self,
-        pattern: &str,
-        plugin: &str,
-        handler: F,
-    ) -> Result<SubscriptionId, SubscribeError>
-    where
-        F: Fn(Arc<Event>) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
-    {
-        self.subscribe_async_with(pattern, plugin, SubscribeOptions::new(), handler)
-    }
-
-    /// [`subscribe_async`](Bus::subscribe_async) with options:
-    /// [`concurrency`](SubscribeOptions::concurrency),
-    /// [`timeout`](SubscribeOptions::timeout),
-    /// [`ordered`](SubscribeOptions::ordered),
-    /// [`backlog`](SubscribeOptions::backlog), priority.
-    ///
-    /// # Errors
-    ///
-    /// As [`subscribe_async`](Bus::subscribe_async).
-    #[cfg(feature = "tokio")]
-    pub fn subscribe_async_with<F, Fut>(
-        &self,
-        pattern: &str,
-        plugin: &str,
-        options: SubscribeOptions,
-        handler: F,
-    ) -> Result<SubscriptionId, SubscribeError>
-    where
-        F: Fn(Arc<Event>) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
-    {
-        use crate::asynchronous::{AsyncFn, HandlerFuture, TokioRunner};
-        let runtime = match &self.shared().config.runtime {
-            Some(handle) => handle.clone(),
-            None => tokio::runtime::Handle::try_current().map_err(|_| SubscribeError::NoRuntime)?,
-        };
-        let concurrency = if options.ordered { 1 } else { options.concurrency };
-        let work: Arc<AsyncFn> =
-            Arc::new(move |event: Arc<Event>| -> HandlerFuture { Box::pin(handler(event)) });
-        options.check()?;
-        let runner = Runner::Tokio(TokioRunner::new(runtime, concurrency, options.timeout));
-        let overflow = options.overflow.unwrap_or(self.shared().config.overflow);
-        let mailbox =
-            Mailbox::new(Work::Async(work), runner, options.ordered, options.backlog, overflow);
-        Ok(self.register(pattern, plugin, options, None, Some(mailbox))?.id)
-    }
-
     /// [`publish`](Bus::publish) for async code: where `publish` would wait
     /// for room (under [`Overflow::Block`], the queues or an ordered
     /// subscription's backlog full), it waits without blocking a runtime
@@ -693,6 +567,7 @@ impl Bus {
     ///
     /// As [`publish`](Bus::publish), but never [`PublishError::WouldBlock`].
     #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn publish_async(&self, event: Event) -> Result<EventId, PublishError> {
         match self.attempt(event) {
             Attempt::Done(result) => result,
@@ -708,6 +583,7 @@ impl Bus {
     /// dispatched and its handlers (async ones included) have finished.
     /// From inside a handler it returns at once.
     #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn flush_async(&self) {
         if in_handler_of(self.shared().id) {
             return;
@@ -725,6 +601,7 @@ impl Bus {
     /// work through their backlogs meanwhile. From inside a handler it only
     /// closes the bus, as `shutdown` does.
     #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn shutdown_async(&self) {
         let shared = self.shared();
         if in_handler_of(shared.id) {
@@ -741,48 +618,73 @@ impl Bus {
     fn add_subscription(
         &self,
         pattern: &str,
-        plugin: &str,
-        options: SubscribeOptions,
         handler: Handler,
-    ) -> Result<SubscriptionId, SubscribeError> {
-        if !options.has_mailbox() {
-            return Ok(self.register(pattern, plugin, options, Some(handler), None)?.id);
-        }
+        options: SubscribeOptions,
+    ) -> Result<Arc<Subscription>, SubscribeError> {
+        let shared = self.shared();
         options.check()?;
-        let runner = if options.blocking { Runner::Threads } else { Runner::Pool };
-        let overflow = options.overflow.unwrap_or(self.shared().config.overflow);
-        let mailbox = Mailbox::new(
-            Work::Sync(Arc::from(handler)),
-            runner,
-            options.ordered,
-            options.backlog,
-            overflow,
-        );
-        let sub = self.register(pattern, plugin, options, None, Some(mailbox))?;
-        if options.blocking {
-            let threads = if options.ordered { 1 } else { options.concurrency };
-            for n in 0..threads {
-                let (shared, s) = (self.handle.shared.clone(), sub.clone());
-                let name = format!("{}-{}-{}.{n}", self.shared().config.name, sub.plugin, sub.id);
-                if let Err(e) = crate::loom::spawn(name, move || mailbox::run_thread(shared, s)) {
-                    self.unsubscribe_id(sub.id);
-                    return Err(SubscribeError::Spawn(e.to_string()));
+        let overflow = options.overflow.unwrap_or(shared.config.overflow);
+        match handler.into_kind(shared.counters.skipped.clone()) {
+            Kind::Sync(f) if !options.has_mailbox() => {
+                self.register(pattern, &options, Some(f), None)
+            }
+            Kind::Sync(f) => {
+                let runner = if options.blocking { Runner::Threads } else { Runner::Pool };
+                let mailbox = Mailbox::new(
+                    Work::Sync(Arc::from(f)),
+                    runner,
+                    options.ordered,
+                    options.backlog,
+                    overflow,
+                );
+                let sub = self.register(pattern, &options, None, Some(mailbox))?;
+                if options.blocking {
+                    let threads = if options.ordered { 1 } else { options.concurrency };
+                    for n in 0..threads {
+                        let (shared, s) = (self.handle.shared.clone(), sub.clone());
+                        let name = format!("{}-{}-{}.{n}", shared.config.name, sub.plugin, sub.id);
+                        if let Err(e) =
+                            crate::loom::spawn(name, move || mailbox::run_thread(shared, s))
+                        {
+                            drop(self.unsubscribe(sub.id));
+                            return Err(SubscribeError::Spawn(e.to_string()));
+                        }
+                    }
                 }
+                Ok(sub)
+            }
+            #[cfg(feature = "tokio")]
+            Kind::Async(work) => {
+                use crate::asynchronous::TokioRunner;
+                let runtime = match &shared.config.runtime {
+                    Some(handle) => handle.clone(),
+                    None => tokio::runtime::Handle::try_current()
+                        .map_err(|_| SubscribeError::NoRuntime)?,
+                };
+                let concurrency = if options.ordered { 1 } else { options.concurrency };
+                let runner = Runner::Tokio(TokioRunner::new(runtime, concurrency, options.timeout));
+                let mailbox = Mailbox::new(
+                    Work::Async(work),
+                    runner,
+                    options.ordered,
+                    options.backlog,
+                    overflow,
+                );
+                self.register(pattern, &options, None, Some(mailbox))
             }
         }
-        Ok(sub.id)
     }
 
     /// Checks the names, then adds a subscription to the registry and the
     /// snapshot.
-    pub(crate) fn register(
+    fn register(
         &self,
         pattern: &str,
-        plugin: &str,
-        options: SubscribeOptions,
-        handler: Option<Handler>,
+        options: &SubscribeOptions,
+        handler: Option<crate::handler::SyncFn>,
         mailbox: Option<Mailbox>,
     ) -> Result<Arc<Subscription>, SubscribeError> {
+        let plugin = options.plugin.as_deref().unwrap_or("");
         NameError::check(pattern).map_err(|reason| SubscribeError::InvalidPattern {
             pattern: crate::error::truncate(pattern),
             reason,
@@ -825,139 +727,39 @@ impl Bus {
         Ok(sub)
     }
 
-    /// Removes `plugin`'s subscriptions to exactly `pattern`; returns how
-    /// many. Once this returns, their handlers are never started again (a
-    /// call already running may finish; see
-    /// [`unsubscribe_and_wait`](Bus::unsubscribe_and_wait)).
+    /// Removes the subscriptions `target` names: one by its id
+    /// ([`SubscriptionId`] converts into a target), a plugin's, a plugin's to
+    /// exactly one pattern, or all. Once this returns, their handlers are
+    /// never started again (a call already running may finish).
     ///
-    /// A handler that is not running is dropped before this returns; one
-    /// whose call is running is dropped as soon as the worker running it
-    /// finishes its batch. Either way it is dropped outside every lock of
-    /// the bus, so its `Drop` may use the bus.
-    pub fn unsubscribe(&self, pattern: &str, plugin: &str) -> usize {
-        self.retire(self.take(Target::Pattern(plugin, pattern)))
-    }
-
-    /// Removes every subscription of `plugin`; returns how many. Handlers
-    /// are dropped as by [`unsubscribe`](Bus::unsubscribe).
-    pub fn unsubscribe_all(&self, plugin: &str) -> usize {
-        self.retire(self.take(Target::Plugin(plugin)))
-    }
-
-    /// Removes the one subscription `id` (of those made with the same
-    /// pattern and plugin, only this one); `false` when it is not live.
-    /// Handlers are dropped as by [`unsubscribe`](Bus::unsubscribe).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use switchboard::Bus;
-    ///
-    /// let bus = Bus::new()?;
-    /// let first = bus.subscribe("quote.*", "search", |_event| Ok(()))?;
-    /// let second = bus.subscribe("quote.*", "search", |_event| Ok(()))?;
-    /// assert!(bus.unsubscribe_id(first));
-    /// assert!(!bus.unsubscribe_id(first), "already removed");
-    /// assert_eq!(bus.subscriptions(Some("search"))["quote.*"].len(), 1);
-    /// # let _ = second;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn unsubscribe_id(&self, id: SubscriptionId) -> bool {
-        self.retire(self.take(Target::Id(id))) == 1
-    }
-
-    /// Like [`unsubscribe`](Bus::unsubscribe), and also waits until no call
-    /// of those handlers is running, so the plugin can be torn down safely.
-    /// The handlers are dropped before it returns (but one whose call is
-    /// this very thread's, when called from a handler: it goes when the
-    /// call ends).
-    ///
-    /// Called from inside a handler, it does not wait for the calls that
-    /// cannot end while it waits: its own, and those of handlers that are
-    /// themselves waiting, directly or through others, for a call it is
-    /// inside (two plugins unloading each other from their handlers). Those
-    /// calls are stuck in the same kind of wait and end right after it
-    /// returns; no new call of the removed subscriptions starts either way.
-    pub fn unsubscribe_and_wait(&self, pattern: &str, plugin: &str) -> usize {
-        waited(
-            "unsubscribe_and_wait",
-            self.retire_and_wait(self.take(Target::Pattern(plugin, pattern)), None),
-        )
-    }
-
-    /// Like [`unsubscribe_all`](Bus::unsubscribe_all), and waits as
-    /// [`unsubscribe_and_wait`](Bus::unsubscribe_and_wait) does.
-    pub fn unsubscribe_all_and_wait(&self, plugin: &str) -> usize {
-        waited(
-            "unsubscribe_all_and_wait",
-            self.retire_and_wait(self.take(Target::Plugin(plugin)), None),
-        )
-    }
-
-    /// Like [`unsubscribe_id`](Bus::unsubscribe_id), and waits as
-    /// [`unsubscribe_and_wait`](Bus::unsubscribe_and_wait) does.
-    pub fn unsubscribe_id_and_wait(&self, id: SubscriptionId) -> bool {
-        waited("unsubscribe_id_and_wait", self.retire_and_wait(self.take(Target::Id(id)), None))
-            == 1
-    }
-
-    /// [`unsubscribe_and_wait`](Bus::unsubscribe_and_wait) that waits at most
-    /// `timeout` for running calls.
-    ///
-    /// # Errors
-    ///
-    /// [`WaitTimeout`] when calls were still running at the deadline: it
-    /// says how many subscriptions were removed (they are, all the same) and
-    /// which still had calls running. Their handlers are dropped when those
-    /// calls end.
+    /// The returned [`Unsubscribed`] says how many were removed
+    /// ([`count`](Unsubscribed::count)), and can wait until no call of them
+    /// is running ([`wait`](Unsubscribed::wait),
+    /// [`wait_timeout`](Unsubscribed::wait_timeout)), so a plugin can be torn
+    /// down safely. Dropped without waiting, it drops at once the handlers
+    /// no call is running; one whose call is running goes as soon as the
+    /// worker running it finishes its batch. Either way a handler is dropped
+    /// outside every lock of the bus, so its `Drop` may use the bus.
     ///
     /// # Examples
     ///
     /// ```
     /// use std::time::Duration;
-    /// use switchboard::Bus;
+    /// use switchboard::{Bus, Handler, Target};
     ///
     /// let bus = Bus::new()?;
-    /// bus.subscribe("quote.*", "search", |_event| Ok(()))?;
-    /// let removed = bus.unsubscribe_and_wait_timeout("quote.*", "search", Duration::from_secs(1))?;
-    /// assert_eq!(removed, 1);
+    /// let first = bus.subscribe("quote.*", Handler::sync(|_event| Ok(())), "search")?;
+    /// bus.subscribe("quote.*", Handler::sync(|_event| Ok(())), "search")?;
+    /// bus.subscribe("user.*", Handler::sync(|_event| Ok(())), "search")?;
+    /// assert_eq!(bus.unsubscribe(first).count(), 1);
+    /// assert_eq!(bus.unsubscribe(first).count(), 0, "already removed");
+    /// let removed = bus.unsubscribe(Target::Pattern { pattern: "quote.*", plugin: "search" });
+    /// assert_eq!(removed.wait_timeout(Duration::from_secs(1))?, 1);
+    /// assert_eq!(bus.unsubscribe(Target::Plugin("search")).wait(), 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn unsubscribe_and_wait_timeout(
-        &self,
-        pattern: &str,
-        plugin: &str,
-        timeout: Duration,
-    ) -> Result<usize, WaitTimeout> {
-        self.retire_and_wait(self.take(Target::Pattern(plugin, pattern)), deadline(timeout))
-    }
-
-    /// [`unsubscribe_all_and_wait`](Bus::unsubscribe_all_and_wait) that waits
-    /// at most `timeout` for running calls.
-    ///
-    /// # Errors
-    ///
-    /// As [`unsubscribe_and_wait_timeout`](Bus::unsubscribe_and_wait_timeout).
-    pub fn unsubscribe_all_and_wait_timeout(
-        &self,
-        plugin: &str,
-        timeout: Duration,
-    ) -> Result<usize, WaitTimeout> {
-        self.retire_and_wait(self.take(Target::Plugin(plugin)), deadline(timeout))
-    }
-
-    /// [`unsubscribe_id_and_wait`](Bus::unsubscribe_id_and_wait) that waits
-    /// at most `timeout` for a running call.
-    ///
-    /// # Errors
-    ///
-    /// As [`unsubscribe_and_wait_timeout`](Bus::unsubscribe_and_wait_timeout).
-    pub fn unsubscribe_id_and_wait_timeout(
-        &self,
-        id: SubscriptionId,
-        timeout: Duration,
-    ) -> Result<bool, WaitTimeout> {
-        self.retire_and_wait(self.take(Target::Id(id)), deadline(timeout)).map(|n| n == 1)
+    pub fn unsubscribe<'t>(&self, target: impl Into<Target<'t>>) -> Unsubscribed<'_> {
+        Unsubscribed { bus: self, removed: self.take(target.into()) }
     }
 
     /// Hands removed subscriptions to reclamation, dropping at once the
@@ -1057,28 +859,33 @@ impl Bus {
     fn take(&self, target: Target<'_>) -> Vec<Arc<Subscription>> {
         let shared = self.shared();
         let mut reg = shared.registry.lock();
-        let plugin = match target {
-            Target::Pattern(plugin, _) | Target::Plugin(plugin) => plugin,
+        let mut removed = Vec::new();
+        let plugin: Arc<str> = match target {
+            Target::All => {
+                let mut all: Vec<_> =
+                    std::mem::take(&mut reg.plugins).into_values().flatten().collect();
+                all.sort_by_key(|s| s.id);
+                removed = all;
+                Arc::from("")
+            }
+            Target::Pattern { plugin, .. } | Target::Plugin(plugin) => Arc::from(plugin),
             Target::Id(id) => match reg.by_id.get(&id) {
-                Some(plugin) => &plugin.clone(),
+                Some(plugin) => plugin.clone(),
                 None => return Vec::new(),
             },
         };
-        let Some(subs) = reg.plugins.get_mut(plugin) else { return Vec::new() };
-        let mut removed = Vec::new();
-        subs.retain(|s| {
-            let hit = match target {
-                Target::Pattern(_, pattern) => s.pattern.as_str() == pattern,
-                Target::Plugin(_) => true,
-                Target::Id(id) => s.id == id,
-            };
-            if hit {
-                removed.push(s.clone());
+        if target != Target::All {
+            let Some(subs) = reg.plugins.get_mut(&*plugin) else { return Vec::new() };
+            subs.retain(|s| {
+                let hit = target.selects(s);
+                if hit {
+                    removed.push(s.clone());
+                }
+                !hit
+            });
+            if subs.is_empty() {
+                reg.plugins.remove(&*plugin);
             }
-            !hit
-        });
-        if subs.is_empty() {
-            reg.plugins.remove(plugin);
         }
         if removed.is_empty() {
             return removed;
@@ -1342,9 +1149,10 @@ impl Bus {
         })
     }
 
-    /// Up to `limit` (all if `None`) of the last accepted events whose name
-    /// matches `pattern` (all if `None`), most recent first. Empty when
-    /// history is off.
+    /// The last accepted events the `query` asks for, most recent first:
+    /// at most [`last`](HistoryQuery::last) of them, those
+    /// [`matching`](HistoryQuery::matching) its pattern. Empty when history
+    /// is off.
     ///
     /// History is in publish order: one total order of all accepted events
     /// that agrees with each publishing thread's own order, whatever the
@@ -1355,29 +1163,27 @@ impl Bus {
     ///
     /// # Errors
     ///
-    /// [`HistoryError::InvalidPattern`] when `pattern` is not acceptable.
+    /// [`HistoryError::InvalidPattern`] when the query's pattern is not
+    /// acceptable.
     ///
     /// # Examples
     ///
     /// ```
-    /// use switchboard::{Bus, Event, Priority};
+    /// use switchboard::{Bus, Event, HistoryQuery, Priority};
     ///
     /// let bus = Bus::builder().history_size(2).build()?;
     /// for (name, priority) in [("a.1", Priority::Low), ("a.2", Priority::High), ("b.3", Priority::Normal)] {
     ///     bus.publish(Event::new(name, serde_json::Value::Null, "t").with_priority(priority))?;
     /// }
     /// let names: Vec<String> =
-    ///     bus.history(None, None)?.iter().map(|e| e.name().to_owned()).collect();
+    ///     bus.history(HistoryQuery::new())?.iter().map(|e| e.name().to_owned()).collect();
     /// assert_eq!(names, ["b.3", "a.2"]); // the last two published, newest first
-    /// assert_eq!(bus.history(Some(5), Some("a.*"))?.len(), 1);
+    /// assert_eq!(bus.history(HistoryQuery::new().last(5).matching("a.*"))?.len(), 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn history(
-        &self,
-        limit: Option<usize>,
-        pattern: Option<&str>,
-    ) -> Result<Vec<Arc<Event>>, HistoryError> {
-        let pattern = match pattern {
+    pub fn history(&self, query: HistoryQuery) -> Result<Vec<Arc<Event>>, HistoryError> {
+        let limit = query.last;
+        let pattern = match query.pattern.as_deref() {
             None => None,
             Some(p) => {
                 let invalid = |reason| HistoryError::InvalidPattern {
@@ -1407,58 +1213,68 @@ impl Bus {
         stats
     }
 
-    /// The live subscriptions, as pattern → plugins (in subscription order);
-    /// only `plugin`'s when given.
-    pub fn subscriptions(&self, plugin: Option<&str>) -> BTreeMap<String, Vec<String>> {
-        let reg = self.shared().registry.lock();
-        let mut subs: Vec<&Arc<Subscription>> = match plugin {
-            Some(p) => reg.plugins.get(p).map(|v| v.iter().collect()).unwrap_or_default(),
-            None => reg.plugins.values().flatten().collect(),
-        };
-        subs.sort_by_key(|s| s.id);
-        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for s in subs {
-            out.entry(s.pattern.as_str().to_owned()).or_default().push(s.plugin.to_string());
-        }
-        out
-    }
-
-    /// Handler errors (and panics) of subscription `id` so far, if it is live.
-    pub fn subscription_errors(&self, id: SubscriptionId) -> Option<u64> {
-        let reg = self.shared().registry.lock();
-        let plugin = reg.by_id.get(&id)?;
-        reg.plugins[plugin].iter().find(|s| s.id == id).map(|s| s.errors.load(Ordering::Relaxed))
-    }
-
-    /// Subscription `id`'s counters, if it is live: handler errors, events
-    /// dropped for it and waiting in its backlog, calls running.
+    /// The live subscriptions `target` selects, in subscription order, each
+    /// with its id, pattern, plugin and counters (handler errors, events
+    /// dropped for it and waiting in its backlog, calls running).
     ///
     /// # Examples
     ///
     /// ```
-    /// use switchboard::{Bus, SubscribeOptions};
+    /// use switchboard::{Bus, Handler, SubscribeOptions, Target};
     ///
     /// let bus = Bus::new()?;
-    /// let slow = bus.subscribe_with("image.*", "thumbs", SubscribeOptions::new().blocking(), |_e| Ok(()))?;
-    /// let stats = bus.subscription_stats(slow).expect("live");
-    /// assert_eq!((stats.errors, stats.backlog_dropped), (0, 0));
+    /// let slow = SubscribeOptions::new().plugin("thumbs").blocking();
+    /// let id = bus.subscribe("image.*", Handler::sync(|_e| Ok(())), slow)?;
+    /// bus.subscribe("user.*", Handler::sync(|_e| Ok(())), "greeter")?;
+    /// let thumbs = bus.subscriptions(Target::Plugin("thumbs"));
+    /// assert_eq!(thumbs.len(), 1);
+    /// assert_eq!((thumbs[0].id, thumbs[0].pattern.as_str()), (id, "image.*"));
+    /// assert_eq!((thumbs[0].stats.errors, thumbs[0].stats.backlog_dropped), (0, 0));
+    /// assert_eq!(bus.subscriptions(Target::All).len(), 2);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn subscription_stats(&self, id: SubscriptionId) -> Option<SubscriptionStats> {
-        let sub = {
+    pub fn subscriptions<'t>(&self, target: impl Into<Target<'t>>) -> Vec<SubscriptionInfo> {
+        let target = target.into();
+        let mut subs: Vec<Arc<Subscription>> = {
             let reg = self.shared().registry.lock();
-            let plugin = reg.by_id.get(&id)?;
-            reg.plugins[plugin].iter().find(|s| s.id == id)?.clone()
+            let plugin = match target {
+                Target::All => None,
+                Target::Plugin(plugin) | Target::Pattern { plugin, .. } => Some(plugin),
+                Target::Id(id) => match reg.by_id.get(&id) {
+                    Some(plugin) => Some(&**plugin),
+                    None => return Vec::new(),
+                },
+            };
+            match plugin {
+                Some(p) => reg
+                    .plugins
+                    .get(p)
+                    .map(|v| v.iter().filter(|s| target.selects(s)).cloned().collect())
+                    .unwrap_or_default(),
+                None => reg.plugins.values().flatten().cloned().collect(),
+            }
         };
-        // Relaxed: statistics.
-        let mut stats =
-            SubscriptionStats { errors: sub.errors.load(Ordering::Relaxed), ..Default::default() };
-        if let Some(mailbox) = &sub.mailbox {
-            stats.backlog_dropped = mailbox.backlog_dropped.load(Ordering::Relaxed);
-            stats.backlog = mailbox.backlog() as u64;
-            stats.running = mailbox.running() as u64;
-        }
-        Some(stats)
+        subs.sort_by_key(|s| s.id);
+        subs.iter()
+            .map(|sub| {
+                // Relaxed: statistics.
+                let mut stats = SubscriptionStats {
+                    errors: sub.errors.load(Ordering::Relaxed),
+                    ..Default::default()
+                };
+                if let Some(mailbox) = &sub.mailbox {
+                    stats.backlog_dropped = mailbox.backlog_dropped.load(Ordering::Relaxed);
+                    stats.backlog = mailbox.backlog() as u64;
+                    stats.running = mailbox.running() as u64;
+                }
+                SubscriptionInfo {
+                    id: sub.id,
+                    pattern: sub.pattern.as_str().to_owned(),
+                    plugin: sub.plugin.to_string(),
+                    stats,
+                }
+            })
+            .collect()
     }
 
     /// Stops accepting events, dispatches everything already accepted, joins
@@ -1534,15 +1350,179 @@ impl Bus {
     }
 }
 
-/// Which subscriptions an unsubscribe removes.
-#[derive(Clone, Copy)]
-enum Target<'a> {
-    /// `plugin`'s subscriptions to exactly `pattern`.
-    Pattern(&'a str, &'a str),
-    /// All of `plugin`'s.
-    Plugin(&'a str),
-    /// The one with this id.
+/// Which subscriptions [`Bus::unsubscribe`] removes and
+/// [`Bus::subscriptions`] lists. A [`SubscriptionId`] converts into
+/// [`Target::Id`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Target<'a> {
+    /// Every subscription.
+    All,
+    /// The one subscription with this id (of those made with the same
+    /// pattern and plugin, only this one).
     Id(SubscriptionId),
+    /// Every subscription of this plugin.
+    Plugin(&'a str),
+    /// The plugin's subscriptions to exactly this pattern (compared as
+    /// written, not matched).
+    Pattern {
+        /// The pattern, as subscribed.
+        pattern: &'a str,
+        /// The subscriber.
+        plugin: &'a str,
+    },
+}
+
+impl Target<'_> {
+    /// Whether `sub` is one of the target's (its plugin aside).
+    fn selects(&self, sub: &Subscription) -> bool {
+        match *self {
+            Target::All | Target::Plugin(_) => true,
+            Target::Id(id) => sub.id == id,
+            Target::Pattern { pattern, .. } => sub.pattern.as_str() == pattern,
+        }
+    }
+}
+
+impl From<SubscriptionId> for Target<'_> {
+    fn from(id: SubscriptionId) -> Self {
+        Target::Id(id)
+    }
+}
+
+/// Subscriptions [`Bus::unsubscribe`] removed: their handlers are never
+/// started again. Wait for their running calls with [`wait`](Unsubscribed::wait)
+/// or [`wait_timeout`](Unsubscribed::wait_timeout); dropped, it does not
+/// wait (the handlers no call is running are dropped then, the others when
+/// their calls end).
+pub struct Unsubscribed<'a> {
+    bus: &'a Bus,
+    removed: Vec<Arc<Subscription>>,
+}
+
+impl Unsubscribed<'_> {
+    /// How many subscriptions were removed.
+    pub fn count(&self) -> usize {
+        self.removed.len()
+    }
+
+    /// The ids of the subscriptions removed, in subscription order.
+    pub fn ids(&self) -> Vec<SubscriptionId> {
+        let mut ids: Vec<_> = self.removed.iter().map(|s| s.id).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Waits until no call of the removed handlers is running, and drops
+    /// them; returns how many were removed. (A handler whose call is this
+    /// very thread's, when called from a handler, goes when the call ends.)
+    ///
+    /// Called from inside a handler, it does not wait for the calls that
+    /// cannot end while it waits: its own, and those of handlers that are
+    /// themselves waiting, directly or through others, for a call it is
+    /// inside (two plugins unloading each other from their handlers). Those
+    /// calls are stuck in the same kind of wait and end right after it
+    /// returns; no new call of the removed subscriptions starts either way.
+    ///
+    /// # Panics
+    ///
+    /// On a current-thread tokio runtime's thread while async handlers run
+    /// on a current-thread runtime (the wait would starve them); wait with
+    /// `Bus::run_blocking` there, or use
+    /// [`wait_timeout`](Unsubscribed::wait_timeout), which reports it.
+    pub fn wait(self) -> usize {
+        match self.finish(None) {
+            Ok(n) => n,
+            Err(e) => panic!(
+                "Unsubscribed::wait called on a current-thread tokio runtime that runs async \
+                 handlers would starve them ({e}); wait from tokio's blocking pool \
+                 (Bus::run_blocking) instead"
+            ),
+        }
+    }
+
+    /// [`wait`](Unsubscribed::wait), at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitTimeout`] when calls were still running at the deadline (or,
+    /// on a current-thread runtime's thread that runs async handlers, could
+    /// not be waited for): it says how many subscriptions were removed (they
+    /// are, all the same) and which still had calls running. Their handlers
+    /// are dropped when those calls end.
+    pub fn wait_timeout(self, timeout: Duration) -> Result<usize, WaitTimeout> {
+        self.finish(deadline(timeout))
+    }
+
+    fn finish(mut self, deadline: Option<Instant>) -> Result<usize, WaitTimeout> {
+        let removed = std::mem::take(&mut self.removed);
+        self.bus.retire_and_wait(removed, deadline)
+    }
+}
+
+impl Drop for Unsubscribed<'_> {
+    fn drop(&mut self) {
+        let removed = std::mem::take(&mut self.removed);
+        self.bus.retire(removed);
+    }
+}
+
+impl fmt::Debug for Unsubscribed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unsubscribed").field("ids", &self.ids()).finish()
+    }
+}
+
+/// What [`Bus::history`] returns: the latest events, newest first, at most
+/// [`last`](HistoryQuery::last) of them, only those
+/// [`matching`](HistoryQuery::matching) a pattern when one is given.
+///
+/// # Examples
+///
+/// ```
+/// use switchboard::HistoryQuery;
+///
+/// let everything = HistoryQuery::new();
+/// let recent_trivia = HistoryQuery::new().last(10).matching("trivia.*");
+/// # let _ = (everything, recent_trivia);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    last: Option<usize>,
+    pattern: Option<String>,
+}
+
+impl HistoryQuery {
+    /// Every event history holds.
+    pub fn new() -> HistoryQuery {
+        HistoryQuery::default()
+    }
+
+    /// At most the `n` latest (of those matching, if a pattern is given).
+    pub fn last(mut self, n: usize) -> HistoryQuery {
+        self.last = Some(n);
+        self
+    }
+
+    /// Only the events whose name matches the glob `pattern`.
+    pub fn matching(mut self, pattern: &str) -> HistoryQuery {
+        self.pattern = Some(pattern.to_owned());
+        self
+    }
+}
+
+/// One live subscription, as [`Bus::subscriptions`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriptionInfo {
+    /// Its id.
+    pub id: SubscriptionId,
+    /// Its pattern, as subscribed.
+    pub pattern: String,
+    /// Its subscriber.
+    pub plugin: String,
+    /// Its counters now.
+    pub stats: SubscriptionStats,
 }
 
 /// What [`Bus::subscribe_replay`] did: the subscription, how many events
@@ -1574,20 +1554,6 @@ enum WaitFor {
     Backlog(Arc<Subscription>),
     /// Room in every blocking or async subscription's backlog (the gate).
     Gate,
-}
-
-/// The count of an untimed `_and_wait` form, which fails only where it
-/// must not wait (a current-thread tokio runtime's thread while async
-/// handlers run on one, with their calls running): loudly, as `flush` does.
-fn waited(what: &str, result: Result<usize, WaitTimeout>) -> usize {
-    match result {
-        Ok(n) => n,
-        Err(e) => panic!(
-            "Bus::{what} called on a current-thread tokio runtime that runs async handlers \
-             would wait forever for their running calls ({e}); unsubscribe without waiting \
-             there, or wait from tokio's blocking pool"
-        ),
-    }
 }
 
 /// `now + timeout`, or no deadline when that is past the end of time.

@@ -488,7 +488,9 @@ pub struct HandlerPanic {
 }
 
 impl HandlerPanic {
-    pub(crate) fn new(payload: &(dyn std::any::Any + Send)) -> HandlerPanic {
+    /// The panic a caught payload (from `catch_unwind`) stands for: its
+    /// message when it is a string, else a note saying it is not.
+    pub fn new(payload: &(dyn std::any::Any + Send)) -> HandlerPanic {
         let message = if let Some(s) = payload.downcast_ref::<&str>() {
             (*s).to_owned()
         } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -165,7 +165,7 @@ impl Event {
     }
 
     /// An event carrying a Rust value. Typed handlers
-    /// ([`Bus::subscribe_typed`](crate::Bus::subscribe_typed)) receive it as
+    /// ([`Handler::typed`](crate::Handler::typed)) receive it as
     /// `&T` without any conversion; JSON handlers see it serialised, made
     /// once, on the first call to [`data`](Event::data).
     ///

@@ -7,20 +7,21 @@
 //!
 //! ```
 //! use serde_json::json;
-//! use switchboard::{Bus, Event, HandlerResult, Priority};
+//! use switchboard::{Bus, Event, Handler, HistoryQuery, Priority};
 //!
 //! let bus = Bus::builder().workers(2).history_size(100).build()?;
-//! bus.subscribe("trivia.*", "stats", |event: &Event| -> HandlerResult {
+//! let stats = Handler::sync(|event: &Event| {
 //!     assert!(event.name().starts_with("trivia."));
 //!     Ok(())
-//! })?;
+//! });
+//! bus.subscribe("trivia.*", stats, "stats")?;
 //! bus.publish(
 //!     Event::new("trivia.started", json!({"question": "2+2?"}), "trivia")
 //!         .with_priority(Priority::High),
 //! )?;
 //! bus.flush(); // every event published before this has been dispatched
 //! assert_eq!(bus.stats().dispatched, 1);
-//! assert_eq!(bus.history(Some(10), Some("trivia.*"))?.len(), 1);
+//! assert_eq!(bus.history(HistoryQuery::new().last(10).matching("trivia.*"))?.len(), 1);
 //! bus.shutdown();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -30,7 +31,7 @@
 //! * No handler runs while the bus holds a lock: handlers may publish,
 //!   subscribe and unsubscribe freely.
 //! * Once [`Bus::unsubscribe`] returns, the handler is never started again;
-//!   [`Bus::unsubscribe_and_wait`] also waits for running calls. A removed
+//!   [`Unsubscribed::wait`] also waits for running calls. A removed
 //!   handler is dropped exactly once, outside every lock of the bus: at once
 //!   when no call of it runs, else when its worker finishes the batch.
 //! * A handler's `Err` or panic is counted, logged, passed to the error
@@ -43,7 +44,7 @@
 //!   concurrently with itself and sees each publishing thread's events in
 //!   publish order. [`blocking`](SubscribeOptions::blocking) ones run on
 //!   threads of their own, and async ones (feature `tokio`,
-//!   `Bus::subscribe_async`) as tasks on a tokio runtime: neither ever
+//!   `Handler::future`) as tasks on a tokio runtime: neither ever
 //!   holds a dispatch worker. Their backlog is bounded; what overflows is
 //!   counted ([`Stats::backlog_dropped`]).
 //! * With several workers, events are dispatched in parallel: there is no
@@ -53,10 +54,12 @@
 //! * [`Bus::history`] is in publish order, and an event is in it before any
 //!   handler sees it.
 //! * Every caller of [`Bus::shutdown`] returns after the drain and the join;
-//!   [`Bus::flush_timeout`], [`Bus::unsubscribe_and_wait_timeout`] and
+//!   [`Bus::flush_timeout`], [`Unsubscribed::wait_timeout`] and
 //!   [`Bus::shutdown_timeout`] bound their waits.
 //!
 //! The pattern matcher is re-exported as [`matcher`].
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use switchboard_matcher as matcher;
 
@@ -68,10 +71,10 @@ mod bus;
 mod error;
 mod event;
 mod flush;
+mod handler;
 mod history;
 mod loom;
 mod mailbox;
-pub mod plugin;
 mod queue;
 mod reclaim;
 mod shared;
@@ -85,12 +88,15 @@ mod worker;
 mod loom_tests;
 
 pub use crate::builder::{BusBuilder, ErrorHook};
-pub use crate::bus::{Bus, Replayed, SubscriptionGuard, WeakBus};
+pub use crate::bus::{
+    Bus, HistoryQuery, Replayed, SubscriptionGuard, SubscriptionInfo, Target, Unsubscribed, WeakBus,
+};
 pub use crate::error::{
     BacklogFull, BuildError, FlushTimeout, HandlerPanic, HandlerTimeout, HistoryError, NameError,
     PayloadError, PublishError, ShutdownTimeout, SubscribeError, WaitTimeout, MAX_NAME_LEN,
 };
 pub use crate::event::{Event, EventId, Payload, Priority, TypedPayload};
+pub use crate::handler::{Handler, HandlerResult};
 pub use crate::queue::Overflow;
 pub use crate::stats::{Stats, SubscriptionStats};
-pub use crate::subscription::{HandlerResult, SubscribeOptions, SubscriptionId};
+pub use crate::subscription::{SubscribeOptions, SubscriptionId};

@@ -259,15 +259,22 @@ fn loom_bus_publish_flush_shutdown() {
         let calls = Arc::new(StdUsize::new(0));
         let bus = Bus::builder().workers(1).history_size(0).capacity(4).build().unwrap();
         let counter = calls.clone();
-        bus.subscribe("a.*", "p", move |_e: &Event| {
-            counter.fetch_add(1, Std::SeqCst);
-            Ok(())
-        })
+        bus.subscribe(
+            "a.*",
+            crate::Handler::sync(move |_e: &Event| {
+                counter.fetch_add(1, Std::SeqCst);
+                Ok(())
+            }),
+            "p",
+        )
         .unwrap();
         bus.publish(Event::new("a.b", serde_json::Value::Null, "t")).unwrap();
         bus.flush();
         assert_eq!(calls.load(Std::SeqCst), 1);
-        assert_eq!(bus.unsubscribe("a.*", "p"), 1);
+        assert_eq!(
+            bus.unsubscribe(crate::Target::Pattern { pattern: "a.*", plugin: "p" }).count(),
+            1
+        );
         bus.publish(Event::new("a.c", serde_json::Value::Null, "t")).unwrap();
         bus.shutdown();
         assert_eq!(calls.load(Std::SeqCst), 1);
@@ -286,10 +293,14 @@ fn loom_concurrent_subscribes_are_both_kept() {
             .map(|plugin| {
                 let (bus, calls) = (bus.clone(), calls.clone());
                 thread::spawn(move || {
-                    bus.subscribe("x", plugin, move |_e: &Event| {
-                        calls.fetch_add(1, Std::SeqCst);
-                        Ok(())
-                    })
+                    bus.subscribe(
+                        "x",
+                        crate::Handler::sync(move |_e: &Event| {
+                            calls.fetch_add(1, Std::SeqCst);
+                            Ok(())
+                        }),
+                        plugin,
+                    )
                     .unwrap();
                 })
             })
@@ -300,7 +311,7 @@ fn loom_concurrent_subscribes_are_both_kept() {
         bus.publish(Event::new("x", serde_json::Value::Null, "t")).unwrap();
         bus.flush();
         assert_eq!(calls.load(Std::SeqCst), 2, "a concurrent subscribe was lost");
-        assert_eq!(bus.subscriptions(None)["x"].len(), 2);
+        assert_eq!(bus.subscriptions(crate::Target::All).len(), 2);
         bus.shutdown();
     });
 }
@@ -477,10 +488,14 @@ fn loom_dispatch_sees_a_subscription_that_returned_before_the_publish() {
         let subscriber = {
             let (bus, calls, subscribed) = (bus.clone(), calls.clone(), subscribed.clone());
             thread::spawn(move || {
-                bus.subscribe("x", "late", move |_e: &Event| {
-                    calls.fetch_add(1, Std::SeqCst);
-                    Ok(())
-                })
+                bus.subscribe(
+                    "x",
+                    crate::Handler::sync(move |_e: &Event| {
+                        calls.fetch_add(1, Std::SeqCst);
+                        Ok(())
+                    }),
+                    "late",
+                )
                 .unwrap();
                 subscribed.store(true, Ordering::SeqCst);
             })
@@ -505,10 +520,14 @@ fn loom_concurrent_shutdowns_both_wait_for_the_drain() {
         let calls = Arc::new(StdUsize::new(0));
         let bus = Bus::builder().workers(1).history_size(0).capacity(4).build().unwrap();
         let counter = calls.clone();
-        bus.subscribe("x", "p", move |_e: &Event| {
-            counter.fetch_add(1, Std::SeqCst);
-            Ok(())
-        })
+        bus.subscribe(
+            "x",
+            crate::Handler::sync(move |_e: &Event| {
+                counter.fetch_add(1, Std::SeqCst);
+                Ok(())
+            }),
+            "p",
+        )
         .unwrap();
         bus.publish(Event::new("x", serde_json::Value::Null, "t")).unwrap();
         let other = {
@@ -536,12 +555,16 @@ fn loom_ordered_handoff_keeps_order_and_never_overlaps() {
         let inside = Arc::new(AtomicBool::new(false));
         let bus = Bus::builder().workers(2).history_size(0).capacity(4).build().unwrap();
         let (s, i) = (seen.clone(), inside.clone());
-        bus.subscribe_with("x", "p", crate::SubscribeOptions::new().ordered(), move |e: &Event| {
-            assert!(!i.swap(true, Ordering::SeqCst), "ran concurrently with itself");
-            s.lock().unwrap().push(e.data().as_u64().unwrap());
-            i.store(false, Ordering::SeqCst);
-            Ok(())
-        })
+        bus.subscribe(
+            "x",
+            crate::Handler::sync(move |e: &Event| {
+                assert!(!i.swap(true, Ordering::SeqCst), "ran concurrently with itself");
+                s.lock().unwrap().push(e.data().as_u64().unwrap());
+                i.store(false, Ordering::SeqCst);
+                Ok(())
+            }),
+            crate::SubscribeOptions::new().ordered().plugin("p"),
+        )
         .unwrap();
         for n in 0..2u64 {
             bus.publish(Event::new("x", serde_json::Value::from(n), "t")).unwrap();

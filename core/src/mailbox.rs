@@ -59,10 +59,11 @@ use std::time::Instant;
 
 use crate::error::BacklogFull;
 use crate::event::Event;
+use crate::handler::HandlerResult;
 use crate::loom::{backoff, fence, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
 use crate::queue::Overflow;
 use crate::shared::Shared;
-use crate::subscription::{HandlerResult, Subscription};
+use crate::subscription::Subscription;
 use crate::worker::{report_failure, HandlerScope};
 
 /// A synchronous handler run from a mailbox.
@@ -73,7 +74,7 @@ pub(crate) type SyncFn = dyn Fn(&Event) -> HandlerResult + Send + Sync;
 pub(crate) enum Work {
     Sync(Arc<SyncFn>),
     #[cfg(feature = "tokio")]
-    Async(Arc<crate::asynchronous::AsyncFn>),
+    Async(Arc<crate::handler::AsyncFn>),
 }
 
 impl Work {

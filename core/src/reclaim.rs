@@ -51,8 +51,9 @@ use std::sync::Arc;
 use crossbeam_utils::CachePadded;
 
 use crate::barrier::Barrier;
+use crate::handler::SyncFn as Handler;
 use crate::loom::{spin_hint, AtomicUsize, Mutex, Ordering};
-use crate::subscription::{Handler, Subscription};
+use crate::subscription::Subscription;
 
 /// How many times a reclaimer looks at a slot that names a retired
 /// subscription before leaving it to a later reclaim.

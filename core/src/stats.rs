@@ -62,7 +62,7 @@ pub struct Stats {
     pub drain_dropped: u64,
 }
 
-/// One subscription's counters; see [`Bus::subscription_stats`](crate::Bus::subscription_stats).
+/// One subscription's counters; see [`Bus::subscriptions`](crate::Bus::subscriptions).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SubscriptionStats {

@@ -9,11 +9,7 @@ use switchboard_matcher::Pattern;
 use crate::event::{Event, Priority};
 use crate::loom::{AtomicBool, AtomicU64, Ordering, UnsafeCell};
 
-/// What a handler returns: `Err` is counted, logged and reported to the error
-/// hook; it never stops the other handlers of the event.
-pub type HandlerResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-pub(crate) type Handler = Box<dyn Fn(&Event) -> HandlerResult + Send + Sync>;
+use crate::handler::{HandlerResult, SyncFn as Handler};
 
 /// Identifies one subscription for the lifetime of its bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,8 +32,15 @@ impl fmt::Display for SubscriptionId {
     }
 }
 
-/// Options for [`Bus::subscribe_with`](crate::Bus::subscribe_with) and the
-/// other `_with` forms.
+/// Everything a subscription is asked to be, but its pattern and handler:
+/// the one options value of [`Bus::subscribe`](crate::Bus::subscribe) and
+/// its scoped and replayed forms.
+///
+/// The subscriber's [`plugin`](SubscribeOptions::plugin) name is the one
+/// option a bus subscription must have; a plugin name converts into the
+/// options that hold only it, so `"stats"` may stand for
+/// `SubscribeOptions::new().plugin("stats")`. (A plugin's context, in the
+/// crate `switchboard-host`, fills it in itself.)
 ///
 /// # Examples
 ///
@@ -45,15 +48,17 @@ impl fmt::Display for SubscriptionId {
 /// use std::time::Duration;
 /// use switchboard::{Priority, SubscribeOptions};
 ///
-/// let validation_first = SubscribeOptions::new().priority(Priority::High);
+/// let validation_first = SubscribeOptions::new().plugin("checks").priority(Priority::High);
 /// // One call at a time, in each publishing thread's order.
-/// let audit_log = SubscribeOptions::new().ordered();
+/// let audit_log = SubscribeOptions::new().plugin("audit").ordered();
 /// // A slow handler on two threads of its own, 10,000 events of backlog.
-/// let thumbnails = SubscribeOptions::new().blocking().concurrency(2).backlog(10_000);
+/// let thumbnails = SubscribeOptions::from("thumbs").blocking().concurrency(2).backlog(10_000);
 /// # let _ = (validation_first, audit_log, thumbnails, Duration::ZERO);
 /// ```
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SubscribeOptions {
+    /// `None` until given: a subscription on the bus itself needs one.
+    pub(crate) plugin: Option<Arc<str>>,
     pub(crate) priority: Priority,
     pub(crate) ordered: bool,
     pub(crate) blocking: bool,
@@ -67,6 +72,7 @@ pub struct SubscribeOptions {
 impl Default for SubscribeOptions {
     fn default() -> SubscribeOptions {
         SubscribeOptions {
+            plugin: None,
             priority: Priority::Normal,
             ordered: false,
             blocking: false,
@@ -86,9 +92,25 @@ impl SubscribeOptions {
     /// ([`concurrency`](SubscribeOptions::concurrency)).
     pub const MAX_CONCURRENCY: usize = 1024;
 
-    /// The defaults: [`Priority::Normal`], inline, unordered.
+    /// The defaults: no plugin name yet, [`Priority::Normal`], inline,
+    /// unordered.
     pub fn new() -> SubscribeOptions {
         SubscribeOptions::default()
+    }
+
+    /// The subscriber: the plugin on whose behalf the handler is called, by
+    /// which [`Target::Plugin`](crate::Target::Plugin) and
+    /// [`Target::Pattern`](crate::Target::Pattern) find the subscription.
+    /// Checked as event names are (not empty, at most
+    /// [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) bytes, no NUL).
+    pub fn plugin(mut self, name: &str) -> SubscribeOptions {
+        self.plugin = Some(Arc::from(name));
+        self
+    }
+
+    /// The plugin name given, if any.
+    pub fn plugin_name(&self) -> Option<&str> {
+        self.plugin.as_deref()
     }
 
     /// Within one event, handlers run by subscription priority (`High`
@@ -219,6 +241,25 @@ impl SubscribeOptions {
     /// Whether the subscription needs a mailbox (it does not run inline).
     pub(crate) fn has_mailbox(&self) -> bool {
         self.ordered || self.blocking
+    }
+}
+
+impl From<&str> for SubscribeOptions {
+    /// The default options, for the plugin `name`.
+    fn from(name: &str) -> SubscribeOptions {
+        SubscribeOptions::new().plugin(name)
+    }
+}
+
+impl From<&String> for SubscribeOptions {
+    fn from(name: &String) -> SubscribeOptions {
+        SubscribeOptions::new().plugin(name)
+    }
+}
+
+impl From<&SubscribeOptions> for SubscribeOptions {
+    fn from(options: &SubscribeOptions) -> SubscribeOptions {
+        options.clone()
     }
 }
 

@@ -321,7 +321,7 @@ pub(crate) fn report_failure(
     shared: &Shared,
     event: &Event,
     sub: &crate::subscription::Subscription,
-    outcome: std::thread::Result<crate::subscription::HandlerResult>,
+    outcome: std::thread::Result<crate::handler::HandlerResult>,
     counters: &WorkerCounters,
 ) {
     let reported = catch_unwind(AssertUnwindSafe(|| match outcome {

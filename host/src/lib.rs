@@ -38,23 +38,20 @@
 //!
 //! Outside a reload, the wrapper costs one relaxed load per call.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::Value;
 
-use crate::builder::BusBuilder;
-use crate::bus::Bus;
-use crate::error::{BuildError, HandlerPanic, PublishError, SubscribeError};
-use crate::event::{Event, EventId, Priority};
-use crate::subscription::{HandlerResult, SubscribeOptions, SubscriptionId};
-#[cfg(feature = "tokio")]
-use crate::worker::CarriedContext;
+use switchboard::{
+    BuildError, Bus, BusBuilder, Event, EventId, Handler, HandlerPanic, PublishError, Replayed,
+    SubscribeError, SubscribeOptions, SubscriptionId, Target, WeakBus,
+};
 
 /// A plugin: a named piece of a bot that subscribes to events and publishes
 /// others, through its [`PluginContext`].
@@ -64,8 +61,8 @@ use crate::worker::CarriedContext;
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use std::sync::Arc;
-/// use switchboard::plugin::{Plugin, PluginContext, PluginError, PluginManager};
-/// use switchboard::Bus;
+/// use switchboard::{Bus, Event, Handler};
+/// use switchboard_host::{Plugin, PluginContext, PluginError, PluginManager};
 ///
 /// #[derive(Default)]
 /// struct Greeter { greeted: Arc<AtomicU64> }
@@ -73,20 +70,19 @@ use crate::worker::CarriedContext;
 /// impl Plugin for Greeter {
 ///     fn name(&self) -> &str { "greeter" }
 ///     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
-///         let greeted = self.greeted.clone();
-///         ctx.subscribe("user.joined", move |event| {
+///         let (greeted, me) = (self.greeted.clone(), ctx.clone());
+///         ctx.subscribe("user.joined", Handler::sync(move |event| {
 ///             greeted.fetch_add(1, Ordering::Relaxed);
-///             let bus = Bus::current().expect("inside a handler");
-///             bus.publish(switchboard::Event::new("greeter.said", event.data().clone(), "greeter"))?;
+///             me.publish("greeter.said", event.data().clone())?;
 ///             Ok(())
-///         })?;
+///         }), ())?;
 ///         Ok(())
 ///     }
 /// }
 ///
 /// let manager = PluginManager::new(Bus::new()?);
-/// manager.register("greeter", Greeter::default)?;
-/// manager.bus().publish(switchboard::Event::new("user.joined", serde_json::json!("ada"), "chat"))?;
+/// manager.register(Greeter::default)?; // named once, by `name`
+/// manager.bus().publish(Event::new("user.joined", serde_json::json!("ada"), "chat"))?;
 /// manager.bus().flush();
 /// assert_eq!(manager.list()[0].subscriptions, ["user.joined"]);
 /// manager.shutdown();
@@ -141,9 +137,10 @@ pub enum PluginError {
         /// The name.
         name: String,
     },
-    /// The factory built a plugin whose `name()` is not the registered name.
+    /// A reload's factory built a plugin whose `name()` is not the one its
+    /// first instance gave.
     NameMismatch {
-        /// The registered name.
+        /// The name the plugin was registered under (its first instance's).
         registered: String,
         /// The name the instance gave.
         instance: String,
@@ -182,8 +179,10 @@ pub enum PluginError {
         /// What went wrong.
         reason: String,
     },
-    /// A subscription was refused.
+    /// A subscription was refused (`?` on [`PluginContext::subscribe`]).
     Subscribe(SubscribeError),
+    /// A publish was refused (`?` on [`PluginContext::publish`]).
+    Publish(PublishError),
     /// A plugin's own error, from [`PluginError::other`].
     Other(String),
 }
@@ -206,10 +205,7 @@ impl fmt::Display for PluginError {
                 write!(f, "plugin {name:?} was loaded without a factory and cannot be reloaded")
             }
             PluginError::NameMismatch { registered, instance } => {
-                write!(
-                    f,
-                    "the factory registered as {registered:?} built a plugin named {instance:?}"
-                )
+                write!(f, "the factory of plugin {registered:?} built a plugin named {instance:?}")
             }
             PluginError::Busy { name } => {
                 write!(f, "plugin {name:?} is being loaded, unloaded or reloaded")
@@ -229,6 +225,7 @@ impl fmt::Display for PluginError {
                 write!(f, "plugin {name:?} failed to tear down: {reason}")
             }
             PluginError::Subscribe(e) => write!(f, "subscription refused: {e}"),
+            PluginError::Publish(e) => write!(f, "publish refused: {e}"),
             PluginError::Other(message) => f.write_str(message),
         }
     }
@@ -238,6 +235,7 @@ impl std::error::Error for PluginError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             PluginError::Subscribe(e) => Some(e),
+            PluginError::Publish(e) => Some(e),
             _ => None,
         }
     }
@@ -249,30 +247,26 @@ impl From<SubscribeError> for PluginError {
     }
 }
 
+impl From<PublishError> for PluginError {
+    fn from(e: PublishError) -> PluginError {
+        PluginError::Publish(e)
+    }
+}
+
 /// The claims of a reload in progress, shared by the old and new instances.
 ///
 /// A claim is keyed by the event's sequence number, which is unique to one
 /// accepted publish (a republished clone of an event is a new publish, and
 /// reaches each role once more), and by the role.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Handover {
     active: std::sync::atomic::AtomicBool,
     claims: Mutex<HashSet<(u64, Arc<str>)>>,
-    /// The bus's count of calls skipped here (taken out of
-    /// `Stats::dispatched`: a refused claim is no call).
-    skipped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Handover {
-    fn new(bus: &Bus) -> Handover {
-        Handover {
-            active: std::sync::atomic::AtomicBool::new(false),
-            claims: Mutex::new(HashSet::new()),
-            skipped: bus.skip_counter(),
-        }
-    }
-
-    /// Whether this call of `role` for `event` should run.
+    /// Whether this call of `role` for `event` should run (a refused call
+    /// is counted by the bus as skipped: see [`Handler::filtered`]).
     #[inline]
     fn admits(&self, event: &Event, role: &Arc<str>) -> bool {
         use std::sync::atomic::Ordering;
@@ -285,20 +279,54 @@ impl Handover {
         // Every event a handler is called with was accepted, so it has a
         // sequence number.
         let key = event.sequence().unwrap_or(u64::MAX);
-        let admitted = self.claims.lock().insert((key, role.clone()));
-        if !admitted {
-            // Relaxed: a statistic.
-            self.skipped.fetch_add(1, Ordering::Relaxed);
-        }
-        admitted
+        self.claims.lock().insert((key, role.clone()))
     }
 }
 
 /// What a plugin subscribes and publishes through: its name goes with every
 /// subscription (as the subscriber) and every event (as the source), and its
 /// subscriptions are remembered so that unloading removes them all.
+///
+/// Cheap to clone, and meant to be: a handler that publishes keeps a clone
+/// (it does not keep the bus alive), so it needs neither `Bus::current` nor
+/// the plugin's name typed again.
+///
+/// # Examples
+///
+/// ```
+/// use switchboard::{Event, Handler};
+/// use switchboard_host::{Plugin, PluginContext, PluginError, PluginManager};
+///
+/// struct Echo;
+///
+/// impl Plugin for Echo {
+///     fn name(&self) -> &str { "echo" }
+///     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
+///         let me = ctx.clone();
+///         ctx.subscribe("chat.said", Handler::sync(move |event: &Event| {
+///             me.publish("echo.said", event.data().clone())?; // source "echo"
+///             Ok(())
+///         }), ())?;
+///         Ok(())
+///     }
+/// }
+///
+/// let manager = PluginManager::new(switchboard::Bus::new()?);
+/// manager.load(Echo)?;
+/// manager.bus().publish(Event::new("chat.said", serde_json::json!("hi"), "chat"))?;
+/// manager.bus().flush();
+/// let echoed = manager.bus().history(switchboard::HistoryQuery::new().matching("echo.*"))?;
+/// assert_eq!(echoed[0].source(), "echo");
+/// manager.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
 pub struct PluginContext {
-    bus: Bus,
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    bus: WeakBus,
     name: Arc<str>,
     subs: Mutex<Vec<(SubscriptionId, String)>>,
     handover: Arc<Handover>,
@@ -306,250 +334,150 @@ pub struct PluginContext {
 
 impl fmt::Debug for PluginContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PluginContext").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("PluginContext").field("name", &self.inner.name).finish_non_exhaustive()
+    }
+}
+
+/// What [`PluginContext::subscribe`] takes as options: a
+/// [`SubscribeOptions`] (its plugin name, if any, is replaced by the
+/// plugin's own), or `()` for the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct ContextOptions(SubscribeOptions);
+
+impl From<SubscribeOptions> for ContextOptions {
+    fn from(options: SubscribeOptions) -> ContextOptions {
+        ContextOptions(options)
+    }
+}
+
+impl From<()> for ContextOptions {
+    fn from((): ()) -> ContextOptions {
+        ContextOptions::default()
     }
 }
 
 impl PluginContext {
-    fn new(bus: Bus, name: Arc<str>, handover: Arc<Handover>) -> PluginContext {
-        PluginContext { bus, name, subs: Mutex::new(Vec::new()), handover }
+    fn new(bus: &Bus, name: Arc<str>, handover: Arc<Handover>) -> PluginContext {
+        PluginContext {
+            inner: Arc::new(ContextInner {
+                bus: bus.downgrade(),
+                name,
+                subs: Mutex::new(Vec::new()),
+                handover,
+            }),
+        }
     }
 
     /// The plugin's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.inner.name
     }
 
-    /// The bus, for everything the context does not wrap. Do not keep it in
-    /// a handler (that keeps the bus alive); use
-    /// [`Bus::current`] there.
-    pub fn bus(&self) -> &Bus {
-        &self.bus
+    /// The bus, for everything the context does not wrap; `None` once its
+    /// last handle is gone (it is shutting down). Keep it for a call, not in
+    /// a handler (a `Bus` there keeps the bus alive).
+    pub fn bus(&self) -> Option<Bus> {
+        self.inner.bus.upgrade()
     }
 
-    /// The role of the next subscription to `pattern`: the pattern and its
-    /// ordinal among this instance's subscriptions to it.
-    fn role(&self, pattern: &str) -> Arc<str> {
-        let n = self.subs.lock().iter().filter(|(_, p)| p == pattern).count();
-        Arc::from(format!("{pattern}#{n}"))
-    }
-
-    /// `handler`, running only for the calls a reload's handover admits.
-    fn gated<F>(
-        &self,
-        pattern: &str,
-        handler: F,
-    ) -> impl Fn(&Event) -> HandlerResult + Send + Sync + 'static
-    where
-        F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
-    {
-        let (handover, role) = (self.handover.clone(), self.role(pattern));
-        move |event: &Event| if handover.admits(event, &role) { handler(event) } else { Ok(()) }
-    }
-
-    fn remember(&self, id: SubscriptionId, pattern: &str) -> SubscriptionId {
-        self.subs.lock().push((id, pattern.to_owned()));
-        id
-    }
-
-    /// Subscribes `handler` to `pattern` on behalf of the plugin.
+    /// Subscribes `handler` (of any kind) to `pattern` on behalf of the
+    /// plugin, with `options` (`()` for the defaults; see [`ContextOptions`]).
+    /// Unloading the plugin removes it; during a reload, each event a role
+    /// of both instances would handle is handled by one of them.
     ///
     /// # Errors
     ///
-    /// As [`Bus::subscribe`].
-    pub fn subscribe<F>(&self, pattern: &str, handler: F) -> Result<SubscriptionId, SubscribeError>
-    where
-        F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
-    {
-        self.subscribe_with(pattern, SubscribeOptions::new(), handler)
-    }
-
-    /// [`subscribe`](PluginContext::subscribe) with options.
-    ///
-    /// # Errors
-    ///
-    /// As [`Bus::subscribe`].
-    pub fn subscribe_with<F>(
+    /// As [`Bus::subscribe`], and [`SubscribeError::Closed`] once the bus is
+    /// gone.
+    pub fn subscribe(
         &self,
         pattern: &str,
-        options: SubscribeOptions,
-        handler: F,
-    ) -> Result<SubscriptionId, SubscribeError>
-    where
-        F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
-    {
-        let id =
-            self.bus.subscribe_with(pattern, &self.name, options, self.gated(pattern, handler))?;
+        handler: Handler,
+        options: impl Into<ContextOptions>,
+    ) -> Result<SubscriptionId, SubscribeError> {
+        let bus = self.bus().ok_or(SubscribeError::Closed)?;
+        let options = options.into().0.plugin(&self.inner.name);
+        let id = bus.subscribe(pattern, self.gated(pattern, handler), options)?;
         Ok(self.remember(id, pattern))
     }
 
-    /// Subscribes `handler` after replaying up to `n` of the latest
+    /// Subscribes `handler` after replaying up to `last` of the latest
     /// matching events from history to it (see [`Bus::subscribe_replay`]):
     /// a late joiner catches up with no gap and no duplicate at the seam.
     ///
     /// # Errors
     ///
-    /// As [`Bus::subscribe`].
-    pub fn subscribe_replay<F>(
+    /// As [`Bus::subscribe_replay`].
+    pub fn subscribe_replay(
         &self,
         pattern: &str,
-        n: usize,
-        handler: F,
-    ) -> Result<crate::Replayed, SubscribeError>
-    where
-        F: Fn(&Event) -> HandlerResult + Send + Sync + 'static,
-    {
-        let replay =
-            self.bus.subscribe_replay(pattern, &self.name, n, self.gated(pattern, handler))?;
+        handler: Handler,
+        options: impl Into<ContextOptions>,
+        last: usize,
+    ) -> Result<Replayed, SubscribeError> {
+        let bus = self.bus().ok_or(SubscribeError::Closed)?;
+        let options = options.into().0.plugin(&self.inner.name);
+        let replay = bus.subscribe_replay(pattern, self.gated(pattern, handler), options, last)?;
         self.remember(replay.id, pattern);
         Ok(replay)
-    }
-
-    /// Subscribes a handler that receives the payload as a `T` (see
-    /// [`Bus::subscribe_typed`]).
-    ///
-    /// # Errors
-    ///
-    /// As [`Bus::subscribe`].
-    pub fn subscribe_typed<T, F>(
-        &self,
-        pattern: &str,
-        handler: F,
-    ) -> Result<SubscriptionId, SubscribeError>
-    where
-        T: DeserializeOwned + Send + Sync + 'static,
-        F: Fn(&Event, &T) -> HandlerResult + Send + Sync + 'static,
-    {
-        let (handover, role) = (self.handover.clone(), self.role(pattern));
-        let id = self.bus.subscribe_typed_with(
-            pattern,
-            &self.name,
-            SubscribeOptions::new(),
-            move |event: &Event, value: &T| {
-                if handover.admits(event, &role) {
-                    handler(event, value)
-                } else {
-                    Ok(())
-                }
-            },
-        )?;
-        Ok(self.remember(id, pattern))
-    }
-
-    /// Subscribes an async handler (see [`Bus::subscribe_async`]).
-    ///
-    /// # Errors
-    ///
-    /// As [`Bus::subscribe_async`].
-    #[cfg(feature = "tokio")]
-    pub fn subscribe_async<F, Fut>(
-        &self,
-        pattern: &str,
-        handler: F,
-    ) -> Result<SubscriptionId, SubscribeError>
-    where
-        F: Fn(Arc<Event>) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
-    {
-        self.subscribe_async_with(pattern, SubscribeOptions::new(), handler)
-    }
-
-    /// [`subscribe_async`](PluginContext::subscribe_async) with options.
-    ///
-    /// # Errors
-    ///
-    /// As [`Bus::subscribe_async`].
-    #[cfg(feature = "tokio")]
-    pub fn subscribe_async_with<F, Fut>(
-        &self,
-        pattern: &str,
-        options: SubscribeOptions,
-        handler: F,
-    ) -> Result<SubscriptionId, SubscribeError>
-    where
-        F: Fn(Arc<Event>) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
-    {
-        let (handover, role) = (self.handover.clone(), self.role(pattern));
-        let handler = Arc::new(handler);
-        let id = self.bus.subscribe_async_with(
-            pattern,
-            &self.name,
-            options,
-            move |event: Arc<Event>| {
-                let run = handover.admits(&event, &role).then(|| handler(event));
-                async move {
-                    match run {
-                        Some(future) => future.await,
-                        None => Ok(()),
-                    }
-                }
-            },
-        )?;
-        Ok(self.remember(id, pattern))
     }
 
     /// Publishes `name` with JSON `data`, from this plugin.
     ///
     /// # Errors
     ///
-    /// As [`Bus::publish`].
+    /// As [`Bus::publish`]; [`PublishError::Closed`] once the bus is gone.
     pub fn publish(&self, name: &str, data: Value) -> Result<EventId, PublishError> {
-        self.bus.publish(Event::new(name, data, &*self.name))
+        self.publish_event(Event::new(name, data, ""))
     }
 
-    /// [`publish`](PluginContext::publish) at `priority`.
+    /// Publishes `event` (any payload, any priority) with this plugin as its
+    /// source.
     ///
     /// # Errors
     ///
-    /// As [`Bus::publish`].
-    pub fn publish_with(
-        &self,
-        name: &str,
-        data: Value,
-        priority: Priority,
-    ) -> Result<EventId, PublishError> {
-        self.bus.publish(Event::new(name, data, &*self.name).with_priority(priority))
-    }
-
-    /// Publishes `name` carrying `value` as a typed payload (see
-    /// [`Event::typed`]), from this plugin.
-    ///
-    /// # Errors
-    ///
-    /// As [`Bus::publish`].
-    pub fn publish_typed<T>(&self, name: &str, value: T) -> Result<EventId, PublishError>
-    where
-        T: Serialize + std::any::Any + Send + Sync,
-    {
-        self.bus.publish(Event::typed(name, value, &*self.name))
-    }
-
-    /// Publishes `event` with this plugin as its source.
-    ///
-    /// # Errors
-    ///
-    /// As [`Bus::publish`].
+    /// As [`publish`](PluginContext::publish).
     pub fn publish_event(&self, event: Event) -> Result<EventId, PublishError> {
-        self.bus.publish(event.with_source(&*self.name))
+        let event = event.with_source(&*self.inner.name);
+        match self.bus() {
+            Some(bus) => bus.publish(event),
+            None => Err(PublishError::Closed(Box::new(event))),
+        }
+    }
+
+    /// The role of the next subscription to `pattern`: the pattern and its
+    /// ordinal among this instance's subscriptions to it.
+    fn role(&self, pattern: &str) -> Arc<str> {
+        let n = self.inner.subs.lock().iter().filter(|(_, p)| p == pattern).count();
+        Arc::from(format!("{pattern}#{n}"))
+    }
+
+    /// `handler`, running only for the calls a reload's handover admits.
+    fn gated(&self, pattern: &str, handler: Handler) -> Handler {
+        let (handover, role) = (self.inner.handover.clone(), self.role(pattern));
+        handler.filtered(move |event: &Event| handover.admits(event, &role))
+    }
+
+    fn remember(&self, id: SubscriptionId, pattern: &str) -> SubscriptionId {
+        self.inner.subs.lock().push((id, pattern.to_owned()));
+        id
     }
 
     /// The instance's subscriptions, in subscription order.
     fn subscriptions(&self) -> Vec<(SubscriptionId, String)> {
-        self.subs.lock().clone()
+        self.inner.subs.lock().clone()
     }
 
     /// Removes every subscription of this instance, waiting for running
     /// calls (its own excepted, when called from one of its handlers) where
     /// this thread may wait; elsewhere (a current-thread tokio runtime that
     /// runs async handlers) without waiting.
-    fn unsubscribe_all(&self) {
-        let wait = self.bus.may_wait_here();
-        for (id, _) in std::mem::take(&mut *self.subs.lock()) {
+    fn unsubscribe_all(&self, bus: &Bus) {
+        let wait = bus.can_wait_here();
+        for (id, _) in std::mem::take(&mut *self.inner.subs.lock()) {
+            let removed = bus.unsubscribe(id);
             if wait {
-                self.bus.unsubscribe_id_and_wait(id);
-            } else {
-                self.bus.unsubscribe_id(id);
+                removed.wait();
             }
         }
     }
@@ -591,8 +519,8 @@ pub struct PluginInfo {
 /// # Examples
 ///
 /// ```
-/// use switchboard::plugin::{AsyncPlugin, PluginContext, PluginError, PluginFuture, PluginManager};
-/// use switchboard::Bus;
+/// use switchboard::{Bus, Handler};
+/// use switchboard_host::{AsyncPlugin, PluginContext, PluginError, PluginFuture, PluginManager};
 ///
 /// struct Feeds;
 ///
@@ -601,7 +529,7 @@ pub struct PluginInfo {
 ///     fn setup<'a>(&'a mut self, ctx: &'a PluginContext) -> PluginFuture<'a> {
 ///         Box::pin(async move {
 ///             tokio::task::yield_now().await; // connect to the feed server...
-///             ctx.subscribe_async("feed.*", |_event| async { Ok(()) })?;
+///             ctx.subscribe("feed.*", Handler::future(|_event| async { Ok(()) }), ())?;
 ///             Ok(())
 ///         })
 ///     }
@@ -609,7 +537,7 @@ pub struct PluginInfo {
 ///
 /// # tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
 /// let manager = PluginManager::new(Bus::new()?);
-/// manager.register_async("feeds", || Feeds).await?;
+/// manager.register_async(|| Feeds).await?;
 /// manager.reload_async("feeds").await?;
 /// manager.shutdown_async().await;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -617,6 +545,7 @@ pub struct PluginInfo {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub trait AsyncPlugin: Send + 'static {
     /// As [`Plugin::name`].
     fn name(&self) -> &str;
@@ -637,6 +566,7 @@ pub trait AsyncPlugin: Send + 'static {
 
 /// What an [`AsyncPlugin`]'s `setup` and `teardown` return.
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub type PluginFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PluginError>> + Send + 'a>>;
 
@@ -674,7 +604,7 @@ impl Instance {
             Ok(version) => version,
             Err(panic) => {
                 tracing::warn!(plugin = self.name(), "version() panicked");
-                crate::worker::discard_panic(panic);
+                discard_panic(panic);
                 "?".to_owned()
             }
         }
@@ -711,7 +641,7 @@ impl Instance {
                     Ok(future) => future,
                     Err(panic) => return Err(panic_message(panic)),
                 };
-                match crate::asynchronous::CatchUnwind(future).await {
+                match CatchUnwind(future).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(panic) => Err(panic_message(panic)),
@@ -781,7 +711,7 @@ impl fmt::Debug for PluginManager {
 
 fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
     let message = HandlerPanic::new(&*panic).to_string();
-    crate::worker::discard_panic(panic);
+    discard_panic(panic);
     message
 }
 
@@ -809,8 +739,8 @@ impl PluginManager {
             return Err(PluginError::AlreadyLoaded { name: name.to_owned() });
         }
         plugins.insert(name.to_owned(), Slot::Loading);
-        let handover = Arc::new(Handover::new(&self.host.bus));
-        Ok(PluginContext::new(self.host.bus.clone(), Arc::from(name), handover))
+        let handover = Arc::new(Handover::default());
+        Ok(PluginContext::new(&self.host.bus, Arc::from(name), handover))
     }
 
     fn settle_load(&self, name: &str, loaded: Option<Loaded>) {
@@ -839,7 +769,7 @@ impl PluginManager {
     }
 
     fn begin_reload(&self, name: &str, allow_async: bool) -> Result<Reloading, PluginError> {
-        if crate::worker::in_handler_of(self.host.bus.shared_id()) {
+        if self.host.bus.in_handler() {
             return Err(PluginError::InHandler);
         }
         let mut plugins = self.host.plugins.lock();
@@ -858,7 +788,7 @@ impl PluginManager {
             return Err(PluginError::NotReloadable { name: name.to_owned() });
         };
         loaded.state = PluginState::Reloading;
-        let handover = loaded.ctx.handover.clone();
+        let handover = loaded.ctx.inner.handover.clone();
         // From here the old instance's calls claim, so that whatever the new
         // one is called for as well runs once.
         handover.active.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -898,14 +828,14 @@ impl PluginManager {
     }
 
     fn fresh_context(&self, name: &str, r: &Reloading) -> PluginContext {
-        PluginContext::new(self.host.bus.clone(), Arc::from(name), r.handover.clone())
+        PluginContext::new(&self.host.bus, Arc::from(name), r.handover.clone())
     }
 
     /// A reload's fresh instance from its factory; a factory that panics or
     /// builds another name ends the reload, leaving the old instance
     /// running.
     fn build_fresh(&self, name: &str, r: &Reloading) -> Result<Instance, PluginError> {
-        let built = build(name, &*r.factory);
+        let built = build(Some(name), &*r.factory);
         if built.is_err() {
             self.end_reload(name, r);
         }
@@ -943,21 +873,22 @@ impl PluginManager {
         WeakPluginManager { host: Arc::downgrade(&self.host) }
     }
 
-    /// Registers `factory` under `name` and loads an instance of it.
-    /// [`reload`](PluginManager::reload) builds its new instances with it.
+    /// Builds an instance with `factory` and loads it under the name the
+    /// instance gives ([`Plugin::name`]: the name is given once, there);
+    /// [`reload`](PluginManager::reload) builds its new instances with the
+    /// factory, and refuses one that gives another name.
     ///
     /// # Errors
     ///
-    /// As [`load`](PluginManager::load);
-    /// [`PluginError::NameMismatch`] when the instance is not named `name`,
-    /// and [`PluginError::Setup`] when the factory panics.
-    pub fn register<P, F>(&self, name: &str, factory: F) -> Result<(), PluginError>
+    /// As [`load`](PluginManager::load), and [`PluginError::Setup`] when the
+    /// factory panics.
+    pub fn register<P, F>(&self, factory: F) -> Result<(), PluginError>
     where
         P: Plugin,
         F: Fn() -> P + Send + Sync + 'static,
     {
         let factory: Factory = Arc::new(move || Instance::Sync(Box::new(factory())));
-        self.load_instance(build(name, &*factory)?, Some(factory))
+        self.load_instance(build(None, &*factory)?, Some(factory))
     }
 
     /// Loads `plugin` (it cannot be reloaded: use
@@ -980,7 +911,7 @@ impl PluginManager {
         let name = plugin.name().to_owned();
         let ctx = self.reserve(&name)?;
         if let Err(reason) = plugin.run_sync(&ctx, true) {
-            ctx.unsubscribe_all();
+            ctx.unsubscribe_all(&self.host.bus);
             self.settle_load(&name, None);
             return Err(PluginError::Setup { name, reason });
         }
@@ -1009,14 +940,14 @@ impl PluginManager {
     /// [`PluginError::WouldBlock`], or [`PluginError::Teardown`] when
     /// `teardown` failed or panicked (the plugin is unloaded all the same).
     pub fn unload(&self, name: &str) -> Result<(), PluginError> {
-        if !self.host.bus.may_wait_here() {
+        if !self.host.bus.can_wait_here() {
             return Err(PluginError::WouldBlock);
         }
         let mut loaded = self.take_for_unload(name, false)?;
-        loaded.ctx.unsubscribe_all();
+        loaded.ctx.unsubscribe_all(&self.host.bus);
         let torn = loaded.plugin.run_sync(&loaded.ctx, false);
         // What teardown subscribed would outlive the plugin.
-        loaded.ctx.unsubscribe_all();
+        loaded.ctx.unsubscribe_all(&self.host.bus);
         self.host.plugins.lock().remove(name);
         drop(loaded);
         torn.map_err(|reason| PluginManager::teardown_failed(name, reason))
@@ -1041,14 +972,14 @@ impl PluginManager {
     /// [`PluginError::NameMismatch`], or [`PluginError::Setup`] (the old
     /// instance is still loaded).
     pub fn reload(&self, name: &str) -> Result<(), PluginError> {
-        if !self.host.bus.may_wait_here() {
+        if !self.host.bus.can_wait_here() {
             return Err(PluginError::WouldBlock);
         }
         let r = self.begin_reload(name, false)?;
         let ctx = self.fresh_context(name, &r);
         let mut fresh = self.build_fresh(name, &r)?;
         if let Err(reason) = fresh.run_sync(&ctx, true) {
-            ctx.unsubscribe_all();
+            ctx.unsubscribe_all(&self.host.bus);
             // Calls of the new instance that ran have claimed; the old
             // instance skipped those events, which were handled once.
             self.host.bus.flush();
@@ -1060,11 +991,11 @@ impl PluginManager {
         // the old one (or, if the new one saw it too, one of them).
         self.host.bus.flush();
         let mut old = self.swap_in(name, fresh, version, ctx, &r);
-        old.ctx.unsubscribe_all();
+        old.ctx.unsubscribe_all(&self.host.bus);
         if let Err(reason) = old.plugin.run_sync(&old.ctx, false) {
             tracing::warn!(plugin = name, %reason, "the replaced instance's teardown failed");
         }
-        old.ctx.unsubscribe_all();
+        old.ctx.unsubscribe_all(&self.host.bus);
         drop(old);
         // Calls the new instance was dispatched while the old one was still
         // subscribed may still need the claims: let them end first.
@@ -1084,13 +1015,15 @@ impl PluginManager {
             })
             .map(|(name, l)| {
                 let subs = l.ctx.subscriptions();
+                let live = self.host.bus.subscriptions(Target::Plugin(name));
                 PluginInfo {
                     name: name.clone(),
                     version: l.version.clone(),
                     state: l.state,
-                    handler_errors: subs
+                    handler_errors: live
                         .iter()
-                        .filter_map(|(id, _)| self.host.bus.subscription_errors(*id))
+                        .filter(|info| subs.iter().any(|(id, _)| *id == info.id))
+                        .map(|info| info.stats.errors)
                         .sum(),
                     subscriptions: subs.into_iter().map(|(_, p)| p).collect(),
                     reloadable: l.factory.is_some(),
@@ -1109,7 +1042,7 @@ impl PluginManager {
     /// As [`Bus::shutdown`]: on a current-thread tokio runtime that runs
     /// async handlers, use `shutdown_async`.
     pub fn shutdown(&self) {
-        if !self.host.bus.may_wait_here() {
+        if !self.host.bus.can_wait_here() {
             self.host.bus.shutdown(); // closes the bus, and panics saying why
         }
         let names: Vec<String> = self.host.plugins.lock().keys().cloned().collect();
@@ -1117,7 +1050,7 @@ impl PluginManager {
             match self.unload(&name) {
                 Err(PluginError::NeedsAsync { .. }) => {
                     if let Ok(loaded) = self.take_for_unload(&name, true) {
-                        loaded.ctx.unsubscribe_all();
+                        loaded.ctx.unsubscribe_all(&self.host.bus);
                         self.host.plugins.lock().remove(&name);
                         tracing::warn!(plugin = %name, "shutdown: an async plugin's teardown was not run");
                     }
@@ -1132,17 +1065,21 @@ impl PluginManager {
 
 /// Builds an instance with `factory`, checking it is named as registered;
 /// a panicking factory is an error, not an unwind through the manager.
+/// An instance from `factory`; for a reload (`name` given), one of that
+/// name.
 fn build(
-    name: &str,
+    name: Option<&str>,
     factory: &(dyn Fn() -> Instance + Send + Sync),
 ) -> Result<Instance, PluginError> {
     let plugin = match catch_unwind(AssertUnwindSafe(factory)) {
         Ok(plugin) => plugin,
         Err(panic) => {
             let reason = format!("the factory panicked: {}", panic_message(panic));
-            return Err(PluginError::Setup { name: name.to_owned(), reason });
+            let name = name.unwrap_or("(unnamed: its factory panicked)").to_owned();
+            return Err(PluginError::Setup { name, reason });
         }
     };
+    let Some(name) = name else { return Ok(plugin) };
     if plugin.name() == name {
         Ok(plugin)
     } else {
@@ -1154,6 +1091,7 @@ fn build(
 }
 
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl PluginManager {
     /// Removes an instance's subscriptions on tokio's blocking pool, so no
     /// runtime thread waits. Called from a handler of this bus, the
@@ -1162,13 +1100,14 @@ impl PluginManager {
     /// wait-for graph (plugins unloading each other), as it would on the
     /// handler's own thread.
     async fn unsubscribe_all_async(&self, ctx: PluginContext) -> PluginContext {
-        let carried = CarriedContext::capture(self.host.bus.shared_id());
-        crate::asynchronous::on_blocking_pool(move || {
-            let _scope = carried.map(CarriedContext::enter);
-            ctx.unsubscribe_all();
-            ctx
-        })
-        .await
+        let bus = self.host.bus.clone();
+        self.host
+            .bus
+            .run_blocking(move || {
+                ctx.unsubscribe_all(&bus);
+                ctx
+            })
+            .await
     }
 
     /// [`register`](PluginManager::register) for an [`AsyncPlugin`].
@@ -1176,13 +1115,13 @@ impl PluginManager {
     /// # Errors
     ///
     /// As [`register`](PluginManager::register).
-    pub async fn register_async<P, F>(&self, name: &str, factory: F) -> Result<(), PluginError>
+    pub async fn register_async<P, F>(&self, factory: F) -> Result<(), PluginError>
     where
         P: AsyncPlugin,
         F: Fn() -> P + Send + Sync + 'static,
     {
         let factory: Factory = Arc::new(move || Instance::Async(Box::new(factory())));
-        self.load_instance_async(build(name, &*factory)?, Some(factory)).await
+        self.load_instance_async(build(None, &*factory)?, Some(factory)).await
     }
 
     /// [`load`](PluginManager::load) for an [`AsyncPlugin`].
@@ -1273,5 +1212,35 @@ impl PluginManager {
             }
         }
         self.host.bus.shutdown_async().await;
+    }
+}
+
+/// Drops a caught panic's payload; a payload whose own `Drop` panics is
+/// leaked rather than allowed to unwind further.
+fn discard_panic(payload: Box<dyn std::any::Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(again);
+    }
+}
+
+/// A future whose panics, in any poll, are caught and returned.
+#[cfg(feature = "tokio")]
+struct CatchUnwind<F>(F);
+
+#[cfg(feature = "tokio")]
+impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        match catch_unwind(AssertUnwindSafe(|| std::pin::Pin::new(&mut this.0).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
     }
 }
