@@ -4,33 +4,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::bus::Bus;
+use crate::config::{Config, ErrorHook};
+use crate::dispatch;
 use crate::error::BuildError;
 use crate::event::Event;
 use crate::loom::spawn;
 use crate::queue::Overflow;
 use crate::shared::Shared;
-use crate::worker;
-
-/// The hook called for every handler error and panic: the event, the
-/// plugin whose handler failed, and the error.
-pub type ErrorHook = Box<dyn Fn(&Event, &str, &(dyn std::error::Error + 'static)) + Send + Sync>;
-
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) workers: usize,
-    pub(crate) capacity: usize,
-    /// `None`: a sixteenth of the capacity.
-    pub(crate) priority_reserve: Option<usize>,
-    pub(crate) batch_size: usize,
-    pub(crate) history_size: usize,
-    pub(crate) max_depth: u32,
-    pub(crate) overflow: Overflow,
-    pub(crate) starvation_limit: u32,
-    pub(crate) name: String,
-    pub(crate) drain_timeout: std::time::Duration,
-    #[cfg(feature = "tokio")]
-    pub(crate) runtime: Option<tokio::runtime::Handle>,
-}
 
 /// Configures a [`Bus`]. Start from [`Bus::builder`].
 ///
@@ -251,7 +231,7 @@ impl BusBuilder {
         for index in 0..workers {
             let worker_shared = shared.clone();
             let name = format!("{}-{index}", shared.config.name);
-            match spawn(name, move || worker::run(worker_shared, index)) {
+            match spawn(name, move || dispatch::run(worker_shared, index)) {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
                     // Stop the ones already started; the rest never ran.

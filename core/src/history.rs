@@ -63,7 +63,7 @@ impl History {
             // Outside the lock. A payload whose `Drop` panics must not make
             // an unrelated publish panic.
             if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(old))) {
-                crate::worker::discard_panic(panic);
+                crate::panic::discard_panic(panic);
                 tracing::error!("an event's payload panicked while it was dropped from history");
             }
         }

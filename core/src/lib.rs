@@ -63,18 +63,29 @@
 
 pub use switchboard_matcher as matcher;
 
-#[cfg(feature = "tokio")]
-mod asynchronous;
+// The layers, top down; every import points down, but the one pair
+// `bus` <-> `builder` (the handle and what starts it):
+//   bus/, builder          the public handle, one file per job
+//   dispatch/              the worker loop and the runners (pool, threads, tokio)
+//   shared                 the state a bus's handles and workers share
+//   wait, reclaim, snapshot, subscription, mailbox
+//   config, context, handler, panic, gate, history, flush, queue, barrier,
+//   stats, event, error, loom
 mod barrier;
 mod builder;
 mod bus;
+mod config;
+mod context;
+mod dispatch;
 mod error;
 mod event;
 mod flush;
+mod gate;
 mod handler;
 mod history;
 mod loom;
 mod mailbox;
+mod panic;
 mod queue;
 mod reclaim;
 mod shared;
@@ -82,15 +93,15 @@ mod snapshot;
 mod stats;
 mod subscription;
 mod wait;
-mod worker;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
 
-pub use crate::builder::{BusBuilder, ErrorHook};
+pub use crate::builder::BusBuilder;
 pub use crate::bus::{
     Bus, HistoryQuery, Replayed, SubscriptionGuard, SubscriptionInfo, Target, Unsubscribed, WeakBus,
 };
+pub use crate::config::ErrorHook;
 pub use crate::error::{
     BacklogFull, BuildError, FlushTimeout, HandlerPanic, HandlerTimeout, HistoryError, NameError,
     PayloadError, PublishError, ShutdownTimeout, SubscribeError, WaitTimeout, MAX_NAME_LEN,

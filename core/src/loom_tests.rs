@@ -606,12 +606,12 @@ fn backlog_of_one(
 /// model fail: the publisher sleeps forever.)
 #[test]
 fn loom_a_full_backlog_wakes_its_waiting_publisher_while_its_handler_publishes() {
-    use crate::mailbox::{Mailbox, Room, Runner};
+    use crate::mailbox::{Room, Runner};
     model(|| {
         let (shared, sub) = backlog_of_one(Runner::Pool, true);
         let event = |n: u64| Arc::new(Event::new("x", serde_json::Value::from(n), "t"));
         let backlog = || sub.mailbox.as_ref().unwrap();
-        Mailbox::push(&shared, &sub, &event(0), 0);
+        crate::dispatch::push(&shared, &sub, &event(0), 0);
         assert_eq!(backlog().room_for(false), Room::Wait, "full for an outsider");
         let publisher = {
             let (shared, sub) = (shared.clone(), sub.clone());
@@ -626,13 +626,13 @@ fn loom_a_full_backlog_wakes_its_waiting_publisher_while_its_handler_publishes()
                         Room::Refused => panic!("Block never refuses an outsider"),
                     }
                 }
-                Mailbox::push(&shared, &sub, &event(1), 0);
+                crate::dispatch::push(&shared, &sub, &event(1), 0);
             })
         };
         // The runner: a worker's turns at the mailbox.
         let mut handled = Vec::new();
         while handled.len() < 3 {
-            let Some((entry, work)) = backlog().next(&shared) else {
+            let Some((entry, work)) = backlog().next(&shared.env()) else {
                 thread::yield_now();
                 continue;
             };
@@ -640,10 +640,10 @@ fn loom_a_full_backlog_wakes_its_waiting_publisher_while_its_handler_publishes()
             if n == 0 {
                 // The handler publishes into its own backlog: never waits.
                 assert_ne!(backlog().room_for(true), Room::Wait);
-                Mailbox::push(&shared, &sub, &event(2), 0);
+                crate::dispatch::push(&shared, &sub, &event(2), 0);
             }
             handled.push(n);
-            backlog().done(&shared, entry.bucket, Some(work));
+            backlog().done(&shared.env(), entry.bucket, Some(work));
         }
         publisher.join().unwrap();
         handled.sort_unstable();
@@ -659,12 +659,12 @@ fn loom_a_full_backlog_wakes_its_waiting_publisher_while_its_handler_publishes()
 /// fail: the publisher sleeps forever.)
 #[test]
 fn loom_a_full_worker_fed_backlog_holds_publishers_at_the_gate_until_its_runner_takes() {
-    use crate::mailbox::{Mailbox, Runner};
+    use crate::mailbox::Runner;
     model(|| {
         let (shared, sub) = backlog_of_one(Runner::Threads, false);
         let event = Arc::new(Event::new("x", serde_json::Value::Null, "t"));
         // The worker's hand-over: it never waits.
-        Mailbox::deliver(&shared, &sub, &event, 0);
+        crate::dispatch::deliver(&shared, &sub, &event, 0);
         assert!(shared.gate.is_held(), "a full backlog holds the gate");
         let published = Arc::new(AtomicBool::new(false));
         let publisher = {
@@ -679,12 +679,12 @@ fn loom_a_full_worker_fed_backlog_holds_publishers_at_the_gate_until_its_runner_
         // The runner.
         let backlog = sub.mailbox.as_ref().unwrap();
         let (entry, work) = loop {
-            match backlog.next(&shared) {
+            match backlog.next(&shared.env()) {
                 Some(taken) => break taken,
                 None => thread::yield_now(),
             }
         };
-        backlog.done(&shared, entry.bucket, Some(work));
+        backlog.done(&shared.env(), entry.bucket, Some(work));
         publisher.join().unwrap();
         assert!(published.load(Ordering::SeqCst));
         assert!(!shared.gate.is_held());

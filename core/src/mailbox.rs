@@ -53,18 +53,15 @@
 //!   drops the handlers.
 
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::BacklogFull;
 use crate::event::Event;
+use crate::flush::Epochs;
+use crate::gate::Gate;
 use crate::handler::HandlerResult;
-use crate::loom::{backoff, fence, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::loom::{backoff, AtomicU64, Condvar, Mutex, Ordering};
 use crate::queue::Overflow;
-use crate::shared::Shared;
-use crate::subscription::Subscription;
-use crate::worker::{report_failure, HandlerScope};
 
 /// A synchronous handler run from a mailbox.
 pub(crate) type SyncFn = dyn Fn(&Event) -> HandlerResult + Send + Sync;
@@ -96,7 +93,7 @@ pub(crate) enum Runner {
     Threads,
     /// Tasks on a tokio runtime.
     #[cfg(feature = "tokio")]
-    Tokio(crate::asynchronous::TokioRunner),
+    Tokio(TokioRunner),
 }
 
 /// One event waiting in a mailbox, with the flush bucket it is counted in.
@@ -148,13 +145,75 @@ pub(crate) enum Room {
 }
 
 /// What a push asks the caller to do once the lock is released.
-enum Wake {
+pub(crate) enum Wake {
     None,
     /// Put the subscription on the ready queue.
     Ready,
     /// Start a runner task.
     #[cfg(feature = "tokio")]
     Spawn,
+}
+
+/// What a mailbox needs from its bus: the flush epochs its events are
+/// counted in, the gate a full worker-fed backlog holds, and the count of
+/// stray panics (a discarded event's `Drop`).
+pub(crate) struct Env<'a> {
+    pub(crate) epochs: &'a Epochs,
+    pub(crate) gate: &'a Gate,
+    pub(crate) stray: &'a AtomicU64,
+}
+
+impl Env<'_> {
+    /// Drops `value` outside every lock, catching a panic of its `Drop`.
+    fn drop_caught<T>(&self, value: T) {
+        crate::panic::drop_caught(value, self.stray);
+    }
+}
+
+/// What a [`push`](Mailbox::push) did.
+pub(crate) struct Pushed {
+    /// What the caller must do, now that the lock is released.
+    pub(crate) wake: Wake,
+    /// The oldest event, shed to make room (`Overflow::Shed`): counted out
+    /// of its flush bucket already, to be counted as lost and dropped by
+    /// the caller.
+    pub(crate) shed: Option<Entry>,
+}
+
+/// Events a mailbox gave up (retired at shutdown, or abandoned), counted
+/// out of their flush buckets and dropped: how many, and the name of the
+/// first, for the caller's count and log.
+pub(crate) struct Lost {
+    pub(crate) count: u64,
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) first: Option<String>,
+}
+
+/// Where and how an async subscription runs: the runtime, the time limit
+/// of a call, and the permits of concurrent calls (`None` when calls run
+/// one at a time, in the runner task itself).
+#[cfg(feature = "tokio")]
+pub(crate) struct TokioRunner {
+    pub(crate) handle: tokio::runtime::Handle,
+    pub(crate) timeout: Option<std::time::Duration>,
+    pub(crate) permits: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+#[cfg(feature = "tokio")]
+impl TokioRunner {
+    pub(crate) fn new(
+        handle: tokio::runtime::Handle,
+        concurrency: usize,
+        timeout: Option<std::time::Duration>,
+    ) -> TokioRunner {
+        let permits = (concurrency > 1).then(|| Arc::new(tokio::sync::Semaphore::new(concurrency)));
+        TokioRunner { handle, timeout, permits }
+    }
+
+    /// Whether its runtime is a current-thread one.
+    pub(crate) fn on_current_thread(&self) -> bool {
+        self.handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+    }
 }
 
 impl Mailbox {
@@ -183,6 +242,11 @@ impl Mailbox {
             room: Condvar::new(),
             backlog_dropped: AtomicU64::new(0),
         }
+    }
+
+    /// How many events may wait.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Whether an event may go in now (see [`Room`]). A handler never
@@ -223,67 +287,36 @@ impl Mailbox {
         }
     }
 
-    /// A dispatching worker's hand-over of `event` to `sub`'s mailbox
-    /// (counted in flush bucket `bucket`), under the subscription's policy.
-    /// It never waits: under `Block` a full backlog takes the event anyway
-    /// and holds the bus's [`Gate`] until it has room again, so outside
-    /// publishers wait instead; `Shed` drops the oldest waiting event;
-    /// `Error` refuses the event for this subscription and reports it to
-    /// the error hook.
-    pub(crate) fn deliver(
-        shared: &Arc<Shared>,
-        sub: &Arc<Subscription>,
-        event: &Arc<Event>,
-        bucket: usize,
-    ) {
-        let Some(mailbox) = &sub.mailbox else { return };
-        match mailbox.overflow {
-            Overflow::Error if mailbox.room_for(false) == Room::Refused => {
-                mailbox.count_lost(shared, sub, event, 1, "refused");
-                let refused = BacklogFull { capacity: mailbox.capacity };
-                shared.report_backlog_refusal(event, sub, &refused);
-                return;
-            }
-            _ => {}
-        }
-        Mailbox::push(shared, sub, event, bucket);
-    }
-
-    /// Puts `event` in `sub`'s mailbox (counted in flush bucket `bucket`).
+    /// Puts `event` in the backlog (counted in flush bucket `bucket`).
     /// Room was checked (or waited for) by the caller, so a full backlog
     /// only sheds its oldest event under `Shed`; under the other policies
     /// it takes the event anyway (publishers that checked at once may
     /// overshoot an ordered backlog by one event each; workers a blocking or
     /// async one by what the queues hold, holding the gate meanwhile).
-    pub(crate) fn push(
-        shared: &Arc<Shared>,
-        sub: &Arc<Subscription>,
-        event: &Arc<Event>,
-        bucket: usize,
-    ) {
-        let Some(mailbox) = &sub.mailbox else { return };
+    /// `None` when the subscription is retired or the mailbox sealed (the
+    /// event is skipped).
+    pub(crate) fn push(&self, env: &Env<'_>, event: &Arc<Event>, bucket: usize) -> Option<Pushed> {
         let (wake, shed) = {
-            let mut state = mailbox.state.lock();
+            let mut state = self.state.lock();
             if state.work.is_none() || state.sealed {
-                return;
+                return None;
             }
-            let shed = (mailbox.overflow == Overflow::Shed
-                && state.entries.len() >= mailbox.capacity)
+            let shed = (self.overflow == Overflow::Shed && state.entries.len() >= self.capacity)
                 .then(|| state.entries.pop_front())
                 .flatten();
-            shared.epochs.begin_in(bucket);
+            env.epochs.begin_in(bucket);
             state.entries.push_back(Entry { event: event.clone(), bucket });
-            if !mailbox.ordered
-                && mailbox.overflow == Overflow::Block
+            if !self.ordered
+                && self.overflow == Overflow::Block
                 && !state.holding
-                && state.entries.len() >= mailbox.capacity
+                && state.entries.len() >= self.capacity
             {
                 state.holding = true;
-                shared.gate.hold();
+                env.gate.hold();
             }
-            let wake = match mailbox.runner {
+            let wake = match self.runner {
                 Runner::Threads => {
-                    mailbox.changed.notify_one();
+                    self.changed.notify_one();
                     Wake::None
                 }
                 Runner::Pool if !state.scheduled => {
@@ -299,50 +332,28 @@ impl Mailbox {
             };
             (wake, shed)
         };
-        if let Some(victim) = shed {
-            mailbox.count_lost(shared, sub, &victim.event, 1, "shed");
-            shared.epochs.end(victim.bucket, 1);
-            shared.drop_caught(victim);
+        if let Some(victim) = &shed {
+            env.epochs.end(victim.bucket, 1);
         }
-        match wake {
-            Wake::None => {}
-            Wake::Ready => shared.make_ready(sub.clone()),
-            #[cfg(feature = "tokio")]
-            Wake::Spawn => crate::asynchronous::spawn_runner(shared, sub),
-        }
+        Some(Pushed { wake, shed })
     }
 
-    /// Counts `n` events lost for this subscription (`how`: shed, refused,
-    /// abandoned) and logs it at `warn`, at most once a second per bus.
-    fn count_lost(&self, shared: &Shared, sub: &Subscription, event: &Event, n: u64, how: &str) {
-        // Relaxed: statistics.
+    /// Counts `n` events lost for this subscription.
+    pub(crate) fn count_lost(&self, n: u64) {
+        // Relaxed: a statistic.
         self.backlog_dropped.fetch_add(n, Ordering::Relaxed);
-        shared.counters.backlog_dropped.fetch_add(n, Ordering::Relaxed);
-        if let Some(suppressed) = shared.loss_log.admit(n) {
-            tracing::warn!(
-                event = event.name(),
-                plugin = &*sub.plugin,
-                pattern = sub.pattern.as_str(),
-                how,
-                lost = n,
-                suppressed,
-                total = shared.counters.backlog_dropped.load(Ordering::Relaxed),
-                "a subscription's backlog was full under a lossy overflow policy: events lost for it \
-                 (counted in Stats::backlog_dropped)"
-            );
-        }
     }
 
     /// The next event and the work to do with it, counted as running; or
     /// `None` when the backlog is empty (then the mailbox is no longer
     /// scheduled) or the subscription retired.
-    pub(crate) fn next(&self, shared: &Shared) -> Option<(Entry, Work)> {
+    pub(crate) fn next(&self, env: &Env<'_>) -> Option<(Entry, Work)> {
         let mut state = self.state.lock();
         let work = state.work.clone();
         match (work, state.entries.pop_front()) {
             (Some(work), Some(entry)) => {
                 state.running += 1;
-                self.made_room(&mut state, shared);
+                self.made_room(&mut state, env);
                 Some((entry, work))
             }
             _ => {
@@ -354,13 +365,13 @@ impl Mailbox {
 
     /// For a thread runner: waits for the next event; `None` once the
     /// subscription is retired, or sealed and empty.
-    fn next_blocking(&self, shared: &Shared) -> Option<(Entry, Work)> {
+    pub(crate) fn next_blocking(&self, env: &Env<'_>) -> Option<(Entry, Work)> {
         let mut state = self.state.lock();
         loop {
             let work = state.work.clone()?;
             if let Some(entry) = state.entries.pop_front() {
                 state.running += 1;
-                self.made_room(&mut state, shared);
+                self.made_room(&mut state, env);
                 return Some((entry, work));
             }
             if state.sealed {
@@ -372,7 +383,7 @@ impl Mailbox {
 
     /// An event left (or all did): wakes those waiting for room, and lets go
     /// of the gate once there is room.
-    fn made_room(&self, state: &mut State, shared: &Shared) {
+    fn made_room(&self, state: &mut State, env: &Env<'_>) {
         if state.room_waiters > 0 {
             self.room.notify_all();
         }
@@ -380,7 +391,7 @@ impl Mailbox {
             && (state.entries.len() < self.capacity || state.work.is_none() || state.sealed)
         {
             state.holding = false;
-            shared.gate.release();
+            env.gate.release();
         }
     }
 
@@ -390,9 +401,9 @@ impl Mailbox {
     /// lock and scope, then the call stops counting as running. So a
     /// handler's `Drop` may flush or shut the bus down, and whoever waits for
     /// the call returns with the handler dropped.
-    pub(crate) fn done(&self, shared: &Shared, bucket: usize, work: Option<Work>) {
-        shared.epochs.end(bucket, 1);
-        shared.drop_caught(work);
+    pub(crate) fn done(&self, env: &Env<'_>, bucket: usize, work: Option<Work>) {
+        env.epochs.end(bucket, 1);
+        env.drop_caught(work);
         let mut state = self.state.lock();
         state.running -= 1;
         if state.running == 0 {
@@ -406,80 +417,59 @@ impl Mailbox {
     }
 
     /// Retires the subscription: takes the handler out and discards the
-    /// backlog (counted out of its flush buckets). Once this returns, no
-    /// call starts. The work is returned to be dropped outside the lock.
-    pub(crate) fn retire(&self, shared: &Shared) -> Option<Work> {
-        self.retire_counted(shared).0
-    }
-
-    /// [`retire`](Mailbox::retire), also returning how many events it
-    /// discarded.
-    fn retire_counted(&self, shared: &Shared) -> (Option<Work>, u64) {
+    /// backlog (counted out of its flush buckets, and dropped). Once this
+    /// returns, no call starts. The work is returned to be dropped outside
+    /// the lock, with what was discarded (events lost, if the bus meant
+    /// to run them: at shutdown).
+    pub(crate) fn retire(&self, env: &Env<'_>) -> (Option<Work>, Lost) {
         let (work, discarded) = {
             let mut state = self.state.lock();
             let work = state.work.take();
             let discarded = std::mem::take(&mut state.entries);
             self.changed.notify_all();
-            self.made_room(&mut state, shared);
+            self.made_room(&mut state, env);
             (work, discarded)
         };
-        for entry in &discarded {
-            shared.epochs.end(entry.bucket, 1);
-        }
-        let n = discarded.len() as u64;
-        shared.drop_caught(discarded);
-        (work, n)
-    }
-
-    /// [`retire`](Mailbox::retire) at shutdown, past the drain timeout:
-    /// the discarded events were accepted and are lost, so they are counted
-    /// (in `Stats::drain_dropped`) and logged.
-    pub(crate) fn retire_at_shutdown(&self, shared: &Shared, sub: &Subscription) -> Option<Work> {
-        let (work, lost) = self.retire_counted(shared);
-        if lost > 0 {
-            // Relaxed: a statistic.
-            shared.counters.drain_dropped.fetch_add(lost, Ordering::Relaxed);
-            tracing::warn!(
-                plugin = &*sub.plugin,
-                pattern = sub.pattern.as_str(),
-                lost,
-                "shutdown: the drain timeout passed with events in a subscription's backlog; they \
-                 are dropped (counted in Stats::drain_dropped)"
-            );
-        }
-        work
+        (work, self.discard(env, discarded))
     }
 
     /// Gives up the backlog (its runner can no longer run): the events are
     /// counted as dropped for this subscription and out of their flush
     /// buckets, and the mailbox is no longer scheduled, so the next event
-    /// starts a runner again. Returns how many were dropped.
+    /// starts a runner again.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    pub(crate) fn abandon(&self, shared: &Shared, sub: &Subscription) -> usize {
+    pub(crate) fn abandon(&self, env: &Env<'_>) -> Lost {
         let lost = {
             let mut state = self.state.lock();
             state.scheduled = false;
             let lost = std::mem::take(&mut state.entries);
-            self.made_room(&mut state, shared);
+            self.made_room(&mut state, env);
             lost
         };
-        for entry in &lost {
-            shared.epochs.end(entry.bucket, 1);
+        let lost = self.discard(env, lost);
+        self.count_lost(lost.count);
+        lost
+    }
+
+    /// Counts `entries` out of their flush buckets and drops them.
+    fn discard(&self, env: &Env<'_>, entries: VecDeque<Entry>) -> Lost {
+        for entry in &entries {
+            env.epochs.end(entry.bucket, 1);
         }
-        let n = lost.len();
-        if let Some(first) = lost.front() {
-            self.count_lost(shared, sub, &first.event, n as u64, "abandoned");
-        }
-        shared.drop_caught(lost);
-        n
+        let lost = Lost {
+            count: entries.len() as u64,
+            first: entries.front().map(|e| e.event.name().to_owned()),
+        };
+        env.drop_caught(entries);
+        lost
     }
 
     /// No event will come any more: thread runners leave once empty.
-    pub(crate) fn seal(&self, shared: &Shared) {
+    pub(crate) fn seal(&self, env: &Env<'_>) {
         let mut state = self.state.lock();
         state.sealed = true;
         self.changed.notify_all();
-        self.made_room(&mut state, shared);
+        self.made_room(&mut state, env);
     }
 
     /// Calls running now.
@@ -505,121 +495,6 @@ impl Mailbox {
                 return false;
             }
             backoff(&mut round);
-        }
-    }
-}
-
-/// Runs one synchronous call from a mailbox on this thread, reporting a
-/// failure as an inline call would.
-pub(crate) fn call_sync(shared: &Arc<Shared>, sub: &Arc<Subscription>, entry: &Entry, f: &SyncFn) {
-    let outcome = {
-        let _scope = HandlerScope::enter(shared, sub, &entry.event, entry.bucket);
-        catch_unwind(AssertUnwindSafe(|| f(&entry.event)))
-    };
-    report(shared, sub, &entry.event, outcome);
-}
-
-/// Counts a mailbox call and reports its failure, if any.
-pub(crate) fn report(
-    shared: &Shared,
-    sub: &Subscription,
-    event: &Event,
-    outcome: std::thread::Result<HandlerResult>,
-) {
-    let counters = &shared.counters.runners;
-    // Relaxed: a statistic.
-    counters.dispatched.fetch_add(1, Ordering::Relaxed);
-    report_failure(shared, event, sub, outcome, counters);
-}
-
-/// A worker's turn at a ready mailbox: up to `max` of its events, then
-/// back on the ready queue (whoever next finds it empty unschedules it).
-pub(crate) fn run_on_worker(shared: &Arc<Shared>, sub: &Arc<Subscription>, max: usize) {
-    let Some(mailbox) = &sub.mailbox else { return };
-    for _ in 0..max {
-        let Some((entry, work)) = mailbox.next(shared) else { return };
-        if let Some(f) = work.sync() {
-            call_sync(shared, sub, &entry, f);
-        }
-        mailbox.done(shared, entry.bucket, Some(work));
-    }
-    shared.make_ready(sub.clone());
-}
-
-/// The body of a blocking subscription's thread.
-pub(crate) fn run_thread(shared: Arc<Shared>, sub: Arc<Subscription>) {
-    let Some(mailbox) = &sub.mailbox else { return };
-    while let Some((entry, work)) = mailbox.next_blocking(&shared) {
-        if let Some(f) = work.sync() {
-            call_sync(&shared, &sub, &entry, f);
-        }
-        mailbox.done(&shared, entry.bucket, Some(work));
-    }
-}
-
-/// Back-pressure from the backlogs workers feed: while a blocking or async
-/// subscription's backlog is full under `Overflow::Block`, the gate is held,
-/// and outside publishers wait at it before they reserve anything. A worker
-/// never waits for a backlog (the request it would wait behind may be in
-/// its own queue): it hands the event over past the capacity, which is
-/// bounded by what the queues hold, and holds the gate until the backlog's
-/// runner has made room.
-///
-/// The handshake is the queue's *Room* one: a waiter registers, then
-/// re-checks `held`, then waits under the lock; whatever lowers `held` to
-/// zero reads `waiters` after it and notifies under the lock.
-#[derive(Debug)]
-pub(crate) struct Gate {
-    /// Backlogs holding it.
-    held: AtomicUsize,
-    waiters: AtomicUsize,
-    lock: Mutex<()>,
-    opened: Condvar,
-}
-
-impl Gate {
-    pub(crate) fn new() -> Gate {
-        Gate {
-            held: AtomicUsize::new(0),
-            waiters: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            opened: Condvar::new(),
-        }
-    }
-
-    fn hold(&self) {
-        self.held.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn release(&self) {
-        if self.held.fetch_sub(1, Ordering::SeqCst) == 1 {
-            fence(Ordering::SeqCst);
-            if self.waiters.load(Ordering::SeqCst) > 0 {
-                let _guard = self.lock.lock();
-                self.opened.notify_all();
-            }
-        }
-    }
-
-    /// Whether some backlog holds it.
-    #[inline]
-    pub(crate) fn is_held(&self) -> bool {
-        self.held.load(Ordering::SeqCst) > 0
-    }
-
-    /// Waits until no backlog holds it, or `give_up()` (asked every 50 ms).
-    pub(crate) fn wait_open(&self, mut give_up: impl FnMut() -> bool) {
-        let mut guard = self.lock.lock();
-        loop {
-            self.waiters.fetch_add(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            if self.held.load(Ordering::SeqCst) == 0 || give_up() {
-                self.waiters.fetch_sub(1, Ordering::SeqCst);
-                return;
-            }
-            let slice = Instant::now().checked_add(std::time::Duration::from_millis(50));
-            guard = self.opened.wait_until(guard, slice).0;
-            self.waiters.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

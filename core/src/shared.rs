@@ -19,23 +19,52 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
-use crate::builder::{Config, ErrorHook};
-use crate::bus::Handle;
+use crate::config::{Config, ErrorHook};
+use crate::context::in_handler_of;
 use crate::error::ShutdownTimeout;
 use crate::event::Event;
 use crate::flush::Epochs;
+use crate::gate::Gate;
 use crate::history::History;
 use crate::loom::{
     ArcCell, AtomicBool, AtomicU64, AtomicUsize, Condvar, JoinHandle, Mutex, Ordering,
     UnboundedQueue,
 };
+use crate::mailbox::Env;
+use crate::panic::discard_panic;
 use crate::queue::Queues;
 use crate::reclaim::Calls;
 use crate::snapshot::Snapshot;
 use crate::stats::{Counters, LossLog, WorkerCounters};
 use crate::subscription::{Subscription, SubscriptionId};
 use crate::wait::WaitGraph;
-use crate::worker::{discard_panic, in_handler_of};
+
+/// The owner of the workers: dropping the last one shuts the bus down.
+/// Every `Bus` holds it; the bus's state holds it weakly, for
+/// `Bus::current`.
+pub(crate) struct Handle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        if in_handler_of(shared.id) {
+            shared.close();
+            return;
+        }
+        if shared.wait_here(|| shared.shutdown(None)).is_none() {
+            // Dropped on a current-thread runtime whose async handlers this
+            // thread would starve: close, and let the workers drain.
+            shared.close();
+            tracing::warn!(
+                "the last Bus handle was dropped on a current-thread tokio runtime that runs async \
+                 handlers: the bus is closed without waiting for its drain (call shutdown_async \
+                 first to wait for it)"
+            );
+        }
+    }
+}
 
 #[derive(Default)]
 pub(crate) struct Registry {
@@ -87,8 +116,8 @@ pub(crate) struct Shared {
     pub(crate) instance: u64,
     pub(crate) loss_log: LossLog,
     /// Held while a worker-fed backlog is full under `Block`: outside
-    /// publishers wait at it (see `mailbox::Gate`).
-    pub(crate) gate: crossbeam_utils::CachePadded<crate::mailbox::Gate>,
+    /// publishers wait at it (see `gate.rs`).
+    pub(crate) gate: crossbeam_utils::CachePadded<Gate>,
     /// The bus's handle, for [`Bus::current`](crate::Bus::current).
     pub(crate) handle: OnceLock<Weak<Handle>>,
     error_hook: Mutex<Option<Arc<ErrorHook>>>,
@@ -121,7 +150,7 @@ impl Shared {
             sequence: crossbeam_utils::CachePadded::new(AtomicU64::new(0)),
             instance: random_instance(),
             loss_log: LossLog::new(),
-            gate: crossbeam_utils::CachePadded::new(crate::mailbox::Gate::new()),
+            gate: crossbeam_utils::CachePadded::new(Gate::new()),
             handle: OnceLock::new(),
             error_hook: Mutex::new(error_hook.map(Arc::new)),
             shut: AtomicBool::new(false),
@@ -130,6 +159,12 @@ impl Shared {
             life_changed: Condvar::new(),
             config,
         }
+    }
+
+    /// What the mailboxes need of the bus.
+    #[inline]
+    pub(crate) fn env(&self) -> Env<'_> {
+        Env { epochs: &self.epochs, gate: &self.gate, stray: &self.counters.stray }
     }
 
     pub(crate) fn set_workers(&self, handles: Vec<JoinHandle<()>>) {
@@ -252,7 +287,7 @@ impl Shared {
     /// whose calls may still run).
     pub(crate) fn wait_mode_with(&self, removed: usize) -> WaitMode {
         #[cfg(feature = "tokio")]
-        if !crate::asynchronous::off_runtime() {
+        if !crate::context::off_runtime() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 return match handle.runtime_flavor() {
                     tokio::runtime::RuntimeFlavor::CurrentThread => {
@@ -325,7 +360,7 @@ impl Shared {
         }
         for sub in &subs {
             if let Some(mailbox) = &sub.mailbox {
-                mailbox.seal(self);
+                mailbox.seal(&self.env());
             }
         }
         let deadline = Instant::now().checked_add(self.config.drain_timeout);
@@ -358,8 +393,21 @@ impl Shared {
         }
         let mut works = Vec::new();
         for sub in &subs {
-            if let Some(mailbox) = &sub.mailbox {
-                works.extend(mailbox.retire_at_shutdown(self, sub));
+            let Some(mailbox) = &sub.mailbox else { continue };
+            // Past the drain timeout: the discarded events were accepted and
+            // are lost, so they are counted and logged.
+            let (work, lost) = mailbox.retire(&self.env());
+            works.extend(work);
+            if lost.count > 0 {
+                // Relaxed: a statistic.
+                self.counters.drain_dropped.fetch_add(lost.count, Ordering::Relaxed);
+                tracing::warn!(
+                    plugin = &*sub.plugin,
+                    pattern = sub.pattern.as_str(),
+                    lost = lost.count,
+                    "shutdown: the drain timeout passed with events in a subscription's backlog; \
+                     they are dropped (counted in Stats::drain_dropped)"
+                );
             }
         }
         for work in works {
@@ -381,12 +429,7 @@ impl Shared {
 
     /// Drops `value`, catching and counting a panic of its `Drop`.
     pub(crate) fn drop_caught<T>(&self, value: T) {
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
-            discard_panic(panic);
-            // Relaxed: a statistic.
-            self.counters.stray.fetch_add(1, Ordering::Relaxed);
-            tracing::error!("a handler or error hook panicked while it was dropped");
-        }
+        crate::panic::drop_caught(value, &self.counters.stray);
     }
 
     /// Closes the bus: no event is accepted from now on.

@@ -22,71 +22,25 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::runtime::Handle;
-use tokio::sync::Semaphore;
-
 use crate::error::HandlerTimeout;
 use crate::handler::{AsyncFn, HandlerFuture, HandlerResult};
-use crate::mailbox::{report, Entry, Mailbox, Runner, Work};
+use crate::mailbox::{Entry, Mailbox, Runner, Work};
 use crate::shared::Shared;
 use crate::subscription::Subscription;
-use crate::worker::HandlerScope;
 
-thread_local! {
-    static OFF_RUNTIME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether this thread runs one of the bus's own `spawn_blocking` closures
-/// (the `_async` forms'), where waiting is what it is there for, whatever
-/// the runtime's flavour.
-pub(crate) fn off_runtime() -> bool {
-    OFF_RUNTIME.with(|c| c.get())
-}
-
-/// Runs `f` on tokio's blocking pool, marked as [`off_runtime`], and
-/// resumes its panic, if any, here.
+/// Runs `f` on tokio's blocking pool, marked as off the runtime (see
+/// `context::off_runtime`), and resumes its panic, if any, here.
 pub(crate) async fn on_blocking_pool<R: Send + 'static>(
     f: impl FnOnce() -> R + Send + 'static,
 ) -> R {
-    struct Mark;
-    impl Drop for Mark {
-        fn drop(&mut self) {
-            OFF_RUNTIME.with(|c| c.set(false));
-        }
-    }
     let ran = tokio::task::spawn_blocking(move || {
-        OFF_RUNTIME.with(|c| c.set(true));
-        let _mark = Mark;
+        let _mark = crate::context::enter_off_runtime();
         f()
     })
     .await;
     match ran {
         Ok(r) => r,
         Err(join) => std::panic::resume_unwind(join.into_panic()),
-    }
-}
-
-/// Where and how an async subscription runs.
-pub(crate) struct TokioRunner {
-    handle: Handle,
-    timeout: Option<Duration>,
-    /// `None` when calls run one at a time in the runner task itself.
-    permits: Option<Arc<Semaphore>>,
-}
-
-impl TokioRunner {
-    pub(crate) fn new(
-        handle: Handle,
-        concurrency: usize,
-        timeout: Option<Duration>,
-    ) -> TokioRunner {
-        let permits = (concurrency > 1).then(|| Arc::new(Semaphore::new(concurrency)));
-        TokioRunner { handle, timeout, permits }
-    }
-
-    /// Whether its runtime is a current-thread one.
-    pub(crate) fn on_current_thread(&self) -> bool {
-        self.handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
     }
 }
 
@@ -109,12 +63,12 @@ async fn run(mut guard: CallGuard) {
             Some(permits) => permits.clone().acquire_owned().await.ok(),
             None => None,
         };
-        let Some((entry, work)) = mailbox.next(&shared) else {
+        let Some((entry, work)) = mailbox.next(&shared.env()) else {
             guard.abandon = false;
             return;
         };
         let Work::Async(f) = work else {
-            mailbox.done(&shared, entry.bucket, Some(work));
+            mailbox.done(&shared.env(), entry.bucket, Some(work));
             continue;
         };
         match permit {
@@ -160,7 +114,7 @@ impl CallGuard {
     /// [`Mailbox::done`] says.
     fn end_call(&mut self, work: Option<Work>) {
         if let (Some(bucket), Some(mailbox)) = (self.bucket.take(), &self.sub.mailbox) {
-            mailbox.done(&self.shared, bucket, work);
+            mailbox.done(&self.shared.env(), bucket, work);
         }
     }
 }
@@ -170,11 +124,15 @@ impl Drop for CallGuard {
         self.end_call(None);
         let Some(mailbox) = &self.sub.mailbox else { return };
         if self.abandon {
-            let lost = mailbox.abandon(&self.shared, &self.sub);
-            if lost > 0 {
+            let lost = mailbox.abandon(&self.shared.env());
+            if let Some(first) = &lost.first {
+                // Relaxed: a statistic.
+                let counted = &self.shared.counters.backlog_dropped;
+                counted.fetch_add(lost.count, crate::loom::Ordering::Relaxed);
+                super::log_lost(&self.shared, &self.sub, first, lost.count, "abandoned");
                 tracing::warn!(
                     plugin = &*self.sub.plugin,
-                    lost,
+                    lost = lost.count,
                     "an async subscription's runtime stopped running it: its backlog is dropped"
                 );
             }
@@ -191,7 +149,7 @@ async fn call(
     timeout: Option<Duration>,
 ) {
     let started = {
-        let _scope = HandlerScope::enter(shared, sub, &entry.event, entry.bucket);
+        let _scope = super::scope(shared, sub, entry);
         catch_unwind(AssertUnwindSafe(|| f(entry.event.clone())))
     };
     let outcome = match started {
@@ -211,7 +169,7 @@ async fn call(
             CatchUnwind(limited).await
         }
     };
-    report(shared, sub, &entry.event, outcome);
+    super::report(shared, sub, &entry.event, outcome);
 }
 
 /// Polls a handler's future inside its handler scope, and drops it there
@@ -230,8 +188,7 @@ impl Future for Scoped<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<HandlerResult> {
         let this = self.get_mut();
-        let _scope =
-            HandlerScope::enter(&this.shared, &this.sub, &this.entry.event, this.entry.bucket);
+        let _scope = super::scope(&this.shared, &this.sub, this.entry);
         match &mut this.future {
             Some(future) => future.as_mut().poll(cx),
             // Never polled again after `Ready`.
@@ -243,8 +200,7 @@ impl Future for Scoped<'_> {
 impl Drop for Scoped<'_> {
     fn drop(&mut self) {
         let Some(future) = self.future.take() else { return };
-        let _scope =
-            HandlerScope::enter(&self.shared, &self.sub, &self.entry.event, self.entry.bucket);
+        let _scope = super::scope(&self.shared, &self.sub, self.entry);
         // A panicking `Drop` is caught and counted, as any stray panic.
         self.shared.drop_caught(future);
     }

@@ -1,6 +1,21 @@
-//! The worker loop: take a batch from the lane the fairness rule picks,
-//! load the snapshot once, dispatch every event of the batch, repeat; spin
-//! briefly when there is nothing, then park.
+//! Dispatch: the worker loop, and the runners of the subscriptions that do
+//! not run inline.
+//!
+//! The worker loop (here) takes a batch from the lane the fairness rule
+//! picks, loads the snapshot once, dispatches every event of the batch,
+//! repeats; it spins briefly when there is nothing, then parks. An inline
+//! subscription's handler is called right there; a mailbox subscription's
+//! event is handed to its mailbox (`mailbox.rs`, a state machine), and
+//! whatever the hand-over says to wake is woken here. Each runner is one
+//! file:
+//!
+//! * [`pool`]: ordered synchronous subscriptions, run by the workers
+//!   themselves through the ready queue;
+//! * [`threads`]: blocking subscriptions, on threads of their own;
+//! * `tokio`: async subscriptions, as tasks on a tokio runtime (feature
+//!   `tokio`).
+//!
+//! Adding a runner is one file here and one variant of `mailbox::Runner`.
 //!
 //! Every piece of user code a worker runs is inside `catch_unwind`: the
 //! handler call, the reporting of its failure (an error's `Display`, the
@@ -8,171 +23,26 @@
 //! event (a payload's `Drop`). A panic there is counted and logged, the
 //! event still counts as dispatched for `flush`, and the worker goes on.
 
-use std::cell::RefCell;
+pub(crate) mod pool;
+pub(crate) mod threads;
+#[cfg(feature = "tokio")]
+pub(crate) mod tokio;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::error::HandlerPanic;
+use crate::context::{self, HandlerScope, Owner};
+use crate::error::{BacklogFull, HandlerPanic};
 use crate::event::Event;
-use crate::loom::{idle_turn, thread_local};
-use crate::queue::Queued;
+use crate::handler::HandlerResult;
+use crate::loom::{idle_turn, Ordering};
+use crate::mailbox::{Entry, Mailbox, SyncFn, Wake};
+use crate::panic::discard_panic;
+use crate::queue::{Overflow, Queued};
 use crate::shared::Shared;
 use crate::snapshot::{Scratch, Snapshot};
 use crate::stats::WorkerCounters;
-
-/// What a thread knows about the bus it works for.
-#[derive(Default)]
-pub(crate) struct Context {
-    /// The id of the bus this thread is a worker of (0: none).
-    pub(crate) bus: usize,
-    /// This worker's index (its call slot).
-    pub(crate) worker: usize,
-    /// The bus, for [`Bus::current`](crate::Bus::current).
-    pub(crate) shared: Option<Arc<Shared>>,
-    /// The depth of the event being handled.
-    pub(crate) depth: u32,
-    /// The flush bucket of the event being handled: events its handlers
-    /// publish are counted in the same one, so a flush waits for cascades.
-    pub(crate) bucket: usize,
-    /// The bus whose mailbox handler this thread is running, when it is not
-    /// one of its workers (a blocking subscription's thread, a tokio task).
-    pub(crate) handler_bus: usize,
-    /// The mailbox subscription whose handler this thread is running.
-    pub(crate) mailbox_call: usize,
-}
-
-/// Marks this thread as running a mailbox subscription's handler for the
-/// guard's lifetime: publishes from it are one level deeper and in the
-/// event's flush bucket, `flush` and `shutdown` from it do not wait on it,
-/// and `Bus::current` finds the bus. The previous context comes back on drop
-/// (a tokio thread runs tasks of many buses).
-pub(crate) struct HandlerScope {
-    saved: Option<Saved>,
-}
-
-/// What a [`HandlerScope`] changes: handler bus, shared, depth, bucket,
-/// mailbox call.
-type Saved = (usize, Option<Arc<Shared>>, u32, usize, usize);
-
-impl HandlerScope {
-    pub(crate) fn enter(
-        shared: &Arc<Shared>,
-        sub: &crate::subscription::Subscription,
-        event: &Event,
-        bucket: usize,
-    ) -> HandlerScope {
-        let saved = CONTEXT.with(|c| {
-            let mut c = c.borrow_mut();
-            let saved = (c.handler_bus, c.shared.clone(), c.depth, c.bucket, c.mailbox_call);
-            if c.bus != shared.id {
-                c.handler_bus = shared.id;
-                c.shared = Some(shared.clone());
-            }
-            c.depth = event.depth();
-            c.bucket = bucket;
-            c.mailbox_call = crate::reclaim::key(sub);
-            saved
-        });
-        HandlerScope { saved: Some(saved) }
-    }
-}
-
-impl Drop for HandlerScope {
-    fn drop(&mut self) {
-        if let Some(saved) = self.saved.take() {
-            CONTEXT.with(|c| restore(&mut c.borrow_mut(), saved));
-        }
-    }
-}
-
-/// Puts back what a [`HandlerScope`] changed (the shared bus only on a
-/// thread that is not a worker: a worker's stays its own bus).
-fn restore(c: &mut Context, saved: Saved) {
-    let (handler_bus, shared, depth, bucket, mailbox_call) = saved;
-    c.handler_bus = handler_bus;
-    if c.bus == 0 {
-        c.shared = shared;
-    }
-    c.depth = depth;
-    c.bucket = bucket;
-    c.mailbox_call = mailbox_call;
-}
-
-/// The handler context of this thread, to carry into work it hands to
-/// another thread on its behalf (an `_async` form's blocking step): there,
-/// waiting excuses the call it is part of, as it would here.
-#[cfg(feature = "tokio")]
-pub(crate) struct CarriedContext {
-    saved: Saved,
-}
-
-#[cfg(feature = "tokio")]
-impl CarriedContext {
-    /// This thread's context, if it is running a mailbox handler of bus
-    /// `id` (the calls that can hand work to another thread and wait).
-    pub(crate) fn capture(id: usize) -> Option<CarriedContext> {
-        CONTEXT.with(|c| {
-            let c = c.borrow();
-            (c.handler_bus == id && c.mailbox_call != 0).then(|| CarriedContext {
-                saved: (c.handler_bus, c.shared.clone(), c.depth, c.bucket, c.mailbox_call),
-            })
-        })
-    }
-
-    /// Makes this thread run in the carried context until the guard drops.
-    pub(crate) fn enter(self) -> HandlerScope {
-        let saved = CONTEXT.with(|c| {
-            let mut c = c.borrow_mut();
-            let saved = (c.handler_bus, c.shared.clone(), c.depth, c.bucket, c.mailbox_call);
-            restore(&mut c, self.saved);
-            saved
-        });
-        HandlerScope { saved: Some(saved) }
-    }
-}
-
-/// Whether this thread is running a handler of the bus `id` (as one of its
-/// workers, or in a mailbox call): it must not wait for that bus's work.
-pub(crate) fn in_handler_of(id: usize) -> bool {
-    CONTEXT.with(|c| {
-        let c = c.borrow();
-        c.bus == id || c.handler_bus == id
-    })
-}
-
-/// The handler context of this thread for bus `id`: the depth and flush
-/// bucket of the event being handled.
-pub(crate) fn parent_of(id: usize) -> Option<(u32, usize)> {
-    CONTEXT.with(|c| {
-        let c = c.borrow();
-        (c.bus == id || c.handler_bus == id).then_some((c.depth + 1, c.bucket))
-    })
-}
-
-/// The mailbox subscription whose handler this thread is running (0: none).
-pub(crate) fn mailbox_call() -> usize {
-    CONTEXT.with(|c| c.borrow().mailbox_call)
-}
-
-thread_local! {
-    pub(crate) static CONTEXT: RefCell<Context> = RefCell::new(Context::default());
-}
-
-/// This thread's worker index, if it is a worker of the bus `id`.
-pub(crate) fn worker_index(id: usize) -> Option<usize> {
-    CONTEXT.with(|c| {
-        let c = c.borrow();
-        (c.bus == id).then_some(c.worker)
-    })
-}
-
-/// Drops a caught panic's payload; a payload whose own `Drop` panics is
-/// leaked rather than allowed to unwind further.
-pub(crate) fn discard_panic(payload: Box<dyn std::any::Any + Send>) {
-    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-        std::mem::forget(again);
-    }
-}
+use crate::subscription::Subscription;
 
 /// Picks which lane to serve: the highest non-empty one, unless a lane has
 /// been passed over `limit` times in a row while non-empty.
@@ -198,13 +68,9 @@ impl Fairness {
     }
 }
 
+/// The body of worker `index`'s thread.
 pub(crate) fn run(shared: Arc<Shared>, index: usize) {
-    CONTEXT.with(|c| {
-        let mut c = c.borrow_mut();
-        c.bus = shared.id;
-        c.worker = index;
-        c.shared = Some(shared.clone());
-    });
+    context::enter_worker(shared.id, index, shared.clone());
     let counters = &shared.counters.workers[index];
     let mut fairness = Fairness::default();
     let mut batch: Vec<Queued<Arc<Event>>> = Vec::with_capacity(shared.config.batch_size);
@@ -215,7 +81,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
         // published before anything still in the lanes.
         if let Some(sub) = shared.ready.pop() {
             idle = 0;
-            crate::mailbox::run_on_worker(&shared, &sub, shared.config.batch_size);
+            pool::run_on_worker(&shared, &sub, shared.config.batch_size);
             continue;
         }
         if let Some(lane) = fairness.pick(shared.queues.nonempty(), shared.config.starvation_limit)
@@ -266,7 +132,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
     // Still marked as this bus's worker: if dropping the handlers drops the
     // last `Bus`, its shutdown must not try to join this very thread.
     shared.worker_exited(1);
-    CONTEXT.with(|c| *c.borrow_mut() = Context::default());
+    context::leave_worker();
 }
 
 /// Calls every live handler matching the event, then drops the event (the
@@ -285,18 +151,14 @@ fn dispatch(
     if scratch.matched.is_empty() {
         return;
     }
-    CONTEXT.with(|c| {
-        let mut c = c.borrow_mut();
-        c.depth = event.depth();
-        c.bucket = queued.epoch;
-    });
+    context::set_event(event.depth(), queued.epoch);
     let mut calls = 0;
     for &at in &scratch.matched {
         let sub = snapshot.get(at);
         if sub.mailbox.is_some() {
-            // Runs elsewhere: hand the event over (under `Block`, waiting
-            // for room: its runner never waits for a worker).
-            crate::mailbox::Mailbox::deliver(shared, snapshot.get_arc(at), event, queued.epoch);
+            // Runs elsewhere: hand the event over (never waiting: its
+            // runner never waits for a worker).
+            deliver(shared, snapshot.get_arc(at), event, queued.epoch);
             continue;
         }
         if !shared.calls.enter(worker, sub) {
@@ -314,14 +176,129 @@ fn dispatch(
     WorkerCounters::add(&counters.dispatched, calls);
 }
 
+/// A dispatching worker's hand-over of `event` to `sub`'s mailbox (counted
+/// in flush bucket `bucket`), under the subscription's policy. It never
+/// waits: under `Block` a full backlog takes the event anyway and holds the
+/// bus's gate until it has room again, so outside publishers wait instead;
+/// `Shed` drops the oldest waiting event; `Error` refuses the event for this
+/// subscription and reports it to the error hook.
+pub(crate) fn deliver(
+    shared: &Arc<Shared>,
+    sub: &Arc<Subscription>,
+    event: &Arc<Event>,
+    bucket: usize,
+) {
+    let Some(mailbox) = &sub.mailbox else { return };
+    if mailbox.overflow == Overflow::Error
+        && mailbox.room_for(false) == crate::mailbox::Room::Refused
+    {
+        count_lost(shared, sub, mailbox, event.name(), 1, "refused");
+        let refused = BacklogFull { capacity: mailbox.capacity() };
+        shared.report_backlog_refusal(event, sub, &refused);
+        return;
+    }
+    push(shared, sub, event, bucket);
+}
+
+/// Puts `event` in `sub`'s mailbox (see [`Mailbox::push`]), then counts
+/// what it shed and wakes its runner as the push says.
+pub(crate) fn push(
+    shared: &Arc<Shared>,
+    sub: &Arc<Subscription>,
+    event: &Arc<Event>,
+    bucket: usize,
+) {
+    let Some(mailbox) = &sub.mailbox else { return };
+    let Some(pushed) = mailbox.push(&shared.env(), event, bucket) else { return };
+    if let Some(victim) = pushed.shed {
+        count_lost(shared, sub, mailbox, victim.event.name(), 1, "shed");
+        shared.drop_caught(victim);
+    }
+    match pushed.wake {
+        Wake::None => {}
+        Wake::Ready => shared.make_ready(sub.clone()),
+        #[cfg(feature = "tokio")]
+        Wake::Spawn => tokio::spawn_runner(shared, sub),
+    }
+}
+
+/// Counts `n` events lost for `sub` (`how`: shed, refused, abandoned) and
+/// logs it at `warn`, at most once a second per bus.
+pub(crate) fn count_lost(
+    shared: &Shared,
+    sub: &Subscription,
+    mailbox: &Mailbox,
+    event: &str,
+    n: u64,
+    how: &str,
+) {
+    mailbox.count_lost(n);
+    // Relaxed: statistics.
+    shared.counters.backlog_dropped.fetch_add(n, Ordering::Relaxed);
+    log_lost(shared, sub, event, n, how);
+}
+
+/// Logs `n` events lost for `sub` (already counted), rate-limited.
+pub(crate) fn log_lost(shared: &Shared, sub: &Subscription, event: &str, n: u64, how: &str) {
+    if let Some(suppressed) = shared.loss_log.admit(n) {
+        tracing::warn!(
+            event,
+            plugin = &*sub.plugin,
+            pattern = sub.pattern.as_str(),
+            how,
+            lost = n,
+            suppressed,
+            total = shared.counters.backlog_dropped.load(Ordering::Relaxed),
+            "a subscription's backlog was full under a lossy overflow policy: events lost for it \
+             (counted in Stats::backlog_dropped)"
+        );
+    }
+}
+
+/// Enters the handler scope of a call of `sub` for `entry`, on a thread
+/// that runs mailbox calls.
+pub(crate) fn scope(shared: &Arc<Shared>, sub: &Subscription, entry: &Entry) -> HandlerScope {
+    HandlerScope::enter(
+        shared.id,
+        || shared.clone() as Owner,
+        crate::reclaim::key(sub),
+        entry.event.depth(),
+        entry.bucket,
+    )
+}
+
+/// Runs one synchronous call from a mailbox on this thread, reporting a
+/// failure as an inline call would.
+pub(crate) fn call_sync(shared: &Arc<Shared>, sub: &Arc<Subscription>, entry: &Entry, f: &SyncFn) {
+    let outcome = {
+        let _scope = scope(shared, sub, entry);
+        catch_unwind(AssertUnwindSafe(|| f(&entry.event)))
+    };
+    report(shared, sub, &entry.event, outcome);
+}
+
+/// Counts a mailbox call (or a replayed one) and reports its failure, if
+/// any.
+pub(crate) fn report(
+    shared: &Shared,
+    sub: &Subscription,
+    event: &Event,
+    outcome: std::thread::Result<HandlerResult>,
+) {
+    let counters = &shared.counters.runners;
+    // Relaxed: a statistic.
+    counters.dispatched.fetch_add(1, Ordering::Relaxed);
+    report_failure(shared, event, sub, outcome, counters);
+}
+
 /// Counts and reports a handler's `Err` or panic. Reporting runs user code
 /// too (the error's `Display` and `Drop`, the hook): a panic there is
 /// caught and counted, so it never skips the handlers still to come.
 pub(crate) fn report_failure(
     shared: &Shared,
     event: &Event,
-    sub: &crate::subscription::Subscription,
-    outcome: std::thread::Result<crate::handler::HandlerResult>,
+    sub: &Subscription,
+    outcome: std::thread::Result<HandlerResult>,
     counters: &WorkerCounters,
 ) {
     let reported = catch_unwind(AssertUnwindSafe(|| match outcome {

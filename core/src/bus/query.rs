@@ -1,0 +1,186 @@
+//! Reading the bus: history, and the live subscriptions with their
+//! counters.
+
+use std::sync::Arc;
+
+use switchboard_matcher::Pattern;
+
+use super::{Bus, Target};
+use crate::error::{HistoryError, NameError};
+use crate::event::Event;
+use crate::loom::Ordering;
+use crate::stats::SubscriptionStats;
+use crate::subscription::{Subscription, SubscriptionId};
+
+/// What [`Bus::history`] returns: the latest events, newest first, at most
+/// [`last`](HistoryQuery::last) of them, only those
+/// [`matching`](HistoryQuery::matching) a pattern when one is given.
+///
+/// # Examples
+///
+/// ```
+/// use switchboard::HistoryQuery;
+///
+/// let everything = HistoryQuery::new();
+/// let recent_trivia = HistoryQuery::new().last(10).matching("trivia.*");
+/// # let _ = (everything, recent_trivia);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    last: Option<usize>,
+    pattern: Option<String>,
+}
+
+impl HistoryQuery {
+    /// Every event history holds.
+    pub fn new() -> HistoryQuery {
+        HistoryQuery::default()
+    }
+
+    /// At most the `n` latest (of those matching, if a pattern is given).
+    pub fn last(mut self, n: usize) -> HistoryQuery {
+        self.last = Some(n);
+        self
+    }
+
+    /// Only the events whose name matches the glob `pattern`.
+    pub fn matching(mut self, pattern: &str) -> HistoryQuery {
+        self.pattern = Some(pattern.to_owned());
+        self
+    }
+}
+
+/// One live subscription, as [`Bus::subscriptions`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriptionInfo {
+    /// Its id.
+    pub id: SubscriptionId,
+    /// Its pattern, as subscribed.
+    pub pattern: String,
+    /// Its subscriber.
+    pub plugin: String,
+    /// Its counters now.
+    pub stats: SubscriptionStats,
+}
+
+impl Bus {
+    /// The last accepted events the `query` asks for, most recent first:
+    /// at most [`last`](HistoryQuery::last) of them, those
+    /// [`matching`](HistoryQuery::matching) its pattern. Empty when history
+    /// is off.
+    ///
+    /// History is in publish order: one total order of all accepted events
+    /// that agrees with each publishing thread's own order, whatever the
+    /// number of workers, the priorities, or the events handlers published.
+    /// An event is in it as soon as its `publish` returns `Ok`, and before
+    /// any handler sees it: a late joiner that subscribes first and reads
+    /// history second misses nothing in between (it may see an event in both).
+    ///
+    /// # Errors
+    ///
+    /// [`HistoryError::InvalidPattern`] when the query's pattern is not
+    /// acceptable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{Bus, Event, HistoryQuery, Priority};
+    ///
+    /// let bus = Bus::builder().history_size(2).build()?;
+    /// for (name, priority) in [("a.1", Priority::Low), ("a.2", Priority::High), ("b.3", Priority::Normal)] {
+    ///     bus.publish(Event::new(name, serde_json::Value::Null, "t").with_priority(priority))?;
+    /// }
+    /// let names: Vec<String> =
+    ///     bus.history(HistoryQuery::new())?.iter().map(|e| e.name().to_owned()).collect();
+    /// assert_eq!(names, ["b.3", "a.2"]); // the last two published, newest first
+    /// assert_eq!(bus.history(HistoryQuery::new().last(5).matching("a.*"))?.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn history(&self, query: HistoryQuery) -> Result<Vec<Arc<Event>>, HistoryError> {
+        let limit = query.last;
+        let pattern = match query.pattern.as_deref() {
+            None => None,
+            Some(p) => {
+                let invalid = |reason| HistoryError::InvalidPattern {
+                    pattern: crate::error::truncate(p),
+                    reason,
+                };
+                NameError::check(p).map_err(invalid)?;
+                Some(Pattern::new(p).map_err(|_| {
+                    invalid(NameError::TooLong { len: p.len(), max: crate::MAX_NAME_LEN })
+                })?)
+            }
+        };
+        Ok(match &self.shared().history {
+            Some(h) => {
+                h.read(self.shared().sequence_end(), limit.unwrap_or(usize::MAX), pattern.as_ref())
+            }
+            None => Vec::new(),
+        })
+    }
+
+    /// The live subscriptions `target` selects, in subscription order, each
+    /// with its id, pattern, plugin and counters (handler errors, events
+    /// dropped for it and waiting in its backlog, calls running).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{Bus, Handler, SubscribeOptions, Target};
+    ///
+    /// let bus = Bus::new()?;
+    /// let slow = SubscribeOptions::new().plugin("thumbs").blocking();
+    /// let id = bus.subscribe("image.*", Handler::sync(|_e| Ok(())), slow)?;
+    /// bus.subscribe("user.*", Handler::sync(|_e| Ok(())), "greeter")?;
+    /// let thumbs = bus.subscriptions(Target::Plugin("thumbs"));
+    /// assert_eq!(thumbs.len(), 1);
+    /// assert_eq!((thumbs[0].id, thumbs[0].pattern.as_str()), (id, "image.*"));
+    /// assert_eq!((thumbs[0].stats.errors, thumbs[0].stats.backlog_dropped), (0, 0));
+    /// assert_eq!(bus.subscriptions(Target::All).len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn subscriptions<'t>(&self, target: impl Into<Target<'t>>) -> Vec<SubscriptionInfo> {
+        let target = target.into();
+        let mut subs: Vec<Arc<Subscription>> = {
+            let reg = self.shared().registry.lock();
+            let plugin = match target {
+                Target::All => None,
+                Target::Plugin(plugin) | Target::Pattern { plugin, .. } => Some(plugin),
+                Target::Id(id) => match reg.by_id.get(&id) {
+                    Some(plugin) => Some(&**plugin),
+                    None => return Vec::new(),
+                },
+            };
+            match plugin {
+                Some(p) => reg
+                    .plugins
+                    .get(p)
+                    .map(|v| v.iter().filter(|s| target.selects(s)).cloned().collect())
+                    .unwrap_or_default(),
+                None => reg.plugins.values().flatten().cloned().collect(),
+            }
+        };
+        subs.sort_by_key(|s| s.id);
+        subs.iter()
+            .map(|sub| {
+                // Relaxed: statistics.
+                let mut stats = SubscriptionStats {
+                    errors: sub.errors.load(Ordering::Relaxed),
+                    ..Default::default()
+                };
+                if let Some(mailbox) = &sub.mailbox {
+                    stats.backlog_dropped = mailbox.backlog_dropped.load(Ordering::Relaxed);
+                    stats.backlog = mailbox.backlog() as u64;
+                    stats.running = mailbox.running() as u64;
+                }
+                SubscriptionInfo {
+                    id: sub.id,
+                    pattern: sub.pattern.as_str().to_owned(),
+                    plugin: sub.plugin.to_string(),
+                    stats,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,230 @@
+//! The handler context: what this thread knows about the bus whose handler
+//! it runs, as crossbeam's `context.rs` and tokio's `runtime/context` do.
+//!
+//! A dispatch worker is marked as its bus's for its whole life; any other
+//! thread (a blocking subscription's, a tokio thread running an async
+//! call, the thread of a replay) is marked for one call by a
+//! [`HandlerScope`]. From the mark, the bus knows that a publish is one
+//! level deeper than the event being handled and counts in its flush
+//! bucket, that `flush` and `shutdown` must not wait for the thread's own
+//! work, which call an unsubscribe-and-wait excuses, and which bus
+//! `Bus::current` is.
+//!
+//! The context names a bus by its id and holds it as an [`Owner`] (type
+//! erased), so that nothing here depends on what a bus is made of.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+
+use crate::loom::thread_local;
+
+/// A bus's shared state, type-erased: `Bus::current` downcasts it.
+pub(crate) type Owner = Arc<dyn Any + Send + Sync>;
+
+/// What a thread knows about the bus it works for.
+#[derive(Default)]
+struct Context {
+    /// The id of the bus this thread is a worker of (0: none).
+    bus: usize,
+    /// This worker's index (its call slot).
+    worker: usize,
+    /// The bus, for `Bus::current`.
+    owner: Option<Owner>,
+    /// The depth of the event being handled.
+    depth: u32,
+    /// The flush bucket of the event being handled: events its handlers
+    /// publish are counted in the same one, so a flush waits for cascades.
+    bucket: usize,
+    /// The bus whose mailbox handler this thread is running, when it is not
+    /// one of its workers (a blocking subscription's thread, a tokio task).
+    handler_bus: usize,
+    /// The mailbox subscription whose handler this thread is running.
+    call: usize,
+}
+
+thread_local! {
+    static CONTEXT: RefCell<Context> = RefCell::new(Context::default());
+}
+
+// Not modelled by loom: the models run no tokio.
+std::thread_local! {
+    static OFF_RUNTIME: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as a worker of bus `bus` (index `worker`) until
+/// [`leave_worker`].
+pub(crate) fn enter_worker(bus: usize, worker: usize, owner: Owner) {
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        c.bus = bus;
+        c.worker = worker;
+        c.owner = Some(owner);
+    });
+}
+
+/// Clears a worker's mark as it leaves.
+pub(crate) fn leave_worker() {
+    CONTEXT.with(|c| *c.borrow_mut() = Context::default());
+}
+
+/// A worker is about to handle an event of `depth`, counted in `bucket`.
+#[inline]
+pub(crate) fn set_event(depth: u32, bucket: usize) {
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        c.depth = depth;
+        c.bucket = bucket;
+    });
+}
+
+/// Marks this thread as running a mailbox subscription's handler for the
+/// guard's lifetime: publishes from it are one level deeper and in the
+/// event's flush bucket, `flush` and `shutdown` from it do not wait on it,
+/// and `Bus::current` finds the bus. The previous context comes back on drop
+/// (a tokio thread runs tasks of many buses).
+pub(crate) struct HandlerScope {
+    saved: Option<Saved>,
+}
+
+/// What a [`HandlerScope`] changes: handler bus, owner, depth, bucket,
+/// call.
+type Saved = (usize, Option<Owner>, u32, usize, usize);
+
+impl HandlerScope {
+    /// Enters a call of subscription `call` (its reclamation key) of bus
+    /// `bus` for an event of `depth` counted in `bucket`; `owner` is asked
+    /// for only on a thread that is not the bus's worker.
+    pub(crate) fn enter(
+        bus: usize,
+        owner: impl FnOnce() -> Owner,
+        call: usize,
+        depth: u32,
+        bucket: usize,
+    ) -> HandlerScope {
+        let saved = CONTEXT.with(|c| {
+            let mut c = c.borrow_mut();
+            let saved = (c.handler_bus, c.owner.clone(), c.depth, c.bucket, c.call);
+            if c.bus != bus {
+                c.handler_bus = bus;
+                c.owner = Some(owner());
+            }
+            c.depth = depth;
+            c.bucket = bucket;
+            c.call = call;
+            saved
+        });
+        HandlerScope { saved: Some(saved) }
+    }
+}
+
+impl Drop for HandlerScope {
+    fn drop(&mut self) {
+        if let Some(saved) = self.saved.take() {
+            CONTEXT.with(|c| restore(&mut c.borrow_mut(), saved));
+        }
+    }
+}
+
+/// Puts back what a [`HandlerScope`] changed (the owner only on a thread
+/// that is not a worker: a worker's stays its own bus).
+fn restore(c: &mut Context, saved: Saved) {
+    let (handler_bus, owner, depth, bucket, call) = saved;
+    c.handler_bus = handler_bus;
+    if c.bus == 0 {
+        c.owner = owner;
+    }
+    c.depth = depth;
+    c.bucket = bucket;
+    c.call = call;
+}
+
+/// The handler context of this thread, to carry into work it hands to
+/// another thread on its behalf (`Bus::run_blocking`): there, waiting
+/// excuses the call it is part of, as it would here.
+#[cfg(feature = "tokio")]
+pub(crate) struct CarriedContext {
+    saved: Saved,
+}
+
+#[cfg(feature = "tokio")]
+impl CarriedContext {
+    /// This thread's context, if it is running a mailbox handler of bus
+    /// `bus` (the calls that can hand work to another thread and wait).
+    pub(crate) fn capture(bus: usize) -> Option<CarriedContext> {
+        CONTEXT.with(|c| {
+            let c = c.borrow();
+            (c.handler_bus == bus && c.call != 0).then(|| CarriedContext {
+                saved: (c.handler_bus, c.owner.clone(), c.depth, c.bucket, c.call),
+            })
+        })
+    }
+
+    /// Makes this thread run in the carried context until the guard drops.
+    pub(crate) fn enter(self) -> HandlerScope {
+        let saved = CONTEXT.with(|c| {
+            let mut c = c.borrow_mut();
+            let saved = (c.handler_bus, c.owner.clone(), c.depth, c.bucket, c.call);
+            restore(&mut c, self.saved);
+            saved
+        });
+        HandlerScope { saved: Some(saved) }
+    }
+}
+
+/// Whether this thread is running a handler of the bus `bus` (as one of its
+/// workers, or in a mailbox call): it must not wait for that bus's work.
+pub(crate) fn in_handler_of(bus: usize) -> bool {
+    CONTEXT.with(|c| {
+        let c = c.borrow();
+        c.bus == bus || c.handler_bus == bus
+    })
+}
+
+/// The handler context of this thread for bus `bus`: the depth and flush
+/// bucket of an event published from it.
+pub(crate) fn parent_of(bus: usize) -> Option<(u32, usize)> {
+    CONTEXT.with(|c| {
+        let c = c.borrow();
+        (c.bus == bus || c.handler_bus == bus).then_some((c.depth + 1, c.bucket))
+    })
+}
+
+/// The mailbox subscription whose handler this thread is running (0: none).
+pub(crate) fn mailbox_call() -> usize {
+    CONTEXT.with(|c| c.borrow().call)
+}
+
+/// This thread's worker index, if it is a worker of the bus `bus`.
+pub(crate) fn worker_index(bus: usize) -> Option<usize> {
+    CONTEXT.with(|c| {
+        let c = c.borrow();
+        (c.bus == bus).then_some(c.worker)
+    })
+}
+
+/// The bus whose handler this thread runs, if any.
+pub(crate) fn owner() -> Option<Owner> {
+    CONTEXT.with(|c| c.borrow().owner.clone())
+}
+
+/// Whether this thread runs one of the bus's own `spawn_blocking` closures
+/// (`Bus::run_blocking`'s and the `_async` forms'), where waiting is what
+/// it is there for, whatever the runtime's flavour.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn off_runtime() -> bool {
+    OFF_RUNTIME.with(|c| c.get())
+}
+
+/// Marks this thread as [`off_runtime`] until the guard drops.
+#[cfg(feature = "tokio")]
+pub(crate) fn enter_off_runtime() -> impl Drop {
+    struct Mark;
+    impl Drop for Mark {
+        fn drop(&mut self) {
+            OFF_RUNTIME.with(|c| c.set(false));
+        }
+    }
+    OFF_RUNTIME.with(|c| c.set(true));
+    Mark
+}
