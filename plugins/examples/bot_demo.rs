@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::builder::RangedU64ValueParser;
 use clap::Parser;
 use serde_json::{json, Value};
-use switchboard::plugin::{Plugin, PluginContext, PluginError, PluginManager};
-use switchboard::{Bus, Event, Overflow, SubscribeOptions};
+use switchboard::{Bus, Event, Handler, Overflow, SubscribeOptions};
+use switchboard_host::{Plugin, PluginContext, PluginError, PluginManager};
 use switchboard_plugins::{
     ChatMessage, QuotePlugin, SearchIndex, SearchPlugin, StatsPlugin, StatsStore, TriviaPlugin,
 };
@@ -86,16 +86,18 @@ impl Plugin for SyntheticPlugin {
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
         for j in 0..self.per - 1 {
             let counts = self.counts.clone();
-            ctx.subscribe(&format!("p{}.a{j}", self.index), move |_| {
+            let literal = Handler::sync(move |_| {
                 counts.literal.fetch_add(1, Ordering::Relaxed);
                 Ok(())
-            })?;
+            });
+            ctx.subscribe(&format!("p{}.a{j}", self.index), literal, ())?;
         }
         let counts = self.counts.clone();
-        ctx.subscribe(&format!("p{}.*", self.index), move |_| {
+        let wildcard = Handler::sync(move |_| {
             counts.wildcard.fetch_add(1, Ordering::Relaxed);
             Ok(())
-        })?;
+        });
+        ctx.subscribe(&format!("p{}.*", self.index), wildcard, ())?;
         Ok(())
     }
 }
@@ -129,7 +131,7 @@ impl Plugin for Faulty {
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
         let (calls, failures) = (self.calls.clone(), self.failures.clone());
-        ctx.subscribe("chat.message", move |_| {
+        let flaky = Handler::sync(move |_| {
             let n = calls.fetch_add(1, Ordering::Relaxed);
             if n % 7 == 0 {
                 failures.fetch_add(1, Ordering::Relaxed);
@@ -140,7 +142,8 @@ impl Plugin for Faulty {
                 return Err(format!("faulty plugin: call {n} fails").into());
             }
             Ok(())
-        })?;
+        });
+        ctx.subscribe("chat.message", flaky, ())?;
         Ok(())
     }
 }
@@ -162,11 +165,12 @@ impl Plugin for Slow {
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
         let calls = self.calls.clone();
         let options = SubscribeOptions::new().blocking().backlog(1_024).overflow(Overflow::Shed);
-        ctx.subscribe_with("chat.message", options, move |_| {
+        let slow = Handler::sync(move |_| {
             std::thread::sleep(Duration::from_millis(1));
             calls.fetch_add(1, Ordering::Relaxed);
             Ok(())
-        })?;
+        });
+        ctx.subscribe("chat.message", slow, options)?;
         Ok(())
     }
 }
@@ -183,12 +187,13 @@ impl Plugin for Latency {
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
         let histogram = self.histogram.clone();
-        ctx.subscribe("chat.message", move |event: &Event| {
+        let probe = Handler::sync(move |event: &Event| {
             let waited = SystemTime::now().duration_since(event.timestamp()).unwrap_or_default();
             let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX).max(1);
             histogram.lock().map_err(|_| "latency histogram poisoned")?.saturating_record(nanos);
             Ok(())
-        })?;
+        });
+        ctx.subscribe("chat.message", probe, ())?;
         Ok(())
     }
 }
@@ -295,12 +300,12 @@ fn main() {
         std::process::exit(2)
     });
     let (store, index) = (StatsStore::new(), SearchIndex::new());
-    manager.register("trivia", TriviaPlugin::new).expect("load trivia");
+    manager.register(TriviaPlugin::new).expect("load trivia");
     let s = store.clone();
-    manager.register("stats", move || StatsPlugin::new(s.clone())).expect("load stats");
-    manager.register("quote", QuotePlugin::new).expect("load quote");
+    manager.register(move || StatsPlugin::new(s.clone())).expect("load stats");
+    manager.register(QuotePlugin::new).expect("load quote");
     let i = index.clone();
-    manager.register("search", move || SearchPlugin::new(i.clone())).expect("load search");
+    manager.register(move || SearchPlugin::new(i.clone())).expect("load search");
     let synthetic = Arc::new(Synthetic::default());
     let per = (args.subscriptions / args.plugins.max(1)).max(1);
     for index in 0..args.plugins {

@@ -28,6 +28,11 @@ pub mod search;
 pub mod stats;
 pub mod trivia;
 
+/// The plugin host these plugins run in ([`host::PluginManager`],
+/// [`host::Plugin`], [`host::PluginContext`]), re-exported for whoever looks
+/// for it here.
+pub use switchboard_host as host;
+
 pub use quote::QuotePlugin;
 pub use search::{SearchIndex, SearchPlugin};
 pub use stats::{StatsPlugin, StatsStore};

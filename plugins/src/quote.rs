@@ -3,8 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use switchboard::plugin::{Plugin, PluginContext, PluginError};
-use switchboard::{Bus, Event};
+use switchboard::{Event, Handler};
+use switchboard_host::{Plugin, PluginContext, PluginError};
 
 use crate::{payload, ChatMessage, QuoteAdded};
 
@@ -31,19 +31,16 @@ impl Plugin for QuotePlugin {
     }
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
-        let next_id = self.next_id.clone();
-        ctx.subscribe("chat.message", move |event: &Event| {
+        let (next_id, me) = (self.next_id.clone(), ctx.clone());
+        let on_message = Handler::sync(move |event: &Event| {
             let Some(message) = payload::<ChatMessage>(event) else { return Ok(()) };
             let Some(text) = message.text.strip_prefix("!quote ") else { return Ok(()) };
             let id = next_id.fetch_add(1, Ordering::Relaxed) + 1;
             let added = QuoteAdded { id, text: text.trim().to_owned(), author: message.user };
-            Bus::current().ok_or("quote: not inside a handler")?.publish(Event::typed(
-                "quote.added",
-                added,
-                "quote",
-            ))?;
+            me.publish_event(Event::typed("quote.added", added, ""))?;
             Ok(())
-        })?;
+        });
+        ctx.subscribe("chat.message", on_message, ())?;
         Ok(())
     }
 }

@@ -4,8 +4,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use switchboard::plugin::{Plugin, PluginContext, PluginError};
-use switchboard::Event;
+use switchboard::{Event, Handler};
+use switchboard_host::{Plugin, PluginContext, PluginError};
 
 use crate::{payload, QuoteAdded};
 
@@ -87,12 +87,13 @@ impl Plugin for SearchPlugin {
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
         let index = self.index.clone();
-        ctx.subscribe_replay("quote.added", 1_000, move |event: &Event| {
+        let on_added = Handler::sync(move |event: &Event| {
             let quote =
                 payload::<QuoteAdded>(event).ok_or("search: quote.added without a quote")?;
             index.add(quote);
             Ok(())
-        })?;
+        });
+        ctx.subscribe_replay("quote.added", on_added, (), 1_000)?;
         Ok(())
     }
 }

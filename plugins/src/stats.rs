@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use switchboard::plugin::{Plugin, PluginContext, PluginError};
-use switchboard::Event;
+use switchboard::{Event, Handler};
+use switchboard_host::{Plugin, PluginContext, PluginError};
 
 use crate::{payload, ChatMessage, TriviaAnswer, TriviaEnded, TriviaStarted};
 
@@ -119,7 +119,7 @@ impl Plugin for StatsPlugin {
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
         let store = self.store.clone();
-        ctx.subscribe("trivia.*", move |event: &Event| {
+        let on_trivia = Handler::sync(move |event: &Event| {
             let mut inner = store.inner.lock();
             match event.name() {
                 "trivia.started" if payload::<TriviaStarted>(event).is_some() => inner.rounds += 1,
@@ -138,9 +138,10 @@ impl Plugin for StatsPlugin {
                 _ => {}
             }
             Ok(())
-        })?;
+        });
+        ctx.subscribe("trivia.*", on_trivia, ())?;
         let store = self.store.clone();
-        ctx.subscribe("chat.message", move |event: &Event| {
+        let on_message = Handler::sync(move |event: &Event| {
             let Some(message) = event.downcast_ref::<ChatMessage>() else { return Ok(()) };
             let mut inner = store.inner.lock();
             *inner.lines.entry(message.user.clone()).or_default() += 1;
@@ -151,7 +152,8 @@ impl Plugin for StatsPlugin {
             }
             seen[seq] = seen[seq].saturating_add(1);
             Ok(())
-        })?;
+        });
+        ctx.subscribe("chat.message", on_message, ())?;
         Ok(())
     }
 }

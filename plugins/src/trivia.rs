@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use switchboard::plugin::{Plugin, PluginContext, PluginError};
-use switchboard::{Bus, Event, HandlerResult};
+use switchboard::{Event, Handler, HandlerResult};
+use switchboard_host::{Plugin, PluginContext, PluginError};
 
 use crate::{payload, ChatMessage, TriviaAnswer, TriviaEnded, TriviaStarted};
 
@@ -47,15 +47,15 @@ impl Plugin for TriviaPlugin {
     }
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
-        let game = self.game.clone();
-        ctx.subscribe("chat.message", move |event: &Event| on_message(&game, event))?;
+        let (game, me) = (self.game.clone(), ctx.clone());
+        let handler = Handler::sync(move |event: &Event| on_message(&game, &me, event));
+        ctx.subscribe("chat.message", handler, ())?;
         Ok(())
     }
 }
 
-fn on_message(game: &Mutex<Game>, event: &Event) -> HandlerResult {
+fn on_message(game: &Mutex<Game>, me: &PluginContext, event: &Event) -> HandlerResult {
     let Some(message) = payload::<ChatMessage>(event) else { return Ok(()) };
-    let bus = Bus::current().ok_or("trivia: not inside a handler")?;
     let text = message.text.trim();
     if text == "!trivia" {
         let started = {
@@ -68,7 +68,7 @@ fn on_message(game: &Mutex<Game>, event: &Event) -> HandlerResult {
             game.current = Some((game.rounds, answer));
             TriviaStarted { round: game.rounds, question: question.to_owned(), timeout: 30 }
         };
-        bus.publish(Event::typed("trivia.started", started, "trivia"))?;
+        me.publish_event(Event::typed("trivia.started", started, ""))?;
         return Ok(());
     }
     let outcome = {
@@ -81,14 +81,11 @@ fn on_message(game: &Mutex<Game>, event: &Event) -> HandlerResult {
         (round, answer, correct)
     };
     let (round, answer, correct) = outcome;
-    bus.publish(Event::typed(
-        "trivia.answer",
-        TriviaAnswer { round, user: message.user.clone(), correct },
-        "trivia",
-    ))?;
+    let answered = TriviaAnswer { round, user: message.user.clone(), correct };
+    me.publish_event(Event::typed("trivia.answer", answered, ""))?;
     if correct {
         let ended = TriviaEnded { round, winner: Some(message.user), answer: answer.to_owned() };
-        bus.publish(Event::typed("trivia.ended", ended, "trivia"))?;
+        me.publish_event(Event::typed("trivia.ended", ended, ""))?;
     }
     Ok(())
 }
