@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::json;
-use switchboard::plugin::PluginManager;
-use switchboard::{Bus, Event};
+use switchboard::{Bus, Event, Handler};
+use switchboard_host::{Plugin, PluginContext, PluginError, PluginManager};
 use switchboard_nats::{Bridge, BridgeConfig, BridgeStats};
 use switchboard_plugins::{
     payload, ChatMessage, StatsPlugin, StatsStore, TriviaEnded, TriviaPlugin,
@@ -228,10 +228,14 @@ async fn handshake(bus: &Bus, me: &str, peer: &str) -> Result<u64, String> {
     let h = heard.clone();
     let peer_hello = format!("shard.hello.{peer}");
     let guard = bus
-        .subscribe_scoped(&format!("shard.hello.{peer}"), "handshake", move |_e: &Event| {
-            h.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        })
+        .subscribe_scoped(
+            &format!("shard.hello.{peer}"),
+            Handler::sync(move |_e: &Event| {
+                h.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }),
+            "handshake",
+        )
         .map_err(|e| e.to_string())?;
     let start = Instant::now();
     // Keep saying hello a little after hearing the peer, so it hears us too.
@@ -258,12 +262,16 @@ async fn handshake(bus: &Bus, me: &str, peer: &str) -> Result<u64, String> {
 fn count_imported_hellos(bus: &Bus) -> Result<Arc<AtomicU64>, String> {
     let count = Arc::new(AtomicU64::new(0));
     let c = count.clone();
-    bus.subscribe("shard.hello.*", "hello-counter", move |event: &Event| {
-        if event.origin().is_some() {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    })
+    bus.subscribe(
+        "shard.hello.*",
+        Handler::sync(move |event: &Event| {
+            if event.origin().is_some() {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        }),
+        "hello-counter",
+    )
     .map_err(|e| e.to_string())?;
     Ok(count)
 }
@@ -341,22 +349,30 @@ async fn trivia_shard(args: &Args) -> Result<(), String> {
     let sent = Arc::new(AtomicU64::new(0));
     let ended = Arc::new(AtomicU64::new(0));
     let (s, e) = (sent.clone(), ended.clone());
-    bus.subscribe("trivia.*", "counter", move |event: &Event| {
-        if event.origin().is_none() {
-            s.fetch_add(1, Ordering::Relaxed);
-            if event.name() == "trivia.ended" {
-                e.fetch_add(1, Ordering::Relaxed);
+    bus.subscribe(
+        "trivia.*",
+        Handler::sync(move |event: &Event| {
+            if event.origin().is_none() {
+                s.fetch_add(1, Ordering::Relaxed);
+                if event.name() == "trivia.ended" {
+                    e.fetch_add(1, Ordering::Relaxed);
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        }),
+        "counter",
+    )
     .map_err(|e| e.to_string())?;
     let boards = Arc::new(Mutex::new(Vec::new()));
     let b = boards.clone();
-    bus.subscribe("stats.leaderboard", "announcer", move |event: &Event| {
-        b.lock().unwrap().push(event.data().clone());
-        Ok(())
-    })
+    bus.subscribe(
+        "stats.leaderboard",
+        Handler::sync(move |event: &Event| {
+            b.lock().unwrap().push(event.data().clone());
+            Ok(())
+        }),
+        "announcer",
+    )
     .map_err(|e| e.to_string())?;
     let hellos_sent = handshake(&bus, "trivia", "stats").await?;
     println!("connected as {}; playing {} rounds", bridge.instance(), args.rounds);
@@ -432,6 +448,42 @@ async fn trivia_shard(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Answers every trivia round that ended with the stats shard's
+/// leaderboard, `stats.leaderboard`; counts the trivia events it received
+/// and the leaderboards it sent.
+struct Leaderboard {
+    store: Arc<StatsStore>,
+    received: Arc<AtomicU64>,
+    boards: Arc<AtomicU64>,
+}
+
+impl Plugin for Leaderboard {
+    fn name(&self) -> &str {
+        "leaderboard"
+    }
+
+    fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
+        let (r, b, st) = (self.received.clone(), self.boards.clone(), self.store.clone());
+        let me = ctx.clone();
+        let answer = Handler::sync(move |event: &Event| {
+            r.fetch_add(1, Ordering::Relaxed);
+            if let Some(TriviaEnded { round, winner, .. }) = payload::<TriviaEnded>(event) {
+                let top: Vec<_> = st
+                    .top_winners(3)
+                    .into_iter()
+                    .map(|(u, w)| json!({"user": u, "wins": w}))
+                    .collect();
+                let board = json!({"round": round, "winner": winner, "top": top});
+                me.publish("stats.leaderboard", board)?;
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        ctx.subscribe("trivia.*", answer, ())?;
+        Ok(())
+    }
+}
+
 async fn stats_shard(args: &Args) -> Result<(), String> {
     let bus = Bus::new().map_err(|e| e.to_string())?;
     let store = StatsStore::new();
@@ -444,29 +496,19 @@ async fn stats_shard(args: &Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     let received = Arc::new(AtomicU64::new(0));
     let boards = Arc::new(AtomicU64::new(0));
-    let (r, b, st) = (received.clone(), boards.clone(), store.clone());
-    bus.subscribe("trivia.*", "leaderboard", move |event: &Event| {
-        r.fetch_add(1, Ordering::Relaxed);
-        if let Some(TriviaEnded { round, winner, .. }) = payload::<TriviaEnded>(event) {
-            let top: Vec<_> =
-                st.top_winners(3).into_iter().map(|(u, w)| json!({"user": u, "wins": w})).collect();
-            let bus = Bus::current().ok_or("not in a handler")?;
-            bus.publish(Event::new(
-                "stats.leaderboard",
-                json!({"round": round, "winner": winner, "top": top}),
-                "stats",
-            ))?;
-            b.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    })
-    .map_err(|e| e.to_string())?;
+    let leaderboard =
+        Leaderboard { store: store.clone(), received: received.clone(), boards: boards.clone() };
+    plugins.load(leaderboard).map_err(|e| e.to_string())?;
     let done = Arc::new(Mutex::new(None));
     let d = done.clone();
-    bus.subscribe("shard.done", "coordinator", move |event: &Event| {
-        *d.lock().unwrap() = event.data()["trivia_events"].as_u64();
-        Ok(())
-    })
+    bus.subscribe(
+        "shard.done",
+        Handler::sync(move |event: &Event| {
+            *d.lock().unwrap() = event.data()["trivia_events"].as_u64();
+            Ok(())
+        }),
+        "coordinator",
+    )
     .map_err(|e| e.to_string())?;
     let hellos_sent = handshake(&bus, "stats", "trivia").await?;
     println!("connected as {}; counting the trivia shard's rounds", bridge.instance());

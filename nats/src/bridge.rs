@@ -12,7 +12,9 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
-use switchboard::{Bus, Event, EventId, Priority, PublishError, SubscribeOptions, SubscriptionId};
+use switchboard::{
+    Bus, Event, EventId, Handler, Priority, PublishError, SubscribeOptions, SubscriptionId,
+};
 use switchboard_matcher::{Pattern, PatternSet};
 use tokio::task::JoinHandle;
 
@@ -232,8 +234,10 @@ pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, Br
         // Ordered: one publishing thread's events leave in its order.
         // The handler only queues: its backlog drains at once, so it can be
         // generous without holding much.
-        let options = SubscribeOptions::new().ordered().backlog(config.queue_capacity.max(65_536));
-        let subscribed = bus.subscribe_with(glob, &config.plugin, options, move |event: &Event| {
+        let options = SubscribeOptions::from(&config.plugin)
+            .ordered()
+            .backlog(config.queue_capacity.max(65_536));
+        let export = Handler::sync(move |event: &Event| {
             if event.origin().is_some() || earlier.iter().any(|p| p.is_match(event.name())) {
                 return Ok(());
             }
@@ -242,7 +246,7 @@ pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, Br
             }
             Ok(())
         });
-        match subscribed {
+        match bus.subscribe(glob, export, options) {
             Ok(id) => shared.export_subs.lock().push(id),
             Err(e) => {
                 shared.unsubscribe_exports();
@@ -536,7 +540,7 @@ impl Shared {
 
     pub(crate) fn unsubscribe_exports(&self) {
         for id in self.export_subs.lock().drain(..) {
-            self.bus.unsubscribe_id(id);
+            self.bus.unsubscribe(id);
         }
     }
 
@@ -545,8 +549,7 @@ impl Shared {
         self.export_subs
             .lock()
             .iter()
-            .filter_map(|id| self.bus.subscription_stats(*id))
-            .map(|s| s.backlog_dropped)
+            .filter_map(|id| self.bus.subscriptions(*id).first().map(|s| s.stats.backlog_dropped))
             .sum()
     }
 }

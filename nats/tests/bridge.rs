@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use common::{eventually, shared_server, unique_prefix};
 use futures::TryStreamExt;
 use serde_json::json;
-use switchboard::{Bus, Event, Overflow, Priority, PublishError};
+use switchboard::{Bus, Event, Handler, Overflow, Priority, PublishError};
 use switchboard_nats::{Bridge, BridgeConfig, BridgeError, JetStreamConfig, Mode};
 
 /// Every event a bus's handlers saw, by id.
@@ -24,10 +24,14 @@ impl Seen {
     fn on(bus: &Bus, pattern: &str) -> Seen {
         let seen = Seen::default();
         let s = seen.clone();
-        bus.subscribe(pattern, "observer", move |e: &Event| {
-            s.0.lock().unwrap().push(e.clone());
-            Ok(())
-        })
+        bus.subscribe(
+            pattern,
+            Handler::sync(move |e: &Event| {
+                s.0.lock().unwrap().push(e.clone());
+                Ok(())
+            }),
+            "observer",
+        )
         .expect("subscribe");
         seen
     }
@@ -212,10 +216,14 @@ async fn typed_payloads_travel_through_serde() {
         Bridge::start(&b, BridgeConfig::new(&url).prefix(&prefix).import("quote.*")).await.unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
-    b.subscribe_typed("quote.added", "search", move |_e: &Event, q: &QuoteAdded| {
-        g.lock().unwrap().push(q.text.clone());
-        Ok(())
-    })
+    b.subscribe(
+        "quote.added",
+        Handler::typed(move |_e: &Event, q: &QuoteAdded| {
+            g.lock().unwrap().push(q.text.clone());
+            Ok(())
+        }),
+        "search",
+    )
     .unwrap();
     a.publish(Event::typed("quote.added", QuoteAdded { id: 7, text: "to be".into() }, "quotes"))
         .unwrap();
@@ -401,15 +409,21 @@ async fn jetstream_imports_the_local_bus_refuses_are_redelivered_not_lost() {
         let local = Arc::new(Mutex::new(0usize));
         let entered = Arc::new(AtomicBool::new(false));
         let (l, s, lo, en) = (latch.clone(), seen.clone(), local.clone(), entered.clone());
-        b.subscribe("x.*", "slow", move |e: &Event| {
-            en.store(true, Ordering::SeqCst);
-            l.wait();
-            match e.data()["n"].as_u64() {
-                Some(n) if e.origin().is_some() => *s.lock().unwrap().entry(n).or_default() += 1,
-                _ => *lo.lock().unwrap() += 1,
-            }
-            Ok(())
-        })
+        b.subscribe(
+            "x.*",
+            Handler::sync(move |e: &Event| {
+                en.store(true, Ordering::SeqCst);
+                l.wait();
+                match e.data()["n"].as_u64() {
+                    Some(n) if e.origin().is_some() => {
+                        *s.lock().unwrap().entry(n).or_default() += 1
+                    }
+                    _ => *lo.lock().unwrap() += 1,
+                }
+                Ok(())
+            }),
+            "slow",
+        )
         .unwrap();
         // The worker blocks on a first local event; the next ones fill the
         // queue until B refuses.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{eventually, PrivateServer};
 use serde_json::json;
-use switchboard::{Bus, Event, Priority};
+use switchboard::{Bus, Event, Handler, Priority};
 use switchboard_nats::{Bridge, BridgeConfig, JetStreamConfig, Mode};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -20,10 +20,14 @@ const WAIT: Duration = Duration::from_secs(20);
 fn recorder(bus: &Bus) -> Arc<Mutex<Vec<Event>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
-    bus.subscribe("*", "observer", move |e: &Event| {
-        s.lock().unwrap().push(e.clone());
-        Ok(())
-    })
+    bus.subscribe(
+        "*",
+        Handler::sync(move |e: &Event| {
+            s.lock().unwrap().push(e.clone());
+            Ok(())
+        }),
+        "observer",
+    )
     .unwrap();
     seen
 }
@@ -189,11 +193,15 @@ async fn a_slow_importing_bus_is_reported_as_a_slow_consumer_and_never_slows_the
     .unwrap();
     let handled = Arc::new(AtomicU64::new(0));
     let h = handled.clone();
-    b.subscribe("*", "slow", move |_e: &Event| {
-        std::thread::sleep(Duration::from_millis(2));
-        h.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    })
+    b.subscribe(
+        "*",
+        Handler::sync(move |_e: &Event| {
+            std::thread::sleep(Duration::from_millis(2));
+            h.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }),
+        "slow",
+    )
     .unwrap();
     let local = recorder(&a);
     for i in 0..2_000 {
