@@ -114,7 +114,7 @@ impl Plan {
     }
 }
 
-type Handler = Arc<dyn Fn(&Event) -> HandlerResult + Send + Sync>;
+type SharedHandler = Arc<dyn Fn(&Event) -> HandlerResult + Send + Sync>;
 
 /// A set of subscriptions: the first `matching` patterns match [`NAME`], the
 /// rest (the filler) match nothing that is published.
@@ -154,7 +154,7 @@ impl Subs {
         Subs { patterns, matching, counters, misfires: Arc::new(AtomicU64::new(0)) }
     }
 
-    fn handler(&self, i: usize) -> Handler {
+    fn handler(&self, i: usize) -> SharedHandler {
         let counter =
             if i < self.matching { self.counters[i].clone() } else { self.misfires.clone() };
         Arc::new(move |_e: &Event| {
@@ -165,7 +165,7 @@ impl Subs {
 
     /// The handlers of the matching subscriptions, for the contenders that
     /// do not match.
-    fn matching_handlers(&self) -> Vec<Handler> {
+    fn matching_handlers(&self) -> Vec<SharedHandler> {
         (0..self.matching).map(|i| self.handler(i)).collect()
     }
 
@@ -232,7 +232,7 @@ fn run_disruptor(subs: &Subs, n: usize, cores: usize) -> f64 {
     subs.reset();
     let handlers = subs.matching_handlers();
     let events = events(n);
-    let consumer = |mine: Vec<Handler>| {
+    let consumer = |mine: Vec<SharedHandler>| {
         move |slot: &Option<Arc<Event>>, _: Sequence, _: bool| {
             if let Some(event) = slot {
                 for h in &mine {
@@ -348,7 +348,12 @@ fn switchboard_bus(subs: &Subs, workers: usize) -> Bus {
     let bus = Bus::builder().workers(workers).build().expect("bus");
     for (i, p) in subs.patterns.iter().enumerate() {
         let h = subs.handler(i);
-        bus.subscribe(p, &format!("plugin{}", i % 1000), move |e: &Event| h(e)).expect("subscribe");
+        bus.subscribe(
+            p,
+            switchboard::Handler::sync(move |e: &Event| h(e)),
+            &format!("plugin{}", i % 1000),
+        )
+        .expect("subscribe");
     }
     bus
 }
@@ -556,11 +561,15 @@ fn priority(report: &mut Report, plan: &Plan) {
             let bus = builder.build().expect("bus");
             let flooded = Arc::new(AtomicU64::new(0));
             let f = flooded.clone();
-            bus.subscribe("flood", "bench", move |_e: &Event| {
-                spin(FLOOD_WORK);
-                f.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            })
+            bus.subscribe(
+                "flood",
+                switchboard::Handler::sync(move |_e: &Event| {
+                    spin(FLOOD_WORK);
+                    f.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }),
+                "bench",
+            )
             .expect("subscribe");
             let hist = latency_probe(&bus, "probe", origin);
             let stop = Arc::new(AtomicBool::new(false));
@@ -678,12 +687,16 @@ fn latency_probe(
 ) -> Arc<Mutex<hdrhistogram::Histogram<u64>>> {
     let hist = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new(3).expect("histogram")));
     let h = hist.clone();
-    bus.subscribe(pattern, "latency", move |e: &Event| {
-        let sent = e.data().as_u64().unwrap_or(0);
-        let now = origin.elapsed().as_nanos() as u64;
-        h.lock().expect("histogram").record(now.saturating_sub(sent).max(1)).expect("in range");
-        Ok(())
-    })
+    bus.subscribe(
+        pattern,
+        switchboard::Handler::sync(move |e: &Event| {
+            let sent = e.data().as_u64().unwrap_or(0);
+            let now = origin.elapsed().as_nanos() as u64;
+            h.lock().expect("histogram").record(now.saturating_sub(sent).max(1)).expect("in range");
+            Ok(())
+        }),
+        "latency",
+    )
     .expect("subscribe");
     hist
 }
@@ -693,7 +706,7 @@ fn latency_probe(
 fn workers(report: &mut Report, plan: &Plan) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let subs = Subs::fan_out(4);
-    let work = |h: Handler| -> Handler {
+    let work = |h: SharedHandler| -> SharedHandler {
         Arc::new(move |e: &Event| {
             let until = Instant::now() + Duration::from_micros(1);
             while Instant::now() < until {
@@ -707,8 +720,12 @@ fn workers(report: &mut Report, plan: &Plan) {
             let bus = Bus::builder().workers(w).build().expect("bus");
             for i in 0..subs.patterns.len() {
                 let h = work(subs.handler(i));
-                bus.subscribe(NAME, &format!("plugin{i}"), move |e: &Event| h(e))
-                    .expect("subscribe");
+                bus.subscribe(
+                    NAME,
+                    switchboard::Handler::sync(move |e: &Event| h(e)),
+                    &format!("plugin{i}"),
+                )
+                .expect("subscribe");
             }
             (w, bus)
         })
@@ -754,9 +771,14 @@ fn churn(report: &mut Report, plan: &Plan) {
                 let mut pairs = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let pattern = &spare[pairs as usize % spare.len()];
-                    let id =
-                        bus.subscribe(pattern, "churn", |_e: &Event| Ok(())).expect("subscribe");
-                    assert!(bus.unsubscribe_id(id));
+                    let id = bus
+                        .subscribe(
+                            pattern,
+                            switchboard::Handler::sync(|_e: &Event| Ok(())),
+                            "churn",
+                        )
+                        .expect("subscribe");
+                    assert!(bus.unsubscribe(id).count() == 1);
                     pairs += 1;
                 }
                 pairs as f64 / start.elapsed().as_secs_f64()
@@ -783,13 +805,18 @@ fn churn(report: &mut Report, plan: &Plan) {
 /// allocations per published event.
 fn memory(report: &mut Report, plan: &Plan) {
     let subs = Subs::mixed(100_000);
-    let handlers: Vec<Handler> = (0..subs.patterns.len()).map(|i| subs.handler(i)).collect();
+    let handlers: Vec<SharedHandler> = (0..subs.patterns.len()).map(|i| subs.handler(i)).collect();
     let rss_before = resident_bytes();
     let bus = Bus::builder().workers(1).build().expect("bus");
     CountingAlloc::start();
     for (i, (p, h)) in subs.patterns.iter().zip(&handlers).enumerate() {
         let h = h.clone();
-        bus.subscribe(p, &format!("plugin{}", i % 1000), move |e: &Event| h(e)).expect("subscribe");
+        bus.subscribe(
+            p,
+            switchboard::Handler::sync(move |e: &Event| h(e)),
+            &format!("plugin{}", i % 1000),
+        )
+        .expect("subscribe");
     }
     let counted = CountingAlloc::stop();
     let rss_after = resident_bytes();
@@ -913,16 +940,24 @@ fn nats(report: &mut Report, plan: &Plan) {
             .expect("bridge");
             let (local, remote) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
             let l = local.clone();
-            a.subscribe("bench.*", "local", move |_e: &Event| {
-                l.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            })
+            a.subscribe(
+                "bench.*",
+                switchboard::Handler::sync(move |_e: &Event| {
+                    l.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }),
+                "local",
+            )
             .expect("subscribe");
             let r = remote.clone();
-            b.subscribe("bench.*", "remote", move |_e: &Event| {
-                r.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            })
+            b.subscribe(
+                "bench.*",
+                switchboard::Handler::sync(move |_e: &Event| {
+                    r.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }),
+                "remote",
+            )
             .expect("subscribe");
             let events: Vec<Event> =
                 (0..n).map(|i| Event::new("bench.tick", Value::from(i as u64), "bench")).collect();

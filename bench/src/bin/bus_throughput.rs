@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use switchboard::{Bus, Event, HandlerResult};
+use switchboard::{Bus, Event, Handler, HandlerResult, Target};
 use switchboard_bench::workload::matcher_workload;
 use switchboard_matcher::Pattern;
 
@@ -64,10 +64,11 @@ fn bare_channel() -> f64 {
 fn bus(workers: usize, history: usize, extra_patterns: &[String]) -> f64 {
     let bus = Bus::builder().workers(workers).history_size(history).build().expect("bus");
     let counter = Arc::new(AtomicU64::new(0));
-    bus.subscribe(NAME, "bench", handler(&counter)).expect("subscribe");
+    bus.subscribe(NAME, Handler::sync(handler(&counter)), "bench").expect("subscribe");
     let others = Arc::new(AtomicU64::new(0));
     for (i, p) in extra_patterns.iter().enumerate() {
-        bus.subscribe(p, &format!("plugin{}", i % 64), handler(&others)).expect("subscribe");
+        bus.subscribe(p, Handler::sync(handler(&others)), &format!("plugin{}", i % 64))
+            .expect("subscribe");
     }
     let events = events();
     let start = Instant::now();
@@ -97,13 +98,17 @@ fn latency() -> hdrhistogram::Histogram<u64> {
     let h = hist.clone();
     let seen = Arc::new(AtomicU64::new(0));
     let s = seen.clone();
-    bus.subscribe(NAME, "bench", move |e: &Event| {
-        let sent = e.data().as_u64().unwrap_or(0);
-        let now = origin.elapsed().as_nanos() as u64;
-        h.lock().expect("histogram lock").record(now.saturating_sub(sent)).expect("in range");
-        s.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    })
+    bus.subscribe(
+        NAME,
+        Handler::sync(move |e: &Event| {
+            let sent = e.data().as_u64().unwrap_or(0);
+            let now = origin.elapsed().as_nanos() as u64;
+            h.lock().expect("histogram lock").record(now.saturating_sub(sent)).expect("in range");
+            s.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }),
+        "bench",
+    )
     .expect("subscribe");
     // 50,000 events/s for one second: a moderate load with idle gaps, so
     // workers park and wake as they would in a chat bot.
@@ -131,7 +136,7 @@ fn churn() -> (Duration, Duration, u64) {
     let workload = matcher_workload(100_000, 0, 9);
     let bus = Bus::builder().workers(1).build().expect("bus");
     let flowing = Arc::new(AtomicU64::new(0));
-    bus.subscribe(NAME, "bench", handler(&flowing)).expect("subscribe");
+    bus.subscribe(NAME, Handler::sync(handler(&flowing)), "bench").expect("subscribe");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher = {
         let (bus, stop) = (bus.clone(), stop.clone());
@@ -150,13 +155,18 @@ fn churn() -> (Duration, Duration, u64) {
     let sink = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     for (i, p) in workload.patterns.iter().enumerate() {
-        bus.subscribe(p, &format!("plugin{i}"), handler(&sink)).expect("subscribe");
+        bus.subscribe(p, Handler::sync(handler(&sink)), &format!("plugin{i}")).expect("subscribe");
     }
     let subscribing = start.elapsed();
     let start = Instant::now();
     let mut removed = 0;
     for i in (0..workload.patterns.len()).step_by(100) {
-        removed += bus.unsubscribe(&workload.patterns[i], &format!("plugin{i}"));
+        removed += bus
+            .unsubscribe(Target::Pattern {
+                pattern: &workload.patterns[i],
+                plugin: &format!("plugin{i}"),
+            })
+            .count();
     }
     let unsubscribing = start.elapsed();
     assert_eq!(removed, 1_000);

@@ -23,7 +23,7 @@ use switchboard::{Bus, Event, HandlerResult};
 use switchboard_bench::workload::Rng;
 use switchboard_matcher::PatternSet;
 
-type Handler = Box<dyn Fn(&Event) -> HandlerResult + Send + Sync>;
+type LoopHandler = Box<dyn Fn(&Event) -> HandlerResult + Send + Sync>;
 
 /// One subscription of a scenario: its pattern and its own counter.
 struct Sub {
@@ -34,7 +34,7 @@ struct Sub {
 }
 
 impl Sub {
-    fn handler(&self) -> Handler {
+    fn handler(&self) -> LoopHandler {
         let count = self.count.clone();
         Box::new(move |_e: &Event| {
             count.fetch_add(1, Ordering::Relaxed);
@@ -134,15 +134,15 @@ impl Scenario {
     /// Calls per second of one thread calling the matched handlers in turn.
     fn plain_loop(&self) -> f64 {
         self.reset();
-        let handlers: Vec<Handler> = self.subs.iter().map(Sub::handler).collect();
+        let handlers: Vec<LoopHandler> = self.subs.iter().map(Sub::handler).collect();
         // The matching is done ahead of time: the loop only calls.
-        let mut table = HashMap::<&str, Vec<&Handler>>::new();
+        let mut table = HashMap::<&str, Vec<&LoopHandler>>::new();
         for n in &self.names {
             table
                 .entry(n.as_str())
                 .or_insert_with(|| self.set.matches(n).into_iter().map(|i| &handlers[i]).collect());
         }
-        let plan: Vec<&Vec<&Handler>> = self.names.iter().map(|n| &table[n.as_str()]).collect();
+        let plan: Vec<&Vec<&LoopHandler>> = self.names.iter().map(|n| &table[n.as_str()]).collect();
         let events = self.events();
         let start = Instant::now();
         for (event, handlers) in events.iter().zip(&plan) {
@@ -162,10 +162,14 @@ impl Scenario {
         let bus = Bus::builder().workers(workers).history_size(0).build().expect("bus");
         for (i, s) in self.subs.iter().enumerate() {
             let count = s.count.clone();
-            bus.subscribe(&s.pattern, &format!("plugin{i}"), move |_e: &Event| {
-                count.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            })
+            bus.subscribe(
+                &s.pattern,
+                switchboard::Handler::sync(move |_e: &Event| {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }),
+                &format!("plugin{i}"),
+            )
             .expect("subscribe");
         }
         let events = self.events();

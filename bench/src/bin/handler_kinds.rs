@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use switchboard::{Bus, Event, Overflow, SubscribeOptions};
+use switchboard::{Bus, Event, Handler, Overflow, SubscribeOptions, Target};
 
 const HANDLERS: usize = 10;
 const EVENTS: u64 = 200_000;
@@ -50,26 +50,38 @@ fn run(kind: Kind, slow: bool, runtime: &tokio::runtime::Runtime) -> f64 {
         let plugin = format!("plugin{i}");
         match kind {
             Kind::Sync => {
-                bus.subscribe("tick", &plugin, move |_| {
-                    c.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
-                })
+                bus.subscribe(
+                    "tick",
+                    Handler::sync(move |_| {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }),
+                    &plugin,
+                )
                 .expect("subscribe");
             }
             Kind::Ordered => {
                 let options = SubscribeOptions::new().ordered().backlog(EVENTS as usize);
-                bus.subscribe_with("tick", &plugin, options, move |_| {
-                    c.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
-                })
+                bus.subscribe(
+                    "tick",
+                    Handler::sync(move |_| {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }),
+                    options.plugin(&plugin),
+                )
                 .expect("subscribe");
             }
             Kind::Async => {
                 let options = SubscribeOptions::new().backlog(EVENTS as usize);
-                bus.subscribe_async_with("tick", &plugin, options, move |_e| {
-                    c.fetch_add(1, Ordering::Relaxed);
-                    std::future::ready(Ok(()))
-                })
+                bus.subscribe(
+                    "tick",
+                    Handler::future(move |_e| {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        std::future::ready(Ok(()))
+                    }),
+                    options.plugin(&plugin),
+                )
                 .expect("subscribe");
             }
         }
@@ -78,11 +90,15 @@ fn run(kind: Kind, slow: bool, runtime: &tokio::runtime::Runtime) -> f64 {
     let slow_id = slow.then(|| {
         let s = slow_calls.clone();
         let options = SubscribeOptions::new().blocking().overflow(Overflow::Shed);
-        bus.subscribe_with("tick", "slow", options, move |_| {
-            std::thread::sleep(Duration::from_millis(50));
-            s.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        })
+        bus.subscribe(
+            "tick",
+            Handler::sync(move |_| {
+                std::thread::sleep(Duration::from_millis(50));
+                s.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }),
+            options.plugin("slow"),
+        )
         .expect("subscribe")
     });
     let events: Vec<Event> =
@@ -100,8 +116,9 @@ fn run(kind: Kind, slow: bool, runtime: &tokio::runtime::Runtime) -> f64 {
         assert_eq!(c.load(Ordering::Relaxed), EVENTS, "a handler lost events");
     }
     if let Some(id) = slow_id {
-        let dropped = bus.subscription_stats(id).expect("live").backlog_dropped;
-        bus.unsubscribe_all_and_wait("slow");
+        let dropped =
+            bus.subscriptions(id).first().map(|s| s.stats.clone()).expect("live").backlog_dropped;
+        bus.unsubscribe(Target::Plugin("slow")).wait();
         // Removing it drops its backlog; what it did not run is either
         // counted as dropped or was still waiting in the backlog.
         assert!(slow_calls.load(Ordering::Relaxed) + dropped <= EVENTS);
