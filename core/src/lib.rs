@@ -57,6 +57,15 @@
 //!   [`Bus::flush_timeout`], [`Unsubscribed::wait_timeout`] and
 //!   [`Bus::shutdown_timeout`] bound their waits.
 //!
+//! # Cargo features
+//!
+//! | Feature | Default | What it adds |
+//! |---------|---------|--------------|
+//! | `tokio` | off | async handlers (`Handler::future`), run as tasks on a tokio runtime; `Bus::publish_async`, `flush_async`, `shutdown_async` and `run_blocking`, which wait without blocking a runtime thread; `BusBuilder::runtime` |
+//!
+//! The plugin host is the crate `switchboard-host`; the bridge to NATS,
+//! `switchboard-nats`.
+//!
 //! The pattern matcher is re-exported as [`matcher`].
 
 #![cfg_attr(docsrs, feature(doc_cfg))]

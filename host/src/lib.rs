@@ -37,6 +37,12 @@
 //! instance may have handled already, are not claimed.
 //!
 //! Outside a reload, the wrapper costs one relaxed load per call.
+//!
+//! # Cargo features
+//!
+//! | Feature | Default | What it adds |
+//! |---------|---------|--------------|
+//! | `tokio` | off | `AsyncPlugin` (async `setup` and `teardown`), and the `_async` forms of the manager's methods, which wait without blocking a runtime thread; turns on `switchboard/tokio` |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -80,7 +80,7 @@ impl Bus {
 
     /// Stops accepting events, dispatches everything already accepted, joins
     /// the workers and drops every handler and the error hook. Idempotent.
-    /// Later publishes get [`PublishError::Closed`], and publishers waiting
+    /// Later publishes get [`PublishError::Closed`](crate::PublishError::Closed), and publishers waiting
     /// for room are released with it.
     ///
     /// Any number of threads may call it at once: each returns only after

@@ -161,7 +161,7 @@ impl Bus {
 
     /// A number that tells this bus apart from every other one, in this
     /// process or any other (drawn at random when it was built). With an
-    /// event's [`sequence`](Event::sequence) it makes a key unique to one
+    /// event's [`sequence`](crate::Event::sequence) it makes a key unique to one
     /// accepted publish, for de-duplicating across buses: a republished
     /// clone of an event is a new publish with a new key.
     pub fn instance(&self) -> u64 {
@@ -181,7 +181,7 @@ impl Bus {
     /// Whether this thread may wait for the bus's work: `false` on a
     /// current-thread tokio runtime's thread while async handlers run on a
     /// current-thread runtime (a wait there would starve them; `publish`
-    /// returns [`PublishError::WouldBlock`] instead of waiting, and
+    /// returns [`PublishError::WouldBlock`](crate::PublishError::WouldBlock) instead of waiting, and
     /// [`Unsubscribed::wait`] panics). Elsewhere `true`.
     pub fn can_wait_here(&self) -> bool {
         self.shared().wait_mode() != crate::shared::WaitMode::Refused

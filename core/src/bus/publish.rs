@@ -43,7 +43,7 @@ impl Bus {
     /// Under [`Overflow::Block`](crate::Overflow::Block) (the default) it
     /// waits while the queues are full, and while the backlog of an ordered
     /// subscription the event matches is full (its
-    /// [policy](SubscribeOptions::overflow) is the bus's unless it chose
+    /// [policy](crate::SubscribeOptions::overflow) is the bus's unless it chose
     /// another), so nothing accepted is ever dropped. On a multi-thread
     /// tokio runtime's thread it waits in `block_in_place`; on a
     /// current-thread runtime's thread, while async handlers run on a

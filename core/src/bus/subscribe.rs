@@ -38,7 +38,7 @@ impl SubscriptionGuard {
     }
 
     /// Unsubscribes now and waits for its running calls, as
-    /// [`Unsubscribed::wait`]; `false` when it was no longer live.
+    /// [`Unsubscribed::wait`](crate::Unsubscribed::wait); `false` when it was no longer live.
     pub fn unsubscribe_and_wait(mut self) -> bool {
         let bus = self.bus.take().and_then(|b| b.upgrade());
         bus.is_some_and(|bus| bus.unsubscribe(self.id).wait() == 1)
@@ -95,7 +95,7 @@ impl Bus {
     /// thread, or ordered after it) is seen by the subscription.
     ///
     /// An async handler runs on the runtime of
-    /// [`BusBuilder::runtime`](crate::BusBuilder::runtime), else the one
+    /// `BusBuilder::runtime`, else the one
     /// current here.
     ///
     /// # Errors
