@@ -18,7 +18,10 @@ use std::sync::{Arc, Mutex};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use switchboard::{Bus, Event, Priority, SubscribeOptions, SubscriptionGuard, SubscriptionId};
+use switchboard::{
+    Bus, Event, Handler, HistoryQuery, Priority, SubscribeOptions, SubscriptionGuard,
+    SubscriptionId, Target,
+};
 use switchboard_matcher::reference;
 
 const PATTERNS: &[&str] = &["*", "a.*", "a.b", "?.b", "[ab].*", "*.c", "a.[!b]", "b", "*a*", "[]"];
@@ -101,20 +104,20 @@ fuzz_target!(|ops: Vec<Op>| {
                 let s = slot.clone();
                 let token = Arc::new(());
                 let held = token.clone();
-                let handler = move |e: &Event| {
+                let handler = Handler::sync(move |e: &Event| {
                     let _held = &held;
                     let me = *s.lock().unwrap();
                     log.lock().unwrap().push((me, e.data().as_u64().unwrap() as usize));
                     Ok(())
-                };
-                let options = SubscribeOptions::new().priority(prio);
+                });
+                let options = SubscribeOptions::new().plugin(plugin).priority(prio);
                 let sid = if scoped {
-                    let guard = bus.subscribe_scoped_with(pattern, plugin, options, handler).unwrap();
+                    let guard = bus.subscribe_scoped(pattern, handler, options).unwrap();
                     let id = guard.id();
                     guards.push(guard);
                     id
                 } else {
-                    bus.subscribe_with(pattern, plugin, options, handler).unwrap()
+                    bus.subscribe(pattern, handler, options).unwrap()
                 };
                 *slot.lock().unwrap() = sid.as_u64();
                 issued.push(sid);
@@ -124,14 +127,17 @@ fuzz_target!(|ops: Vec<Op>| {
                 bus.flush();
                 let (pattern, plugin) = (pick(PATTERNS, pattern), pick(PLUGINS, plugin));
                 let gone = take(&mut model, |s| s.pattern == pattern && s.plugin == plugin);
-                assert_eq!(bus.unsubscribe(pattern, plugin), gone.len());
+                assert_eq!(
+                    bus.unsubscribe(Target::Pattern { pattern, plugin }).count(),
+                    gone.len()
+                );
                 check_drops(&model, &gone);
             }
             Op::UnsubscribeAll { plugin } => {
                 bus.flush();
                 let plugin = pick(PLUGINS, plugin);
                 let gone = take(&mut model, |s| s.plugin == plugin);
-                assert_eq!(bus.unsubscribe_all(plugin), gone.len());
+                assert_eq!(bus.unsubscribe(Target::Plugin(plugin)).count(), gone.len());
                 check_drops(&model, &gone);
             }
             Op::UnsubscribeId { nth, wait } => {
@@ -142,9 +148,10 @@ fuzz_target!(|ops: Vec<Op>| {
                 // Any id issued so far, live or already removed.
                 let id = issued[nth as usize % issued.len()];
                 let gone = take(&mut model, |s| s.id == id.as_u64());
+                // Not waiting: dropped at once, as the removal returns.
                 let removed =
-                    if wait { bus.unsubscribe_id_and_wait(id) } else { bus.unsubscribe_id(id) };
-                assert_eq!(removed, gone.len() == 1);
+                    if wait { bus.unsubscribe(id).wait() } else { bus.unsubscribe(id).count() };
+                assert_eq!(removed == 1, gone.len() == 1);
                 check_drops(&model, &gone);
             }
             Op::DropGuard { nth } => {
@@ -183,8 +190,13 @@ fuzz_target!(|ops: Vec<Op>| {
                     .take(limit)
                     .map(|seq| seq as u64)
                     .collect();
+                let query = HistoryQuery::new().last(limit);
+                let query = match pattern {
+                    Some(p) => query.matching(p),
+                    None => query,
+                };
                 let got: Vec<u64> = bus
-                    .history(Some(limit), pattern)
+                    .history(query)
                     .unwrap()
                     .iter()
                     .map(|e| e.data().as_u64().unwrap())
