@@ -11,7 +11,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use switchboard::{Bus, Event, Priority, SubscribeOptions};
+use switchboard::{Bus, Event, Handler, Priority, SubscribeOptions};
 
 struct Counting;
 
@@ -55,14 +55,19 @@ fn publishing_and_dispatching_allocate_only_the_event_itself() {
                 _ => "*",
             };
             let options = SubscribeOptions::new().priority(Priority::ALL[i % 3]);
-            bus.subscribe_with(pattern, &format!("plugin{i}"), options, move |_| {
-                c.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            })
+            bus.subscribe(
+                pattern,
+                Handler::sync(move |_| {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }),
+                options.plugin(&format!("plugin{i}")),
+            )
             .unwrap();
         }
         for i in 0..2_000 {
-            bus.subscribe(&format!("other{i}.*"), &format!("other{i}"), |_| Ok(())).unwrap();
+            bus.subscribe(&format!("other{i}.*"), Handler::sync(|_| Ok(())), &format!("other{i}"))
+                .unwrap();
         }
         let event = || Event::new("fan.out", serde_json::Value::Null, "test");
         // Warm up: worker buffers grow to their working size, threads park.

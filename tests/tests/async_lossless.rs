@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::{ev, eventually, watchdog, FlushOnDrop};
-use switchboard::plugin::{
+use switchboard::{Bus, Event, Handler, PublishError, SubscribeOptions};
+use switchboard_host::{
     AsyncPlugin, PluginContext, PluginError, PluginFuture, PluginManager, WeakPluginManager,
 };
-use switchboard::{Bus, Event, PublishError, SubscribeOptions};
 
 fn multi_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -35,14 +35,18 @@ fn an_async_subscriber_under_the_default_policy_loses_nothing() {
         let handled = Arc::new(AtomicU64::new(0));
         let h = handled.clone();
         let id = bus
-            .subscribe_async("img.*", "thumbs", move |_event: Arc<Event>| {
-                let h = h.clone();
-                async move {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    h.fetch_add(1, Ordering::SeqCst);
-                    Ok(())
-                }
-            })
+            .subscribe(
+                "img.*",
+                Handler::future(move |_event: Arc<Event>| {
+                    let h = h.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        h.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                }),
+                "thumbs",
+            )
             .unwrap();
         const BURST: u64 = 2_500;
         for _ in 0..BURST {
@@ -50,7 +54,10 @@ fn an_async_subscriber_under_the_default_policy_loses_nothing() {
         }
         bus.flush();
         assert_eq!(handled.load(Ordering::SeqCst), BURST);
-        assert_eq!(bus.subscription_stats(id).unwrap().backlog_dropped, 0);
+        assert_eq!(
+            bus.subscriptions(id).first().map(|s| s.stats.clone()).unwrap().backlog_dropped,
+            0
+        );
         assert_eq!(bus.stats().backlog_dropped, 0);
         bus.shutdown();
     });
@@ -58,14 +65,18 @@ fn an_async_subscriber_under_the_default_policy_loses_nothing() {
 
 fn counting_async_sub(bus: &Bus, handled: &Arc<AtomicU64>) {
     let h = handled.clone();
-    bus.subscribe_async("job.*", "worker", move |_event: Arc<Event>| {
-        let h = h.clone();
-        async move {
-            tokio::task::yield_now().await;
-            h.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    })
+    bus.subscribe(
+        "job.*",
+        Handler::future(move |_event: Arc<Event>| {
+            let h = h.clone();
+            async move {
+                tokio::task::yield_now().await;
+                h.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }),
+        "worker",
+    )
     .unwrap();
 }
 
@@ -158,18 +169,22 @@ fn an_async_handlers_drop_may_flush() {
         let guard = Arc::new(FlushOnDrop { bus: bus.downgrade(), dropped: dropped.clone() });
         let (r, s) = (release.clone(), started.clone());
         let id = bus
-            .subscribe_async("job.*", "worker", move |_event: Arc<Event>| {
-                let (r, s, _held) = (r.clone(), s.clone(), guard.clone());
-                async move {
-                    s.store(true, Ordering::SeqCst);
-                    r.notified().await;
-                    Ok(())
-                }
-            })
+            .subscribe(
+                "job.*",
+                Handler::future(move |_event: Arc<Event>| {
+                    let (r, s, _held) = (r.clone(), s.clone(), guard.clone());
+                    async move {
+                        s.store(true, Ordering::SeqCst);
+                        r.notified().await;
+                        Ok(())
+                    }
+                }),
+                "worker",
+            )
             .unwrap();
         bus.publish(ev("job.done")).unwrap();
         eventually(10, "the call to start", || started.load(Ordering::SeqCst));
-        assert!(bus.unsubscribe_id(id));
+        assert!(bus.unsubscribe(id).count() == 1);
         release.notify_one();
         eventually(10, "the handler's drop", || dropped.load(Ordering::SeqCst));
         bus.flush_timeout(Duration::from_secs(5)).expect("no flush is left holding the bus");
@@ -187,14 +202,18 @@ fn a_future_cancelled_by_its_timeout_may_flush_from_its_drop() {
         let dropped = Arc::new(AtomicBool::new(false));
         let (weak, d) = (bus.downgrade(), dropped.clone());
         let options = SubscribeOptions::new().timeout(Duration::from_millis(50));
-        bus.subscribe_async_with("job.*", "worker", options, move |_event: Arc<Event>| {
-            let guard = FlushOnDrop { bus: weak.clone(), dropped: d.clone() };
-            async move {
-                let _held = guard;
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                Ok(())
-            }
-        })
+        bus.subscribe(
+            "job.*",
+            Handler::future(move |_event: Arc<Event>| {
+                let guard = FlushOnDrop { bus: weak.clone(), dropped: d.clone() };
+                async move {
+                    let _held = guard;
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(())
+                }
+            }),
+            options.plugin("worker"),
+        )
         .unwrap();
         bus.publish(ev("job.done")).unwrap();
         bus.flush_timeout(Duration::from_secs(10)).expect("the cancelled call ended");
@@ -225,16 +244,20 @@ impl AsyncPlugin for Unloader {
         let (manager, meet, done, other) =
             (self.manager.clone(), self.meet.clone(), self.done.clone(), self.other);
         Box::pin(async move {
-            ctx.subscribe_async(self.trigger, move |_event: Arc<Event>| {
-                let (manager, meet, done) = (manager.clone(), meet.clone(), done.clone());
-                async move {
-                    meet.wait().await;
-                    let manager = manager.upgrade().expect("the manager is alive");
-                    manager.unload_async(other).await.map_err(|e| e.to_string())?;
-                    done.fetch_add(1, Ordering::SeqCst);
-                    Ok(())
-                }
-            })?;
+            ctx.subscribe(
+                self.trigger,
+                Handler::future(move |_event: Arc<Event>| {
+                    let (manager, meet, done) = (manager.clone(), meet.clone(), done.clone());
+                    async move {
+                        meet.wait().await;
+                        let manager = manager.upgrade().expect("the manager is alive");
+                        manager.unload_async(other).await.map_err(|e| e.to_string())?;
+                        done.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                }),
+                (),
+            )?;
             Ok(())
         })
     }
@@ -300,13 +323,13 @@ fn two_async_plugins_unloading_each_other_do_not_deadlock() {
 /// A plain plugin for the current-thread runtime case.
 struct Counter;
 
-impl switchboard::plugin::Plugin for Counter {
+impl switchboard_host::Plugin for Counter {
     fn name(&self) -> &str {
         "counter"
     }
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
-        ctx.subscribe("tick", |_| Ok(()))?;
+        ctx.subscribe("tick", Handler::sync(|_| Ok(())), ())?;
         Ok(())
     }
 }
@@ -320,7 +343,7 @@ fn the_blocking_plugin_forms_on_a_current_thread_runtime_work_or_say_why_not() {
     watchdog(30, || {
         current_thread().block_on(async {
             let manager = PluginManager::new(Bus::builder().workers(2).build().unwrap());
-            manager.register("counter", || Counter).unwrap();
+            manager.register(|| Counter).unwrap();
             manager.reload("counter").expect("no async handler here: it works");
             let handled = Arc::new(AtomicU64::new(0));
             counting_async_sub(manager.bus(), &handled);

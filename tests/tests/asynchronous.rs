@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard::{Bus, Event, HandlerTimeout, Overflow, SubscribeError, SubscribeOptions};
+use switchboard::{
+    Bus, Event, Handler, HandlerTimeout, Overflow, SubscribeError, SubscribeOptions, Target,
+};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -21,15 +23,19 @@ fn async_handlers_run_on_the_runtime_and_flush_waits_for_them() {
             let bus = Bus::builder().workers(2).build().unwrap();
             let done = Arc::new(AtomicU64::new(0));
             let d = done.clone();
-            bus.subscribe_async("quote.*", "search", move |event: Arc<Event>| {
-                let d = d.clone();
-                async move {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    assert!(event.name().starts_with("quote."));
-                    d.fetch_add(1, Ordering::SeqCst);
-                    Ok(())
-                }
-            })
+            bus.subscribe(
+                "quote.*",
+                Handler::future(move |event: Arc<Event>| {
+                    let d = d.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        assert!(event.name().starts_with("quote."));
+                        d.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                }),
+                "search",
+            )
             .unwrap();
             for i in 0..100 {
                 bus.publish_async(Event::new("quote.added", json!(i), "quotes")).await.unwrap();
@@ -53,22 +59,25 @@ fn a_slow_async_handler_never_holds_a_dispatch_worker() {
         // One worker: if the sleeping handler held it, nothing else would run.
         let bus = Bus::builder().workers(1).runtime(rt.handle().clone()).build().unwrap();
         let slow = bus
-            .subscribe_async_with(
+            .subscribe(
                 "tick",
-                "slow",
-                SubscribeOptions::new().backlog(10_000),
-                |_e: Arc<Event>| async {
+                Handler::future(|_e: Arc<Event>| async {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     Ok(())
-                },
+                }),
+                SubscribeOptions::new().plugin("slow").backlog(10_000),
             )
             .unwrap();
         let fast = Arc::new(AtomicU64::new(0));
         let f = fast.clone();
-        bus.subscribe("tick", "fast", move |_| {
-            f.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
+        bus.subscribe(
+            "tick",
+            Handler::sync(move |_| {
+                f.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+            "fast",
+        )
         .unwrap();
         for _ in 0..1_000 {
             bus.publish(support::ev("tick")).unwrap();
@@ -76,9 +85,9 @@ fn a_slow_async_handler_never_holds_a_dispatch_worker() {
         support::eventually(5, "the fast handler's events", || {
             fast.load(Ordering::SeqCst) == 1_000
         });
-        let stats = bus.subscription_stats(slow).unwrap();
+        let stats = bus.subscriptions(slow).first().map(|s| s.stats.clone()).unwrap();
         assert!(stats.backlog > 900, "the slow one works through its backlog meanwhile");
-        bus.unsubscribe_all_and_wait("slow");
+        bus.unsubscribe(Target::Plugin("slow")).wait();
         bus.shutdown();
     });
 }
@@ -105,11 +114,9 @@ fn concurrency_timeout_errors_and_panics_are_counted_like_sync_ones() {
         // At most 3 calls at once, and they do overlap.
         let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (n, p) = (now.clone(), peak.clone());
-        bus.subscribe_async_with(
+        bus.subscribe(
             "work",
-            "pool",
-            SubscribeOptions::new().concurrency(3),
-            move |_e| {
+            Handler::future(move |_e| {
                 let (n, p) = (n.clone(), p.clone());
                 async move {
                     let running = n.fetch_add(1, Ordering::SeqCst) + 1;
@@ -118,18 +125,24 @@ fn concurrency_timeout_errors_and_panics_are_counted_like_sync_ones() {
                     n.fetch_sub(1, Ordering::SeqCst);
                     Ok(())
                 }
-            },
+            }),
+            SubscribeOptions::new().plugin("pool").concurrency(3),
         )
         .unwrap();
         let timed = SubscribeOptions::new().timeout(Duration::from_millis(10));
         let slow_id = bus
-            .subscribe_async_with("work", "slowpoke", timed, |_e| async {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                Ok(())
-            })
+            .subscribe(
+                "work",
+                Handler::future(|_e| async {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    Ok(())
+                }),
+                timed.plugin("slowpoke"),
+            )
             .unwrap();
-        bus.subscribe_async("work", "failing", |_e| async { Err("no database".into()) }).unwrap();
-        bus.subscribe_async("work", "panicking", |_e| async { panic!("boom") }).unwrap();
+        bus.subscribe("work", Handler::future(|_e| async { Err("no database".into()) }), "failing")
+            .unwrap();
+        bus.subscribe("work", Handler::future(|_e| async { panic!("boom") }), "panicking").unwrap();
 
         for _ in 0..12 {
             bus.publish(support::ev("work")).unwrap();
@@ -144,7 +157,7 @@ fn concurrency_timeout_errors_and_panics_are_counted_like_sync_ones() {
         assert_eq!(stats.handler_errors, 36, "12 timeouts + 12 errors + 12 panics");
         assert_eq!(stats.handler_panics, 12);
         assert_eq!(timeouts.load(Ordering::SeqCst), 12, "the hook tells timeouts apart");
-        assert_eq!(bus.subscription_stats(slow_id).unwrap().errors, 12);
+        assert_eq!(bus.subscriptions(slow_id).first().map(|s| s.stats.clone()).unwrap().errors, 12);
         let seen = seen.lock().unwrap();
         assert!(seen.iter().any(|s| s.starts_with("failing: no database")));
         assert!(seen.iter().any(|s| s.starts_with("panicking: handler panicked: boom")));
@@ -162,11 +175,9 @@ fn an_ordered_async_subscription_keeps_each_threads_order_with_many_workers() {
         let inside = Arc::new(AtomicBool::new(false));
         let (calls, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (l, i, c, b) = (last.clone(), inside.clone(), calls.clone(), bad.clone());
-        bus.subscribe_async_with(
+        bus.subscribe(
             "tick",
-            "audit",
-            SubscribeOptions::new().ordered().backlog(100_000),
-            move |e: Arc<Event>| {
+            Handler::future(move |e: Arc<Event>| {
                 let (l, i, c, b) = (l.clone(), i.clone(), c.clone(), b.clone());
                 async move {
                     if i.swap(true, Ordering::SeqCst) {
@@ -188,7 +199,8 @@ fn an_ordered_async_subscription_keeps_each_threads_order_with_many_workers() {
                     i.store(false, Ordering::SeqCst);
                     Ok(())
                 }
-            },
+            }),
+            SubscribeOptions::new().plugin("audit").ordered().backlog(100_000),
         )
         .unwrap();
         let publishers: Vec<_> = (0..2u64)
@@ -221,21 +233,25 @@ fn unsubscribe_and_wait_lets_the_running_task_finish_and_then_drops_the_closure(
         let t = token.clone();
         let (started, finished) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (s, f) = (started.clone(), finished.clone());
-        bus.subscribe_async("job", "p", move |_e| {
-            let (_held, s, f) = (t.clone(), s.clone(), f.clone());
-            async move {
-                s.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                f.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        })
+        bus.subscribe(
+            "job",
+            Handler::future(move |_e| {
+                let (_held, s, f) = (t.clone(), s.clone(), f.clone());
+                async move {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    f.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            }),
+            "p",
+        )
         .unwrap();
         for _ in 0..10 {
             bus.publish(support::ev("job")).unwrap();
         }
         support::eventually(5, "a call to start", || started.load(Ordering::SeqCst) > 0);
-        assert_eq!(bus.unsubscribe_and_wait("job", "p"), 1);
+        assert_eq!(bus.unsubscribe(Target::Pattern { pattern: "job", plugin: "p" }).wait(), 1);
         assert_eq!(
             started.load(Ordering::SeqCst),
             finished.load(Ordering::SeqCst),
@@ -258,27 +274,35 @@ fn events_an_async_handler_publishes_count_in_the_flush_and_shutdown_drains() {
         let bus = Bus::builder().workers(2).runtime(rt.handle().clone()).build().unwrap();
         let (questions, answers) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (q, a) = (questions.clone(), answers.clone());
-        bus.subscribe_async("question", "trivia", move |e: Arc<Event>| {
-            let q = q.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                q.fetch_add(1, Ordering::SeqCst);
-                let bus = Bus::current().expect("inside an async handler");
-                bus.flush(); // returns at once inside a handler
-                bus.publish(Event::new("answer", e.data().clone(), "trivia"))?;
-                Ok(())
-            }
-        })
+        bus.subscribe(
+            "question",
+            Handler::future(move |e: Arc<Event>| {
+                let q = q.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    q.fetch_add(1, Ordering::SeqCst);
+                    let bus = Bus::current().expect("inside an async handler");
+                    bus.flush(); // returns at once inside a handler
+                    bus.publish(Event::new("answer", e.data().clone(), "trivia"))?;
+                    Ok(())
+                }
+            }),
+            "trivia",
+        )
         .unwrap();
-        bus.subscribe_async("answer", "stats", move |e: Arc<Event>| {
-            let a = a.clone();
-            async move {
-                assert_eq!(e.depth(), 1);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                a.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        })
+        bus.subscribe(
+            "answer",
+            Handler::future(move |e: Arc<Event>| {
+                let a = a.clone();
+                async move {
+                    assert_eq!(e.depth(), 1);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    a.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            }),
+            "stats",
+        )
         .unwrap();
         for i in 0..20 {
             bus.publish(Event::new("question", json!(i), "test")).unwrap();
@@ -333,7 +357,7 @@ fn publish_async_waits_for_room_without_blocking_the_runtime() {
 #[test]
 fn without_a_runtime_an_async_subscribe_is_a_typed_error() {
     let bus = Bus::new().unwrap();
-    let refused = bus.subscribe_async("x", "p", |_e| async { Ok(()) });
+    let refused = bus.subscribe("x", Handler::future(|_e| async { Ok(()) }), "p");
     assert_eq!(refused, Err(SubscribeError::NoRuntime));
     bus.shutdown();
 }
@@ -346,14 +370,18 @@ fn a_runtime_that_shuts_down_under_its_handlers_leaves_nothing_to_wait_for() {
         let started = Arc::new(AtomicU64::new(0));
         let s = started.clone();
         let id = bus
-            .subscribe_async("job", "p", move |_e| {
-                let s = s.clone();
-                async move {
-                    s.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_secs(60)).await;
-                    Ok(())
-                }
-            })
+            .subscribe(
+                "job",
+                Handler::future(move |_e| {
+                    let s = s.clone();
+                    async move {
+                        s.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        Ok(())
+                    }
+                }),
+                "p",
+            )
             .unwrap();
         for _ in 0..10 {
             bus.publish(support::ev("job")).unwrap();
@@ -362,14 +390,17 @@ fn a_runtime_that_shuts_down_under_its_handlers_leaves_nothing_to_wait_for() {
         rt.shutdown_background();
         // The running call and the backlog are given up, not waited for.
         bus.flush();
-        let stats = bus.subscription_stats(id).unwrap();
+        let stats = bus.subscriptions(id).first().map(|s| s.stats.clone()).unwrap();
         assert_eq!(stats.running, 0);
         assert_eq!(stats.backlog_dropped, 9, "the backlog is counted as dropped");
         // Later events find no runtime either: dropped and counted.
         bus.publish(support::ev("job")).unwrap();
         bus.flush();
-        assert_eq!(bus.subscription_stats(id).unwrap().backlog_dropped, 10);
-        assert_eq!(bus.unsubscribe_and_wait("job", "p"), 1);
+        assert_eq!(
+            bus.subscriptions(id).first().map(|s| s.stats.clone()).unwrap().backlog_dropped,
+            10
+        );
+        assert_eq!(bus.unsubscribe(Target::Pattern { pattern: "job", plugin: "p" }).wait(), 1);
         bus.shutdown();
     });
 }
@@ -382,28 +413,33 @@ struct AsyncRecorder {
     fail_setup: bool,
 }
 
-impl switchboard::plugin::AsyncPlugin for AsyncRecorder {
+impl switchboard_host::AsyncPlugin for AsyncRecorder {
     fn name(&self) -> &str {
         "recorder"
     }
 
     fn setup<'a>(
         &'a mut self,
-        ctx: &'a switchboard::plugin::PluginContext,
-    ) -> switchboard::plugin::PluginFuture<'a> {
+        ctx: &'a switchboard_host::PluginContext,
+    ) -> switchboard_host::PluginFuture<'a> {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(1)).await;
             let seen = self.seen.clone();
             // A backlog for the whole flood: this test is about the reload.
             let options = SubscribeOptions::new().backlog(100_000);
-            ctx.subscribe_async_with("flood.*", options, move |e: Arc<Event>| {
-                let seen = seen.clone();
-                async move {
-                    let key = (e.data()["t"].as_u64().unwrap(), e.data()["seq"].as_u64().unwrap());
-                    *seen.lock().unwrap().entry(key).or_default() += 1;
-                    Ok(())
-                }
-            })?;
+            ctx.subscribe(
+                "flood.*",
+                Handler::future(move |e: Arc<Event>| {
+                    let seen = seen.clone();
+                    async move {
+                        let key =
+                            (e.data()["t"].as_u64().unwrap(), e.data()["seq"].as_u64().unwrap());
+                        *seen.lock().unwrap().entry(key).or_default() += 1;
+                        Ok(())
+                    }
+                }),
+                options,
+            )?;
             if self.fail_setup {
                 panic!("async setup exploded");
             }
@@ -413,8 +449,8 @@ impl switchboard::plugin::AsyncPlugin for AsyncRecorder {
 
     fn teardown<'a>(
         &'a mut self,
-        _ctx: &'a switchboard::plugin::PluginContext,
-    ) -> switchboard::plugin::PluginFuture<'a> {
+        _ctx: &'a switchboard_host::PluginContext,
+    ) -> switchboard_host::PluginFuture<'a> {
         Box::pin(async move {
             tokio::task::yield_now().await;
             self.torn_down.fetch_add(1, Ordering::SeqCst);
@@ -425,7 +461,7 @@ impl switchboard::plugin::AsyncPlugin for AsyncRecorder {
 
 #[test]
 fn async_plugins_set_up_reload_and_tear_down_without_losing_events() {
-    use switchboard::plugin::{PluginError, PluginManager};
+    use switchboard_host::{PluginError, PluginManager};
     support::watchdog(120, || {
         runtime().block_on(async {
             let manager = PluginManager::new(Bus::builder().workers(2).build().unwrap());
@@ -441,7 +477,7 @@ fn async_plugins_set_up_reload_and_tear_down_without_losing_events() {
             let n = Arc::new(AtomicU64::new(0));
             let (s, t, n2) = (seen.clone(), torn_down.clone(), n.clone());
             manager
-                .register_async("recorder", move || {
+                .register_async(move || {
                     n2.fetch_add(1, Ordering::SeqCst);
                     AsyncRecorder {
                     seen: s.clone(),

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard::{
-    BuildError, Bus, Event, HistoryError, NameError, Overflow, Priority, PublishError,
-    SubscribeError, SubscribeOptions,
+    BuildError, Bus, Event, Handler, HistoryError, HistoryQuery, NameError, Overflow, Priority,
+    PublishError, SubscribeError, SubscribeOptions, Target,
 };
 
 mod support;
 
-use support::{ev, hold_worker, recorder, watchdog};
+use support::{by_pattern, ev, hold_worker, recorder, watchdog};
 
 #[test]
 fn publish_reaches_exact_and_wildcard_subscribers() {
@@ -21,9 +21,9 @@ fn publish_reaches_exact_and_wildcard_subscribers() {
     let (exact, h1) = recorder();
     let (wild, h2) = recorder();
     let (all, h3) = recorder();
-    bus.subscribe("trivia.started", "a", h1).unwrap();
-    bus.subscribe("trivia.*", "b", h2).unwrap();
-    bus.subscribe("*", "c", h3).unwrap();
+    bus.subscribe("trivia.started", Handler::sync(h1), "a").unwrap();
+    bus.subscribe("trivia.*", Handler::sync(h2), "b").unwrap();
+    bus.subscribe("*", Handler::sync(h3), "c").unwrap();
     for name in ["trivia.started", "trivia.round.won", "quote.added", "trivia."] {
         bus.publish(ev(name)).unwrap();
     }
@@ -43,7 +43,7 @@ fn publish_reaches_exact_and_wildcard_subscribers() {
 fn high_priority_runs_first_when_the_worker_is_busy() {
     let bus = Bus::builder().workers(1).build().unwrap();
     let (log, h) = recorder();
-    bus.subscribe("p.*", "t", h).unwrap();
+    bus.subscribe("p.*", Handler::sync(h), "t").unwrap();
     let gate_tx = hold_worker(&bus);
     bus.publish(ev("p.low").with_priority(Priority::Low)).unwrap();
     bus.publish(ev("p.normal").with_priority(Priority::Normal)).unwrap();
@@ -59,7 +59,7 @@ fn low_priority_is_not_starved() {
     // HIGH batches while HIGH events keep coming.
     let bus = Bus::builder().workers(1).batch_size(1).starvation_limit(2).build().unwrap();
     let (log, h) = recorder();
-    bus.subscribe("p.*", "t", h).unwrap();
+    bus.subscribe("p.*", Handler::sync(h), "t").unwrap();
     let gate_tx = hold_worker(&bus);
     bus.publish(ev("p.low").with_priority(Priority::Low)).unwrap();
     for i in 0..10 {
@@ -84,10 +84,14 @@ fn subscriber_priority_orders_handlers_of_one_event() {
         ("stats2", Priority::Normal),
     ] {
         let o = order.clone();
-        bus.subscribe_with("quote.*", plugin, SubscribeOptions::new().priority(prio), move |_| {
-            o.lock().unwrap().push(plugin);
-            Ok(())
-        })
+        bus.subscribe(
+            "quote.*",
+            Handler::sync(move |_| {
+                o.lock().unwrap().push(plugin);
+                Ok(())
+            }),
+            SubscribeOptions::new().plugin(plugin).priority(prio),
+        )
         .unwrap();
     }
     bus.publish(ev("quote.added")).unwrap();
@@ -106,10 +110,10 @@ fn errors_and_panics_are_isolated_counted_and_reported() {
         })
         .build()
         .unwrap();
-    let bad = bus.subscribe("x", "bad", |_| Err("boom".into())).unwrap();
-    bus.subscribe("x", "panicky", |_| panic!("kaboom")).unwrap();
+    let bad = bus.subscribe("x", Handler::sync(|_| Err("boom".into())), "bad").unwrap();
+    bus.subscribe("x", Handler::sync(|_| panic!("kaboom")), "panicky").unwrap();
     let (log, h) = recorder();
-    bus.subscribe("x", "good", h).unwrap();
+    bus.subscribe("x", Handler::sync(h), "good").unwrap();
     for _ in 0..3 {
         bus.publish(ev("x")).unwrap();
     }
@@ -119,7 +123,7 @@ fn errors_and_panics_are_isolated_counted_and_reported() {
     assert_eq!(stats.handler_errors, 6);
     assert_eq!(stats.handler_panics, 3);
     assert_eq!(stats.dispatched, 9);
-    assert_eq!(bus.subscription_errors(bad), Some(3));
+    assert_eq!(bus.subscriptions(bad).first().map(|s| s.stats.errors), Some(3));
     {
         let reported = reported.lock().unwrap();
         assert_eq!(reported.len(), 6);
@@ -136,17 +140,20 @@ fn errors_and_panics_are_isolated_counted_and_reported() {
 fn unsubscribe_stops_delivery_and_reports_counts() {
     let bus = Bus::new().unwrap();
     let (log, h) = recorder();
-    bus.subscribe("a.*", "p", h.clone()).unwrap();
-    bus.subscribe("b", "p", h.clone()).unwrap();
-    bus.subscribe("a.*", "q", h).unwrap();
-    assert_eq!(bus.subscriptions(None).get("a.*").unwrap(), &vec!["p".to_owned(), "q".to_owned()]);
-    assert_eq!(bus.unsubscribe("a.*", "p"), 1);
-    assert_eq!(bus.unsubscribe("a.*", "p"), 0);
+    bus.subscribe("a.*", Handler::sync(h.clone()), "p").unwrap();
+    bus.subscribe("b", Handler::sync(h.clone()), "p").unwrap();
+    bus.subscribe("a.*", Handler::sync(h), "q").unwrap();
+    assert_eq!(
+        by_pattern(bus.subscriptions(Target::All)).get("a.*").unwrap(),
+        &vec!["p".to_owned(), "q".to_owned()]
+    );
+    assert_eq!(bus.unsubscribe(Target::Pattern { pattern: "a.*", plugin: "p" }).count(), 1);
+    assert_eq!(bus.unsubscribe(Target::Pattern { pattern: "a.*", plugin: "p" }).count(), 0);
     bus.publish(ev("a.x")).unwrap();
     bus.flush();
     assert_eq!(log.lock().unwrap().len(), 1, "only q's subscription is left");
-    assert_eq!(bus.unsubscribe_all("p"), 1);
-    assert_eq!(bus.subscriptions(Some("p")).len(), 0);
+    assert_eq!(bus.unsubscribe(Target::Plugin("p")).count(), 1);
+    assert_eq!(by_pattern(bus.subscriptions(Target::Plugin("p"))).len(), 0);
     assert_eq!(bus.stats().subscriptions, 1);
 }
 
@@ -158,16 +165,23 @@ fn history_is_bounded_filtered_and_most_recent_first() {
     }
     bus.flush();
     let all: Vec<String> =
-        bus.history(None, None).unwrap().iter().map(|e| e.name().to_owned()).collect();
+        bus.history(HistoryQuery::new()).unwrap().iter().map(|e| e.name().to_owned()).collect();
     assert_eq!(all, vec!["odd.7", "even.6", "odd.5", "even.4", "odd.3"]);
-    let odd: Vec<String> =
-        bus.history(Some(2), Some("odd.*")).unwrap().iter().map(|e| e.name().to_owned()).collect();
+    let odd: Vec<String> = bus
+        .history(HistoryQuery::new().last(2).matching("odd.*"))
+        .unwrap()
+        .iter()
+        .map(|e| e.name().to_owned())
+        .collect();
     assert_eq!(odd, vec!["odd.7", "odd.5"]);
-    assert!(matches!(bus.history(None, Some("")), Err(HistoryError::InvalidPattern { .. })));
+    assert!(matches!(
+        bus.history(HistoryQuery::new().matching("")),
+        Err(HistoryError::InvalidPattern { .. })
+    ));
     let off = Bus::builder().history_size(0).build().unwrap();
     off.publish(ev("x")).unwrap();
     off.flush();
-    assert!(off.history(None, None).unwrap().is_empty());
+    assert!(off.history(HistoryQuery::new()).unwrap().is_empty());
 }
 
 #[test]
@@ -181,19 +195,19 @@ fn bad_input_gets_typed_errors() {
     let bus = Bus::new().unwrap();
     let noop = |_: &Event| Ok(());
     assert_eq!(
-        bus.subscribe("", "p", noop).unwrap_err(),
+        bus.subscribe("", Handler::sync(noop), "p").unwrap_err(),
         SubscribeError::InvalidPattern { pattern: String::new(), reason: NameError::Empty }
     );
     assert!(matches!(
-        bus.subscribe("a\0", "p", noop),
+        bus.subscribe("a\0", Handler::sync(noop), "p"),
         Err(SubscribeError::InvalidPattern { reason: NameError::Nul, .. })
     ));
     assert!(matches!(
-        bus.subscribe(&"a".repeat(5000), "p", noop),
+        bus.subscribe(&"a".repeat(5000), Handler::sync(noop), "p"),
         Err(SubscribeError::InvalidPattern { reason: NameError::TooLong { .. }, .. })
     ));
     assert!(matches!(
-        bus.subscribe("a", "", noop),
+        bus.subscribe("a", Handler::sync(noop), ""),
         Err(SubscribeError::InvalidPlugin { reason: NameError::Empty })
     ));
     let err = bus.publish(ev("")).unwrap_err();
@@ -217,19 +231,23 @@ fn handler_chains_end_at_the_maximum_depth() {
         for (from, to) in [("ping", "pong"), ("pong", "ping")] {
             let weak = bus.downgrade();
             let (d, r) = (depths.clone(), refused.clone());
-            bus.subscribe(from, "loop", move |e| {
-                d.lock().unwrap().push(e.depth());
-                let bus = weak.upgrade().expect("bus alive");
-                match bus.publish(ev(to)) {
-                    Ok(_) => {}
-                    Err(PublishError::DepthExceeded { depth, max, .. }) => {
-                        assert_eq!((depth, max), (6, 5));
-                        r.fetch_add(1, Ordering::SeqCst);
+            bus.subscribe(
+                from,
+                Handler::sync(move |e| {
+                    d.lock().unwrap().push(e.depth());
+                    let bus = weak.upgrade().expect("bus alive");
+                    match bus.publish(ev(to)) {
+                        Ok(_) => {}
+                        Err(PublishError::DepthExceeded { depth, max, .. }) => {
+                            assert_eq!((depth, max), (6, 5));
+                            r.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(other) => panic!("{other}"),
                     }
-                    Err(other) => panic!("{other}"),
-                }
-                Ok(())
-            })
+                    Ok(())
+                }),
+                "loop",
+            )
             .unwrap();
         }
         bus.publish(ev("ping")).unwrap();
@@ -250,20 +268,24 @@ fn handlers_may_subscribe_unsubscribe_and_publish_without_deadlock() {
         let bus = Bus::builder().workers(2).build().unwrap();
         let weak = bus.downgrade();
         let (log, h) = recorder();
-        bus.subscribe("start", "p", move |_| {
-            let bus = weak.upgrade().unwrap();
-            bus.subscribe("next", "p", h.clone())?;
-            bus.unsubscribe("start", "p");
-            bus.publish(ev("next"))?;
-            bus.flush(); // returns at once inside a handler
-            Ok(())
-        })
+        bus.subscribe(
+            "start",
+            Handler::sync(move |_| {
+                let bus = weak.upgrade().unwrap();
+                bus.subscribe("next", Handler::sync(h.clone()), "p")?;
+                bus.unsubscribe(Target::Pattern { pattern: "start", plugin: "p" });
+                bus.publish(ev("next"))?;
+                bus.flush(); // returns at once inside a handler
+                Ok(())
+            }),
+            "p",
+        )
         .unwrap();
         bus.publish(ev("start")).unwrap();
         bus.flush();
         assert_eq!(*log.lock().unwrap(), vec!["next"]);
-        assert!(bus.subscriptions(Some("p")).contains_key("next"));
-        assert!(!bus.subscriptions(Some("p")).contains_key("start"));
+        assert!(by_pattern(bus.subscriptions(Target::Plugin("p"))).contains_key("next"));
+        assert!(!by_pattern(bus.subscriptions(Target::Plugin("p"))).contains_key("start"));
     });
 }
 
@@ -274,11 +296,18 @@ fn unsubscribe_and_wait_from_inside_its_own_handler_does_not_deadlock() {
         let weak = bus.downgrade();
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
-        bus.subscribe("x", "self", move |_| {
-            c.fetch_add(1, Ordering::SeqCst);
-            weak.upgrade().unwrap().unsubscribe_and_wait("x", "self");
-            Ok(())
-        })
+        bus.subscribe(
+            "x",
+            Handler::sync(move |_| {
+                c.fetch_add(1, Ordering::SeqCst);
+                weak.upgrade()
+                    .unwrap()
+                    .unsubscribe(Target::Pattern { pattern: "x", plugin: "self" })
+                    .wait();
+                Ok(())
+            }),
+            "self",
+        )
         .unwrap();
         bus.publish(ev("x")).unwrap();
         bus.flush();
@@ -298,13 +327,17 @@ fn typed_payloads_reach_typed_handlers_and_mismatches_are_errors() {
     let bus = Bus::builder().workers(1).build().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
-    bus.subscribe_typed("quote.added", "search", move |_e, q: &Quote| {
-        g.lock().unwrap().push(q.id);
-        Ok(())
-    })
+    bus.subscribe(
+        "quote.added",
+        Handler::typed(move |_e, q: &Quote| {
+            g.lock().unwrap().push(q.id);
+            Ok(())
+        }),
+        "search",
+    )
     .unwrap();
     let (json_seen, h) = recorder();
-    bus.subscribe("quote.added", "dynamic", h).unwrap();
+    bus.subscribe("quote.added", Handler::sync(h), "dynamic").unwrap();
     bus.publish(Event::typed("quote.added", Quote { id: 1, text: "a".into() }, "q")).unwrap();
     bus.publish(Event::new("quote.added", json!({"id": 2, "text": "b"}), "q")).unwrap();
     bus.publish(Event::typed("quote.added", 42u64, "q")).unwrap();
@@ -333,7 +366,7 @@ fn overflow_error_gives_the_event_back_and_shed_drops_lowest_first() {
 
     let bus = Bus::builder().workers(1).capacity(2).overflow(Overflow::Shed).build().unwrap();
     let (log, h) = recorder();
-    bus.subscribe("e.*", "t", h).unwrap();
+    bus.subscribe("e.*", Handler::sync(h), "t").unwrap();
     let release = hold_worker(&bus);
     bus.publish(ev("e.low").with_priority(Priority::Low)).unwrap();
     bus.publish(ev("e.normal")).unwrap();
@@ -410,10 +443,14 @@ fn blocking_publish_waits_for_room_and_loses_nothing() {
         let bus = Bus::builder().workers(1).capacity(4).build().unwrap();
         let count = Arc::new(AtomicUsize::new(0));
         let c = count.clone();
-        bus.subscribe("*", "t", move |_| {
-            c.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
+        bus.subscribe(
+            "*",
+            Handler::sync(move |_| {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+            "t",
+        )
         .unwrap();
         for i in 0..10_000 {
             bus.publish(ev(&format!("e{i}"))).unwrap();
@@ -429,11 +466,15 @@ fn shutdown_drains_and_refuses_later_publishes() {
         let bus = Bus::builder().workers(2).build().unwrap();
         let count = Arc::new(AtomicUsize::new(0));
         let c = count.clone();
-        bus.subscribe("*", "t", move |_| {
-            std::thread::sleep(Duration::from_micros(10));
-            c.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
+        bus.subscribe(
+            "*",
+            Handler::sync(move |_| {
+                std::thread::sleep(Duration::from_micros(10));
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+            "t",
+        )
         .unwrap();
         for _ in 0..500 {
             bus.publish(ev("x")).unwrap();
@@ -442,7 +483,10 @@ fn shutdown_drains_and_refuses_later_publishes() {
         assert_eq!(count.load(Ordering::SeqCst), 500, "shutdown dispatched everything accepted");
         assert!(bus.is_closed());
         assert!(matches!(bus.publish(ev("late")), Err(PublishError::Closed(_))));
-        assert!(matches!(bus.subscribe("x", "p", |_| Ok(())), Err(SubscribeError::Closed)));
+        assert!(matches!(
+            bus.subscribe("x", Handler::sync(|_| Ok(())), "p"),
+            Err(SubscribeError::Closed)
+        ));
         bus.shutdown(); // idempotent
     });
 }
@@ -453,10 +497,14 @@ fn a_handler_holding_the_bus_does_not_outlive_shutdown() {
     let inner = bus.clone();
     let probe = Arc::new(());
     let p = probe.clone();
-    bus.subscribe("x", "t", move |_| {
-        let _ = (&inner, &p);
-        Ok(())
-    })
+    bus.subscribe(
+        "x",
+        Handler::sync(move |_| {
+            let _ = (&inner, &p);
+            Ok(())
+        }),
+        "t",
+    )
     .unwrap();
     bus.shutdown();
     // The handler (and the Bus and probe it held) was dropped.
@@ -470,11 +518,15 @@ fn dropping_the_last_handle_shuts_down_and_drains() {
         let bus = Bus::builder().workers(1).build().unwrap();
         let weak = bus.downgrade();
         let c = count.clone();
-        bus.subscribe("*", "t", move |_| {
-            let _ = &weak;
-            c.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
+        bus.subscribe(
+            "*",
+            Handler::sync(move |_| {
+                let _ = &weak;
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+            "t",
+        )
         .unwrap();
         for _ in 0..100 {
             bus.publish(ev("x")).unwrap();
@@ -493,14 +545,18 @@ fn a_handler_holding_the_only_handle_can_shut_the_bus_down() {
             let inner = Mutex::new(Some(bus.clone()));
             let p = probe.clone();
             let done = Mutex::new(done_tx);
-            bus.subscribe("stop", "t", move |_| {
-                let _ = &p;
-                if let Some(bus) = inner.lock().unwrap().as_ref() {
-                    bus.shutdown(); // from a worker: closes, does not join itself
-                    done.lock().unwrap().send(()).unwrap();
-                }
-                Ok(())
-            })
+            bus.subscribe(
+                "stop",
+                Handler::sync(move |_| {
+                    let _ = &p;
+                    if let Some(bus) = inner.lock().unwrap().as_ref() {
+                        bus.shutdown(); // from a worker: closes, does not join itself
+                        done.lock().unwrap().send(()).unwrap();
+                    }
+                    Ok(())
+                }),
+                "t",
+            )
             .unwrap();
             bus.publish(ev("stop")).unwrap();
             // Our handle goes; the handler's clone is now the only one.
@@ -553,7 +609,7 @@ fn cpu_ticks_of_threads(prefix: &str) -> u64 {
 #[test]
 fn an_idle_bus_parks_its_workers() {
     let bus = Bus::builder().workers(2).name("idlepark").build().unwrap();
-    bus.subscribe("x", "t", |_| Ok(())).unwrap();
+    bus.subscribe("x", Handler::sync(|_| Ok(())), "t").unwrap();
     bus.publish(ev("x")).unwrap();
     bus.flush();
     std::thread::sleep(Duration::from_millis(50)); // past the brief spin
@@ -574,24 +630,28 @@ fn a_handler_publishing_into_a_full_queue_overshoots_then_gets_full_back() {
         let weak = bus.downgrade();
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let o = outcomes.clone();
-        bus.subscribe("parent", "t", move |_| {
-            let bus = weak.upgrade().unwrap();
-            for i in 0..6 {
-                let outcome = match bus.publish(ev(&format!("child{i}"))) {
-                    Ok(_) => "ok",
-                    Err(PublishError::Full(e)) => {
-                        assert_eq!(e.name(), format!("child{i}"), "the event is given back");
-                        "full"
-                    }
-                    Err(other) => panic!("{other}"),
-                };
-                o.lock().unwrap().push(outcome);
-            }
-            Ok(())
-        })
+        bus.subscribe(
+            "parent",
+            Handler::sync(move |_| {
+                let bus = weak.upgrade().unwrap();
+                for i in 0..6 {
+                    let outcome = match bus.publish(ev(&format!("child{i}"))) {
+                        Ok(_) => "ok",
+                        Err(PublishError::Full(e)) => {
+                            assert_eq!(e.name(), format!("child{i}"), "the event is given back");
+                            "full"
+                        }
+                        Err(other) => panic!("{other}"),
+                    };
+                    o.lock().unwrap().push(outcome);
+                }
+                Ok(())
+            }),
+            "t",
+        )
         .unwrap();
         let (log, h) = recorder();
-        bus.subscribe("child*", "t", h).unwrap();
+        bus.subscribe("child*", Handler::sync(h), "t").unwrap();
         bus.publish(ev("parent")).unwrap();
         bus.flush();
         assert_eq!(*outcomes.lock().unwrap(), vec!["ok", "ok", "ok", "ok", "full", "full"]);

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchboard::{
-    Bus, Event, HandlerResult, HistoryError, NameError, Overflow, Priority, PublishError,
-    SubscribeError,
+    Bus, Event, Handler, HandlerResult, HistoryError, HistoryQuery, NameError, Overflow, Priority,
+    PublishError, SubscribeError, Target,
 };
 
 mod support;
@@ -27,10 +27,14 @@ fn names(events: &[Arc<Event>]) -> Vec<String> {
 fn history_is_in_publish_order_with_several_workers_and_mixed_priorities() {
     for workers in [1, 2, 4] {
         let bus = Bus::builder().workers(workers).history_size(100).build().unwrap();
-        bus.subscribe("e.*", "slow", |_| {
-            std::thread::sleep(Duration::from_micros(20));
-            Ok(())
-        })
+        bus.subscribe(
+            "e.*",
+            Handler::sync(|_| {
+                std::thread::sleep(Duration::from_micros(20));
+                Ok(())
+            }),
+            "slow",
+        )
         .unwrap();
         for i in 0..150 {
             let priority = Priority::ALL[i % 3];
@@ -38,10 +42,17 @@ fn history_is_in_publish_order_with_several_workers_and_mixed_priorities() {
         }
         bus.flush();
         let expected: Vec<String> = (50..150).rev().map(|i| format!("e.{i}")).collect();
-        assert_eq!(names(&bus.history(None, None).unwrap()), expected, "{workers} workers");
+        assert_eq!(
+            names(&bus.history(HistoryQuery::new()).unwrap()),
+            expected,
+            "{workers} workers"
+        );
         let odd: Vec<String> =
             (50..150).rev().filter(|i| i % 2 == 1).map(|i| format!("e.{i}")).take(5).collect();
-        assert_eq!(names(&bus.history(Some(5), Some("e.*[13579]")).unwrap()), odd);
+        assert_eq!(
+            names(&bus.history(HistoryQuery::new().last(5).matching("e.*[13579]")).unwrap()),
+            odd
+        );
     }
 }
 
@@ -66,7 +77,7 @@ fn history_agrees_with_each_publishing_threads_order() {
         p.join().unwrap();
     }
     bus.flush();
-    let history = bus.history(None, None).unwrap();
+    let history = bus.history(HistoryQuery::new()).unwrap();
     assert_eq!(history.len(), 3000);
     for t in 0..3 {
         let seq: Vec<u64> = history
@@ -85,18 +96,22 @@ fn an_event_is_in_history_when_publish_returns_and_before_its_handlers_run() {
     let weak = bus.downgrade();
     let saw_itself = Arc::new(AtomicUsize::new(0));
     let s = saw_itself.clone();
-    bus.subscribe("look", "t", move |event| {
-        let bus = weak.upgrade().unwrap();
-        if bus.history(None, None).unwrap().iter().any(|e| e.id() == event.id()) {
-            s.fetch_add(1, Ordering::SeqCst);
-        }
-        Ok(())
-    })
+    bus.subscribe(
+        "look",
+        Handler::sync(move |event| {
+            let bus = weak.upgrade().unwrap();
+            if bus.history(HistoryQuery::new()).unwrap().iter().any(|e| e.id() == event.id()) {
+                s.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        }),
+        "t",
+    )
     .unwrap();
     let release = hold_worker(&bus);
     bus.publish(ev("queued")).unwrap();
     // Not dispatched yet (the only worker is held), already in history.
-    assert_eq!(names(&bus.history(Some(1), None).unwrap()), ["queued"]);
+    assert_eq!(names(&bus.history(HistoryQuery::new().last(1)).unwrap()), ["queued"]);
     release.send(()).unwrap();
     for _ in 0..20 {
         bus.publish(ev("look")).unwrap();
@@ -108,7 +123,7 @@ fn an_event_is_in_history_when_publish_returns_and_before_its_handlers_run() {
 #[test]
 fn history_filter_errors_are_history_errors() {
     let bus = Bus::new().unwrap();
-    let err = bus.history(None, Some("")).unwrap_err();
+    let err = bus.history(HistoryQuery::new().matching("")).unwrap_err();
     assert_eq!(
         err,
         HistoryError::InvalidPattern { pattern: String::new(), reason: NameError::Empty }
@@ -126,11 +141,15 @@ fn concurrent_shutdowns_each_return_after_the_drain() {
         let bus = Bus::builder().workers(1).build().unwrap();
         let count = Arc::new(AtomicUsize::new(0));
         let c = count.clone();
-        bus.subscribe("work", "t", move |_| {
-            std::thread::sleep(Duration::from_millis(1));
-            c.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
+        bus.subscribe(
+            "work",
+            Handler::sync(move |_| {
+                std::thread::sleep(Duration::from_millis(1));
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+            "t",
+        )
         .unwrap();
         let release = hold_worker(&bus);
         for _ in 0..200 {
@@ -208,9 +227,9 @@ fn children_dispatch_order(
 ) -> Vec<String> {
     let bus = Bus::builder().workers(1).capacity(capacity).build().unwrap();
     let weak = bus.downgrade();
-    bus.subscribe("go", "t", move |_| children(&weak.upgrade().unwrap())).unwrap();
+    bus.subscribe("go", Handler::sync(move |_| children(&weak.upgrade().unwrap())), "t").unwrap();
     let (log, h) = recorder();
-    bus.subscribe("c.*", "t", h).unwrap();
+    bus.subscribe("c.*", Handler::sync(h), "t").unwrap();
     bus.publish(ev("go")).unwrap();
     bus.flush();
     let order = log.lock().unwrap().clone();
@@ -257,20 +276,28 @@ fn blocked_publishers_are_woken_while_handlers_hit_a_full_queue() {
         let weak = bus.downgrade();
         let seen = Arc::new(AtomicUsize::new(0));
         let s = seen.clone();
-        bus.subscribe("x", "t", move |_| {
-            s.fetch_add(1, Ordering::Relaxed);
-            let bus = weak.upgrade().unwrap();
-            let _ = bus.publish(ev("child")); // mostly refused: the queue is full
-            Ok(())
-        })
+        bus.subscribe(
+            "x",
+            Handler::sync(move |_| {
+                s.fetch_add(1, Ordering::Relaxed);
+                let bus = weak.upgrade().unwrap();
+                let _ = bus.publish(ev("child")); // mostly refused: the queue is full
+                Ok(())
+            }),
+            "t",
+        )
         .unwrap();
         let blocking = Bus::builder().workers(2).capacity(1).build().unwrap();
         let c = seen.clone();
         blocking
-            .subscribe("y", "t", move |_| {
-                c.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            })
+            .subscribe(
+                "y",
+                Handler::sync(move |_| {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }),
+                "t",
+            )
             .unwrap();
         for _ in 0..20_000 {
             bus.publish(ev("x")).ok();
@@ -292,12 +319,16 @@ fn two_handlers_unloading_each_other_and_waiting_do_not_deadlock() {
         let calls = Arc::new(AtomicUsize::new(0));
         for (me, other) in [("a", "b"), ("b", "a")] {
             let (weak, barrier, calls) = (bus.downgrade(), both_inside.clone(), calls.clone());
-            bus.subscribe(&format!("go.{me}"), me, move |_| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                barrier.wait();
-                weak.upgrade().unwrap().unsubscribe_all_and_wait(other);
-                Ok(())
-            })
+            bus.subscribe(
+                &format!("go.{me}"),
+                Handler::sync(move |_| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    barrier.wait();
+                    weak.upgrade().unwrap().unsubscribe(Target::Plugin(other)).wait();
+                    Ok(())
+                }),
+                me,
+            )
             .unwrap();
         }
         // One at a time, so that each worker takes one (a worker takes a
@@ -307,7 +338,7 @@ fn two_handlers_unloading_each_other_and_waiting_do_not_deadlock() {
         bus.publish(ev("go.b")).unwrap();
         bus.flush();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
-        assert!(bus.subscriptions(None).is_empty(), "each removed the other");
+        assert!(bus.subscriptions(Target::All).is_empty(), "each removed the other");
         bus.publish(ev("go.a")).unwrap();
         bus.publish(ev("go.b")).unwrap();
         bus.flush();
@@ -322,17 +353,21 @@ fn unsubscribe_all_and_wait_waits_for_running_calls() {
         let inside = Arc::new(AtomicBool::new(false));
         let finished = Arc::new(AtomicBool::new(false));
         let (i, f) = (inside.clone(), finished.clone());
-        bus.subscribe("slow", "plugin", move |_| {
-            i.store(true, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(100));
-            f.store(true, Ordering::SeqCst);
-            Ok(())
-        })
+        bus.subscribe(
+            "slow",
+            Handler::sync(move |_| {
+                i.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(100));
+                f.store(true, Ordering::SeqCst);
+                Ok(())
+            }),
+            "plugin",
+        )
         .unwrap();
-        bus.subscribe("other", "plugin", |_| Ok(())).unwrap();
+        bus.subscribe("other", Handler::sync(|_| Ok(())), "plugin").unwrap();
         bus.publish(ev("slow")).unwrap();
         eventually(10, "the handler to start", || inside.load(Ordering::SeqCst));
-        assert_eq!(bus.unsubscribe_all_and_wait("plugin"), 2);
+        assert_eq!(bus.unsubscribe(Target::Plugin("plugin")).wait(), 2);
         assert!(finished.load(Ordering::SeqCst), "returned while a call was running");
     });
 }
@@ -346,18 +381,24 @@ fn timed_waits_report_what_is_still_running() {
         let inside = Arc::new(AtomicBool::new(false));
         let i = inside.clone();
         let id = bus
-            .subscribe("held", "plugin", move |_| {
-                i.store(true, Ordering::SeqCst);
-                let _ = rx.lock().unwrap().recv();
-                Ok(())
-            })
+            .subscribe(
+                "held",
+                Handler::sync(move |_| {
+                    i.store(true, Ordering::SeqCst);
+                    let _ = rx.lock().unwrap().recv();
+                    Ok(())
+                }),
+                "plugin",
+            )
             .unwrap();
         bus.publish(ev("held")).unwrap();
         eventually(10, "the handler to start", || inside.load(Ordering::SeqCst));
         let flush = bus.flush_timeout(Duration::from_millis(30)).unwrap_err();
         assert_eq!(flush.pending, 1);
-        let err =
-            bus.unsubscribe_all_and_wait_timeout("plugin", Duration::from_millis(30)).unwrap_err();
+        let err = bus
+            .unsubscribe(Target::Plugin("plugin"))
+            .wait_timeout(Duration::from_millis(30))
+            .unwrap_err();
         assert_eq!(err.removed, 1);
         assert_eq!(err.still_running, [id]);
         tx.send(()).unwrap();
@@ -365,7 +406,11 @@ fn timed_waits_report_what_is_still_running() {
         // A flush that gave up leaves nothing behind for the next one.
         bus.publish(ev("held")).unwrap();
         bus.flush();
-        assert_eq!(bus.unsubscribe_and_wait_timeout("held", "plugin", Duration::ZERO), Ok(0));
+        assert_eq!(
+            bus.unsubscribe(Target::Pattern { pattern: "held", plugin: "plugin" })
+                .wait_timeout(Duration::ZERO),
+            Ok(0)
+        );
     });
 }
 
@@ -399,9 +444,9 @@ fn a_panicking_error_hook_is_contained() {
         .error_hook(|_, _, _| panic!("the hook itself fails"))
         .build()
         .unwrap();
-    bus.subscribe("x", "bad", |_| Err("boom".into())).unwrap();
+    bus.subscribe("x", Handler::sync(|_| Err("boom".into())), "bad").unwrap();
     let (log, h) = recorder();
-    bus.subscribe("x", "good", h).unwrap();
+    bus.subscribe("x", Handler::sync(h), "good").unwrap();
     for _ in 0..3 {
         bus.publish(ev("x")).unwrap();
     }
@@ -420,11 +465,15 @@ fn publishing_to_a_closed_full_bus_is_closed_not_full() {
             let weak = bus.downgrade();
             let from_handler = Arc::new(Mutex::new(Vec::new()));
             let f = from_handler.clone();
-            bus.subscribe("late", "t", move |_| {
-                let outcome = weak.upgrade().unwrap().publish(ev("child"));
-                f.lock().unwrap().push(outcome.map_err(|e| e.is_closed()));
-                Ok(())
-            })
+            bus.subscribe(
+                "late",
+                Handler::sync(move |_| {
+                    let outcome = weak.upgrade().unwrap().publish(ev("child"));
+                    f.lock().unwrap().push(outcome.map_err(|e| e.is_closed()));
+                    Ok(())
+                }),
+                "t",
+            )
             .unwrap();
             let release = hold_worker(&bus);
             bus.publish(ev("late")).unwrap();
@@ -470,7 +519,7 @@ fn a_payload_whose_drop_panics_does_not_kill_the_worker() {
     watchdog(30, || {
         let bus = Bus::builder().workers(1).history_size(0).build().unwrap();
         let (log, h) = recorder();
-        bus.subscribe("*", "t", h).unwrap();
+        bus.subscribe("*", Handler::sync(h), "t").unwrap();
         bus.publish(Event::typed("bomb", Bomb, "t")).unwrap();
         bus.flush();
         bus.publish(ev("after")).unwrap();
@@ -491,9 +540,9 @@ fn an_error_whose_display_panics_skips_no_handler() {
             })
             .build()
             .unwrap();
-        bus.subscribe("x", "bad", |_| Err(Box::new(BadError))).unwrap();
+        bus.subscribe("x", Handler::sync(|_| Err(Box::new(BadError))), "bad").unwrap();
         let (log, h) = recorder();
-        bus.subscribe("x", "good", h).unwrap();
+        bus.subscribe("x", Handler::sync(h), "good").unwrap();
         bus.publish(ev("x")).unwrap();
         bus.flush();
         assert_eq!(log.lock().unwrap().len(), 1);
@@ -513,16 +562,24 @@ fn a_handler_whose_drop_panics_does_not_stop_shutdown() {
         let bus = Bus::builder().workers(2).build().unwrap();
         let probe = Arc::new(());
         let guard = Guard;
-        bus.subscribe("x", "bad", move |_| {
-            let _ = &guard;
-            Ok(())
-        })
+        bus.subscribe(
+            "x",
+            Handler::sync(move |_| {
+                let _ = &guard;
+                Ok(())
+            }),
+            "bad",
+        )
         .unwrap();
         let p = probe.clone();
-        bus.subscribe("x", "good", move |_| {
-            let _ = &p;
-            Ok(())
-        })
+        bus.subscribe(
+            "x",
+            Handler::sync(move |_| {
+                let _ = &p;
+                Ok(())
+            }),
+            "good",
+        )
         .unwrap();
         bus.publish(ev("x")).unwrap();
         bus.shutdown();
@@ -538,7 +595,7 @@ fn errors_say_what_they_are_and_where_they_come_from() {
     fn is_error<E: std::error::Error + Send + Sync + 'static>(_: &E) {}
     is_error(&NameError::Empty);
     let bus = Bus::new().unwrap();
-    let err = bus.subscribe("", "p", |_| Ok(())).unwrap_err();
+    let err = bus.subscribe("", Handler::sync(|_| Ok(())), "p").unwrap_err();
     assert!(!err.is_closed());
     assert_eq!(std::error::Error::source(&err).unwrap().to_string(), "it is empty");
     let err = bus.publish(ev("a\0")).unwrap_err();
@@ -546,8 +603,11 @@ fn errors_say_what_they_are_and_where_they_come_from() {
     assert_eq!(err.event().name(), "a\0");
     assert_eq!(std::error::Error::source(&err).unwrap().to_string(), "it contains a NUL character");
     bus.shutdown();
-    assert!(bus.subscribe("x", "p", |_| Ok(())).unwrap_err().is_closed());
-    assert_eq!(bus.subscribe("x", "p", |_| Ok(())).unwrap_err(), SubscribeError::Closed);
+    assert!(bus.subscribe("x", Handler::sync(|_| Ok(())), "p").unwrap_err().is_closed());
+    assert_eq!(
+        bus.subscribe("x", Handler::sync(|_| Ok(())), "p").unwrap_err(),
+        SubscribeError::Closed
+    );
     let err = bus.publish(ev("x")).unwrap_err();
     assert!(matches!(err, PublishError::Closed(_)) && err.is_closed());
 }

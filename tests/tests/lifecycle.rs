@@ -8,8 +8,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use support::{ev, eventually, watchdog};
-use switchboard::{Bus, Event, WeakBus};
+use support::{by_pattern, ev, eventually, watchdog};
+use switchboard::{Bus, Event, Handler, Target, WeakBus};
 
 /// Fifty live subscriptions that match everything `flood.*` and `target`
 /// events, so the target never sits alone in a level.
@@ -18,10 +18,14 @@ fn crowd(bus: &Bus) -> Arc<AtomicU64> {
     for i in 0..50 {
         let c = calls.clone();
         let pattern = if i % 2 == 0 { "*" } else { "flood.*" };
-        bus.subscribe(pattern, &format!("crowd{i}"), move |_| {
-            c.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        })
+        bus.subscribe(
+            pattern,
+            Handler::sync(move |_| {
+                c.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }),
+            &format!("crowd{i}"),
+        )
         .unwrap();
     }
     calls
@@ -61,7 +65,7 @@ fn holding(
 fn subscribe_target(bus: &Bus) -> (Arc<()>, Arc<AtomicU64>, switchboard::SubscriptionId) {
     let token = Arc::new(());
     let calls = Arc::new(AtomicU64::new(0));
-    let id = bus.subscribe("flood.*", "target", holding(&token, &calls)).unwrap();
+    let id = bus.subscribe("flood.*", Handler::sync(holding(&token, &calls)), "target").unwrap();
     eventually(10, "a call of the new subscription", || calls.load(Ordering::Relaxed) > 0);
     (token, calls, id)
 }
@@ -74,12 +78,15 @@ fn an_unsubscribed_handler_is_released_before_unsubscribe_returns_on_an_idle_bus
         for round in 0..20 {
             let token = Arc::new(());
             let calls = Arc::new(AtomicU64::new(0));
-            bus.subscribe("flood.*", "target", holding(&token, &calls)).unwrap();
+            bus.subscribe("flood.*", Handler::sync(holding(&token, &calls)), "target").unwrap();
             bus.publish(ev("flood.tick")).unwrap();
             bus.flush();
             assert_eq!(calls.load(Ordering::Relaxed), 1);
             assert_eq!(Arc::strong_count(&token), 2);
-            assert_eq!(bus.unsubscribe("flood.*", "target"), 1);
+            assert_eq!(
+                bus.unsubscribe(Target::Pattern { pattern: "flood.*", plugin: "target" }).count(),
+                1
+            );
             assert_eq!(
                 Arc::strong_count(&token),
                 1,
@@ -101,9 +108,12 @@ fn unsubscribe_and_wait_releases_the_handler_before_it_returns_under_traffic() {
         for round in 0..50 {
             let (token, calls, id) = subscribe_target(&bus);
             let released = match round % 3 {
-                0 => bus.unsubscribe_and_wait("flood.*", "target") == 1,
-                1 => bus.unsubscribe_all_and_wait("target") == 1,
-                _ => bus.unsubscribe_id_and_wait(id),
+                0 => {
+                    bus.unsubscribe(Target::Pattern { pattern: "flood.*", plugin: "target" }).wait()
+                        == 1
+                }
+                1 => bus.unsubscribe(Target::Plugin("target")).wait() == 1,
+                _ => bus.unsubscribe(id).wait() == 1,
             };
             assert!(released);
             assert_eq!(
@@ -132,7 +142,10 @@ fn a_plain_unsubscribe_releases_the_handler_soon_under_traffic_and_after_a_runni
         let publisher = flood(&bus, &stop);
         for _ in 0..20 {
             let (token, _calls, _id) = subscribe_target(&bus);
-            assert_eq!(bus.unsubscribe("flood.*", "target"), 1);
+            assert_eq!(
+                bus.unsubscribe(Target::Pattern { pattern: "flood.*", plugin: "target" }).count(),
+                1
+            );
             eventually(5, "the handler's release", || Arc::strong_count(&token) == 1);
         }
         stop.store(true, Ordering::Relaxed);
@@ -146,16 +159,23 @@ fn a_plain_unsubscribe_releases_the_handler_soon_under_traffic_and_after_a_runni
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
         let t = token.clone();
-        bus.subscribe("slow", "target", move |_| {
-            let _still_here = &t;
-            entered_tx.lock().unwrap().send(()).unwrap();
-            release_rx.lock().unwrap().recv().unwrap();
-            Ok(())
-        })
+        bus.subscribe(
+            "slow",
+            Handler::sync(move |_| {
+                let _still_here = &t;
+                entered_tx.lock().unwrap().send(()).unwrap();
+                release_rx.lock().unwrap().recv().unwrap();
+                Ok(())
+            }),
+            "target",
+        )
         .unwrap();
         bus.publish(ev("slow")).unwrap();
         entered_rx.recv().unwrap();
-        assert_eq!(bus.unsubscribe("slow", "target"), 1);
+        assert_eq!(
+            bus.unsubscribe(Target::Pattern { pattern: "slow", plugin: "target" }).count(),
+            1
+        );
         assert_eq!(Arc::strong_count(&token), 2, "dropped while its call was running");
         release_tx.send(()).unwrap();
         eventually(5, "the handler's release after its call", || Arc::strong_count(&token) == 1);
@@ -175,8 +195,8 @@ impl Drop for UsesBusOnDrop {
             self.log.lock().unwrap().push("bus gone".into());
             return;
         };
-        let removed = bus.unsubscribe_all("other");
-        let subscribed = bus.subscribe("late.*", "late", |_| Ok(())).is_ok();
+        let removed = bus.unsubscribe(Target::Plugin("other")).count();
+        let subscribed = bus.subscribe("late.*", Handler::sync(|_| Ok(())), "late").is_ok();
         let live = bus.stats().subscriptions;
         self.log
             .lock()
@@ -199,28 +219,32 @@ fn a_handler_whose_drop_uses_the_bus_does_not_deadlock() {
         };
 
         // Dropped by a plain unsubscribe, on this thread.
-        bus.subscribe("x", "other", |_| Ok(())).unwrap();
-        bus.subscribe("x", "p", handler(&bus)).unwrap();
-        bus.unsubscribe("x", "p");
+        bus.subscribe("x", Handler::sync(|_| Ok(())), "other").unwrap();
+        bus.subscribe("x", Handler::sync(handler(&bus)), "p").unwrap();
+        bus.unsubscribe(Target::Pattern { pattern: "x", plugin: "p" });
         // Dropped by unsubscribe_and_wait.
-        bus.subscribe("x", "other", |_| Ok(())).unwrap();
-        bus.subscribe("x", "p", handler(&bus)).unwrap();
-        bus.unsubscribe_and_wait("x", "p");
+        bus.subscribe("x", Handler::sync(|_| Ok(())), "other").unwrap();
+        bus.subscribe("x", Handler::sync(handler(&bus)), "p").unwrap();
+        bus.unsubscribe(Target::Pattern { pattern: "x", plugin: "p" }).wait();
         // Dropped on a worker: the handler unsubscribes itself mid-call.
-        bus.subscribe("x", "other", |_| Ok(())).unwrap();
+        bus.subscribe("x", Handler::sync(|_| Ok(())), "other").unwrap();
         let held = UsesBusOnDrop { bus: bus.downgrade(), log: log.clone() };
-        bus.subscribe("self.stop", "p", move |_| {
-            let _held = &held;
-            Bus::current().unwrap().unsubscribe_all_and_wait("p");
-            Ok(())
-        })
+        bus.subscribe(
+            "self.stop",
+            Handler::sync(move |_| {
+                let _held = &held;
+                Bus::current().unwrap().unsubscribe(Target::Plugin("p")).wait();
+                Ok(())
+            }),
+            "p",
+        )
         .unwrap();
         bus.publish(ev("self.stop")).unwrap();
         bus.flush();
         eventually(5, "the self-unsubscribed handler's drop", || log.lock().unwrap().len() == 3);
         // Dropped by shutdown, on the last worker.
-        bus.subscribe("x", "other", |_| Ok(())).unwrap();
-        bus.subscribe("x", "p", handler(&bus)).unwrap();
+        bus.subscribe("x", Handler::sync(|_| Ok(())), "other").unwrap();
+        bus.subscribe("x", Handler::sync(handler(&bus)), "p").unwrap();
         let before = bus.stats().subscriptions;
         assert_eq!(before, 5, "three late.* (one per drop so far), x/other and x/p");
         bus.shutdown();
@@ -297,29 +321,44 @@ fn every_handler_is_dropped_exactly_once_and_never_called_after_under_churn() {
                         let plugin = format!("churn{c}");
                         match i % 5 {
                             0 => {
-                                bus.subscribe("flood.*", &plugin, handler).unwrap();
+                                bus.subscribe("flood.*", Handler::sync(handler), &plugin).unwrap();
                                 thread::yield_now();
-                                assert_eq!(bus.unsubscribe("flood.*", &plugin), 1);
+                                assert_eq!(
+                                    bus.unsubscribe(Target::Pattern {
+                                        pattern: "flood.*",
+                                        plugin: &plugin
+                                    })
+                                    .count(),
+                                    1
+                                );
                             }
                             1 => {
-                                bus.subscribe("*", &plugin, handler).unwrap();
+                                bus.subscribe("*", Handler::sync(handler), &plugin).unwrap();
                                 thread::yield_now();
-                                assert_eq!(bus.unsubscribe_all_and_wait(&plugin), 1);
+                                assert_eq!(bus.unsubscribe(Target::Plugin(&plugin)).wait(), 1);
                             }
                             2 => {
-                                let id = bus.subscribe("flood.tick", &plugin, handler).unwrap();
+                                let id = bus
+                                    .subscribe("flood.tick", Handler::sync(handler), &plugin)
+                                    .unwrap();
                                 thread::yield_now();
-                                assert!(bus.unsubscribe_id(id));
+                                assert!(bus.unsubscribe(id).count() == 1);
                             }
                             3 => {
-                                let guard =
-                                    bus.subscribe_scoped("flood.*", &plugin, handler).unwrap();
+                                let guard = bus
+                                    .subscribe_scoped("flood.*", Handler::sync(handler), &plugin)
+                                    .unwrap();
                                 thread::yield_now();
                                 drop(guard);
                             }
                             _ => {
                                 // Left for shutdown to drop.
-                                bus.subscribe("flood.*", &format!("kept{c}.{i}"), handler).unwrap();
+                                bus.subscribe(
+                                    "flood.*",
+                                    Handler::sync(handler),
+                                    &format!("kept{c}.{i}"),
+                                )
+                                .unwrap();
                             }
                         }
                     }
@@ -347,26 +386,30 @@ fn unsubscribe_id_removes_exactly_one_of_identical_subscriptions() {
     let bus = Bus::builder().workers(2).build().unwrap();
     let (first_calls, second_calls) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (first_token, second_token) = (Arc::new(()), Arc::new(()));
-    let first = bus.subscribe("quote.*", "search", holding(&first_token, &first_calls)).unwrap();
-    let second = bus.subscribe("quote.*", "search", holding(&second_token, &second_calls)).unwrap();
+    let first = bus
+        .subscribe("quote.*", Handler::sync(holding(&first_token, &first_calls)), "search")
+        .unwrap();
+    let second = bus
+        .subscribe("quote.*", Handler::sync(holding(&second_token, &second_calls)), "search")
+        .unwrap();
 
-    assert!(bus.unsubscribe_id(first));
+    assert!(bus.unsubscribe(first).count() == 1);
     assert_eq!(Arc::strong_count(&first_token), 1);
     assert_eq!(Arc::strong_count(&second_token), 2);
-    assert!(!bus.unsubscribe_id(first), "already removed");
-    assert_eq!(bus.subscription_errors(first), None);
-    assert_eq!(bus.subscription_errors(second), Some(0));
+    assert!(bus.unsubscribe(first).count() != 1, "already removed");
+    assert_eq!(bus.subscriptions(first).first().map(|s| s.stats.errors), None);
+    assert_eq!(bus.subscriptions(second).first().map(|s| s.stats.errors), Some(0));
     bus.publish(ev("quote.added")).unwrap();
     bus.flush();
     assert_eq!((first_calls.load(Ordering::Relaxed), second_calls.load(Ordering::Relaxed)), (0, 1));
-    assert_eq!(bus.subscriptions(Some("search"))["quote.*"], ["search"]);
+    assert_eq!(by_pattern(bus.subscriptions(Target::Plugin("search")))["quote.*"], ["search"]);
 
-    assert!(bus.unsubscribe_id_and_wait(second));
+    assert!(bus.unsubscribe(second).wait() == 1);
     assert_eq!(Arc::strong_count(&second_token), 1);
-    assert!(!bus.unsubscribe_id_and_wait(second));
-    assert!(!bus.unsubscribe_id_and_wait_timeout(second, Duration::from_secs(1)).unwrap());
+    assert!(bus.unsubscribe(second).wait() != 1);
+    assert!(!bus.unsubscribe(second).wait_timeout(Duration::from_secs(1)).map(|n| n == 1).unwrap());
     assert_eq!(bus.stats().subscriptions, 0);
-    assert!(bus.subscriptions(None).is_empty());
+    assert!(bus.subscriptions(Target::All).is_empty());
     bus.shutdown();
 }
 
@@ -376,8 +419,10 @@ fn a_scoped_subscription_lasts_as_long_as_its_guard() {
     let calls = Arc::new(AtomicU64::new(0));
     let token = Arc::new(());
     {
-        let guard = bus.subscribe_scoped("trivia.*", "stats", holding(&token, &calls)).unwrap();
-        assert_eq!(bus.subscription_errors(guard.id()), Some(0));
+        let guard = bus
+            .subscribe_scoped("trivia.*", Handler::sync(holding(&token, &calls)), "stats")
+            .unwrap();
+        assert_eq!(bus.subscriptions(guard.id()).first().map(|s| s.stats.errors), Some(0));
         bus.publish(ev("trivia.started")).unwrap();
         bus.flush();
     }
@@ -386,18 +431,22 @@ fn a_scoped_subscription_lasts_as_long_as_its_guard() {
     bus.flush();
     assert_eq!(calls.load(Ordering::Relaxed), 1);
 
-    let guard = bus.subscribe_scoped("trivia.*", "stats", holding(&token, &calls)).unwrap();
+    let guard =
+        bus.subscribe_scoped("trivia.*", Handler::sync(holding(&token, &calls)), "stats").unwrap();
     assert!(guard.unsubscribe_and_wait());
     assert_eq!(Arc::strong_count(&token), 1);
 
-    let kept = bus.subscribe_scoped("trivia.*", "stats", holding(&token, &calls)).unwrap().detach();
+    let kept = bus
+        .subscribe_scoped("trivia.*", Handler::sync(holding(&token, &calls)), "stats")
+        .unwrap()
+        .detach();
     bus.publish(ev("trivia.won")).unwrap();
     bus.flush();
     assert_eq!(calls.load(Ordering::Relaxed), 2, "a detached subscription stays");
-    assert!(bus.unsubscribe_id(kept));
+    assert!(bus.unsubscribe(kept).count() == 1);
 
     // A guard that outlives its bus does nothing when dropped.
-    let late = bus.subscribe_scoped("trivia.*", "stats", |_| Ok(())).unwrap();
+    let late = bus.subscribe_scoped("trivia.*", Handler::sync(|_| Ok(())), "stats").unwrap();
     bus.shutdown();
     drop(bus);
     drop(late);
@@ -411,17 +460,25 @@ fn handlers_reach_their_bus_through_current_without_keeping_it_alive() {
     let t = token.clone();
     let answered = Arc::new(AtomicU64::new(0));
     let a = answered.clone();
-    bus.subscribe("trivia.question", "trivia", move |event: &Event| {
-        let _still_here = &t;
-        let bus = Bus::current().expect("inside a handler of a live bus");
-        bus.publish(Event::new("trivia.answer", event.data().clone(), "trivia"))?;
-        Ok(())
-    })
+    bus.subscribe(
+        "trivia.question",
+        Handler::sync(move |event: &Event| {
+            let _still_here = &t;
+            let bus = Bus::current().expect("inside a handler of a live bus");
+            bus.publish(Event::new("trivia.answer", event.data().clone(), "trivia"))?;
+            Ok(())
+        }),
+        "trivia",
+    )
     .unwrap();
-    bus.subscribe("trivia.answer", "stats", move |_| {
-        a.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    })
+    bus.subscribe(
+        "trivia.answer",
+        Handler::sync(move |_| {
+            a.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }),
+        "stats",
+    )
     .unwrap();
     assert!(Bus::current().is_none(), "not inside a handler");
     bus.publish(ev("trivia.question")).unwrap();
@@ -481,13 +538,15 @@ fn mailbox_handlers_are_dropped_exactly_once_and_never_called_after_the_wait_und
                             _ => switchboard::SubscribeOptions::new().blocking().ordered(),
                         };
                         let plugin = format!("mailbox{c}");
-                        let id = bus.subscribe_with("flood.*", &plugin, options, handler).unwrap();
+                        let id = bus
+                            .subscribe("flood.*", Handler::sync(handler), options.plugin(&plugin))
+                            .unwrap();
                         thread::sleep(Duration::from_micros(200));
                         if i % 2 == 0 {
-                            assert!(bus.unsubscribe_id_and_wait(id));
+                            assert!(bus.unsubscribe(id).wait() == 1);
                             waited.store(true, Ordering::SeqCst);
                         } else {
-                            assert!(bus.unsubscribe_id(id));
+                            assert!(bus.unsubscribe(id).count() == 1);
                         }
                     }
                 })

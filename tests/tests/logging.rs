@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-use switchboard::{Bus, Event, Overflow, SubscribeOptions};
+use switchboard::{Bus, Event, Handler, Overflow, SubscribeOptions};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Level, Metadata, Subscriber};
@@ -55,15 +55,19 @@ fn losses_under_a_lossy_policy_are_logged_at_warn_at_most_once_a_second() {
     // losses happen (and are logged) here, deterministically.
     let options = SubscribeOptions::new().ordered().backlog(2).overflow(Overflow::Shed);
     let id = bus
-        .subscribe_with("chat.*", "logger", options, move |_| {
-            let _ = rx.lock().unwrap().recv();
-            Ok(())
-        })
+        .subscribe(
+            "chat.*",
+            Handler::sync(move |_| {
+                let _ = rx.lock().unwrap().recv();
+                Ok(())
+            }),
+            options.plugin("logger"),
+        )
         .unwrap();
     for _ in 0..500 {
         bus.publish(ev("chat.line")).unwrap();
     }
-    let dropped = bus.subscription_stats(id).unwrap().backlog_dropped;
+    let dropped = bus.subscriptions(id).first().map(|s| s.stats.clone()).unwrap().backlog_dropped;
     assert!(dropped >= 400, "the backlog shed: {dropped}");
     let lines: Vec<String> = capture.0.lock().unwrap().clone();
     let losses: Vec<&String> = lines.iter().filter(|l| l.contains("backlog")).collect();

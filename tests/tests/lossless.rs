@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde_json::json;
 use support::{ev, eventually, watchdog, FlushOnDrop, Latch};
 use switchboard::{
-    BacklogFull, BuildError, Bus, Event, Overflow, PublishError, SubscribeError, SubscribeOptions,
+    BacklogFull, BuildError, Bus, Event, Handler, Overflow, PublishError, SubscribeError,
+    SubscribeOptions,
 };
 
 fn numbered(name: &str, thread: u64, n: u64) -> Event {
@@ -31,17 +32,21 @@ fn an_ordered_subscription_under_the_default_policy_sees_every_event_in_order() 
         let (seen, out_of_order) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (l, s, o) = (last.clone(), seen.clone(), out_of_order.clone());
         let id = bus
-            .subscribe_with("score.*", "scores", SubscribeOptions::new().ordered(), move |e| {
-                let (t, n) =
-                    (e.data()["thread"].as_u64().unwrap(), e.data()["n"].as_u64().unwrap());
-                let mut last = l.lock().unwrap();
-                if last[t as usize].is_some_and(|prev| prev + 1 != n) {
-                    o.fetch_add(1, Ordering::SeqCst);
-                }
-                last[t as usize] = Some(n);
-                s.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            })
+            .subscribe(
+                "score.*",
+                Handler::sync(move |e| {
+                    let (t, n) =
+                        (e.data()["thread"].as_u64().unwrap(), e.data()["n"].as_u64().unwrap());
+                    let mut last = l.lock().unwrap();
+                    if last[t as usize].is_some_and(|prev| prev + 1 != n) {
+                        o.fetch_add(1, Ordering::SeqCst);
+                    }
+                    last[t as usize] = Some(n);
+                    s.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }),
+                SubscribeOptions::new().plugin("scores").ordered(),
+            )
             .unwrap();
         const PER_THREAD: u64 = 50_000;
         let publishers: Vec<_> = (0..2)
@@ -60,7 +65,7 @@ fn an_ordered_subscription_under_the_default_policy_sees_every_event_in_order() 
         bus.flush();
         assert_eq!(seen.load(Ordering::SeqCst), 2 * PER_THREAD, "every event reached it");
         assert_eq!(out_of_order.load(Ordering::SeqCst), 0, "in each publisher's order");
-        let stats = bus.subscription_stats(id).unwrap();
+        let stats = bus.subscriptions(id).first().map(|s| s.stats.clone()).unwrap();
         assert_eq!(stats.backlog_dropped, 0);
         assert_eq!((bus.stats().backlog_dropped, bus.stats().dropped), (0, 0));
         bus.shutdown();
@@ -76,22 +81,25 @@ fn a_slow_blocking_subscriber_under_the_default_policy_loses_nothing() {
         let (slow, fast) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let s = slow.clone();
         let id = bus
-            .subscribe_with(
+            .subscribe(
                 "job.*",
-                "thumbs",
-                SubscribeOptions::new().blocking().backlog(8),
-                move |_| {
+                Handler::sync(move |_| {
                     thread::sleep(Duration::from_micros(200));
                     s.fetch_add(1, Ordering::SeqCst);
                     Ok(())
-                },
+                }),
+                SubscribeOptions::new().plugin("thumbs").blocking().backlog(8),
             )
             .unwrap();
         let f = fast.clone();
-        bus.subscribe("job.*", "log", move |_| {
-            f.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
+        bus.subscribe(
+            "job.*",
+            Handler::sync(move |_| {
+                f.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+            "log",
+        )
         .unwrap();
         const EVENTS: u64 = 2_000;
         for n in 0..EVENTS {
@@ -100,7 +108,10 @@ fn a_slow_blocking_subscriber_under_the_default_policy_loses_nothing() {
         bus.flush();
         assert_eq!(slow.load(Ordering::SeqCst), EVENTS);
         assert_eq!(fast.load(Ordering::SeqCst), EVENTS);
-        assert_eq!(bus.subscription_stats(id).unwrap().backlog_dropped, 0);
+        assert_eq!(
+            bus.subscriptions(id).first().map(|s| s.stats.clone()).unwrap().backlog_dropped,
+            0
+        );
         bus.shutdown();
     });
 }
@@ -119,11 +130,15 @@ fn a_subscription_that_asks_to_shed_drops_its_oldest_events_and_counts_each() {
         let (l, s) = (latch.clone(), seen.clone());
         let options = SubscribeOptions::new().blocking().backlog(4).overflow(Overflow::Shed);
         let id = bus
-            .subscribe_with("job.*", "thumbs", options, move |e| {
-                l.wait();
-                s.lock().unwrap().push(e.data()["n"].as_u64().unwrap());
-                Ok(())
-            })
+            .subscribe(
+                "job.*",
+                Handler::sync(move |e| {
+                    l.wait();
+                    s.lock().unwrap().push(e.data()["n"].as_u64().unwrap());
+                    Ok(())
+                }),
+                options.plugin("thumbs"),
+            )
             .unwrap();
         const EVENTS: u64 = 100;
         for n in 0..EVENTS {
@@ -131,13 +146,14 @@ fn a_subscription_that_asks_to_shed_drops_its_oldest_events_and_counts_each() {
         }
         // Everything has been handed over (or shed) before the latch opens.
         eventually(10, "the hand-overs", || {
-            let stats = bus.subscription_stats(id).unwrap();
+            let stats = bus.subscriptions(id).first().map(|s| s.stats.clone()).unwrap();
             stats.backlog + stats.running + stats.backlog_dropped == EVENTS
         });
         latch.open();
         bus.flush();
         let seen = seen.lock().unwrap().clone();
-        let dropped = bus.subscription_stats(id).unwrap().backlog_dropped;
+        let dropped =
+            bus.subscriptions(id).first().map(|s| s.stats.clone()).unwrap().backlog_dropped;
         assert!(dropped > 0);
         assert_eq!(seen.len() as u64 + dropped, EVENTS, "every event handled or counted");
         assert_eq!(seen.last(), Some(&(EVENTS - 1)), "the newest event is kept");
@@ -156,10 +172,14 @@ fn an_ordered_subscription_that_asks_for_errors_refuses_the_publish_when_full() 
         let l = latch.clone();
         let options = SubscribeOptions::new().ordered().backlog(2).overflow(Overflow::Error);
         let id = bus
-            .subscribe_with("audit.*", "audit", options, move |_| {
-                l.wait();
-                Ok(())
-            })
+            .subscribe(
+                "audit.*",
+                Handler::sync(move |_| {
+                    l.wait();
+                    Ok(())
+                }),
+                options.plugin("audit"),
+            )
             .unwrap();
         let mut accepted = 0u64;
         let refused = loop {
@@ -207,29 +227,38 @@ fn a_blocking_subscription_that_asks_for_errors_reports_each_refusal_to_the_hook
         let (l, c) = (latch.clone(), handled.clone());
         let options = SubscribeOptions::new().blocking().backlog(2).overflow(Overflow::Error);
         let id = bus
-            .subscribe_with("job.*", "thumbs", options, move |_| {
-                l.wait();
-                c.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            })
+            .subscribe(
+                "job.*",
+                Handler::sync(move |_| {
+                    l.wait();
+                    c.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }),
+                options.plugin("thumbs"),
+            )
             .unwrap();
         let o = others.clone();
-        bus.subscribe("job.*", "log", move |_| {
-            o.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
+        bus.subscribe(
+            "job.*",
+            Handler::sync(move |_| {
+                o.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+            "log",
+        )
         .unwrap();
         const EVENTS: u64 = 20;
         for _ in 0..EVENTS {
             bus.publish(ev("job.done")).unwrap();
         }
         eventually(10, "the hand-overs", || {
-            let stats = bus.subscription_stats(id).unwrap();
+            let stats = bus.subscriptions(id).first().map(|s| s.stats.clone()).unwrap();
             stats.backlog + stats.running + stats.backlog_dropped == EVENTS
         });
         latch.open();
         bus.flush();
-        let refused = bus.subscription_stats(id).unwrap().backlog_dropped;
+        let refused =
+            bus.subscriptions(id).first().map(|s| s.stats.clone()).unwrap().backlog_dropped;
         assert!(refused > 0);
         assert_eq!(handled.load(Ordering::SeqCst) + refused, EVENTS);
         assert_eq!(hooked.load(Ordering::SeqCst), refused, "each refusal reached the hook");
@@ -250,11 +279,9 @@ fn a_handler_publishing_into_its_own_full_backlog_never_waits_on_itself() {
             (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (a, f, c) = (accepted.clone(), full.clone(), children.clone());
         let inner = bus.downgrade();
-        bus.subscribe_with(
+        bus.subscribe(
             "echo.*",
-            "echo",
-            SubscribeOptions::new().ordered().backlog(4),
-            move |e| {
+            Handler::sync(move |e| {
                 if e.name() == "echo.child" {
                     c.fetch_add(1, Ordering::SeqCst);
                     return Ok(());
@@ -268,7 +295,8 @@ fn a_handler_publishing_into_its_own_full_backlog_never_waits_on_itself() {
                     };
                 }
                 Ok(())
-            },
+            }),
+            SubscribeOptions::new().plugin("echo").ordered().backlog(4),
         )
         .unwrap();
         bus.publish(ev("echo.seed")).unwrap();
@@ -292,15 +320,14 @@ fn events_left_in_a_backlog_at_the_drain_timeout_are_counted() {
             Bus::builder().workers(1).drain_timeout(Duration::from_millis(100)).build().unwrap();
         let handled = Arc::new(AtomicU64::new(0));
         let h = handled.clone();
-        bus.subscribe_with(
+        bus.subscribe(
             "job.*",
-            "slow",
-            SubscribeOptions::new().blocking().backlog(100),
-            move |_| {
+            Handler::sync(move |_| {
                 thread::sleep(Duration::from_millis(50));
                 h.fetch_add(1, Ordering::SeqCst);
                 Ok(())
-            },
+            }),
+            SubscribeOptions::new().plugin("slow").blocking().backlog(100),
         )
         .unwrap();
         const EVENTS: u64 = 40;
@@ -342,12 +369,17 @@ fn a_replay_is_a_contiguous_run_of_the_publish_sequence_ending_at_the_seam() {
             let seqs = Arc::new(Mutex::new(Vec::new()));
             let s = seqs.clone();
             let replay = bus
-                .subscribe_replay("*", "late", usize::MAX, move |e| {
-                    s.lock().unwrap().push(e.sequence().unwrap());
-                    Ok(())
-                })
+                .subscribe_replay(
+                    "*",
+                    Handler::sync(move |e| {
+                        s.lock().unwrap().push(e.sequence().unwrap());
+                        Ok(())
+                    }),
+                    "late",
+                    usize::MAX,
+                )
                 .unwrap();
-            bus.unsubscribe_id(replay.id);
+            bus.unsubscribe(replay.id);
             let seqs = seqs.lock().unwrap();
             let replayed = &seqs[..replay.replayed];
             assert!(!replayed.is_empty(), "round {round}: nothing replayed");
@@ -385,22 +417,27 @@ fn a_replayed_call_that_publishes_and_flushes_does_not_deadlock() {
         }
         let more = Arc::new(AtomicU64::new(0));
         let (m, b) = (more.clone(), bus.clone());
-        bus.subscribe_replay("r.*", "late", 10, move |e| {
-            match e.name() {
-                "r.old" => {
-                    b.publish(ev("r.live"))?;
-                    b.flush();
+        bus.subscribe_replay(
+            "r.*",
+            Handler::sync(move |e| {
+                match e.name() {
+                    "r.old" => {
+                        b.publish(ev("r.live"))?;
+                        b.flush();
+                    }
+                    "r.live" => {
+                        b.publish(ev("r.more"))?;
+                        b.flush();
+                    }
+                    _ => {
+                        m.fetch_add(1, Ordering::SeqCst);
+                    }
                 }
-                "r.live" => {
-                    b.publish(ev("r.more"))?;
-                    b.flush();
-                }
-                _ => {
-                    m.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-            Ok(())
-        })
+                Ok(())
+            }),
+            "late",
+            10,
+        )
         .unwrap();
         bus.flush();
         assert_eq!(more.load(Ordering::SeqCst), 3);
@@ -418,17 +455,26 @@ fn a_replayed_call_finds_its_bus_and_publishes_one_level_deeper() {
         bus.publish(ev("q.added")).unwrap();
         let depths = Arc::new(Mutex::new(Vec::new()));
         let d = depths.clone();
-        bus.subscribe("q.indexed", "check", move |e| {
-            d.lock().unwrap().push(e.depth());
-            Ok(())
-        })
+        bus.subscribe(
+            "q.indexed",
+            Handler::sync(move |e| {
+                d.lock().unwrap().push(e.depth());
+                Ok(())
+            }),
+            "check",
+        )
         .unwrap();
         let replay = bus
-            .subscribe_replay("q.added", "search", 10, |_| {
-                let bus = Bus::current().expect("a replayed call runs in its bus's context");
-                bus.publish(ev("q.indexed"))?;
-                Ok(())
-            })
+            .subscribe_replay(
+                "q.added",
+                Handler::sync(|_| {
+                    let bus = Bus::current().expect("a replayed call runs in its bus's context");
+                    bus.publish(ev("q.indexed"))?;
+                    Ok(())
+                }),
+                "search",
+                10,
+            )
             .unwrap();
         assert_eq!(replay.replayed, 1);
         bus.flush();
@@ -451,16 +497,20 @@ fn a_blocking_handlers_drop_may_flush() {
         let guard = FlushOnDrop { bus: bus.downgrade(), dropped: dropped.clone() };
         let (l, s) = (latch.clone(), started.clone());
         let id = bus
-            .subscribe_with("job.*", "thumbs", SubscribeOptions::new().blocking(), move |_| {
-                let _held = &guard;
-                s.store(true, Ordering::SeqCst);
-                l.wait();
-                Ok(())
-            })
+            .subscribe(
+                "job.*",
+                Handler::sync(move |_| {
+                    let _held = &guard;
+                    s.store(true, Ordering::SeqCst);
+                    l.wait();
+                    Ok(())
+                }),
+                SubscribeOptions::new().plugin("thumbs").blocking(),
+            )
             .unwrap();
         bus.publish(ev("job.done")).unwrap();
         eventually(10, "the call to start", || started.load(Ordering::SeqCst));
-        assert!(bus.unsubscribe_id(id));
+        assert!(bus.unsubscribe(id).count() == 1);
         latch.open();
         eventually(10, "the handler's drop", || dropped.load(Ordering::SeqCst));
         bus.flush_timeout(Duration::from_secs(5)).expect("no flush is left holding the bus");
@@ -494,17 +544,21 @@ fn a_blocking_handler_holding_the_last_bus_shuts_it_down_without_waiting_for_its
         let holder = HoldsBus { bus: Some(bus.clone()), dropped: dropped.clone() };
         let (l, s) = (latch.clone(), started.clone());
         let id = bus
-            .subscribe_with("job.*", "thumbs", SubscribeOptions::new().blocking(), move |_| {
-                let _held = &holder;
-                s.store(true, Ordering::SeqCst);
-                l.wait();
-                Ok(())
-            })
+            .subscribe(
+                "job.*",
+                Handler::sync(move |_| {
+                    let _held = &holder;
+                    s.store(true, Ordering::SeqCst);
+                    l.wait();
+                    Ok(())
+                }),
+                SubscribeOptions::new().plugin("thumbs").blocking(),
+            )
             .unwrap();
         bus.publish(ev("job.done")).unwrap();
         eventually(10, "the call to start", || started.load(Ordering::SeqCst));
         let weak = bus.downgrade();
-        assert!(bus.unsubscribe_id(id));
+        assert!(bus.unsubscribe(id).count() == 1);
         drop(bus);
         assert!(weak.upgrade().is_some(), "the handler holds the last handle");
         latch.open();
@@ -535,7 +589,7 @@ fn sizes_past_their_limits_are_typed_errors() {
     }
     let bus = Bus::new().unwrap();
     let options = SubscribeOptions::new().blocking().concurrency(usize::MAX);
-    match bus.subscribe_with("x", "p", options, |_| Ok(())) {
+    match bus.subscribe("x", Handler::sync(|_| Ok(())), options.plugin("p")) {
         Err(SubscribeError::InvalidOption { what: "concurrency", value, max }) => {
             assert_eq!((value, max), (usize::MAX, SubscribeOptions::MAX_CONCURRENCY));
         }
@@ -552,10 +606,14 @@ fn every_accepted_publish_is_numbered_even_without_history() {
     let bus = Bus::builder().history_size(0).build().unwrap();
     let seqs = Arc::new(Mutex::new(Vec::new()));
     let s = seqs.clone();
-    bus.subscribe("n.*", "check", move |e| {
-        s.lock().unwrap().push((e.id(), e.sequence()));
-        Ok(())
-    })
+    bus.subscribe(
+        "n.*",
+        Handler::sync(move |e| {
+            s.lock().unwrap().push((e.id(), e.sequence()));
+            Ok(())
+        }),
+        "check",
+    )
     .unwrap();
     let event = ev("n.one");
     bus.publish(event.clone()).unwrap();
@@ -578,14 +636,18 @@ fn publishers_waiting_for_a_backlog_and_its_publishing_handler_all_finish() {
         let bus = Bus::builder().workers(2).build().unwrap();
         let handled = Arc::new(AtomicU64::new(0));
         let (h, inner) = (handled.clone(), bus.downgrade());
-        bus.subscribe_with("o.*", "o", SubscribeOptions::new().ordered().backlog(2), move |e| {
-            h.fetch_add(1, Ordering::SeqCst);
-            if e.name() == "o.outside" {
-                // Full is fine here (the overshoot is used up); waiting is not.
-                let _ = inner.upgrade().unwrap().publish(ev("o.inside"));
-            }
-            Ok(())
-        })
+        bus.subscribe(
+            "o.*",
+            Handler::sync(move |e| {
+                h.fetch_add(1, Ordering::SeqCst);
+                if e.name() == "o.outside" {
+                    // Full is fine here (the overshoot is used up); waiting is not.
+                    let _ = inner.upgrade().unwrap().publish(ev("o.inside"));
+                }
+                Ok(())
+            }),
+            SubscribeOptions::new().plugin("o").ordered().backlog(2),
+        )
         .unwrap();
         let start = Arc::new(Barrier::new(2));
         let publishers: Vec<_> = (0..2)
@@ -624,15 +686,14 @@ fn a_stuck_subscriber_cannot_hold_the_drain_past_its_timeout() {
             Bus::builder().workers(1).drain_timeout(Duration::from_millis(200)).build().unwrap();
         let (latch, started) = (Latch::default(), Arc::new(AtomicBool::new(false)));
         let (l, s) = (latch.clone(), started.clone());
-        bus.subscribe_with(
+        bus.subscribe(
             "job.*",
-            "stuck",
-            SubscribeOptions::new().blocking().backlog(1),
-            move |_| {
+            Handler::sync(move |_| {
                 s.store(true, Ordering::SeqCst);
                 l.wait();
                 Ok(())
-            },
+            }),
+            SubscribeOptions::new().plugin("stuck").blocking().backlog(1),
         )
         .unwrap();
         const EVENTS: u64 = 5;
@@ -661,11 +722,15 @@ fn a_publisher_waiting_for_backlog_room_is_released_by_shutdown() {
         let bus = Bus::builder().workers(2).build().unwrap();
         let (latch, started) = (Latch::default(), Arc::new(AtomicBool::new(false)));
         let (l, s) = (latch.clone(), started.clone());
-        bus.subscribe_with("o.*", "o", SubscribeOptions::new().ordered().backlog(1), move |_| {
-            s.store(true, Ordering::SeqCst);
-            l.wait();
-            Ok(())
-        })
+        bus.subscribe(
+            "o.*",
+            Handler::sync(move |_| {
+                s.store(true, Ordering::SeqCst);
+                l.wait();
+                Ok(())
+            }),
+            SubscribeOptions::new().plugin("o").ordered().backlog(1),
+        )
         .unwrap();
         bus.publish(ev("o.first")).unwrap();
         eventually(10, "the call to start", || started.load(Ordering::SeqCst));
@@ -703,20 +768,24 @@ fn handlers_that_publish_flush_and_unsubscribe_themselves_release_the_waiters() 
             let (calls, me) = (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(None)));
             let (c, m, inner) = (calls.clone(), me.clone(), bus.downgrade());
             let id = bus
-                .subscribe_with("w.*", "self", options, move |e| {
-                    let bus = inner.upgrade().unwrap();
-                    let n = c.fetch_add(1, Ordering::SeqCst);
-                    if e.name() == "w.outside" {
-                        // Full is an answer; waiting would not be.
-                        let _ = bus.publish(ev("w.inside"));
-                    }
-                    bus.flush();
-                    if n == 200 {
-                        let id = m.lock().unwrap().expect("set before publishing");
-                        assert!(bus.unsubscribe_id_and_wait(id));
-                    }
-                    Ok(())
-                })
+                .subscribe(
+                    "w.*",
+                    Handler::sync(move |e| {
+                        let bus = inner.upgrade().unwrap();
+                        let n = c.fetch_add(1, Ordering::SeqCst);
+                        if e.name() == "w.outside" {
+                            // Full is an answer; waiting would not be.
+                            let _ = bus.publish(ev("w.inside"));
+                        }
+                        bus.flush();
+                        if n == 200 {
+                            let id = m.lock().unwrap().expect("set before publishing");
+                            assert!(bus.unsubscribe(id).wait() == 1);
+                        }
+                        Ok(())
+                    }),
+                    options.plugin("self"),
+                )
                 .unwrap();
             *me.lock().unwrap() = Some(id);
             let publishers: Vec<_> = (0..2)
@@ -733,7 +802,10 @@ fn handlers_that_publish_flush_and_unsubscribe_themselves_release_the_waiters() 
                 p.join().unwrap();
             }
             bus.flush();
-            assert!(bus.subscription_stats(id).is_none(), "it unsubscribed itself");
+            assert!(
+                bus.subscriptions(id).first().map(|s| s.stats.clone()).is_none(),
+                "it unsubscribed itself"
+            );
             assert!(calls.load(Ordering::SeqCst) > 200);
             assert_eq!(bus.stats().backlog_dropped, 0);
             bus.shutdown();

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::{ev, watchdog};
-use switchboard::{Bus, Event, HandlerResult, Overflow, Priority, SubscribeOptions};
+use switchboard::{
+    Bus, Event, Handler, HandlerResult, Overflow, Priority, SubscribeOptions, Target,
+};
 
 const THREADS: u64 = 2;
 const PER_THREAD: u64 = 5_000;
@@ -98,27 +100,34 @@ fn an_ordered_subscription_sees_each_threads_events_in_order_one_at_a_time() {
         let bus = Bus::builder().workers(4).build().unwrap();
         let on_workers = Witness::new();
         let on_own_thread = Witness::new();
-        bus.subscribe_with(
+        bus.subscribe(
             "tick",
-            "audit",
-            SubscribeOptions::new().ordered().backlog(100_000),
-            witness_handler(&on_workers),
+            Handler::sync(witness_handler(&on_workers)),
+            SubscribeOptions::new().plugin("audit").ordered().backlog(100_000),
         )
         .unwrap();
-        bus.subscribe_with(
+        bus.subscribe(
             "tick",
-            "archive",
-            SubscribeOptions::new().ordered().blocking().concurrency(4).backlog(100_000),
-            witness_handler(&on_own_thread),
+            Handler::sync(witness_handler(&on_own_thread)),
+            SubscribeOptions::new()
+                .plugin("archive")
+                .ordered()
+                .blocking()
+                .concurrency(4)
+                .backlog(100_000),
         )
         .unwrap();
         // An unordered one, to keep the workers busy meanwhile.
         let plain = Arc::new(AtomicU64::new(0));
         let p = plain.clone();
-        bus.subscribe("*", "stats", move |_| {
-            p.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        })
+        bus.subscribe(
+            "*",
+            Handler::sync(move |_| {
+                p.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }),
+            "stats",
+        )
         .unwrap();
         publish_stamped(&bus);
         bus.flush();
@@ -137,26 +146,32 @@ fn a_slow_blocking_subscriber_that_asked_to_shed_neither_stalls_the_others_nor_l
         let slow_calls = Arc::new(AtomicU64::new(0));
         let s = slow_calls.clone();
         let slow = bus
-            .subscribe_with(
+            .subscribe(
                 "job.*",
-                "thumbs",
-                // Isolation from a slow subscriber is asked for: under the
-                // default (`Block`) it would slow the bus to its pace.
-                SubscribeOptions::new().blocking().backlog(4).overflow(Overflow::Shed),
-                move |_| {
+                Handler::sync(move |_| {
                     thread::sleep(Duration::from_millis(50));
                     s.fetch_add(1, Ordering::SeqCst);
                     Ok(())
-                },
+                }),
+                (
+                    // Isolation from a slow subscriber is asked for: under the
+                    // default (`Block`) it would slow the bus to its pace.
+                    SubscribeOptions::new().blocking().backlog(4).overflow(Overflow::Shed)
+                )
+                .plugin("thumbs"),
             )
             .unwrap();
         let fast: Vec<Arc<AtomicU64>> = (0..10).map(|_| Arc::new(AtomicU64::new(0))).collect();
         for (i, counter) in fast.iter().enumerate() {
             let c = counter.clone();
-            bus.subscribe("job.*", &format!("fast{i}"), move |_| {
-                c.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            })
+            bus.subscribe(
+                "job.*",
+                Handler::sync(move |_| {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }),
+                &format!("fast{i}"),
+            )
             .unwrap();
         }
         const EVENTS: u64 = 2_000;
@@ -170,7 +185,7 @@ fn a_slow_blocking_subscriber_that_asked_to_shed_neither_stalls_the_others_nor_l
         });
         assert!(slow_calls.load(Ordering::SeqCst) < 10, "the fast ones waited for the slow one");
         bus.flush();
-        let stats = bus.subscription_stats(slow).unwrap();
+        let stats = bus.subscriptions(slow).first().map(|s| s.stats.clone()).unwrap();
         let delivered = slow_calls.load(Ordering::SeqCst);
         assert!(stats.backlog_dropped > 0);
         assert_eq!(
@@ -192,23 +207,22 @@ fn a_blocking_handler_is_released_by_unsubscribe_and_wait_and_never_called_after
         let t = token.clone();
         let calls = Arc::new(AtomicU64::new(0));
         let c = calls.clone();
-        bus.subscribe_with(
+        bus.subscribe(
             "slow",
-            "p",
-            SubscribeOptions::new().blocking().concurrency(2),
-            move |_| {
+            Handler::sync(move |_| {
                 let _held = &t;
                 thread::sleep(Duration::from_millis(5));
                 c.fetch_add(1, Ordering::SeqCst);
                 Ok(())
-            },
+            }),
+            SubscribeOptions::new().plugin("p").blocking().concurrency(2),
         )
         .unwrap();
         for _ in 0..50 {
             bus.publish(ev("slow")).unwrap();
         }
         thread::sleep(Duration::from_millis(12));
-        assert_eq!(bus.unsubscribe_and_wait("slow", "p"), 1);
+        assert_eq!(bus.unsubscribe(Target::Pattern { pattern: "slow", plugin: "p" }).wait(), 1);
         assert_eq!(Arc::strong_count(&token), 1, "the closure outlived its last call");
         let after = calls.load(Ordering::SeqCst);
         assert!(after < 50, "the backlog was dropped, not run");
@@ -225,11 +239,15 @@ fn shutdown_lets_blocking_handlers_finish_their_backlog() {
         let bus = Bus::builder().workers(1).build().unwrap();
         let calls = Arc::new(AtomicU64::new(0));
         let c = calls.clone();
-        bus.subscribe_with("slow", "p", SubscribeOptions::new().blocking().ordered(), move |_| {
-            thread::sleep(Duration::from_millis(2));
-            c.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
+        bus.subscribe(
+            "slow",
+            Handler::sync(move |_| {
+                thread::sleep(Duration::from_millis(2));
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+            SubscribeOptions::new().plugin("p").blocking().ordered(),
+        )
         .unwrap();
         for _ in 0..100 {
             bus.publish(ev("slow")).unwrap();
@@ -252,19 +270,18 @@ fn blocking_handlers_unsubscribing_each_other_and_waiting_do_not_deadlock() {
         for me in 0..2usize {
             let (both_in, ids, removed) = (both_in.clone(), all_ids.clone(), removed.clone());
             let id = bus
-                .subscribe_with(
+                .subscribe(
                     "go",
-                    &format!("p{me}"),
-                    SubscribeOptions::new().blocking(),
-                    move |_| {
+                    Handler::sync(move |_| {
                         both_in.wait();
                         let other = ids.lock().unwrap()[1 - me];
                         let bus = Bus::current().expect("in a handler");
-                        if bus.unsubscribe_id_and_wait(other) {
+                        if bus.unsubscribe(other).wait() == 1 {
                             removed.fetch_add(1, Ordering::SeqCst);
                         }
                         Ok(())
-                    },
+                    }),
+                    SubscribeOptions::new().plugin(&format!("p{me}")).blocking(),
                 )
                 .unwrap();
             all_ids.lock().unwrap().push(id);

@@ -9,8 +9,8 @@ use std::thread;
 
 use serde_json::json;
 use support::{ev, watchdog};
-use switchboard::plugin::{Plugin, PluginContext, PluginError, PluginManager, PluginState};
-use switchboard::{Bus, Event};
+use switchboard::{Bus, Event, Handler};
+use switchboard_host::{Plugin, PluginContext, PluginError, PluginManager, PluginState};
 
 /// A plugin counting `count.*` events, holding `token` in its handler, and
 /// recording its teardown.
@@ -45,12 +45,16 @@ impl Plugin for Counter {
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
         let (token, calls) = (self.token.clone(), self.calls.clone());
-        ctx.subscribe("count.*", move |_| {
-            let _held = &token;
-            calls.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })?;
-        ctx.subscribe("fail.*", |_| Err("this one always fails".into()))?;
+        ctx.subscribe(
+            "count.*",
+            Handler::sync(move |_| {
+                let _held = &token;
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+            (),
+        )?;
+        ctx.subscribe("fail.*", Handler::sync(|_| Err("this one always fails".into())), ())?;
         Ok(())
     }
 
@@ -97,8 +101,8 @@ impl Plugin for Broken {
     }
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
-        ctx.subscribe("*", |_| Ok(()))?;
-        ctx.subscribe("x", |_| Ok(()))?;
+        ctx.subscribe("*", Handler::sync(|_| Ok(())), ())?;
+        ctx.subscribe("x", Handler::sync(|_| Ok(())), ())?;
         if self.panics {
             panic!("setup exploded");
         }
@@ -148,7 +152,7 @@ fn unload_removes_waits_drops_and_tears_down_even_when_teardown_panics() {
 
 /// Unloads itself from its own handler when it sees `quit`.
 struct Quitter {
-    manager: switchboard::plugin::WeakPluginManager,
+    manager: switchboard_host::WeakPluginManager,
     result: Arc<Mutex<Option<bool>>>,
 }
 
@@ -159,11 +163,15 @@ impl Plugin for Quitter {
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
         let (manager, result) = (self.manager.clone(), self.result.clone());
-        ctx.subscribe("quit", move |_| {
-            let manager = manager.upgrade().expect("the manager is alive");
-            *result.lock().unwrap() = Some(manager.unload("quitter").is_ok());
-            Ok(())
-        })?;
+        ctx.subscribe(
+            "quit",
+            Handler::sync(move |_| {
+                let manager = manager.upgrade().expect("the manager is alive");
+                *result.lock().unwrap() = Some(manager.unload("quitter").is_ok());
+                Ok(())
+            }),
+            (),
+        )?;
         Ok(())
     }
 }
@@ -200,13 +208,17 @@ impl Plugin for Recorder {
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
         let (instance, seen) = (self.instance, self.seen.clone());
-        ctx.subscribe("flood.*", move |e: &Event| {
-            let key = (e.data()["t"].as_u64().unwrap(), e.data()["seq"].as_u64().unwrap());
-            seen.lock().unwrap().entry(key).or_default().push(instance);
-            Ok(())
-        })?;
+        ctx.subscribe(
+            "flood.*",
+            Handler::sync(move |e: &Event| {
+                let key = (e.data()["t"].as_u64().unwrap(), e.data()["seq"].as_u64().unwrap());
+                seen.lock().unwrap().entry(key).or_default().push(instance);
+                Ok(())
+            }),
+            (),
+        )?;
         if self.instance % 2 == 1 {
-            ctx.subscribe("extra.*", |_| Ok(()))?;
+            ctx.subscribe("extra.*", Handler::sync(|_| Ok(())), ())?;
         }
         Ok(())
     }
@@ -220,7 +232,7 @@ fn reload_under_a_flood_loses_and_duplicates_nothing() {
         let instances = Arc::new(AtomicU64::new(0));
         let (s, n) = (seen.clone(), instances.clone());
         manager
-            .register("recorder", move || Recorder {
+            .register(move || Recorder {
                 instance: n.fetch_add(1, Ordering::SeqCst),
                 seen: s.clone(),
             })
@@ -288,10 +300,14 @@ impl Plugin for Flaky {
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
         let calls = self.calls.clone();
-        ctx.subscribe("tick", move |_| {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })?;
+        ctx.subscribe(
+            "tick",
+            Handler::sync(move |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+            (),
+        )?;
         if self.instance == 1 {
             return Err(PluginError::other("config file is broken"));
         }
@@ -305,10 +321,7 @@ fn a_reload_whose_setup_fails_keeps_the_old_instance() {
     let (n, calls) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (n2, c2) = (n.clone(), calls.clone());
     manager
-        .register("flaky", move || Flaky {
-            instance: n2.fetch_add(1, Ordering::SeqCst),
-            calls: c2.clone(),
-        })
+        .register(move || Flaky { instance: n2.fetch_add(1, Ordering::SeqCst), calls: c2.clone() })
         .unwrap();
     let err = manager.reload("flaky").unwrap_err();
     assert!(
@@ -328,12 +341,22 @@ fn a_reload_whose_setup_fails_keeps_the_old_instance() {
     manager.shutdown();
 }
 
+/// `register` takes no name any more (its first instance names the
+/// plugin), so the mismatch can only come from a later instance: a reload.
 #[test]
 fn a_factory_must_build_the_plugin_it_is_registered_as() {
     let manager = PluginManager::new(Bus::new().unwrap());
-    let err = manager.register("stats", || Counter::new("quotes")).unwrap_err();
+    let builds = Arc::new(AtomicU64::new(0));
+    let b = builds.clone();
+    manager
+        .register(move || {
+            Counter::new(if b.fetch_add(1, Ordering::SeqCst) == 0 { "stats" } else { "quotes" })
+        })
+        .unwrap();
+    let err = manager.reload("stats").unwrap_err();
     assert!(matches!(err, PluginError::NameMismatch { .. }), "{err}");
-    assert!(manager.list().is_empty());
+    let names: Vec<String> = manager.list().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["stats"], "nothing named quotes was loaded");
     manager.shutdown();
 }
 
@@ -360,10 +383,15 @@ fn a_late_joiner_replays_history_then_goes_live_with_no_gap_and_no_duplicate() {
             }
             let seen = Arc::new(Mutex::new(Vec::new()));
             let s = seen.clone();
-            bus.subscribe_replay("tick", "late", 100, move |e: &Event| {
-                s.lock().unwrap().push(e.data().as_u64().unwrap());
-                Ok(())
-            })
+            bus.subscribe_replay(
+                "tick",
+                Handler::sync(move |e: &Event| {
+                    s.lock().unwrap().push(e.data().as_u64().unwrap());
+                    Ok(())
+                }),
+                "late",
+                100,
+            )
             .unwrap();
             publisher.join().unwrap();
             bus.flush();

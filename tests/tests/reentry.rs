@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{ev, eventually, watchdog, Latch};
-use switchboard::{Bus, Event, Overflow, PublishError, SubscribeOptions};
+use switchboard::{Bus, Event, Handler, Overflow, PublishError, SubscribeOptions, Target};
 
 /// Sets its flag when dropped.
 struct DropFlag(Arc<AtomicBool>);
@@ -43,16 +43,21 @@ fn replay_stuck_in_first_call(
     let replaying = {
         let bus = bus.clone();
         thread::spawn(move || {
-            bus.subscribe_replay("r.*", "late", 10, move |e: &Event| {
-                let _keep = &flag;
-                c.store(true, Ordering::SeqCst);
-                if first.swap(false, Ordering::SeqCst) {
-                    l.wait();
-                }
-                s.lock().unwrap().push(e.name().to_owned());
-                c.store(false, Ordering::SeqCst);
-                Ok(())
-            })
+            bus.subscribe_replay(
+                "r.*",
+                Handler::sync(move |e: &Event| {
+                    let _keep = &flag;
+                    c.store(true, Ordering::SeqCst);
+                    if first.swap(false, Ordering::SeqCst) {
+                        l.wait();
+                    }
+                    s.lock().unwrap().push(e.name().to_owned());
+                    c.store(false, Ordering::SeqCst);
+                    Ok(())
+                }),
+                "late",
+                10,
+            )
             .unwrap()
         })
     };
@@ -77,7 +82,7 @@ fn unsubscribe_and_wait_waits_for_a_running_replayed_call() {
         let (replaying, _seen, in_call, dropped) = replay_stuck_in_first_call(&bus, &latch);
         let waiter = {
             let bus = bus.clone();
-            thread::spawn(move || bus.unsubscribe_all_and_wait("late"))
+            thread::spawn(move || bus.unsubscribe(Target::Plugin("late")).wait())
         };
         thread::sleep(Duration::from_millis(300));
         let returned_early = waiter.is_finished();
@@ -117,18 +122,23 @@ fn flush_waits_for_a_live_event_buffered_during_a_replay() {
         let replaying = {
             let bus = bus.clone();
             thread::spawn(move || {
-                bus.subscribe_replay("r.*", "late", 10, move |e: &Event| {
-                    match e.name() {
-                        "r.1" => {
-                            st.store(true, Ordering::SeqCst);
-                            thread::sleep(Duration::from_millis(200));
+                bus.subscribe_replay(
+                    "r.*",
+                    Handler::sync(move |e: &Event| {
+                        match e.name() {
+                            "r.1" => {
+                                st.store(true, Ordering::SeqCst);
+                                thread::sleep(Duration::from_millis(200));
+                            }
+                            "r.2" => thread::sleep(Duration::from_millis(600)),
+                            _ => {}
                         }
-                        "r.2" => thread::sleep(Duration::from_millis(600)),
-                        _ => {}
-                    }
-                    s.lock().unwrap().push(e.name().to_owned());
-                    Ok(())
-                })
+                        s.lock().unwrap().push(e.name().to_owned());
+                        Ok(())
+                    }),
+                    "late",
+                    10,
+                )
                 .unwrap()
             })
         };
@@ -195,15 +205,14 @@ fn a_stuck_subscriber_holds_shutdown_for_at_most_the_drain_timeout() {
         let l = latch.clone();
         let started = Arc::new(AtomicBool::new(false));
         let s = started.clone();
-        bus.subscribe_with(
+        bus.subscribe(
             "job.*",
-            "stuck",
-            SubscribeOptions::new().blocking().backlog(1),
-            move |_| {
+            Handler::sync(move |_| {
                 s.store(true, Ordering::SeqCst);
                 l.wait();
                 Ok(())
-            },
+            }),
+            SubscribeOptions::new().plugin("stuck").blocking().backlog(1),
         )
         .unwrap();
         // From a thread of its own: once the backlog is full, an outside
@@ -240,26 +249,29 @@ fn a_blocking_handler_waiting_for_an_inline_reply_is_not_starved_by_its_own_back
         let bus = Bus::builder().workers(1).build().unwrap();
         let (reply_tx, reply_rx) = mpsc::channel::<()>();
         let reply_tx = Mutex::new(reply_tx);
-        bus.subscribe("req", "answerer", move |_| {
-            let _ = reply_tx.lock().unwrap().send(());
-            Ok(())
-        })
+        bus.subscribe(
+            "req",
+            Handler::sync(move |_| {
+                let _ = reply_tx.lock().unwrap().send(());
+                Ok(())
+            }),
+            "answerer",
+        )
         .unwrap();
         let reply_rx = Mutex::new(reply_rx);
         let (answered, timed_out) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (a, t) = (answered.clone(), timed_out.clone());
-        bus.subscribe_with(
+        bus.subscribe(
             "job",
-            "asker",
-            SubscribeOptions::new().blocking().backlog(1),
-            move |_| {
+            Handler::sync(move |_| {
                 Bus::current().unwrap().publish(ev("req"))?;
                 match reply_rx.lock().unwrap().recv_timeout(Duration::from_secs(2)) {
                     Ok(()) => a.fetch_add(1, Ordering::SeqCst),
                     Err(_) => t.fetch_add(1, Ordering::SeqCst),
                 };
                 Ok(())
-            },
+            }),
+            SubscribeOptions::new().plugin("asker").blocking().backlog(1),
         )
         .unwrap();
         // The jobs queue up behind a held worker, so that it takes them in
@@ -287,10 +299,14 @@ fn an_ordered_refusal_is_counted_as_rejected_not_as_a_loss() {
         let l = latch.clone();
         let options = SubscribeOptions::new().ordered().backlog(1).overflow(Overflow::Error);
         let id = bus
-            .subscribe_with("audit.*", "audit", options, move |_| {
-                l.wait();
-                Ok(())
-            })
+            .subscribe(
+                "audit.*",
+                Handler::sync(move |_| {
+                    l.wait();
+                    Ok(())
+                }),
+                options.plugin("audit"),
+            )
             .unwrap();
         let mut refused = 0;
         for _ in 0..10 {
@@ -299,7 +315,8 @@ fn an_ordered_refusal_is_counted_as_rejected_not_as_a_loss() {
             }
         }
         assert!(refused > 0);
-        let per_sub = bus.subscription_stats(id).unwrap().backlog_dropped;
+        let per_sub =
+            bus.subscriptions(id).first().map(|s| s.stats.clone()).unwrap().backlog_dropped;
         let stats = bus.stats();
         latch.open();
         bus.shutdown();
@@ -319,29 +336,32 @@ fn a_blocking_handler_publishing_into_a_full_ordered_backlog_while_the_worker_wa
         let bus = Bus::builder().workers(1).build().unwrap();
         let ordered_seen = Arc::new(AtomicU64::new(0));
         let o = ordered_seen.clone();
-        bus.subscribe_with(
+        bus.subscribe(
             "o",
-            "ordered",
-            SubscribeOptions::new().ordered().backlog(1),
-            move |_| {
+            Handler::sync(move |_| {
                 o.fetch_add(1, Ordering::SeqCst);
                 Ok(())
-            },
+            }),
+            SubscribeOptions::new().plugin("ordered").ordered().backlog(1),
         )
         .unwrap();
         let (accepted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (a, r) = (accepted.clone(), refused.clone());
-        bus.subscribe_with("b", "slow", SubscribeOptions::new().blocking().backlog(1), move |_| {
-            for _ in 0..4 {
-                match Bus::current().unwrap().publish(ev("o")) {
-                    Ok(_) => a.fetch_add(1, Ordering::SeqCst),
-                    Err(PublishError::Full(_)) => r.fetch_add(1, Ordering::SeqCst),
-                    Err(e) => panic!("{e}"),
-                };
-            }
-            thread::sleep(Duration::from_millis(5));
-            Ok(())
-        })
+        bus.subscribe(
+            "b",
+            Handler::sync(move |_| {
+                for _ in 0..4 {
+                    match Bus::current().unwrap().publish(ev("o")) {
+                        Ok(_) => a.fetch_add(1, Ordering::SeqCst),
+                        Err(PublishError::Full(_)) => r.fetch_add(1, Ordering::SeqCst),
+                        Err(e) => panic!("{e}"),
+                    };
+                }
+                thread::sleep(Duration::from_millis(5));
+                Ok(())
+            }),
+            SubscribeOptions::new().plugin("slow").blocking().backlog(1),
+        )
         .unwrap();
         for _ in 0..20 {
             bus.publish(ev("b")).unwrap();
@@ -366,29 +386,32 @@ fn a_full_blocking_backlog_holds_outside_publishers_not_the_workers() {
         let latch = Latch::default();
         let l = latch.clone();
         let id = bus
-            .subscribe_with(
+            .subscribe(
                 "job",
-                "stuck",
-                SubscribeOptions::new().blocking().backlog(1),
-                move |_| {
+                Handler::sync(move |_| {
                     l.wait();
                     Ok(())
-                },
+                }),
+                SubscribeOptions::new().plugin("stuck").blocking().backlog(1),
             )
             .unwrap();
         let inline = Arc::new(AtomicU64::new(0));
         let i = inline.clone();
-        bus.subscribe("after", "inline", move |_| {
-            i.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
+        bus.subscribe(
+            "after",
+            Handler::sync(move |_| {
+                i.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+            "inline",
+        )
         .unwrap();
         for _ in 0..2 {
             bus.publish(ev("job")).unwrap();
         }
         // One call runs, one event waits: the backlog is full, the gate shut.
         eventually(10, "the backlog to fill", || {
-            let stats = bus.subscription_stats(id).unwrap();
+            let stats = bus.subscriptions(id).first().map(|s| s.stats.clone()).unwrap();
             stats.running + stats.backlog == 2
         });
         let outside = {
@@ -397,7 +420,7 @@ fn a_full_blocking_backlog_holds_outside_publishers_not_the_workers() {
         };
         thread::sleep(Duration::from_millis(100));
         assert!(!outside.is_finished(), "an outside publisher waits at the gate");
-        assert!(bus.unsubscribe_id(id));
+        assert!(bus.unsubscribe(id).count() == 1);
         outside.join().unwrap().unwrap();
         eventually(10, "the inline subscriber", || inline.load(Ordering::SeqCst) == 1);
         latch.open();
@@ -421,15 +444,19 @@ mod on_tokio {
         done: &Arc<AtomicBool>,
     ) -> switchboard::SubscriptionId {
         let (s, d) = (started.clone(), done.clone());
-        bus.subscribe_async("job.*", "worker", move |_event: Arc<Event>| {
-            let (s, d) = (s.clone(), d.clone());
-            async move {
-                s.store(true, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                d.store(true, Ordering::SeqCst);
-                Ok(())
-            }
-        })
+        bus.subscribe(
+            "job.*",
+            Handler::future(move |_event: Arc<Event>| {
+                let (s, d) = (s.clone(), d.clone());
+                async move {
+                    s.store(true, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    d.store(true, Ordering::SeqCst);
+                    Ok(())
+                }
+            }),
+            "worker",
+        )
         .unwrap()
     }
 
@@ -451,7 +478,8 @@ mod on_tokio {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 let t0 = Instant::now();
-                let waited = bus.unsubscribe_id_and_wait_timeout(id, Duration::from_secs(20));
+                let waited =
+                    bus.unsubscribe(id).wait_timeout(Duration::from_secs(20)).map(|n| n == 1);
                 assert!(t0.elapsed() < Duration::from_secs(5), "it spun instead of refusing");
                 match waited {
                     Err(timeout) => assert_eq!(timeout.still_running, [id]),
@@ -465,7 +493,7 @@ mod on_tokio {
                 }
                 let b = bus.clone();
                 let untimed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                    b.unsubscribe_id_and_wait(second)
+                    b.unsubscribe(second).wait() == 1
                 }));
                 assert!(untimed.is_err(), "the untimed form fails loudly");
                 bus.flush_async().await;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use support::watchdog;
-use switchboard::plugin::{Plugin, PluginContext, PluginError, PluginManager};
-use switchboard::{Bus, Event, Overflow, SubscribeOptions};
+use support::{by_pattern, watchdog};
+use switchboard::{Bus, Event, Handler, Overflow, SubscribeOptions, Target};
+use switchboard_host::{Plugin, PluginContext, PluginError, PluginManager};
 use switchboard_plugins::{
     ChatMessage, QuotePlugin, SearchIndex, SearchPlugin, StatsPlugin, StatsStore, TriviaPlugin,
 };
@@ -29,12 +29,12 @@ fn bot(workers: usize) -> (PluginManager, Arc<StatsStore>, Arc<SearchIndex>) {
     let manager =
         PluginManager::new(Bus::builder().workers(workers).history_size(1_000).build().unwrap());
     let (store, index) = (StatsStore::new(), SearchIndex::new());
-    manager.register("trivia", TriviaPlugin::new).unwrap();
+    manager.register(TriviaPlugin::new).unwrap();
     let s = store.clone();
-    manager.register("stats", move || StatsPlugin::new(s.clone())).unwrap();
-    manager.register("quote", QuotePlugin::new).unwrap();
+    manager.register(move || StatsPlugin::new(s.clone())).unwrap();
+    manager.register(QuotePlugin::new).unwrap();
     let i = index.clone();
-    manager.register("search", move || SearchPlugin::new(i.clone())).unwrap();
+    manager.register(move || SearchPlugin::new(i.clone())).unwrap();
     (manager, store, index)
 }
 
@@ -134,21 +134,29 @@ impl Plugin for Faulty {
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
         let (calls, token) = (self.calls.clone(), self.token.clone());
-        ctx.subscribe("chat.message", move |_| {
-            let _held = &token;
-            match calls.fetch_add(1, Ordering::SeqCst) % 3 {
-                0 => Err("faulty: no luck".into()),
-                1 => panic!("faulty: boom"),
-                _ => Ok(()),
-            }
-        })?;
+        ctx.subscribe(
+            "chat.message",
+            Handler::sync(move |_| {
+                let _held = &token;
+                match calls.fetch_add(1, Ordering::SeqCst) % 3 {
+                    0 => Err("faulty: no luck".into()),
+                    1 => panic!("faulty: boom"),
+                    _ => Ok(()),
+                }
+            }),
+            (),
+        )?;
         // A dawdler that asked to fall behind alone (under the default
         // `Block` it would slow the whole bot to its pace).
         let dawdler = SubscribeOptions::new().blocking().backlog(8).overflow(Overflow::Shed);
-        ctx.subscribe_with("chat.message", dawdler, |_| {
-            thread::sleep(Duration::from_millis(20));
-            Ok(())
-        })?;
+        ctx.subscribe(
+            "chat.message",
+            Handler::sync(|_| {
+                thread::sleep(Duration::from_millis(20));
+                Ok(())
+            }),
+            dawdler,
+        )?;
         Ok(())
     }
 }
@@ -175,7 +183,7 @@ fn a_faulty_plugin_disturbs_nobody_and_unloading_it_releases_it() {
         }
         manager.unload("faulty").unwrap();
         assert_eq!(Arc::strong_count(&token), 1, "unloading released what it held");
-        assert_eq!(bus.subscriptions(Some("faulty")).len(), 0);
+        assert_eq!(by_pattern(bus.subscriptions(Target::Plugin("faulty"))).len(), 0);
         manager.shutdown();
     });
 }

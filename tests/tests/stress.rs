@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
-use switchboard::{Bus, Event};
+use switchboard::{Bus, Event, Handler, Target};
 
 mod support;
 
@@ -47,11 +47,15 @@ fn a_million_events_from_two_threads_then_shutdown_loses_none() {
         let count = Arc::new(AtomicU64::new(0));
         let sum = Arc::new(AtomicU64::new(0));
         let (c, s) = (count.clone(), sum.clone());
-        bus.subscribe("load.*", "counter", move |e| {
-            c.fetch_add(1, Ordering::Relaxed);
-            s.fetch_add(e.data().as_u64().unwrap_or(0), Ordering::Relaxed);
-            Ok(())
-        })
+        bus.subscribe(
+            "load.*",
+            Handler::sync(move |e| {
+                c.fetch_add(1, Ordering::Relaxed);
+                s.fetch_add(e.data().as_u64().unwrap_or(0), Ordering::Relaxed);
+                Ok(())
+            }),
+            "counter",
+        )
         .unwrap();
         const PER_THREAD: u64 = 500_000;
         let publishers: Vec<_> = (0..2)
@@ -85,17 +89,24 @@ fn unsubscribe_is_final_under_a_flood_from_two_publishers() {
             let bus = Bus::builder().workers(2).build().unwrap();
             let calls = Arc::new(AtomicUsize::new(0));
             let c = calls.clone();
-            bus.subscribe("flood.*", "victim", move |_| {
-                c.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            })
+            bus.subscribe(
+                "flood.*",
+                Handler::sync(move |_| {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }),
+                "victim",
+            )
             .unwrap();
             let flood = Flood::start(&bus, "flood.x", 2);
             while calls.load(Ordering::SeqCst) < 1_000 {
                 std::thread::yield_now();
             }
             // The waiting form: once it returns, the count must never move again.
-            assert_eq!(bus.unsubscribe_and_wait("flood.*", "victim"), 1);
+            assert_eq!(
+                bus.unsubscribe(Target::Pattern { pattern: "flood.*", plugin: "victim" }).wait(),
+                1
+            );
             let at_return = calls.load(Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(5));
             flood.stop();
@@ -114,16 +125,20 @@ fn plain_unsubscribe_lets_at_most_the_running_calls_finish() {
     let bus = Bus::builder().workers(2).build().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
-    bus.subscribe("flood", "victim", move |_| {
-        c.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    })
+    bus.subscribe(
+        "flood",
+        Handler::sync(move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }),
+        "victim",
+    )
     .unwrap();
     let flood = Flood::start(&bus, "flood", 1);
     while calls.load(Ordering::SeqCst) < 1_000 {
         std::thread::yield_now();
     }
-    assert_eq!(bus.unsubscribe("flood", "victim"), 1);
+    assert_eq!(bus.unsubscribe(Target::Pattern { pattern: "flood", plugin: "victim" }).count(), 1);
     let at_return = calls.load(Ordering::SeqCst);
     flood.stop();
     bus.flush();
@@ -138,23 +153,31 @@ fn handlers_that_publish_and_subscribe_under_load() {
         let weak = bus.downgrade();
         let echoes = Arc::new(AtomicUsize::new(0));
         let e = echoes.clone();
-        bus.subscribe("echo", "sink", move |_| {
-            e.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
+        bus.subscribe(
+            "echo",
+            Handler::sync(move |_| {
+                e.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+            "sink",
+        )
         .unwrap();
         let subscribed = Arc::new(AtomicUsize::new(0));
         let s = subscribed.clone();
-        bus.subscribe("ping.*", "relay", move |event| {
-            let bus = weak.upgrade().expect("alive");
-            // Publishing into a possibly full queue from a handler must not deadlock.
-            bus.publish(Event::new("echo", Value::Null, "relay"))?;
-            if event.name() == "ping.sub" {
-                bus.subscribe("never.*", "relay", |_| Ok(()))?;
-                s.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok(())
-        })
+        bus.subscribe(
+            "ping.*",
+            Handler::sync(move |event| {
+                let bus = weak.upgrade().expect("alive");
+                // Publishing into a possibly full queue from a handler must not deadlock.
+                bus.publish(Event::new("echo", Value::Null, "relay"))?;
+                if event.name() == "ping.sub" {
+                    bus.subscribe("never.*", Handler::sync(|_| Ok(())), "relay")?;
+                    s.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(())
+            }),
+            "relay",
+        )
         .unwrap();
         for i in 0..20_000 {
             let name = if i % 1000 == 0 { "ping.sub" } else { "ping.x" };
@@ -183,11 +206,11 @@ fn many_subscribes_and_unsubscribes_while_events_flow() {
             let id = bus
                 .subscribe(
                     &format!("plugin{}.action{}", i % 100, i % 7),
-                    &format!("plugin{}", i % 50),
-                    move |_| {
+                    Handler::sync(move |_| {
                         h[i].fetch_add(1, Ordering::Relaxed);
                         Ok(())
-                    },
+                    }),
+                    &format!("plugin{}", i % 50),
                 )
                 .unwrap();
             ids.push(id);
@@ -210,7 +233,8 @@ fn many_subscribes_and_unsubscribes_while_events_flow() {
         }
         // Half the plugins go while events flow; the rest stay exact.
         let flood = Flood::start(&bus, "plugin7.action1", 1);
-        let removed: usize = (0..25).map(|p| bus.unsubscribe_all(&format!("plugin{p}"))).sum();
+        let removed: usize =
+            (0..25).map(|p| bus.unsubscribe(Target::Plugin(&format!("plugin{p}"))).count()).sum();
         assert_eq!(removed, SUBS / 2);
         flood.stop();
         bus.flush();
@@ -225,7 +249,8 @@ fn many_subscribes_and_unsubscribes_while_events_flow() {
             let got = hits[i].load(Ordering::Relaxed) - before[i];
             assert_eq!(got, if matches && live { 3 } else { 0 }, "subscription {i}");
         }
-        let removed: usize = (25..50).map(|p| bus.unsubscribe_all(&format!("plugin{p}"))).sum();
+        let removed: usize =
+            (25..50).map(|p| bus.unsubscribe(Target::Plugin(&format!("plugin{p}"))).count()).sum();
         assert_eq!(removed, SUBS / 2);
         assert_eq!(bus.stats().subscriptions, 0);
     });

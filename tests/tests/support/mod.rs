@@ -2,13 +2,14 @@
 
 #![allow(dead_code)] // each test file uses its own part of this
 
+use std::collections::BTreeMap;
 use std::panic::resume_unwind;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard::{Bus, Event, HandlerResult};
+use switchboard::{Bus, Event, Handler, HandlerResult, SubscriptionInfo};
 
 /// An event with an empty JSON object as payload.
 pub(crate) fn ev(name: &str) -> Event {
@@ -56,17 +57,32 @@ pub(crate) fn hold_worker(bus: &Bus) -> mpsc::Sender<()> {
     let rx = Mutex::new(rx);
     let started = Arc::new(AtomicBool::new(false));
     let s = started.clone();
-    bus.subscribe("block", "holder", move |_| {
-        s.store(true, Ordering::SeqCst);
-        let _ = rx.lock().unwrap().recv();
-        Ok(())
-    })
+    bus.subscribe(
+        "block",
+        Handler::sync(move |_| {
+            s.store(true, Ordering::SeqCst);
+            let _ = rx.lock().unwrap().recv();
+            Ok(())
+        }),
+        "holder",
+    )
     .unwrap();
     bus.publish(ev("block")).unwrap();
     while !started.load(Ordering::SeqCst) {
         std::thread::yield_now();
     }
     tx
+}
+
+/// The subscriptions `Bus::subscriptions` listed, as pattern -> plugins
+/// (each pattern's plugins in subscription order), the way tests compare
+/// them.
+pub(crate) fn by_pattern(subs: Vec<SubscriptionInfo>) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for sub in subs {
+        out.entry(sub.pattern).or_default().push(sub.plugin);
+    }
+    out
 }
 
 /// A handler that records the names it sees, in order, and the record.
