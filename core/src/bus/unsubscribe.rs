@@ -54,10 +54,11 @@ impl From<SubscriptionId> for Target<'_> {
 }
 
 /// Subscriptions [`Bus::unsubscribe`] removed: their handlers are never
-/// started again. Wait for their running calls with [`wait`](Unsubscribed::wait)
-/// or [`wait_timeout`](Unsubscribed::wait_timeout); dropped, it does not
-/// wait (the handlers no call is running are dropped then, the others when
-/// their calls end).
+/// started again, and those no call was running were dropped before it
+/// returned. Wait for the running calls with [`wait`](Unsubscribed::wait)
+/// or [`wait_timeout`](Unsubscribed::wait_timeout); dropping it (or never
+/// asking) is the form that does not wait: the other handlers go when
+/// their calls end. Keeping it holds nothing alive.
 pub struct Unsubscribed<'a> {
     bus: &'a Bus,
     removed: Vec<Arc<Subscription>>,
@@ -117,16 +118,8 @@ impl Unsubscribed<'_> {
         self.finish(deadline(timeout))
     }
 
-    fn finish(mut self, deadline: Option<Instant>) -> Result<usize, WaitTimeout> {
-        let removed = std::mem::take(&mut self.removed);
-        self.bus.retire_and_wait(removed, deadline)
-    }
-}
-
-impl Drop for Unsubscribed<'_> {
-    fn drop(&mut self) {
-        let removed = std::mem::take(&mut self.removed);
-        self.bus.retire(removed);
+    fn finish(self, deadline: Option<Instant>) -> Result<usize, WaitTimeout> {
+        self.bus.retire_and_wait(self.removed, deadline)
     }
 }
 
@@ -146,10 +139,11 @@ impl Bus {
     /// ([`count`](Unsubscribed::count)), and can wait until no call of them
     /// is running ([`wait`](Unsubscribed::wait),
     /// [`wait_timeout`](Unsubscribed::wait_timeout)), so a plugin can be torn
-    /// down safely. Dropped without waiting, it drops at once the handlers
-    /// no call is running; one whose call is running goes as soon as the
-    /// worker running it finishes its batch. Either way a handler is dropped
-    /// outside every lock of the bus, so its `Drop` may use the bus.
+    /// down safely. Before this returns, the handlers no call is running are
+    /// dropped; one whose call is running goes as soon as the worker running
+    /// it finishes its batch (or before `wait` returns). Either way a handler
+    /// is dropped outside every lock of the bus, so its `Drop` may use the
+    /// bus.
     ///
     /// # Examples
     ///
@@ -169,17 +163,18 @@ impl Bus {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn unsubscribe<'t>(&self, target: impl Into<Target<'t>>) -> Unsubscribed<'_> {
-        Unsubscribed { bus: self, removed: self.take(target.into()) }
+        let removed = self.take(target.into());
+        self.retire(&removed);
+        Unsubscribed { bus: self, removed }
     }
 
     /// Hands removed subscriptions to reclamation, dropping at once the
     /// handlers no worker is calling. Returns how many were removed.
-    pub(super) fn retire(&self, removed: Vec<Arc<Subscription>>) -> usize {
+    pub(super) fn retire(&self, removed: &[Arc<Subscription>]) {
         if !removed.is_empty() {
-            self.retire_mailboxes(&removed);
+            self.retire_mailboxes(removed);
             self.shared().reclaim();
         }
-        removed.len()
     }
 
     /// Takes the handlers out of removed mailbox subscriptions and drops
