@@ -437,6 +437,19 @@ impl PluginContext {
         self.publish_event(Event::new(name, data, ""))
     }
 
+    /// Publishes `name` carrying `value` as a typed payload (see
+    /// [`Event::typed`]), from this plugin.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](PluginContext::publish).
+    pub fn publish_typed<T>(&self, name: &str, value: T) -> Result<EventId, PublishError>
+    where
+        T: serde::Serialize + std::any::Any + Send + Sync,
+    {
+        self.publish_event(Event::typed(name, value, ""))
+    }
+
     /// Publishes `event` (any payload, any priority) with this plugin as its
     /// source.
     ///

@@ -37,7 +37,7 @@ impl Plugin for QuotePlugin {
             let Some(text) = message.text.strip_prefix("!quote ") else { return Ok(()) };
             let id = next_id.fetch_add(1, Ordering::Relaxed) + 1;
             let added = QuoteAdded { id, text: text.trim().to_owned(), author: message.user };
-            me.publish_event(Event::typed("quote.added", added, ""))?;
+            me.publish_typed("quote.added", added)?;
             Ok(())
         });
         ctx.subscribe("chat.message", on_message, ())?;

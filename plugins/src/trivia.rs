@@ -68,7 +68,7 @@ fn on_message(game: &Mutex<Game>, me: &PluginContext, event: &Event) -> HandlerR
             game.current = Some((game.rounds, answer));
             TriviaStarted { round: game.rounds, question: question.to_owned(), timeout: 30 }
         };
-        me.publish_event(Event::typed("trivia.started", started, ""))?;
+        me.publish_typed("trivia.started", started)?;
         return Ok(());
     }
     let outcome = {
@@ -82,10 +82,10 @@ fn on_message(game: &Mutex<Game>, me: &PluginContext, event: &Event) -> HandlerR
     };
     let (round, answer, correct) = outcome;
     let answered = TriviaAnswer { round, user: message.user.clone(), correct };
-    me.publish_event(Event::typed("trivia.answer", answered, ""))?;
+    me.publish_typed("trivia.answer", answered)?;
     if correct {
         let ended = TriviaEnded { round, winner: Some(message.user), answer: answer.to_owned() };
-        me.publish_event(Event::typed("trivia.ended", ended, ""))?;
+        me.publish_typed("trivia.ended", ended)?;
     }
     Ok(())
 }

@@ -37,15 +37,17 @@ impl HistoryQuery {
         HistoryQuery::default()
     }
 
-    /// At most the `n` latest (of those matching, if a pattern is given).
-    pub fn last(mut self, n: usize) -> HistoryQuery {
-        self.last = Some(n);
+    /// At most the `n` latest (of those matching, if a pattern is given);
+    /// `None`: all.
+    pub fn last(mut self, n: impl Into<Option<usize>>) -> HistoryQuery {
+        self.last = n.into();
         self
     }
 
-    /// Only the events whose name matches the glob `pattern`.
-    pub fn matching(mut self, pattern: &str) -> HistoryQuery {
-        self.pattern = Some(pattern.to_owned());
+    /// Only the events whose name matches the glob `pattern`; `None`: any
+    /// name.
+    pub fn matching<'p>(mut self, pattern: impl Into<Option<&'p str>>) -> HistoryQuery {
+        self.pattern = pattern.into().map(str::to_owned);
         self
     }
 }
