@@ -22,7 +22,7 @@ use switchboard::{
     Bus, Event, Handler, HistoryQuery, Priority, SubscribeOptions, SubscriptionGuard,
     SubscriptionId, Target,
 };
-use switchboard_matcher::reference;
+use switchboard_matcher::reference::Reference;
 
 const PATTERNS: &[&str] = &["*", "a.*", "a.b", "?.b", "[ab].*", "*.c", "a.[!b]", "b", "*a*", "[]"];
 const NAMES: &[&str] = &["a.b", "a.c", "b", "b.b", "a.", "[]", "ab.c", "c"];
@@ -172,7 +172,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 let seq = published;
                 published += 1;
                 let mut hits: Vec<&Sub> =
-                    model.iter().filter(|s| reference::is_match(s.pattern, name)).collect();
+                    model.iter().filter(|s| Reference::new(s.pattern).is_match(name)).collect();
                 hits.sort_by_key(|s| (!s.high, s.id));
                 expected.extend(hits.iter().map(|s| (s.id, seq)));
                 bus.publish(
@@ -186,7 +186,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 let limit = limit as usize % (HISTORY + 2);
                 let want: Vec<u64> = (events.len().saturating_sub(HISTORY)..events.len())
                     .rev()
-                    .filter(|&seq| pattern.map_or(true, |p| reference::is_match(p, events[seq].0)))
+                    .filter(|&seq| pattern.map_or(true, |p| Reference::new(p).is_match(events[seq].0)))
                     .take(limit)
                     .map(|seq| seq as u64)
                     .collect();

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchboard_matcher::{reference, Pattern};
+use switchboard_matcher::{reference::Reference, Pattern};
 
 fuzz_target!(|input: (&str, &str)| {
     let (pattern, name) = input;
@@ -14,7 +14,7 @@ fuzz_target!(|input: (&str, &str)| {
     let compiled = Pattern::new(pattern).expect("short patterns always compile");
     assert_eq!(
         compiled.is_match(name),
-        reference::is_match(pattern, name),
+        Reference::new(pattern).is_match(name),
         "pattern {pattern:?} name {name:?}"
     );
 });

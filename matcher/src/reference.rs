@@ -9,17 +9,35 @@
 
 use crate::parse::{tokenize, Token};
 
-/// Whether `name` matches `pattern`, decided by a plain dynamic program.
+/// A pattern, matched by a plain dynamic program (the pattern and the name
+/// are both `&str`: the type keeps them from being swapped).
 ///
 /// # Examples
 ///
 /// ```
-/// use switchboard_matcher::reference;
+/// use switchboard_matcher::reference::Reference;
 ///
-/// assert!(reference::is_match("trivia.*", "trivia.round.won"));
-/// assert!(!reference::is_match("[!a]", "a"));
+/// assert!(Reference::new("trivia.*").is_match("trivia.round.won"));
+/// assert!(!Reference::new("[!a]").is_match("a"));
 /// ```
-pub fn is_match(pattern: &str, name: &str) -> bool {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reference<'p> {
+    pattern: &'p str,
+}
+
+impl<'p> Reference<'p> {
+    /// The pattern `pattern` (every string is one).
+    pub fn new(pattern: &'p str) -> Reference<'p> {
+        Reference { pattern }
+    }
+
+    /// Whether `name` matches the pattern.
+    pub fn is_match(&self, name: &str) -> bool {
+        is_match(self.pattern, name)
+    }
+}
+
+fn is_match(pattern: &str, name: &str) -> bool {
     let tokens = tokenize(pattern);
     let name: Vec<char> = name.chars().collect();
     // can[j] is true when tokens[..i] match name[..j], for the current i.

@@ -1,7 +1,7 @@
 //! Property tests: the fast matchers against simple models.
 
 use proptest::prelude::*;
-use switchboard_matcher::{reference, Pattern, PatternSet};
+use switchboard_matcher::{reference::Reference, Pattern, PatternSet};
 
 /// Patterns over the characters that make fnmatch interesting.
 fn pattern() -> impl Strategy<Value = String> {
@@ -27,7 +27,7 @@ proptest! {
 
     #[test]
     fn pattern_matches_like_the_reference(p in pattern(), n in name()) {
-        prop_assert_eq!(Pattern::new(&p).unwrap().is_match(&n), reference::is_match(&p, &n));
+        prop_assert_eq!(Pattern::new(&p).unwrap().is_match(&n), Reference::new(&p).is_match(&n));
     }
 
     #[test]
@@ -57,7 +57,7 @@ proptest! {
     ) {
         let set = PatternSet::new(&ps).unwrap();
         for n in &names {
-            let expected: Vec<usize> = (0..ps.len()).filter(|&i| reference::is_match(&ps[i], n)).collect();
+            let expected: Vec<usize> = (0..ps.len()).filter(|&i| Reference::new(&ps[i]).is_match(n)).collect();
             prop_assert_eq!(set.matches(n), expected);
         }
     }

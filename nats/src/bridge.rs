@@ -19,7 +19,7 @@ use switchboard_matcher::{Pattern, PatternSet};
 use tokio::task::JoinHandle;
 
 use crate::outbox::{Outbox, Outgoing};
-use crate::subject::{self, disjoint_filters, Filter};
+use crate::subject::{self, Filter, Prefix};
 use crate::{BridgeConfig, BridgeError, JetStreamConfig, Mode};
 
 /// Header names.
@@ -65,7 +65,7 @@ pub(crate) struct Counters {
 /// What the bridge's tasks share.
 pub(crate) struct Shared {
     pub(crate) bus: Bus,
-    pub(crate) prefix: String,
+    pub(crate) prefix: Prefix,
     pub(crate) instance: Arc<str>,
     pub(crate) imports: Option<PatternSet>,
     pub(crate) outbox: Outbox,
@@ -130,7 +130,7 @@ pub(crate) struct Running {
 }
 
 pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, BridgeError> {
-    subject::check_prefix(&config.prefix).map_err(BridgeError::InvalidPrefix)?;
+    let prefix = Prefix::new(&config.prefix).map_err(BridgeError::InvalidPrefix)?;
     let compile = |globs: &[String]| -> Result<Vec<Pattern>, BridgeError> {
         globs
             .iter()
@@ -190,7 +190,7 @@ pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, Br
         }
     };
 
-    let filters = disjoint_filters(&config.prefix, &config.import);
+    let filters = prefix.disjoint_filters(&config.import);
     let mut sources = Vec::new();
     for filter in &filters {
         sources.push(match &jetstream {
@@ -215,7 +215,7 @@ pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, Br
 
     let shared = Arc::new(Shared {
         bus: bus.clone(),
-        prefix: config.prefix.clone(),
+        prefix,
         instance: Arc::from(config.instance.as_str()),
         imports,
         outbox: Outbox::new(config.queue_capacity),
@@ -428,7 +428,7 @@ impl Shared {
         };
         self.outbox.push(
             Outgoing {
-                subject: subject::subject_for(&self.prefix, event.name()),
+                subject: self.prefix.subject_for(event.name()),
                 headers,
                 payload,
                 priority: event.priority(),
@@ -464,7 +464,7 @@ impl Shared {
             tracing::warn!(subject, reason = %why, "skipped a NATS message that is not a bridged event");
             None
         };
-        let name = match subject::name_for(&self.prefix, subject) {
+        let name = match self.prefix.name_for(subject) {
             Ok(name) => name,
             Err(e) => return invalid(&e),
         };

@@ -43,10 +43,80 @@ impl fmt::Display for PrefixError {
 
 impl std::error::Error for PrefixError {}
 
-/// Checks that `prefix` is a literal NATS subject: dot-separated, non-empty
-/// tokens of printable ASCII, no wildcard token, at most
-/// [`MAX_PREFIX_LEN`] bytes.
-pub fn check_prefix(prefix: &str) -> Result<(), PrefixError> {
+/// A checked subject prefix: every event name maps to a subject under it,
+/// and back. (A type of its own, so a prefix and a name, both strings, are
+/// never swapped.)
+///
+/// # Examples
+///
+/// ```
+/// use switchboard_nats::subject::Prefix;
+///
+/// let prefix = Prefix::new("sb")?;
+/// let subject = prefix.subject_for("trivia.round won");
+/// assert_eq!(subject, "sb.trivia.round%20won");
+/// assert_eq!(prefix.name_for(&subject).as_deref(), Ok("trivia.round won"));
+/// assert_eq!(prefix.filter_for("trivia.*").subject(), "sb.trivia.>");
+/// # Ok::<(), switchboard_nats::subject::PrefixError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Prefix(String);
+
+impl Prefix {
+    /// `prefix`, once checked to be a literal NATS subject: dot-separated,
+    /// non-empty tokens of printable ASCII, no wildcard token, not starting
+    /// with `$`, at most [`MAX_PREFIX_LEN`] bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`PrefixError`], saying which rule it breaks.
+    pub fn new(prefix: &str) -> Result<Prefix, PrefixError> {
+        check_prefix(prefix)?;
+        Ok(Prefix(prefix.to_owned()))
+    }
+
+    /// The prefix.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The subject an event named `name` is published under.
+    pub fn subject_for(&self, name: &str) -> String {
+        subject_for(&self.0, name)
+    }
+
+    /// The event name of a subject under this prefix: the inverse of
+    /// [`subject_for`](Prefix::subject_for).
+    ///
+    /// # Errors
+    ///
+    /// [`SubjectError`] for a subject `subject_for` cannot have made
+    /// (another publisher on the prefix, or a corrupted message).
+    pub fn name_for(&self, subject: &str) -> Result<String, SubjectError> {
+        name_for(&self.0, subject)
+    }
+
+    /// The narrowest filter that receives every event `glob` matches (see
+    /// the module docs).
+    pub fn filter_for(&self, glob: &str) -> Filter {
+        filter_for(&self.0, glob)
+    }
+
+    /// The filters for `globs` reduced to a disjoint set: a filter another
+    /// one covers is left out, so no message is delivered twice on one
+    /// connection.
+    pub fn disjoint_filters(&self, globs: &[String]) -> Vec<Filter> {
+        disjoint_filters(&self.0, globs)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn check_prefix(prefix: &str) -> Result<(), PrefixError> {
     let refuse = |reason| Err(PrefixError { prefix: prefix.to_owned(), reason });
     if prefix.is_empty() {
         return refuse("it is empty");
@@ -93,8 +163,7 @@ fn escape_token(token: &str, out: &mut String) {
     }
 }
 
-/// The subject an event named `name` is published under.
-pub fn subject_for(prefix: &str, name: &str) -> String {
+fn subject_for(prefix: &str, name: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + 1 + name.len());
     out.push_str(prefix);
     for token in name.split('.') {
@@ -129,10 +198,8 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// The event name of a subject under `prefix`: the inverse of
-/// [`subject_for`]. Subjects that [`subject_for`] cannot have made are
-/// refused (another publisher on the prefix, or a corrupted message).
-pub fn name_for(prefix: &str, subject: &str) -> Result<String, SubjectError> {
+/// See [`Prefix::name_for`].
+fn name_for(prefix: &str, subject: &str) -> Result<String, SubjectError> {
     let refuse = |reason| Err(SubjectError { subject: subject.to_owned(), reason });
     let Some(rest) = subject.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) else {
         return refuse("it is not under the bridge's prefix");
@@ -217,7 +284,7 @@ impl Filter {
 /// keeps the glob's complete literal tokens before its first wildcard
 /// character and ends in `>`; a glob without wildcards is its exact
 /// subject. Imported events are then re-checked with the exact matcher.
-pub fn filter_for(prefix: &str, glob: &str) -> Filter {
+fn filter_for(prefix: &str, glob: &str) -> Filter {
     let mut tokens: Vec<String> = prefix.split('.').map(str::to_owned).collect();
     match glob.find(['*', '?', '[']) {
         None => {
@@ -243,9 +310,8 @@ pub fn filter_for(prefix: &str, glob: &str) -> Filter {
     }
 }
 
-/// The filters for `globs` reduced to a disjoint set: a filter another one
-/// covers is left out, so no message is delivered twice on one connection.
-pub fn disjoint_filters(prefix: &str, globs: &[String]) -> Vec<Filter> {
+/// See [`Prefix::disjoint_filters`].
+fn disjoint_filters(prefix: &str, globs: &[String]) -> Vec<Filter> {
     let mut all: Vec<Filter> = globs.iter().map(|g| filter_for(prefix, g)).collect();
     all.sort();
     all.dedup();
