@@ -1,5 +1,6 @@
 //! The comparison chart: throughput against subscription count, one line per
-//! contender, both axes logarithmic.
+//! contender, both axes logarithmic, as SVG (text is left to the viewer's
+//! fonts, so no font rasteriser or system library is needed).
 
 use std::error::Error;
 use std::path::Path;
@@ -16,7 +17,7 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Writes a PNG of `series` to `path`, titled `title`.
+/// Writes an SVG of `series` to `path`, titled `title`.
 pub fn throughput_chart(path: &Path, title: &str, series: &[Series]) -> Result<(), Box<dyn Error>> {
     let all = series.iter().flat_map(|s| s.points.iter().copied());
     let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::MAX, 1.0f64);
@@ -28,7 +29,7 @@ pub fn throughput_chart(path: &Path, title: &str, series: &[Series]) -> Result<(
     if y_min == f64::MAX {
         return Err("no points to draw".into());
     }
-    let root = BitMapBackend::new(path, (1100, 680)).into_drawing_area();
+    let root = SVGBackend::new(path, (1100, 680)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))

@@ -60,7 +60,8 @@ struct Args {
     /// Write every result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Write a PNG chart of throughput against subscription count to this file.
+    /// Write an SVG chart of throughput against subscription count to this
+    /// file (its name must end in `.svg`).
     #[arg(long)]
     chart: Option<PathBuf>,
     /// Run only these scenarios (memory, subscriptions, fanout, priority, workers, churn, nats).
@@ -1093,6 +1094,14 @@ fn profile(events: usize) {
 
 fn main() {
     let args = Args::parse();
+    if let Some(path) = &args.chart {
+        // Refused before the run, not after it: the chart is SVG, whatever
+        // the name says.
+        if path.extension().is_none_or(|e| !e.eq_ignore_ascii_case("svg")) {
+            eprintln!("--chart {}: the chart is SVG, name the file *.svg", path.display());
+            std::process::exit(2);
+        }
+    }
     if let Some(events) = args.profile {
         profile(events);
         return;

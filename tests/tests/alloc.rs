@@ -5,6 +5,7 @@
 //! dispatched to many handlers across several snapshot levels. This file
 //! holds one test, so no other test allocates meanwhile.
 
+#[path = "integration/support/mod.rs"]
 mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -145,7 +145,7 @@ fn churn() -> (Duration, Duration, u64) {
             while !stop.load(Ordering::Relaxed) {
                 bus.publish(Event::new(NAME, Value::Null, "bench")).expect("publish");
                 sent += 1;
-                if sent % 64 == 0 {
+                if sent.is_multiple_of(64) {
                     std::thread::yield_now();
                 }
             }
