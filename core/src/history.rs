@@ -109,7 +109,7 @@ impl History {
             };
             let Some(event) = event else { break };
             start = seq;
-            if pattern.map_or(true, |p| p.is_match(event.name())) {
+            if pattern.is_none_or(|p| p.is_match(event.name())) {
                 out.push(event);
             }
         }
@@ -144,7 +144,7 @@ impl History {
                 slot.event.clone()
             };
             if let Some(event) = event {
-                if pattern.map_or(true, |p| p.is_match(event.name())) {
+                if pattern.is_none_or(|p| p.is_match(event.name())) {
                     out.push(event);
                 }
             }

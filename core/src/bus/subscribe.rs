@@ -326,7 +326,7 @@ impl Bus {
                 }
             };
             for (event, bucket) in &batch {
-                if !event.sequence().is_some_and(|seq| seq < seam) && sub.is_active() {
+                if event.sequence().is_none_or(|seq| seq >= seam) && sub.is_active() {
                     call(event, *bucket);
                 }
                 shared.epochs.end(*bucket, 1);

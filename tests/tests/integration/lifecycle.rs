@@ -1,5 +1,5 @@
 //! The subscription lifecycle: when a handler (and what it captured) is
-//! released, `unsubscribe_id`, the scoped guard, and `Bus::current`.
+//! released, unsubscribe by id, the scoped guard, and `Bus::current`.
 
 mod support;
 
