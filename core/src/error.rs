@@ -144,6 +144,12 @@ pub enum SubscribeError {
         /// The largest accepted.
         max: usize,
     },
+    /// `subscribe_replay` with a handler it cannot call on the subscribing
+    /// thread: an async one.
+    CannotReplay {
+        /// Why.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for SubscribeError {
@@ -164,6 +170,9 @@ impl fmt::Display for SubscribeError {
             SubscribeError::InvalidOption { what, value, max } => {
                 write!(f, "{what} of {value} is too large: at most {max}")
             }
+            SubscribeError::CannotReplay { reason } => {
+                write!(f, "cannot replay history to this handler: {reason}")
+            }
         }
     }
 }
@@ -183,7 +192,8 @@ impl std::error::Error for SubscribeError {
             SubscribeError::Closed
             | SubscribeError::Spawn(_)
             | SubscribeError::NoRuntime
-            | SubscribeError::InvalidOption { .. } => None,
+            | SubscribeError::InvalidOption { .. }
+            | SubscribeError::CannotReplay { .. } => None,
         }
     }
 }

@@ -319,6 +319,19 @@ pub(crate) type ArcCell<T> = arc_swap::ArcSwap<T>;
 #[derive(Debug)]
 pub(crate) struct ArcCell<T>(loom::sync::Mutex<std::sync::Arc<T>>);
 
+/// What [`ArcCell::load`] gives under loom.
+#[cfg(loom)]
+pub(crate) struct ArcGuard<T>(std::sync::Arc<T>);
+
+#[cfg(loom)]
+impl<T> std::ops::Deref for ArcGuard<T> {
+    type Target = std::sync::Arc<T>;
+
+    fn deref(&self) -> &std::sync::Arc<T> {
+        &self.0
+    }
+}
+
 #[cfg(loom)]
 impl<T> ArcCell<T> {
     pub(crate) fn from_pointee(value: T) -> ArcCell<T> {
@@ -327,6 +340,11 @@ impl<T> ArcCell<T> {
 
     pub(crate) fn load_full(&self) -> std::sync::Arc<T> {
         self.0.lock().unwrap().clone()
+    }
+
+    /// As arc-swap's `load`: a guard that derefs to the `Arc`.
+    pub(crate) fn load(&self) -> ArcGuard<T> {
+        ArcGuard(self.load_full())
     }
 
     pub(crate) fn store(&self, value: std::sync::Arc<T>) {

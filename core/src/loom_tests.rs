@@ -65,7 +65,7 @@ fn probe_sub(
 }
 
 /// A worker's batch of `events` events for `sub`, then its end-of-batch
-/// reclaim, as `worker.rs` does it.
+/// reclaim, as `dispatch/mod.rs` does it.
 fn worker_batch(calls: &Calls, sub: &Subscription, events: usize) {
     let event = Event::new("x", serde_json::Value::Null, "t");
     for _ in 0..events {

@@ -16,7 +16,7 @@
 //!   never runs concurrently with itself. A *blocking* subscription has
 //!   threads of its own (`concurrency`, one when ordered), so a slow
 //!   handler never holds a dispatch worker. An async subscription is run by
-//!   a task on its tokio runtime (see `asynchronous.rs`).
+//!   a task on its tokio runtime (see `dispatch/tokio.rs`).
 //! * **Backlog.** It holds up to `capacity` events, and what happens when
 //!   it is full is the subscription's overflow policy (by default the
 //!   bus's). Under `Block` nothing is lost. An outside publisher of an
@@ -174,9 +174,10 @@ impl Env<'_> {
 pub(crate) struct Pushed {
     /// What the caller must do, now that the lock is released.
     pub(crate) wake: Wake,
-    /// The oldest event, shed to make room (`Overflow::Shed`): counted out
-    /// of its flush bucket already, to be counted as lost and dropped by
-    /// the caller.
+    /// The oldest event, shed to make room (`Overflow::Shed`), still counted
+    /// in its flush bucket: the caller counts it as lost, then counts it out
+    /// of the bucket (so a flush that returns has seen the loss counted),
+    /// then drops it.
     pub(crate) shed: Option<Entry>,
 }
 
@@ -332,9 +333,6 @@ impl Mailbox {
             };
             (wake, shed)
         };
-        if let Some(victim) = &shed {
-            env.epochs.end(victim.bucket, 1);
-        }
         Some(Pushed { wake, shed })
     }
 

@@ -33,8 +33,10 @@
 //! publish is one delivery (a republished clone of an event is another).
 //! A call whose claim is refused counts nothing in `Stats::dispatched`. A
 //! new instance that subscribes with `subscribe_replay` catches up from
-//! history like any late joiner: the replayed events, which the old
-//! instance may have handled already, are not claimed.
+//! history like any late joiner; its replayed calls go through the claims
+//! like live ones, so an event the old instance handled during the reload
+//! is not replayed to the new one, while one it handled before the reload
+//! began is (that is the catch-up).
 //!
 //! Outside a reload, the wrapper costs one relaxed load per call.
 //!

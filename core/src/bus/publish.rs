@@ -163,11 +163,11 @@ impl Bus {
         // publish order (see `mailbox.rs`); their backlogs are checked for
         // room before anything is reserved, so a wait holds nothing.
         let mut ordered: SmallVec<[Arc<Subscription>; 4]> = SmallVec::new();
+        let mut routed = None;
         if shared.ordered_live.load(Ordering::SeqCst) > 0 {
-            shared
-                .snapshot
-                .load_full()
-                .route_ordered(event.name(), |sub| ordered.push(sub.clone()));
+            let snapshot = shared.snapshot.load_full();
+            snapshot.route_ordered(event.name(), |sub| ordered.push(sub.clone()));
+            routed = Some(snapshot);
             for sub in &ordered {
                 let Some(mailbox) = &sub.mailbox else { continue };
                 let refusal = match mailbox.room_for(from_handler) {
@@ -207,6 +207,23 @@ impl Bus {
             record(event);
             for sub in &ordered {
                 dispatch::push(&self.handle.shared, sub, event, bucket);
+            }
+            // An ordered subscription made between the routing above and the
+            // number just taken gets the event too: every event numbered at
+            // or above the sequence end read after a subscribe returned
+            // reaches the subscription (the seam of `subscribe_replay` rests
+            // on it; workers meet the same rule by loading their snapshot
+            // after taking the event). Its backlog's room was not checked:
+            // it may overshoot by one, as with racing publishers.
+            if shared.ordered_live.load(Ordering::SeqCst) > 0 {
+                let now = shared.snapshot.load();
+                if routed.as_ref().is_none_or(|before| !Arc::ptr_eq(before, &now)) {
+                    now.route_ordered(event.name(), |sub| {
+                        if !ordered.iter().any(|known| Arc::ptr_eq(known, sub)) {
+                            dispatch::push(&self.handle.shared, sub, event, bucket);
+                        }
+                    });
+                }
             }
         };
         let overflow = shared.config.overflow;

@@ -181,8 +181,9 @@ impl Bus {
     /// # Errors
     ///
     /// As [`subscribe`](Bus::subscribe), and
-    /// [`SubscribeError::InvalidOption`] for an async handler (a replay
-    /// calls the handler on this thread, which async code cannot be).
+    /// [`SubscribeError::CannotReplay`](crate::SubscribeError::CannotReplay)
+    /// for an async handler (a replay calls the handler on this thread,
+    /// which async code cannot be).
     ///
     /// # Examples
     ///
@@ -227,10 +228,8 @@ impl Bus {
             Kind::Sync(f) => Arc::<crate::handler::SyncFn>::from(f),
             #[cfg(feature = "tokio")]
             Kind::Async(_) => {
-                return Err(SubscribeError::InvalidOption {
-                    what: "replay of an async handler",
-                    value: last,
-                    max: 0,
+                return Err(SubscribeError::CannotReplay {
+                    reason: "an async handler's calls cannot run on the subscribing thread",
                 })
             }
         };

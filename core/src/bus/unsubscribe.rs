@@ -220,9 +220,11 @@ impl Bus {
             // the list of those taken here.
             shared.reclaim();
             let mut still_running = waited.still_running;
-            for sub in &inline {
-                // A replay in progress (`subscribe_replay`) stops at its next
-                // event; its own calls excuse it.
+            for sub in inline.iter().chain(&boxed) {
+                // A replay in progress (`subscribe_replay`, of any kind of
+                // subscription: its calls run on the subscribing thread, not
+                // in a worker slot or a mailbox) stops at its next event; its
+                // own calls excuse it.
                 let own = usize::from(running == crate::reclaim::key(sub));
                 if !sub.wait_replays(own, deadline) {
                     still_running.push(sub.id);

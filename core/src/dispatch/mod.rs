@@ -212,6 +212,7 @@ pub(crate) fn push(
     let Some(pushed) = mailbox.push(&shared.env(), event, bucket) else { return };
     if let Some(victim) = pushed.shed {
         count_lost(shared, sub, mailbox, victim.event.name(), 1, "shed");
+        shared.epochs.end(victim.bucket, 1);
         shared.drop_caught(victim);
     }
     match pushed.wake {

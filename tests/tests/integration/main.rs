@@ -30,6 +30,8 @@ mod plugin_edges;
 mod plugins;
 #[path = "reentry.rs"]
 mod reentry;
+#[path = "seam.rs"]
+mod seam;
 #[path = "seed_plugins.rs"]
 mod seed_plugins;
 #[path = "stress.rs"]
