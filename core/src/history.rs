@@ -117,19 +117,18 @@ impl History {
     }
 
     /// Up to `limit` events numbered below `end` whose name matches
-    /// `pattern`, most recent first.
+    /// `pattern`, most recent first; and whether a newer lap had overwritten
+    /// a slot of the window meanwhile (a flood of a ring's length went by
+    /// while this read: the caller may read again from a newer `end`).
     pub(crate) fn read(
         &self,
         end: u64,
         limit: usize,
         pattern: Option<&Pattern>,
-    ) -> Vec<Arc<Event>> {
-        self.read_from(end, limit, pattern)
-    }
-
-    fn read_from(&self, end: u64, limit: usize, pattern: Option<&Pattern>) -> Vec<Arc<Event>> {
+    ) -> (Vec<Arc<Event>>, bool) {
         let start = end.saturating_sub(self.slots.len() as u64);
         let mut out = Vec::new();
+        let mut lapped = false;
         for seq in (start..end).rev() {
             if out.len() == limit {
                 break;
@@ -139,6 +138,7 @@ impl History {
                 // A stamp below ours: that publish has not written yet (it
                 // has not returned). Above ours: overwritten meanwhile.
                 if slot.stamp != seq + 1 {
+                    lapped |= slot.stamp > seq + 1;
                     continue;
                 }
                 slot.event.clone()
@@ -149,6 +149,6 @@ impl History {
                 }
             }
         }
-        out
+        (out, lapped)
     }
 }

@@ -114,12 +114,20 @@ impl Bus {
                 })?)
             }
         };
-        Ok(match &self.shared().history {
-            Some(h) => {
-                h.read(self.shared().sequence_end(), limit.unwrap_or(usize::MAX), pattern.as_ref())
+        let Some(history) = &self.shared().history else { return Ok(Vec::new()) };
+        let limit = limit.unwrap_or(usize::MAX);
+        // A reader held up while a flood of a ring's length went by finds
+        // the window it set out to read overwritten by newer events: it
+        // reads again, from the newer end, a few times at most.
+        let mut tries = 0;
+        loop {
+            let (events, lapped) =
+                history.read(self.shared().sequence_end(), limit, pattern.as_ref());
+            tries += 1;
+            if !lapped || events.len() >= limit || tries == 4 {
+                return Ok(events);
             }
-            None => Vec::new(),
-        })
+        }
     }
 
     /// The live subscriptions `target` selects, in subscription order, each

@@ -168,8 +168,12 @@ impl Bus {
     /// the number of publishers: the replayed events are a contiguous run of
     /// the publish sequence ending just below the seam, live events numbered
     /// below the seam are skipped, and live events that arrive during the
-    /// replay wait for it (buffered; no worker waits). (On a bus without
-    /// history there is nothing to replay.)
+    /// replay wait for it (buffered; no worker waits), then are called on
+    /// this thread too. (An inline subscription, whose calls run on many
+    /// workers at once anyway, takes live calls again as soon as this thread
+    /// has taken what was buffered, so a flood cannot keep it here; the
+    /// others, one call at a time or in order, drain the buffer first.) (On
+    /// a bus without history there is nothing to replay.)
     ///
     /// Replayed calls are handler calls: they run inside the handler's
     /// context (so [`Bus::current`] works, a publish from them is one level
@@ -311,13 +315,23 @@ impl Bus {
         }
         shared.drop_caught(replayed);
         // The live events that came meanwhile, a batch at a time, each taken
-        // under the lock and called outside it; the buffer ends, and live
-        // calls start, once it is found empty.
+        // under the lock and called outside it. An inline subscription's
+        // calls run on any number of workers at once anyway: its buffer ends
+        // with the first batch taken, so live calls start at once and a
+        // flood cannot keep this thread draining for as long as it lasts.
+        // The others (one call at a time, or in order) end it once it is
+        // found empty.
+        let inline = sub.mailbox.is_none();
         loop {
             let batch = {
                 let mut replay = state.lock();
                 match &mut replay.buffer {
-                    Some(buffer) if !buffer.is_empty() => std::mem::take(buffer),
+                    Some(buffer) if !buffer.is_empty() && !inline => std::mem::take(buffer),
+                    Some(buffer) if !buffer.is_empty() => {
+                        let batch = std::mem::take(buffer);
+                        replay.buffer = None;
+                        batch
+                    }
                     _ => {
                         replay.buffer = None;
                         break;
@@ -331,6 +345,9 @@ impl Bus {
                 shared.epochs.end(*bucket, 1);
             }
             shared.drop_caught(batch);
+            if inline {
+                break;
+            }
         }
         // The replay's clone of the handler goes before the waiters are
         // let go, so they return with the handler dropped.

@@ -18,6 +18,19 @@ impl Drop for OnDrop {
     }
 }
 
+/// The number of the latest event in history. (A read held up while a
+/// flood laps the ring may come back empty: it is asked again.)
+fn latest_sequence(bus: &Bus) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = bus.history(switchboard::HistoryQuery::new().last(1)).unwrap();
+        if let Some(event) = last.first() {
+            return event.sequence().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "history stayed empty");
+    }
+}
+
 /// Four threads publishing `e.x` as fast as they can, counting.
 struct Flood {
     stop: Arc<AtomicBool>,
@@ -145,8 +158,7 @@ fn replay_misses_nothing_at_the_seam(options: SubscribeOptions) {
         flood.more(1_000); // and goes on well past it
         flood.stop();
         bus.flush();
-        let end =
-            bus.history(switchboard::HistoryQuery::new().last(1)).unwrap()[0].sequence().unwrap();
+        let end = latest_sequence(&bus);
         let got: std::collections::BTreeSet<u64> = seen.lock().unwrap().iter().copied().collect();
         let missing: Vec<u64> = (r.seam..=end).filter(|q| !got.contains(q)).collect();
         let extra = seen.lock().unwrap().len() - got.len();
@@ -211,14 +223,11 @@ fn ordered_subscription_under_flood_misses_nothing() {
         });
         let id =
             bus.subscribe("e.*", handler, SubscribeOptions::new().plugin("r").ordered()).unwrap();
-        let from =
-            bus.history(switchboard::HistoryQuery::new().last(1)).unwrap()[0].sequence().unwrap()
-                + 1;
+        let from = latest_sequence(&bus) + 1;
         flood.more(1_000); // and goes on well past it
         flood.stop();
         bus.flush();
-        let end =
-            bus.history(switchboard::HistoryQuery::new().last(1)).unwrap()[0].sequence().unwrap();
+        let end = latest_sequence(&bus);
         let got: std::collections::BTreeSet<u64> = seen.lock().unwrap().iter().copied().collect();
         let missing: Vec<u64> = (from..=end).filter(|q| !got.contains(q)).collect();
         if !missing.is_empty() {
