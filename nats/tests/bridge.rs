@@ -291,9 +291,7 @@ fn jetstream(prefix: &str, durable: &str) -> (String, Mode) {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
         .collect();
-    let mut config = JetStreamConfig::new(durable);
-    config.stream = Some(stream.clone());
-    (stream, Mode::JetStream(config))
+    (stream.clone(), Mode::JetStream(JetStreamConfig::new(durable).stream(stream)))
 }
 
 /// Runs `test`, then deletes the JetStream stream it made on the shared
