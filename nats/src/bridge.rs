@@ -91,6 +91,39 @@ impl TaskState {
     }
 }
 
+/// After the client dropped a connection to a live server (in practice: a
+/// message it could not parse), JetStream imports pull one message at a
+/// time for a while. The unreadable message then arrives alone, so it takes
+/// no valid message down with it each time it is delivered again (which
+/// would spend their delivery limit with its own), until the stream gives
+/// up on it.
+#[derive(Debug, Default)]
+pub(crate) struct Quarantine {
+    until: Mutex<Option<Instant>>,
+    began: tokio::sync::Notify,
+}
+
+impl Quarantine {
+    /// Single-message pulls from now for `span` (or longer, if already).
+    fn extend(&self, span: Duration) {
+        let until = Instant::now() + span;
+        let began = {
+            let mut now = self.until.lock();
+            let began = !now.is_some_and(|t| t > Instant::now());
+            *now = Some(now.map_or(until, |t| t.max(until)));
+            began
+        };
+        if began {
+            self.began.notify_waiters();
+        }
+    }
+
+    /// When the quarantine ends, if it is on.
+    fn ends(&self) -> Option<Instant> {
+        self.until.lock().filter(|t| *t > Instant::now())
+    }
+}
+
 /// How a supervised task's run ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Exit {
@@ -118,6 +151,7 @@ pub(crate) struct Shared {
     max_deliver: Option<i64>,
     /// The JetStream ack wait (core mode: unused).
     ack_wait: Duration,
+    quarantine: Arc<Quarantine>,
 }
 
 /// The publish keys of the messages imported lately, oldest first.
@@ -217,7 +251,8 @@ pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, Br
     }
 
     let counters = Arc::new(Counters::default());
-    let client = connect(&config, counters.clone()).await?;
+    let quarantine = Arc::new(Quarantine::default());
+    let client = connect(&config, counters.clone(), quarantine.clone()).await?;
 
     let jetstream = match &config.mode {
         Mode::Core => None,
@@ -294,6 +329,7 @@ pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, Br
         resume_delay: config.resume_delay,
         max_deliver,
         ack_wait,
+        quarantine,
     });
     for (i, glob) in config.export.iter().enumerate() {
         // Each event is exported once even when several export globs match
@@ -417,6 +453,15 @@ where
     F: FnMut() -> Option<Fut>,
     Fut: Future<Output = Exit>,
 {
+    /// Not alive once the supervisor is gone, however it went (an abort
+    /// at shutdown included).
+    struct Down(Arc<TaskState>);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            self.0.alive.store(false, Ordering::SeqCst);
+        }
+    }
+    let _down = Down(state.clone());
     let mut in_a_row = 0u32;
     loop {
         let Some(run) = next() else { break };
@@ -438,7 +483,6 @@ where
         in_a_row = in_a_row.saturating_add(1);
         tokio::time::sleep(delay).await;
     }
-    state.alive.store(false, Ordering::SeqCst);
 }
 
 async fn round_trip(client: &async_nats::Client) -> Result<(), BridgeError> {
@@ -464,7 +508,6 @@ enum ImportSource {
 /// enough to tell a reconnect to the same, live server that did not say why
 /// it dropped us (so the client dropped the connection itself) from a
 /// server restart or a move to another server of a cluster.
-#[derive(Default)]
 struct Peer {
     client: OnceLock<async_nats::Client>,
     /// The server's id and our client id on it, as of the last connect.
@@ -472,13 +515,19 @@ struct Peer {
     /// The server sent an error since the last connect (`Stale Connection`,
     /// `Slow Consumer`, an authorisation error): the server ended it.
     server_said: AtomicBool,
+    quarantine: Arc<Quarantine>,
+    /// How long a quarantine lasts after a client-side reconnect: twice the
+    /// ack wait (an unreadable message comes back once per ack wait, and
+    /// each time extends it), and a second.
+    quarantine_span: Duration,
 }
 
 impl Peer {
     /// After a connect: was it back to the server we were on, which had not
     /// said why we left?
-    async fn connected(&self, counters: &Counters) {
-        let Some(client) = self.client.get() else { return };
+    async fn connected(&self, counters: &Counters, reconnect: bool) {
+        // The first connect is recorded by `connect` itself.
+        let Some(client) = self.client.get().filter(|_| reconnect) else { return };
         let before = self.last.lock().clone();
         // The Connected event can come before the client has the new
         // connection's INFO: wait (briefly) for a client id that is not the
@@ -496,6 +545,7 @@ impl Peer {
         if let Some((server, _)) = before {
             if server == info.server_id && !server_said {
                 counters.client_side_reconnects.fetch_add(1, Ordering::Relaxed);
+                self.quarantine.extend(self.quarantine_span);
                 tracing::warn!(
                     server = %info.server_id,
                     "the NATS client dropped its connection to a server that stayed up, and \
@@ -512,8 +562,19 @@ impl Peer {
 async fn connect(
     config: &BridgeConfig,
     counters: Arc<Counters>,
+    quarantine: Arc<Quarantine>,
 ) -> Result<async_nats::Client, BridgeError> {
-    let peer = Arc::new(Peer::default());
+    let ack_wait = match &config.mode {
+        Mode::JetStream(js) => js.ack_wait,
+        Mode::Core => Duration::ZERO,
+    };
+    let peer = Arc::new(Peer {
+        client: OnceLock::new(),
+        last: Mutex::new(None),
+        server_said: AtomicBool::new(false),
+        quarantine,
+        quarantine_span: ack_wait.saturating_mul(2) + Duration::from_secs(1),
+    });
     let events = peer.clone();
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("switchboard bridge {}", config.instance))
@@ -531,9 +592,9 @@ async fn connect(
             async move {
                 match event {
                     async_nats::Event::Connected => {
-                        counters.connects.fetch_add(1, Ordering::Relaxed);
+                        let earlier = counters.connects.fetch_add(1, Ordering::Relaxed);
                         tracing::info!("bridge connected to NATS");
-                        peer.connected(&counters).await;
+                        peer.connected(&counters, earlier > 0).await;
                     }
                     async_nats::Event::Disconnected => {
                         tracing::warn!("bridge disconnected from NATS; reconnecting");
@@ -1046,7 +1107,12 @@ async fn import_jetstream(
         if shared.closing.load(Ordering::SeqCst) {
             return Exit::Done;
         }
-        let mut messages = match consumer.messages().await {
+        let quarantine = shared.quarantine.ends();
+        let pulled = match quarantine {
+            None => consumer.messages().await,
+            Some(_) => consumer.stream().max_messages_per_batch(1).messages().await,
+        };
+        let mut messages = match pulled {
             Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot pull from the JetStream consumer; retrying");
@@ -1054,8 +1120,30 @@ async fn import_jetstream(
                 continue;
             }
         };
+        if quarantine.is_some() {
+            tracing::warn!(
+                "JetStream imports pull one message at a time until an unreadable message is given up"
+            );
+        }
         loop {
-            let Some(first) = messages.next().await else { continue 'restart };
+            // A quarantine that begins or ends changes how we pull.
+            let began = shared.quarantine.began.notified();
+            let mut began = std::pin::pin!(began);
+            began.as_mut().enable();
+            if quarantine.is_none() && shared.quarantine.ends().is_some() {
+                continue 'restart;
+            }
+            let first = match quarantine {
+                None => tokio::select! {
+                    first = messages.next() => first,
+                    () = began => continue 'restart,
+                },
+                Some(ends) => tokio::select! {
+                    first = messages.next() => first,
+                    () = tokio::time::sleep_until(ends.into()) => continue 'restart,
+                },
+            };
+            let Some(first) = first else { continue 'restart };
             let mut batch = vec![first];
             while batch.len() < IMPORT_BATCH {
                 match messages.next().now_or_never() {

@@ -570,3 +570,75 @@ async fn bad_configuration_gets_a_typed_error() {
     // A refused start leaves no subscription behind.
     assert_eq!(bus.stats().subscriptions, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_tells_a_publish_the_stream_already_held_from_a_new_one() {
+    let Some(url) = shared_server() else { return };
+    let prefix = unique_prefix("dedup");
+    let (stream, mode) = jetstream(&prefix, "dedup_a");
+    let (server, p) = (url.clone(), prefix.clone());
+    let test = async move {
+        let a = Bus::new().unwrap();
+        let config = BridgeConfig::new(&server).prefix(&p).export("*").mode(mode);
+        let ea = Bridge::start(&a, config).await.expect("bridge a");
+        let seen = Seen::on(&a, "*");
+        a.publish(Event::new("x.first", json!(1), "test")).unwrap();
+        assert!(ea.flush(WAIT).await);
+        let first = seen.events()[0].sequence().expect("numbered");
+        // What a lost acknowledgement leaves behind: the stream holds the
+        // next publish already, under its key (the bus's instance, then its
+        // sequence number), as if an earlier send had reached it.
+        let key = u128::from(a.instance()) << 64 | u128::from(first + 1);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(switchboard_nats::wire::MSG_ID, switchboard_nats::wire::hex_token(key));
+        let js = async_nats::jetstream::new(async_nats::connect(server.as_str()).await.unwrap());
+        let ack = js
+            .publish_with_headers(format!("{p}.x.second"), headers, "2".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(!ack.duplicate);
+        a.publish(Event::new("x.second", json!(2), "test")).unwrap();
+        a.publish(Event::new("x.third", json!(3), "test")).unwrap();
+        assert!(ea.flush(WAIT).await);
+        let stats = ea.stats();
+        assert_eq!((stats.exported, stats.deduplicated, stats.dropped), (2, 1, 0), "{stats:?}");
+    };
+    removing_stream(&url, &stream, test).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_shared_with_a_monitor_shuts_down_through_a_reference_once() {
+    let Some(url) = shared_server() else { return };
+    let prefix = unique_prefix("monitor");
+    let (a, b) = (Bus::new().unwrap(), Bus::new().unwrap());
+    let ea = Arc::new(
+        Bridge::start(&a, BridgeConfig::new(&url).prefix(&prefix).export("*")).await.unwrap(),
+    );
+    let ib = Bridge::start(&b, BridgeConfig::new(&url).prefix(&prefix).import("*")).await.unwrap();
+    let seen = Seen::on(&b, "*");
+    for n in 0..100 {
+        a.publish(Event::new("x.tick", json!(n), "test")).unwrap();
+    }
+    // A monitor task holds the bridge too, and is the one to stop it.
+    let monitor = {
+        let ea = ea.clone();
+        tokio::spawn(async move {
+            assert!(ea.stats().healthy());
+            ea.shutdown(Duration::from_secs(5)).await
+        })
+    };
+    assert_eq!(monitor.await.unwrap(), 0, "everything queued was sent");
+    assert!(eventually(WAIT, || seen.len() == 100).await, "{:?}", ib.stats());
+    let stats = ea.stats();
+    assert_eq!((stats.exported, stats.dropped), (100, 0), "{stats:?}");
+    assert!(stats.tasks.iter().all(|t| !t.alive), "stopped: {stats:?}");
+    // Stopped once: a second call has nothing to do, and exports stopped.
+    assert_eq!(ea.shutdown(Duration::from_secs(1)).await, 0);
+    a.publish(Event::new("x.after", json!(0), "test")).unwrap();
+    a.flush();
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(seen.len(), 100);
+    assert_eq!(ea.stats().exported, 100);
+}
