@@ -1,6 +1,6 @@
 //! The bridge against hostile input: crafted header values, malformed
-//! header blocks, a flood of messages that are not bridged events, and
-//! clients without the right to speak on the prefix. Each test runs a
+//! header blocks, a flood of messages that are not bridged events, clients
+//! without the right to speak on the prefix, and TLS. Each test runs a
 //! nats-server of its own on a private port.
 
 mod common;
@@ -440,4 +440,36 @@ async fn only_bridge_users_may_speak_on_the_prefix() {
     );
     assert_tasks_never_failed(&stats);
     assert_eq!(ea.shutdown(Duration::from_secs(5)).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_asked_for_tls_speaks_it_and_refuses_a_server_it_cannot_verify() {
+    // A test authority's certificate for 127.0.0.1, and the server's key.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let config = format!(
+        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n}}\n",
+        dir.join("server.pem"),
+        dir.join("server-key.pem")
+    );
+    let Some(server) = PrivateServer::with_config(&config) else { return };
+    let tls = || {
+        BridgeConfig::new(server.url())
+            .prefix("secure")
+            .require_tls(true)
+            .root_certificates(dir.join("ca.pem"))
+    };
+    let (a, b) = (Bus::new().unwrap(), Bus::new().unwrap());
+    let ea = Bridge::start(&a, tls().export("*")).await.expect("bridge a over TLS");
+    let ib = Bridge::start(&b, tls().import("*")).await.expect("bridge b over TLS");
+    let seen = Seen::on(&b);
+    a.publish(Event::new("trivia.started", serde_json::json!({"n": 1}), "a")).unwrap();
+    assert!(eventually(WAIT, || seen.len() == 1).await, "{:?} {:?}", ea.stats(), ib.stats());
+    // Without the authority that signed the server's certificate, the
+    // bridge does not connect.
+    let unverified = BridgeConfig::new(server.url()).prefix("secure").require_tls(true);
+    let refused = Bridge::start(&Bus::new().unwrap(), unverified.import("*")).await;
+    let Err(switchboard_nats::BridgeError::Connect { reason, .. }) = refused else {
+        panic!("connected to a server it cannot verify: {refused:?}")
+    };
+    assert!(reason.contains("UnknownIssuer"), "{reason}");
 }
