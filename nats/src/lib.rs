@@ -67,6 +67,52 @@
 //! `Switchboard-Key` (or `Switchboard-Id`, or `Switchboard-Origin`) is not a
 //! bridged event: it is skipped and counted in [`BridgeStats::invalid`].
 //!
+//! # Facing the network
+//!
+//! Anything a client of the NATS server publishes under the prefix reaches
+//! the importing bridges, so they take nothing on trust:
+//!
+//! * **the format is a versioned contract**, in [`wire`]: every header value
+//!   is checked (with checked arithmetic), and a message outside the format
+//!   (a malformed optional header included, or a version the bridge does
+//!   not read) is skipped, logged at warn and counted in
+//!   [`BridgeStats::invalid`];
+//! * **no task dies unseen**: each task runs under a supervisor that starts
+//!   it again when it panics or ends, logs it at error and shows it in
+//!   [`BridgeStats::tasks`];
+//! * **a header block the client cannot parse** makes the client drop the
+//!   connection and reconnect (counted in
+//!   [`BridgeStats::client_side_reconnects`]); core mode loses what the
+//!   client had read with it. JetStream loses nothing valid: imports then
+//!   pull one message at a time for a while, so the unreadable message
+//!   arrives alone until the stream gives up on it at the delivery limit
+//!   ([`JetStreamConfig::max_deliver`]; counted in
+//!   [`BridgeStats::undeliverable`], its stream sequence logged);
+//! * **only bridges should publish under the prefix**, and that is the
+//!   server's to enforce: connect with credentials
+//!   ([`BridgeConfig::user_and_password`], [`token`](BridgeConfig::token),
+//!   [`nkey`](BridgeConfig::nkey),
+//!   [`credentials_file`](BridgeConfig::credentials_file)) and TLS
+//!   ([`require_tls`](BridgeConfig::require_tls)), and give only the bridge
+//!   users the prefix:
+//!
+//! ```text
+//! authorization {
+//!   BRIDGE = {
+//!     publish   = ["mybot.>", "$JS.API.>", "$JS.ACK.>", "_INBOX.>"]
+//!     subscribe = ["mybot.>", "_INBOX.>", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>"]
+//!   }
+//!   users = [
+//!     { user: shard-1, password: "...", permissions: $BRIDGE }
+//!     { user: shard-2, password: "...", permissions: $BRIDGE }
+//!   ]
+//! }
+//! ```
+//!
+//! (Core mode needs only the prefix and `_INBOX.>`; the JetStream entries
+//! are the stream and consumer API, acknowledgements and the delivery-limit
+//! advisories.)
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use switchboard::Bus;
@@ -83,6 +129,7 @@
 //! .await?;
 //! // ... the bot runs ...
 //! println!("{:?}", bridge.stats());
+//! assert!(bridge.stats().healthy());
 //! bridge.shutdown(std::time::Duration::from_secs(5)).await;
 //! # Ok(()) }
 //! ```

@@ -7,7 +7,7 @@
 //! One event is one NATS message:
 //!
 //! * **subject**: `<prefix>.<escaped name>`, the name escaped token by token
-//!   as [`subject`](crate::subject) describes;
+//!   as [`crate::subject`] describes;
 //! * **payload**: the event's data as JSON (UTF-8, any JSON value);
 //! * **headers**, every value printable ASCII without spaces:
 //!
