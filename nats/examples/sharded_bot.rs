@@ -169,6 +169,16 @@ async fn parent(args: &Args) -> Result<(), String> {
             )
         );
     }
+    for shard in ["trivia", "stats"] {
+        let healthy = results
+            .get(shard)
+            .cloned()
+            .flatten()
+            .and_then(|v| v.pointer("/bridge/healthy").and_then(serde_json::Value::as_bool));
+        if healthy != Some(true) {
+            return Err(format!("the {shard} shard's bridge had a task stopped or restarted"));
+        }
+    }
     if sent != received || boards_sent != boards_received || boards_sent != args.rounds {
         return Err("an event was lost or doubled between the shards".into());
     }
@@ -319,10 +329,22 @@ fn bridge_summary(stats: &BridgeStats, sent: &[(u64, &str)], received: &[(u64, &
         (stats.invalid, "invalid messages skipped"),
         (stats.refused, "imports the local bus refused (lost in core mode)"),
         (stats.slow_consumer, "slow-consumer reports (NATS dropped imports: the bus fell behind)"),
+        (stats.unknown_version, "messages of an unknown wire format version"),
+        (stats.client_side_reconnects, "reconnects after input the client could not parse"),
+        (stats.undeliverable, "messages JetStream gave up on at the delivery limit"),
     ] {
         if n > 0 {
             line.push_str(&format!("; {n} {what}"));
         }
+    }
+    for task in stats.tasks.iter().filter(|t| t.restarts > 0 || !t.alive) {
+        line.push_str(&format!(
+            "; task {:?} {} after {} restarts ({})",
+            task.name,
+            if task.alive { "running" } else { "STOPPED" },
+            task.restarts,
+            task.last_failure.as_deref().unwrap_or("no failure")
+        ));
     }
     line
 }
@@ -334,6 +356,7 @@ fn stats_json(stats: &BridgeStats) -> serde_json::Value {
         "imported": stats.imported,
         "dropped": stats.dropped,
         "echoes_skipped": stats.echoes_skipped,
+        "healthy": stats.healthy() && stats.tasks.iter().all(|t| t.restarts == 0),
     })
 }
 
