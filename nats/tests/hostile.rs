@@ -473,3 +473,38 @@ async fn a_bridge_asked_for_tls_speaks_it_and_refuses_a_server_it_cannot_verify(
     };
     assert!(reason.contains("UnknownIssuer"), "{reason}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_logs_in_with_a_token_or_an_nkey_and_is_refused_without() {
+    type Login = Box<dyn Fn(BridgeConfig) -> BridgeConfig>;
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    let cases: [(String, Login, Login); 2] = [
+        (
+            "authorization { token: \"s3cret-token\" }".to_owned(),
+            Box::new(|c: BridgeConfig| c.token("s3cret-token")),
+            Box::new(|c: BridgeConfig| c.token("guess")),
+        ),
+        (
+            format!("authorization {{ users = [ {{ nkey: {} }} ] }}", user.public_key()),
+            Box::new(move |c: BridgeConfig| c.nkey(seed.clone())),
+            Box::new(move |c: BridgeConfig| c.nkey(stranger.clone())),
+        ),
+    ];
+    for (config, good, bad) in cases {
+        let Some(server) = PrivateServer::with_config(&config) else { return };
+        let at = |login: &Login| login(BridgeConfig::new(server.url()).prefix("login").import("*"));
+        let bus = Bus::new().unwrap();
+        let bridge = Bridge::start(&bus, at(&good)).await.expect("logs in");
+        assert!(bridge.stats().connected);
+        let refused = Bridge::start(&bus, at(&bad)).await;
+        assert!(
+            matches!(refused, Err(switchboard_nats::BridgeError::Connect { .. })),
+            "{refused:?}"
+        );
+        // Secrets stay out of debug output.
+        let shown = format!("{:?}", at(&good));
+        assert!(!shown.contains("s3cret") && !shown.contains("SU"), "{shown}");
+    }
+}
