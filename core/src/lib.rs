@@ -79,7 +79,7 @@ pub use switchboard_matcher as matcher;
 //   shared                 the state a bus's handles and workers share
 //   wait, reclaim, snapshot, subscription, mailbox
 //   config, context, handler, panic, gate, history, flush, queue, barrier,
-//   stats, event, error, loom
+//   stats, observe, event, error, loom
 mod barrier;
 mod builder;
 mod bus;
@@ -94,6 +94,7 @@ mod handler;
 mod history;
 mod loom;
 mod mailbox;
+mod observe;
 mod panic;
 mod queue;
 mod reclaim;
@@ -117,6 +118,7 @@ pub use crate::error::{
 };
 pub use crate::event::{Event, EventId, Payload, Priority, TypedPayload};
 pub use crate::handler::{Handler, HandlerResult};
+pub use crate::observe::{CallObserver, Observer, Subscribed};
 pub use crate::queue::Overflow;
 pub use crate::stats::{Stats, SubscriptionStats};
 pub use crate::subscription::{SubscribeOptions, SubscriptionId};

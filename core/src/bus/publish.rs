@@ -237,7 +237,7 @@ impl Bus {
                     // The victim was counted as published when it was accepted.
                     shared.drop_caught(victim);
                 }
-                shared.counters.bump(Count::Published);
+                shared.counters.bump(Count::Published(priority as usize));
                 return Attempt::Done(Ok(id));
             }
             Offer::Shed(event) => {
@@ -245,7 +245,7 @@ impl Bus {
                 // counted as dropped.
                 record(&event);
                 shared.epochs.end(bucket, 1);
-                shared.counters.bump(Count::Published);
+                shared.counters.bump(Count::Published(priority as usize));
                 shared.counters.bump(Count::Dropped);
                 shared.log_shed(&event);
                 shared.drop_caught(event);

@@ -177,6 +177,7 @@ impl Bus {
                 // Relaxed: statistics.
                 let mut stats = SubscriptionStats {
                     errors: sub.errors.load(Ordering::Relaxed),
+                    calls: sub.observed.as_ref().map_or(0, |o| o.calls()),
                     ..Default::default()
                 };
                 if let Some(mailbox) = &sub.mailbox {

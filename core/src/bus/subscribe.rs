@@ -15,6 +15,7 @@ use crate::event::Event;
 use crate::handler::{Handler, HandlerResult, Kind};
 use crate::loom::Ordering;
 use crate::mailbox::{Mailbox, Runner, Work};
+use crate::observe::Observed;
 use crate::shared::Shared;
 use crate::subscription::{SubscribeOptions, Subscription, SubscriptionId};
 
@@ -299,7 +300,12 @@ impl Bus {
                     event.depth(),
                     bucket,
                 );
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(event)))
+                let call =
+                    || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(event)));
+                match &sub.observed {
+                    None => call(),
+                    Some(o) => o.call(o.runner_slot(), event.timestamp(), call),
+                }
             };
             dispatch::report(shared, &sub, event, outcome);
         };
@@ -432,6 +438,15 @@ impl Bus {
             reason: NameError::TooLong { len: pattern.len(), max: crate::MAX_NAME_LEN },
         })?;
         let shared = self.shared();
+        // Before the lock: the observer is user code, and may call the bus.
+        let observed = shared.config.observer.0.as_ref().map(|observer| {
+            let sink = observer.subscribed(&crate::observe::Subscribed {
+                pattern,
+                plugin,
+                bus: &shared.config.name,
+            });
+            Observed::new(shared.config.workers, sink, observer.sample_every())
+        });
         let mut reg = shared.registry.lock();
         if shared.is_shut() {
             return Err(SubscribeError::Closed);
@@ -442,14 +457,17 @@ impl Bus {
             Some((name, _)) => name.clone(),
             None => Arc::from(plugin),
         };
-        let sub = Arc::new(Subscription::new(
-            id,
-            compiled,
-            plugin_name.clone(),
-            options.priority,
-            handler,
-            mailbox,
-        ));
+        let sub = Arc::new(
+            Subscription::new(
+                id,
+                compiled,
+                plugin_name.clone(),
+                options.priority,
+                handler,
+                mailbox,
+            )
+            .with_observed(observed),
+        );
         reg.plugins.entry(plugin_name.clone()).or_default().push(sub.clone());
         reg.by_id.insert(id, plugin_name);
         reg.live += 1;

@@ -166,7 +166,11 @@ fn dispatch(
         }
         // SAFETY: the call is announced and the subscription was seen
         // active after it (`reclaim.rs`).
-        let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { sub.call(event) }));
+        let call = || catch_unwind(AssertUnwindSafe(|| unsafe { sub.call(event) }));
+        let outcome = match &sub.observed {
+            None => call(),
+            Some(observed) => observed.call(worker, event.timestamp(), call),
+        };
         shared.calls.exit(worker);
         calls += 1;
         if !matches!(outcome, Ok(Ok(()))) {
@@ -273,7 +277,11 @@ pub(crate) fn scope(shared: &Arc<Shared>, sub: &Subscription, entry: &Entry) -> 
 pub(crate) fn call_sync(shared: &Arc<Shared>, sub: &Arc<Subscription>, entry: &Entry, f: &SyncFn) {
     let outcome = {
         let _scope = scope(shared, sub, entry);
-        catch_unwind(AssertUnwindSafe(|| f(&entry.event)))
+        let call = || catch_unwind(AssertUnwindSafe(|| f(&entry.event)));
+        match &sub.observed {
+            None => call(),
+            Some(observed) => observed.call(observed.runner_slot(), entry.event.timestamp(), call),
+        }
     };
     report(shared, sub, &entry.event, outcome);
 }

@@ -148,6 +148,10 @@ async fn call(
     f: &Arc<AsyncFn>,
     timeout: Option<Duration>,
 ) {
+    let timing = sub
+        .observed
+        .as_ref()
+        .map(|_| (crate::observe::since(entry.event.timestamp()), std::time::Instant::now()));
     let started = {
         let _scope = super::scope(shared, sub, entry);
         catch_unwind(AssertUnwindSafe(|| f(entry.event.clone())))
@@ -169,6 +173,9 @@ async fn call(
             CatchUnwind(limited).await
         }
     };
+    if let (Some(observed), Some((waited, at))) = (&sub.observed, timing) {
+        observed.finished(waited, at);
+    }
     super::report(shared, sub, &entry.event, outcome);
 }
 

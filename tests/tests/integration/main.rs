@@ -22,6 +22,8 @@ mod edges;
 mod lifecycle;
 #[path = "lossless.rs"]
 mod lossless;
+#[path = "observe.rs"]
+mod observe;
 #[path = "ordered.rs"]
 mod ordered;
 #[path = "plugin_edges.rs"]
