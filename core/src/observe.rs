@@ -137,6 +137,7 @@ impl Observed {
     /// Counts an async call that `started` (after its event `waited`) and
     /// has just ended, and reports its timing when its turn has come on
     /// this thread.
+    #[cfg(feature = "tokio")]
     pub(crate) fn finished(&self, waited: Duration, started: Instant) {
         // Relaxed: a statistic.
         self.calls[self.runner_slot()].fetch_add(1, Ordering::Relaxed);

@@ -240,9 +240,40 @@ async fn a_scrape_over_http_says_what_the_bus_the_host_and_the_bridge_count() {
         assert_eq!(value(&samples, names::BRIDGE_TASKS_ALIVE, &[b]), bs.tasks.len() as u64);
     }
 
-    // Every series named is one the exporter emits (or, for the ones no
-    // traffic here made, at least registered): the dashboard relies on it.
+    // Every series named is one the exporter emits: the dashboard relies
+    // on it.
     for name in names::ALL {
-        assert!(body.contains(name), "{name} is not exported");
+        assert!(body.contains(&format!("\n{name}")), "{name} is not exported");
+    }
+    // And every series the committed Grafana dashboard queries is one of
+    // them, exported here.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../dashboard/switchboard.json"))
+            .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in panels {
+        let targets = panel["targets"].as_array().expect("each panel queries");
+        assert!(!targets.is_empty(), "{}", panel["title"]);
+        for target in targets {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            for (at, _) in expr.match_indices("switchboard_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 20, "{queried:?}");
+    for name in &queried {
+        let series = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        assert!(names::ALL.contains(&series), "the dashboard queries {name}, which is not ours");
+        assert!(body.contains(&format!("\n{name}")), "the dashboard queries {name}, not exported");
     }
 }
