@@ -74,6 +74,14 @@ struct Args {
     /// steady load to run under a profiler.
     #[arg(long)]
     profile: Option<usize>,
+    /// With --profile: the fan-out workload with this many handlers
+    /// instead of one subscription.
+    #[arg(long, requires = "profile")]
+    fanout: Option<usize>,
+    /// With --profile: the bus built with switchboard-metrics' observer
+    /// (to compare instruction counts under callgrind).
+    #[arg(long, requires = "profile")]
+    observed: bool,
 }
 
 /// How big a run is.
@@ -1131,12 +1139,17 @@ fn rand_suffix() -> u64 {
         % 1_000_000_007
 }
 
-fn profile(events: usize) {
-    let subs = Subs::mixed(1);
-    let bus = switchboard_bus(&subs, 1);
+fn profile(events: usize, fanout: Option<usize>, observed: bool) {
+    let subs = fanout.map_or_else(|| Subs::mixed(1), Subs::fan_out);
+    let metrics = switchboard_metrics::Metrics::new();
+    let mut builder = Bus::builder().workers(1);
+    if observed {
+        builder = builder.observer(metrics.observer());
+    }
+    let bus = subscribed(builder.build().expect("bus"), &subs);
     let per_second = run_switchboard(&bus, &subs, events);
     bus.shutdown();
-    println!("{events} events through 1 subscription, {per_second:.0} events/s");
+    println!("{events} events through {} subscriptions, {per_second:.0} events/s", subs.matching);
 }
 
 fn main() {
@@ -1150,7 +1163,7 @@ fn main() {
         }
     }
     if let Some(events) = args.profile {
-        profile(events);
+        profile(events, args.fanout, args.observed);
         return;
     }
     let plan = Plan::new(&args);

@@ -3,8 +3,9 @@
 //!
 //! Off by default, and then it costs one branch per handler call. A bus
 //! built with an [`Observer`] counts each subscription's calls (in a slot
-//! of each worker's own, so `*` subscribers' counts never bounce between
-//! cores) and times one call in [`Observer::sample_every`] on each thread:
+//! of each worker's own, on a cache line of its own, so `*` subscribers'
+//! counts never bounce between cores) and times a sample of the calls on each thread (about one every
+//! 200 µs while busy, every call while quiet; see [`Observer::sample_every`]):
 //! how long the event waited (from its [timestamp](crate::Event::timestamp)
 //! to the start of the call) and how long the call ran. The observer hears
 //! of each sample through the [`CallObserver`] it made for that
@@ -26,11 +27,15 @@ pub trait Observer: Send + Sync + 'static {
     /// wait for the bus.
     fn subscribed(&self, subscription: &Subscribed<'_>) -> Arc<dyn CallObserver>;
 
-    /// One call in how many is timed, on each thread (at least 1; default
-    /// 64). Sampling keeps the cost of timing (two clock reads and a
-    /// dynamic call) to a few nanoseconds per call on average.
+    /// The fewest calls timed: at least one in this many on each thread
+    /// (at least 1; default 65,536). Within that, timing adapts: a thread
+    /// busy with calls times about one every 200 µs (a few thousand a
+    /// second, whatever the call rate), a quiet one times every call. So
+    /// timing (three clock reads and a dynamic call) costs a fraction of a
+    /// nanosecond per call on average, and a rarely called plugin still has
+    /// its latency measured.
     fn sample_every(&self) -> u32 {
-        64
+        65_536
     }
 }
 
@@ -71,23 +76,73 @@ impl std::fmt::Debug for Observed {
     }
 }
 
-std::thread_local! {
-    /// Calls left on this thread before the next timed one.
-    static COUNTDOWN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+/// About how often a busy thread times a call.
+const SAMPLE_GAP: Duration = Duration::from_micros(200);
+
+/// When a thread times its next call: one in `every`, where `every` adapts
+/// between 1 and the observer's [`Observer::sample_every`] so that a busy
+/// thread times about one call every [`SAMPLE_GAP`] (a few thousand a
+/// second, whatever the call rate), and a quiet one times every call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sampler {
+    countdown: u32,
+    every: u32,
+    last: Option<Instant>,
 }
 
-/// Whether this thread's next timed call is this one (one in `every`).
+impl Default for Sampler {
+    fn default() -> Sampler {
+        Sampler::new()
+    }
+}
+
+impl Sampler {
+    pub(crate) const fn new() -> Sampler {
+        Sampler { countdown: 0, every: 1, last: None }
+    }
+
+    /// Whether this call is the one to time.
+    #[inline]
+    pub(crate) fn due(&mut self) -> bool {
+        match self.countdown {
+            0 => true,
+            _ => {
+                self.countdown -= 1;
+                false
+            }
+        }
+    }
+
+    /// A timed call starts `now`: adapt, and count down to the next one.
+    fn started(&mut self, now: Instant, max: u32) {
+        if let Some(last) = self.last {
+            let gap = now.saturating_duration_since(last);
+            if gap < SAMPLE_GAP / 2 {
+                self.every = self.every.saturating_mul(2).min(max);
+            } else if gap > SAMPLE_GAP * 2 {
+                self.every = (self.every / 2).max(1);
+            }
+        }
+        self.every = self.every.clamp(1, max.max(1));
+        self.last = Some(now);
+        self.countdown = self.every - 1;
+    }
+}
+
+std::thread_local! {
+    /// The sampler of the calls this thread makes outside a worker's batch
+    /// (mailbox calls, replays, async calls).
+    static SAMPLER: std::cell::Cell<Sampler> = const { std::cell::Cell::new(Sampler::new()) };
+}
+
+/// Whether this thread's next mailbox call is to be timed.
 #[inline]
-fn due(every: u32) -> bool {
-    COUNTDOWN.with(|c| match c.get() {
-        0 => {
-            c.set(every - 1);
-            true
-        }
-        n => {
-            c.set(n - 1);
-            false
-        }
+fn due() -> bool {
+    SAMPLER.with(|s| {
+        let mut sampler = s.get();
+        let due = sampler.due();
+        s.set(sampler);
+        due
     })
 }
 
@@ -111,27 +166,46 @@ impl Observed {
         self.calls.len() - 1
     }
 
-    /// Counts a call in `slot` (a worker's own index: only it writes there;
-    /// the runners' slot is shared) and runs it, timed when its turn has
-    /// come on this thread.
+    /// Counts a mailbox call (in the runners' shared slot) and runs it,
+    /// timed when its turn has come on this thread.
     #[inline]
-    pub(crate) fn call<R>(&self, slot: usize, timestamp: SystemTime, f: impl FnOnce() -> R) -> R {
-        let counter = &self.calls[slot];
-        if slot == self.runner_slot() {
-            // Relaxed: a statistic.
-            counter.fetch_add(1, Ordering::Relaxed);
-        } else {
-            // One writer: a load and a store, no locked instruction.
-            counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        }
-        if !due(self.every) {
+    pub(crate) fn call<R>(&self, timestamp: SystemTime, f: impl FnOnce() -> R) -> R {
+        // Relaxed: a statistic.
+        self.calls[self.runner_slot()].fetch_add(1, Ordering::Relaxed);
+        if !due() {
             return f();
         }
-        let waited = since(timestamp);
+        let mut sampler = SAMPLER.with(std::cell::Cell::get);
+        let result = self.timed(timestamp, &mut sampler, f);
+        SAMPLER.with(|s| s.set(sampler));
+        result
+    }
+
+    /// Runs a call and reports its timing (the caller counted it, and its
+    /// `sampler` said it is due).
+    #[inline(never)]
+    pub(crate) fn timed<R>(
+        &self,
+        timestamp: SystemTime,
+        sampler: &mut Sampler,
+        f: impl FnOnce() -> R,
+    ) -> R {
         let started = Instant::now();
+        sampler.started(started, self.every);
+        let waited = since(timestamp);
         let result = f();
         self.sink.sampled(waited, started.elapsed());
         result
+    }
+
+    /// Counts a call in `worker`'s own slot (only it writes there: a load
+    /// and a store, no locked instruction, on a cache line of its own).
+    #[inline]
+    pub(crate) fn count(&self, worker: usize) {
+        if let Some(counter) = self.calls.get(worker) {
+            // Relaxed: a statistic.
+            counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
     }
 
     /// Counts an async call that `started` (after its event `waited`) and
@@ -141,8 +215,14 @@ impl Observed {
     pub(crate) fn finished(&self, waited: Duration, started: Instant) {
         // Relaxed: a statistic.
         self.calls[self.runner_slot()].fetch_add(1, Ordering::Relaxed);
-        if due(self.every) {
-            self.sink.sampled(waited, started.elapsed());
+        if due() {
+            let now = Instant::now();
+            SAMPLER.with(|s| {
+                let mut sampler = s.get();
+                sampler.started(now, self.every);
+                s.set(sampler);
+            });
+            self.sink.sampled(waited, now.saturating_duration_since(started));
         }
     }
 

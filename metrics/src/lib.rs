@@ -28,9 +28,10 @@
 //!
 //! Latency histograms come from the bus's [`Observer`] hook: a bus built
 //! with [`Metrics::observer`] counts each subscription's calls (a slot per
-//! worker, no shared cache line) and times one call in
-//! [`sample_every`](MetricsBuilder::sample_every) (default 64) on each
-//! thread, recorded into histogram handles made once per subscription.
+//! worker, no shared cache line) and times a sample of them on each thread
+//! (about one call every 200 µs while busy, every call while quiet; see
+//! [`sample_every`](MetricsBuilder::sample_every)), recorded into histogram
+//! handles made once per subscription.
 //! Without the observer, the per-subscription `calls` stay 0 and there are
 //! no histograms; the rest is there.
 //!
@@ -228,8 +229,10 @@ impl MetricsBuilder {
         self
     }
 
-    /// One handler call in how many is timed, per thread (default 64; at
-    /// least 1).
+    /// At least one handler call in `n` is timed on each thread (default
+    /// 65,536; at least 1); within that, a busy thread times about one call
+    /// every 200 µs and a quiet one every call
+    /// ([`Observer::sample_every`]). 1 times every call.
     pub fn sample_every(mut self, n: u32) -> MetricsBuilder {
         self.sample_every = n.max(1);
         self
@@ -289,14 +292,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Default settings: read every second, one call in 64 timed.
+    /// Default settings: read every second, calls timed as
+    /// [`Observer::sample_every`] says.
     pub fn new() -> Metrics {
         Metrics::builder().build()
     }
 
     /// Settings to start from.
     pub fn builder() -> MetricsBuilder {
-        MetricsBuilder { interval: Duration::from_secs(1), sample_every: 64 }
+        MetricsBuilder { interval: Duration::from_secs(1), sample_every: 65_536 }
     }
 
     /// The observer to build buses with

@@ -304,7 +304,7 @@ impl Bus {
                     || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(event)));
                 match &sub.observed {
                     None => call(),
-                    Some(o) => o.call(o.runner_slot(), event.timestamp(), call),
+                    Some(o) => o.call(event.timestamp(), call),
                 }
             };
             dispatch::report(shared, &sub, event, outcome);

@@ -37,6 +37,7 @@ use crate::event::Event;
 use crate::handler::HandlerResult;
 use crate::loom::{idle_turn, Ordering};
 use crate::mailbox::{Entry, Mailbox, SyncFn, Wake};
+use crate::observe::Sampler;
 use crate::panic::discard_panic;
 use crate::queue::{Overflow, Queued};
 use crate::shared::Shared;
@@ -75,6 +76,8 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
     let mut fairness = Fairness::default();
     let mut batch: Vec<Queued<Arc<Event>>> = Vec::with_capacity(shared.config.batch_size);
     let mut scratch = Scratch::default();
+    // When this worker times its next inline call (on an observed bus).
+    let mut sampler = Sampler::new();
     let mut idle = 0u32;
     loop {
         // Ordered subscriptions' mailboxes first: their events were
@@ -97,7 +100,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
             for queued in batch.drain(..) {
                 let epoch = queued.epoch;
                 let handled = catch_unwind(AssertUnwindSafe(|| {
-                    dispatch(&shared, &snapshot, queued, index, &mut scratch)
+                    dispatch(&shared, &snapshot, queued, index, &mut scratch, &mut sampler)
                 }));
                 if let Err(panic) = handled {
                     // A payload's `Drop`, or a panic while reporting one.
@@ -143,6 +146,7 @@ fn dispatch(
     queued: Queued<Arc<Event>>,
     worker: usize,
     scratch: &mut Scratch,
+    sampler: &mut Sampler,
 ) {
     let counters = &shared.counters.workers[worker];
     let event = &queued.item;
@@ -169,7 +173,14 @@ fn dispatch(
         let call = || catch_unwind(AssertUnwindSafe(|| unsafe { sub.call(event) }));
         let outcome = match &sub.observed {
             None => call(),
-            Some(observed) => observed.call(worker, event.timestamp(), call),
+            Some(observed) => {
+                observed.count(worker);
+                if sampler.due() {
+                    observed.timed(event.timestamp(), sampler, call)
+                } else {
+                    call()
+                }
+            }
         };
         shared.calls.exit(worker);
         calls += 1;
@@ -280,7 +291,7 @@ pub(crate) fn call_sync(shared: &Arc<Shared>, sub: &Arc<Subscription>, entry: &E
         let call = || catch_unwind(AssertUnwindSafe(|| f(&entry.event)));
         match &sub.observed {
             None => call(),
-            Some(observed) => observed.call(observed.runner_slot(), entry.event.timestamp(), call),
+            Some(observed) => observed.call(entry.event.timestamp(), call),
         }
     };
     report(shared, sub, &entry.event, outcome);

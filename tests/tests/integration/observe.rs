@@ -118,17 +118,32 @@ fn every_handler_kind_counts_its_calls_and_reports_sampled_timings() {
 }
 
 #[test]
-fn one_call_in_sample_every_is_timed_on_each_thread() {
+fn a_busy_thread_times_at_least_one_call_in_sample_every_and_a_quiet_one_every_call() {
     watchdog(60, || {
         let observer = Arc::new(Recording { every: 8, ..Default::default() });
         let bus = Bus::builder().workers(1).observer(observer.clone()).build().unwrap();
         bus.subscribe("*", counting(), "a").unwrap();
-        for _ in 0..800 {
+        // Busy: calls far closer than 200 µs apart. The sampler starts at
+        // every call and doubles to the cap (1, 2, 4, then 8).
+        for _ in 0..8000 {
             bus.publish(ev("x")).unwrap();
         }
         bus.flush();
-        assert_eq!(bus.subscriptions(Target::All)[0].stats.calls, 800);
-        assert_eq!(observer.samples.lock().unwrap().len(), 100);
+        assert_eq!(bus.subscriptions(Target::All)[0].stats.calls, 8000);
+        let busy = observer.samples.lock().unwrap().len();
+        assert!((1000..=1003).contains(&busy), "{busy} samples of 8000 calls");
+        // Quiet: a call every few milliseconds. Once the sampler has come
+        // back down from the cap (halving at each timed call), each is timed.
+        let quiet = |n: usize| {
+            for _ in 0..n {
+                bus.publish(ev("x")).unwrap();
+                bus.flush();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            observer.samples.lock().unwrap().len()
+        };
+        let settled = quiet(20);
+        assert_eq!(quiet(20) - settled, 20, "every quiet call timed");
         bus.shutdown();
     });
 }
