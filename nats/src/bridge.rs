@@ -60,6 +60,8 @@ pub(crate) struct Counters {
     pub(crate) slow_consumer: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) undeliverable: AtomicU64,
+    pub(crate) permission_errors: AtomicU64,
+    pub(crate) oversized: AtomicU64,
 }
 
 /// One of the bridge's tasks, as the stats show it.
@@ -231,6 +233,9 @@ pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, Br
             .map_err(|error| BridgeError::InvalidGlob { glob: config.import.join(", "), error })?;
         Some(set)
     };
+    if let Err(e) = Prefix::new(&config.inbox_prefix) {
+        return Err(BridgeError::InvalidName { what: "inbox prefix", name: e.prefix });
+    }
     // The instance travels in a header.
     if !wire::is_valid_origin(&config.instance) {
         return Err(BridgeError::InvalidName {
@@ -242,6 +247,9 @@ pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, Br
         check_js_name(&js.durable, "durable consumer name")?;
         if let Some(stream) = &js.stream {
             check_js_name(stream, "stream name")?;
+        }
+        if js.ack_wait < Duration::from_millis(100) {
+            return Err(BridgeError::JetStream("the ack wait must be at least 100 ms".into()));
         }
         if js.max_deliver == Some(0) {
             return Err(BridgeError::JetStream(
@@ -284,9 +292,12 @@ pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, Br
                     .map_err(|e| BridgeError::Subscribe(format!("{}: {e}", filter.subject())))?;
                 ImportSource::Core(filter.subject(), sub)
             }
-            Some((_, stream, _, js)) => {
-                ImportSource::JetStream(Box::new(consumer_for(stream, js, filter).await?))
-            }
+            Some((_, stream, _, js)) => ImportSource::JetStream(Box::new((
+                consumer_for(stream, js, filter).await?,
+                stream.clone(),
+                js.clone(),
+                filter.clone(),
+            ))),
         });
     }
     // JetStream tells whoever listens when a consumer gives up on a message
@@ -392,10 +403,25 @@ pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Result<Running, Br
                     }
                 })
             }
-            ImportSource::JetStream(consumer) => {
-                let name = format!("import {}", consumer.cached_info().config.filter_subject);
+            ImportSource::JetStream(source) => {
+                let (consumer, stream, js, filter) = *source;
+                let name = format!("import {}", filter.subject());
+                let mut first = Some(consumer);
                 spawn_supervised(&shared, name, move |shared| {
-                    import_jetstream(shared, (*consumer).clone())
+                    let first = first.take();
+                    let (stream, js, filter) = (stream.clone(), js.clone(), filter.clone());
+                    async move {
+                        let consumer = match first {
+                            Some(consumer) => consumer,
+                            // A restart: the consumer may be gone; make it
+                            // (again) as `start` did.
+                            None => match consumer_for(&stream, &js, &filter).await {
+                                Ok(consumer) => consumer,
+                                Err(e) => return Exit::Unexpected(e.to_string()),
+                            },
+                        };
+                        import_jetstream(shared, consumer).await
+                    }
                 })
             }
         });
@@ -501,7 +527,15 @@ async fn round_trip(client: &async_nats::Client) -> Result<(), BridgeError> {
 
 enum ImportSource {
     Core(String, async_nats::Subscriber),
-    JetStream(Box<jetstream::consumer::PullConsumer>),
+    /// The consumer, and what makes it again.
+    JetStream(
+        Box<(
+            jetstream::consumer::PullConsumer,
+            jetstream::stream::Stream,
+            JetStreamConfig,
+            Filter,
+        )>,
+    ),
 }
 
 /// What the connection's event callback knows about the server it talks to:
@@ -542,10 +576,16 @@ impl Peer {
             info = client.server_info();
         }
         let server_said = self.server_said.swap(false, Ordering::SeqCst);
+        if !server_said {
+            // Whatever the cause (in a cluster the client may come back on
+            // another server after failing to parse a message), the
+            // JetStream imports pull one at a time for a while: it costs
+            // throughput, never a message.
+            self.quarantine.extend(self.quarantine_span);
+        }
         if let Some((server, _)) = before {
             if server == info.server_id && !server_said {
                 counters.client_side_reconnects.fetch_add(1, Ordering::Relaxed);
-                self.quarantine.extend(self.quarantine_span);
                 tracing::warn!(
                     server = %info.server_id,
                     "the NATS client dropped its connection to a server that stayed up, and \
@@ -581,6 +621,7 @@ async fn connect(
         .connection_timeout(config.connect_timeout)
         .max_reconnects(None)
         .subscription_capacity(config.subscription_capacity)
+        .custom_inbox_prefix(&config.inbox_prefix)
         .reconnect_delay_callback(|attempts| {
             // 10 ms, doubling to at most 500 ms: quick to come back after a
             // restart, gentle on a server that stays down.
@@ -604,8 +645,16 @@ async fn connect(
                         tracing::warn!(sid, "NATS dropped messages for a slow bridge subscription");
                     }
                     async_nats::Event::ServerError(e) => {
-                        peer.server_said.store(true, Ordering::SeqCst);
-                        tracing::warn!(error = %e, "the NATS server reported an error");
+                        // A permissions violation leaves the connection up;
+                        // the errors that close it explain the reconnect.
+                        let text = e.to_string();
+                        if text.to_ascii_lowercase().contains("permissions violation") {
+                            counters.permission_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(error = %text, "the NATS server refused the bridge a publish or subscription: check its permissions");
+                        } else {
+                            peer.server_said.store(true, Ordering::SeqCst);
+                            tracing::warn!(error = %text, "the NATS server reported an error");
+                        }
                     }
                     other => tracing::info!(event = %other, "NATS client event"),
                 }
@@ -730,6 +779,22 @@ impl Shared {
                 return;
             }
         };
+        // What the server would refuse for good must not sit at the head
+        // of its lane: the headers are bounded by the origin (256 bytes),
+        // the source escaped (3 bytes a byte at most) and the fixed fields.
+        let max = self.client.server_info().max_payload;
+        let size = payload.len() + 512 + 3 * event.source().len();
+        if max > 0 && size > max {
+            self.counters.oversized.fetch_add(1, Ordering::Relaxed);
+            self.outbox.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                event = event.name(),
+                size,
+                max,
+                "an event too large for the NATS server is not exported: dropped"
+            );
+            return;
+        }
         self.outbox.push(
             Outgoing {
                 subject: self.prefix.subject_for(event.name()),
@@ -886,6 +951,8 @@ enum Sent {
     /// JetStream acknowledged it as one it had stored already (a re-send of
     /// a publish whose acknowledgement was lost).
     Duplicate,
+    /// It can never be sent (counted by the caller).
+    Dropped,
 }
 
 impl Taken {
@@ -907,6 +974,7 @@ impl Taken {
             Ok(Sent::Duplicate) => {
                 shared.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
             }
+            Ok(Sent::Dropped) => {}
             Err(e) => {
                 tracing::warn!(error = %e, subject = %item.subject, "NATS did not take the message; will retry");
                 shared.counters.retried.fetch_add(1, Ordering::Relaxed);
@@ -951,9 +1019,18 @@ async fn export_core(shared: Arc<Shared>) -> Exit {
         let sent = shared
             .client
             .publish_with_headers(item.subject.clone(), item.headers.clone(), item.payload.clone())
-            .await
-            .map(|()| Sent::Stored)
-            .map_err(|e| e.to_string());
+            .await;
+        if let Err(e) = &sent {
+            if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded {
+                // Never sendable: dropped, counted, and not retried.
+                tracing::warn!(error = %e, subject = %item.subject, "an event too large for the NATS server is not exported: dropped");
+                shared.counters.oversized.fetch_add(1, Ordering::Relaxed);
+                shared.outbox.dropped.fetch_add(1, Ordering::Relaxed);
+                taken.settle(Ok(Sent::Dropped));
+                continue;
+            }
+        }
+        let sent = sent.map(|()| Sent::Stored).map_err(|e| e.to_string());
         let failed = sent.is_err();
         taken.settle(sent);
         if failed {
@@ -1010,7 +1087,11 @@ async fn export_jetstream(shared: Arc<Shared>, context: jetstream::Context) -> E
                 }
                 .boxed(),
             ),
-            Err(e) => taken.settle(Err(e.to_string())),
+            Err(e) => {
+                taken.settle(Err(e.to_string()));
+                // Not at once again: the same message is first in line.
+                tokio::time::sleep(RECHECK).await;
+            }
         }
     }
 }
@@ -1103,9 +1184,21 @@ async fn import_jetstream(
     shared: Arc<Shared>,
     consumer: jetstream::consumer::PullConsumer,
 ) -> Exit {
+    match import_loop(&shared, &consumer).await {
+        Ok(never) => match never {},
+        Err(exit) => exit,
+    }
+}
+
+/// [`import_jetstream`]'s loop; it ends only with how the task ends.
+async fn import_loop(
+    shared: &Arc<Shared>,
+    consumer: &jetstream::consumer::PullConsumer,
+) -> Result<std::convert::Infallible, Exit> {
+    let mut held = Held::new();
     'restart: loop {
         if shared.closing.load(Ordering::SeqCst) {
-            return Exit::Done;
+            return Err(Exit::Done);
         }
         let quarantine = shared.quarantine.ends();
         let pulled = match quarantine {
@@ -1151,11 +1244,43 @@ async fn import_jetstream(
                     _ => break,
                 }
             }
+            import_batch(shared, &mut messages, batch, &mut held).await?;
+            while !held.is_empty() {
+                let batch: Vec<_> = held.drain(..held.len().min(IMPORT_BATCH)).collect();
+                import_batch(shared, &mut messages, batch, &mut held).await?;
+            }
+        }
+    }
+}
+
+/// Messages an import task took off the pull stream while the bus was busy
+/// with an earlier batch, so as to tell the stream it is working on them.
+type Held = VecDeque<Result<jetstream::Message, jetstream::consumer::pull::MessagesError>>;
+
+/// How many messages an import task holds that way, at most.
+const HELD_MAX: usize = 65_536;
+
+/// Publishes one batch locally and acknowledges what the bus took (see
+/// [`import_jetstream`]). `Err` carries how the task ends.
+async fn import_batch(
+    shared: &Arc<Shared>,
+    messages: &mut jetstream::consumer::pull::Stream,
+    batch: Vec<Result<jetstream::Message, jetstream::consumer::pull::MessagesError>>,
+    held: &mut Held,
+) -> Result<(), Exit> {
+    {
+        {
             let mut to_ack = Vec::with_capacity(batch.len());
             for message in batch {
                 let message = match message {
                     Ok(m) => m,
                     Err(e) => {
+                        use jetstream::consumer::pull::MessagesErrorKind as Kind;
+                        if matches!(e.kind(), Kind::ConsumerDeleted | Kind::PushBasedConsumer) {
+                            // Gone (deleted by an operator, or another
+                            // user): the supervisor makes it again.
+                            return Err(Exit::Unexpected(format!("the JetStream consumer: {e}")));
+                        }
                         // Heartbeats missed during an outage, and the like:
                         // the stream goes on pulling.
                         tracing::debug!(error = %e, "JetStream pull");
@@ -1212,10 +1337,36 @@ async fn import_jetstream(
                             tracing::warn!(error = %e, "JetStream term failed");
                         }
                     }
-                    Delivery::Closed => return Exit::Done,
+                    Delivery::Closed => return Err(Exit::Done),
                 }
             }
-            shared.bus.flush_async().await;
+            // The bus may take a while (its handlers, and everything else
+            // it was given): keep the stream from delivering these again
+            // meanwhile, which would spend their delivery limit.
+            {
+                let flushed = shared.bus.flush_async();
+                let mut flushed = std::pin::pin!(flushed);
+                let every = shared.ack_wait / 3;
+                loop {
+                    tokio::select! {
+                        () = &mut flushed => break,
+                        () = tokio::time::sleep(every) => {
+                            // What the client has pulled meanwhile is held
+                            // too: its ack wait runs as well.
+                            while held.len() < HELD_MAX {
+                                match messages.next().now_or_never() {
+                                    Some(Some(m)) => held.push_back(m),
+                                    _ => break,
+                                }
+                            }
+                            let holding = held.iter().filter_map(|m| m.as_ref().ok());
+                            for message in to_ack.iter().chain(holding) {
+                                let _ = message.ack_with(AckKind::Progress).await;
+                            }
+                        }
+                    }
+                }
+            }
             for message in to_ack {
                 if let Err(e) = message.ack().await {
                     tracing::warn!(error = %e, "JetStream ack failed; the message will be redelivered");
@@ -1223,6 +1374,7 @@ async fn import_jetstream(
             }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -83,8 +83,9 @@
 //! * **a header block the client cannot parse** makes the client drop the
 //!   connection and reconnect (counted in
 //!   [`BridgeStats::client_side_reconnects`]); core mode loses what the
-//!   client had read with it. JetStream loses nothing valid: imports then
-//!   pull one message at a time for a while, so the unreadable message
+//!   client had read with it. JetStream loses nothing valid: after any
+//!   reconnect the server did not explain, imports pull one message at a
+//!   time for a while, so the unreadable message
 //!   arrives alone until the stream gives up on it at the delivery limit
 //!   ([`JetStreamConfig::max_deliver`]; counted in
 //!   [`BridgeStats::undeliverable`], its stream sequence logged);
@@ -93,25 +94,34 @@
 //!   ([`BridgeConfig::user_and_password`], [`token`](BridgeConfig::token),
 //!   [`nkey`](BridgeConfig::nkey),
 //!   [`credentials_file`](BridgeConfig::credentials_file)) and TLS
-//!   ([`require_tls`](BridgeConfig::require_tls)), and give only the bridge
-//!   users the prefix:
+//!   ([`require_tls`](BridgeConfig::require_tls)), give each bridge an inbox
+//!   prefix of its own ([`inbox_prefix`](BridgeConfig::inbox_prefix):
+//!   JetStream delivers to it), and give only the bridge users the prefix,
+//!   their inboxes and the JetStream calls a bridge makes on its stream:
 //!
 //! ```text
 //! authorization {
-//!   BRIDGE = {
-//!     publish   = ["mybot.>", "$JS.API.>", "$JS.ACK.>", "_INBOX.>"]
-//!     subscribe = ["mybot.>", "_INBOX.>", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>"]
+//!   SHARD_1 = {
+//!     publish   = ["mybot.>", "_INBOX_shard1.>", "$JS.API.INFO",
+//!                  "$JS.API.STREAM.INFO.SWITCHBOARD_MYBOT", "$JS.API.STREAM.CREATE.SWITCHBOARD_MYBOT",
+//!                  "$JS.API.CONSUMER.CREATE.SWITCHBOARD_MYBOT.>", "$JS.API.CONSUMER.DURABLE.CREATE.SWITCHBOARD_MYBOT.>",
+//!                  "$JS.API.CONSUMER.INFO.SWITCHBOARD_MYBOT.>", "$JS.API.CONSUMER.MSG.NEXT.SWITCHBOARD_MYBOT.>",
+//!                  "$JS.ACK.SWITCHBOARD_MYBOT.>"]
+//!     subscribe = ["mybot.>", "_INBOX_shard1.>", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.SWITCHBOARD_MYBOT.*"]
 //!   }
+//!   # SHARD_2: the same with its own inbox prefix, _INBOX_shard2
 //!   users = [
-//!     { user: shard-1, password: "...", permissions: $BRIDGE }
-//!     { user: shard-2, password: "...", permissions: $BRIDGE }
+//!     { user: shard-1, password: "...", permissions: $SHARD_1 }
+//!     { user: shard-2, password: "...", permissions: $SHARD_2 }
+//!     # everyone else: nothing on mybot.>, _INBOX_shard*.> or $JS.* (or a separate account)
 //!   ]
 //! }
 //! ```
 //!
-//! (Core mode needs only the prefix and `_INBOX.>`; the JetStream entries
-//! are the stream and consumer API, acknowledgements and the delivery-limit
-//! advisories.)
+//! (Core mode needs only the prefix and the inbox; the JetStream entries
+//! are the calls on the bridge's stream, acknowledgements and the
+//! delivery-limit advisories. A refused permission is counted in
+//! [`BridgeStats::permission_errors`].)
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -289,6 +299,7 @@ pub struct BridgeConfig {
     mode: Mode,
     auth: Auth,
     tls: Tls,
+    inbox_prefix: String,
 }
 
 impl BridgeConfig {
@@ -309,6 +320,7 @@ impl BridgeConfig {
             mode: Mode::Core,
             auth: Auth::None,
             tls: Tls::default(),
+            inbox_prefix: "_INBOX".to_owned(),
         }
     }
 
@@ -417,6 +429,17 @@ impl BridgeConfig {
     /// the bridge starts.
     pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> BridgeConfig {
         self.auth = Auth::CredentialsFile(path.into());
+        self
+    }
+
+    /// The subject prefix of the bridge's reply inboxes (default `_INBOX`).
+    /// JetStream delivers pulled messages, and acknowledges publishes, to
+    /// these inboxes: whoever may subscribe to them reads the bridged
+    /// events, and whoever may publish to them can send the bridge what it
+    /// cannot parse. Give each bridge a prefix of its own (`_INBOX_shard1`)
+    /// and only that bridge the right to it (see the crate docs).
+    pub fn inbox_prefix(mut self, prefix: impl Into<String>) -> BridgeConfig {
+        self.inbox_prefix = prefix.into();
         self
     }
 
@@ -592,6 +615,13 @@ pub struct BridgeStats {
     /// delivery limit ([`JetStreamConfig::max_deliver`]), never imported;
     /// each is logged at warn with its stream sequence.
     pub undeliverable: u64,
+    /// Times the server refused the bridge a publish or a subscription
+    /// (its permissions do not allow it): each is logged at error, and the
+    /// bridge is not [`healthy`](BridgeStats::healthy).
+    pub permission_errors: u64,
+    /// Of the `dropped`, events too large for the server's payload limit:
+    /// never sendable, so not retried.
+    pub oversized: u64,
     /// Events waiting in the bridge's queue now.
     pub queued: u64,
     /// Connected now.
@@ -602,9 +632,10 @@ pub struct BridgeStats {
 }
 
 impl BridgeStats {
-    /// Whether every task is running.
+    /// Whether every task is running and the server refused the bridge
+    /// nothing (no [`permission_errors`](BridgeStats::permission_errors)).
     pub fn healthy(&self) -> bool {
-        self.tasks.iter().all(|t| t.alive)
+        self.tasks.iter().all(|t| t.alive) && self.permission_errors == 0
     }
 }
 
@@ -633,6 +664,9 @@ pub struct TaskStats {
 pub struct Bridge {
     shared: Arc<bridge::Shared>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Held by the shutdown in progress: a second, concurrent one waits
+    /// for it.
+    stopping: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for bridge::Shared {
@@ -655,7 +689,11 @@ impl Bridge {
     /// timeout, or a stream, consumer or subscription that could not be made.
     pub async fn start(bus: &Bus, config: BridgeConfig) -> Result<Bridge, BridgeError> {
         let running = bridge::start(bus, config).await?;
-        Ok(Bridge { shared: running.shared, tasks: Mutex::new(running.tasks) })
+        Ok(Bridge {
+            shared: running.shared,
+            tasks: Mutex::new(running.tasks),
+            stopping: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// This bridge's origin id.
@@ -682,6 +720,8 @@ impl Bridge {
             slow_consumer: load(&c.slow_consumer),
             refused: load(&c.refused),
             undeliverable: load(&c.undeliverable),
+            permission_errors: load(&c.permission_errors),
+            oversized: load(&c.oversized),
             queued: self.shared.outbox.len() as u64,
             connected: self.shared.connected(),
             tasks: self.shared.tasks.lock().iter().map(|t| t.stats()).collect(),
@@ -704,9 +744,10 @@ impl Bridge {
     /// Stops exporting, sends what is queued (for at most `timeout`), stops
     /// importing and closes the connection. Returns the events left unsent,
     /// which are counted as dropped. Takes `&self`, so a monitor task that
-    /// shares the bridge can stop it; a second call finds nothing to do and
-    /// returns 0.
+    /// shares the bridge can stop it; a call made while another runs waits
+    /// for it to finish, and a later call finds nothing to do: both return 0.
     pub async fn shutdown(&self, timeout: Duration) -> u64 {
+        let _stopping = self.stopping.lock().await;
         let tasks = std::mem::take(&mut *self.tasks.lock());
         if tasks.is_empty() {
             return 0;

@@ -13,13 +13,13 @@
 //!
 //! | header | required | value |
 //! | --- | --- | --- |
-//! | [`VERSION_HEADER`] `Switchboard-Version` | no (absent means 1) | the format version, decimal: `1` |
+//! | [`VERSION_HEADER`] `Switchboard-Version` | no (absent means 1) | the format version, exactly `1` (no leading zero) |
 //! | [`ORIGIN`] `Switchboard-Origin` | yes | the exporting bridge's instance id: 1 to 256 printable ASCII characters, no space |
 //! | [`ID`] `Switchboard-Id` | yes | the event id: exactly 32 hex digits (a `u128`) |
 //! | [`KEY`] `Switchboard-Key` | yes | the publish key, unique to one accepted publish: exactly 32 hex digits; by convention the exporting bus's instance in the high 64 bits and the event's sequence number in the low 64 |
 //! | [`SOURCE`] `Switchboard-Source` | no (absent means `""`) | the source name, escaped as a subject token is (`%XX` for every byte but letters, digits and `- _ + = , : ; @ ! # $ & ( ) / ' " ? [ ] ^ { } \| ~`; `%` alone for the empty string) |
 //! | [`PRIORITY`] `Switchboard-Priority` | no (absent means `normal`) | `low`, `normal` or `high` |
-//! | [`TIMESTAMP`] `Switchboard-Timestamp` | no (absent means the time of import) | nanoseconds since the Unix epoch, decimal digits only, at most 39 of them, and a time the platform can represent |
+//! | [`TIMESTAMP`] `Switchboard-Timestamp` | no (absent means the time of import) | nanoseconds since the Unix epoch, decimal digits only (leading zeros allowed), at most 39 of them, and a time the platform can represent |
 //! | [`MSG_ID`] `Nats-Msg-Id` | JetStream only | the publish key again: what the stream's duplicate window goes by |
 //!
 //! A reader must refuse (skip, and count) a message whose version it does
@@ -249,7 +249,8 @@ impl Envelope {
     pub fn from_headers(headers: Option<&HeaderMap>) -> Result<Envelope, WireError> {
         let get = |name: &str| headers.and_then(|h| h.get(name)).map(HeaderValue::as_str);
         if let Some(version) = get(VERSION_HEADER) {
-            if parse_decimal(version) != Some(u128::from(VERSION)) {
+            // Exactly as written: `1`, not `01`.
+            if version != "1" {
                 return Err(WireError::UnsupportedVersion(shown(version)));
             }
         }
@@ -393,7 +394,7 @@ mod tests {
 
     #[test]
     fn an_unknown_version_is_refused() {
-        for v in ["2", "0", "1.0", "v1", ""] {
+        for v in ["2", "0", "1.0", "v1", "", "01"] {
             assert_eq!(with(VERSION_HEADER, v), Err(WireError::UnsupportedVersion(v.into())));
         }
         assert!(with(VERSION_HEADER, "1").is_ok());

@@ -349,18 +349,29 @@ async fn a_hostile_flood_leaves_every_valid_event_delivered_in_jetstream_mode() 
     a_hostile_flood_leaves_every_valid_event_delivered(js_mode("flood")).await;
 }
 
-/// Only the bridge users may publish and subscribe under the prefix: the
-/// configuration the crate docs recommend, for JetStream bridges.
+/// Only the bridge users may publish and subscribe under the prefix, each
+/// bridge has an inbox prefix of its own, and the JetStream API is narrowed
+/// to the calls a bridge makes on its stream: the configuration the crate
+/// docs recommend, for JetStream bridges. The guest may use `_INBOX.>`, as
+/// any requester needs to.
 const AUTHORISATION: &str = r#"
 authorization {
-  BRIDGE = {
-    publish = ["perm.>", "$JS.API.>", "$JS.ACK.>", "_INBOX.>"]
-    subscribe = ["perm.>", "_INBOX.>", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>"]
+  BRIDGE_A = {
+    publish = ["perm.>", "_INBOX_a.>", "$JS.API.INFO", "$JS.API.STREAM.INFO.PERM", "$JS.API.STREAM.CREATE.PERM",
+               "$JS.API.CONSUMER.CREATE.PERM.>", "$JS.API.CONSUMER.DURABLE.CREATE.PERM.>",
+               "$JS.API.CONSUMER.INFO.PERM.>", "$JS.API.CONSUMER.MSG.NEXT.PERM.>", "$JS.ACK.PERM.>"]
+    subscribe = ["perm.>", "_INBOX_a.>", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.PERM.*"]
+  }
+  BRIDGE_B = {
+    publish = ["perm.>", "_INBOX_b.>", "$JS.API.INFO", "$JS.API.STREAM.INFO.PERM", "$JS.API.STREAM.CREATE.PERM",
+               "$JS.API.CONSUMER.CREATE.PERM.>", "$JS.API.CONSUMER.DURABLE.CREATE.PERM.>",
+               "$JS.API.CONSUMER.INFO.PERM.>", "$JS.API.CONSUMER.MSG.NEXT.PERM.>", "$JS.ACK.PERM.>"]
+    subscribe = ["perm.>", "_INBOX_b.>", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.PERM.*"]
   }
   users = [
-    { user: bridge-a, password: secret-a, permissions: $BRIDGE }
-    { user: bridge-b, password: secret-b, permissions: $BRIDGE }
-    { user: guest, password: guest-pw, permissions: { publish: ["chat.>"], subscribe: ["chat.>", "_INBOX.>"] } }
+    { user: bridge-a, password: secret-a, permissions: $BRIDGE_A }
+    { user: bridge-b, password: secret-b, permissions: $BRIDGE_B }
+    { user: guest, password: guest-pw, permissions: { publish: ["chat.>", "_INBOX.>"], subscribe: ["chat.>", "_INBOX.>"] } }
   ]
 }
 "#;
@@ -371,8 +382,10 @@ async fn only_bridge_users_may_speak_on_the_prefix() {
     let url = server.url();
     let js = |durable: &str| Mode::JetStream(JetStreamConfig::new(durable).stream("PERM"));
     let (a, b) = (Bus::new().unwrap(), Bus::new().unwrap());
-    let config =
-        |user, password| BridgeConfig::new(&url).prefix("perm").user_and_password(user, password);
+    let config = |user: &str, password: &str| {
+        let inbox = format!("_INBOX_{}", &user[user.len() - 1..]);
+        BridgeConfig::new(&url).prefix("perm").user_and_password(user, password).inbox_prefix(inbox)
+    };
     let ea = Bridge::start(&a, config("bridge-a", "secret-a").export("*").mode(js("perm_a")))
         .await
         .expect("bridge a logs in");
@@ -426,12 +439,36 @@ async fn only_bridge_users_may_speak_on_the_prefix() {
         assert!(said.contains("permissions violation"), "{said:?}");
     }
 
+    // The guest listens on every inbox it may, and tries to reach the
+    // bridges' own: it reads nothing bridged, and its publish there is
+    // refused.
+    let mut snoop = guest.subscribe("_INBOX.>").await.unwrap();
+    guest.flush().await.unwrap();
+    for inbox in ["_INBOX_a.x", "_INBOX_b.x"] {
+        let said =
+            raw_publish(server.port, Some(("guest", "guest-pw")), inbox, MALFORMED[0], b"{}")
+                .unwrap()
+                .to_lowercase();
+        assert!(said.contains("permissions violation"), "{said:?}");
+    }
+
     // The bridges themselves still speak: one event from A, and it is all
     // B ever sees.
-    a.publish(Event::new("trivia.marker", serde_json::json!({"n": 1}), "a")).unwrap();
+    let marker = serde_json::json!({"n": 1, "secret": "hunter2"});
+    a.publish(Event::new("trivia.marker", marker, "a")).unwrap();
     assert!(eventually(WAIT, || seen.len() == 1).await, "{:?}", ib.stats());
     tokio::time::sleep(QUIET).await;
     assert_eq!(seen.0.lock().unwrap()[0].name(), "trivia.marker");
+    let mut leaked = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(QUIET, futures::StreamExt::next(&mut snoop)).await
+    {
+        leaked.push(String::from_utf8_lossy(&m.payload).into_owned());
+    }
+    assert!(leaked.iter().all(|p| !p.contains("hunter2")), "the guest read it: {leaked:?}");
+    for stats in [ea.stats(), ib.stats()] {
+        assert_eq!((stats.reconnects, stats.permission_errors), (0, 0), "{stats:?}");
+        assert!(stats.healthy(), "{stats:?}");
+    }
     let stats = ib.stats();
     assert_eq!(
         (stats.imported, stats.invalid, stats.client_side_reconnects),
@@ -507,4 +544,43 @@ async fn a_bridge_logs_in_with_a_token_or_an_nkey_and_is_refused_without() {
         let shown = format!("{:?}", at(&good));
         assert!(!shown.contains("s3cret") && !shown.contains("SU"), "{shown}");
     }
+}
+
+/// A permission the server refuses (here the delivery-limit advisories'
+/// subscription) is counted and makes the bridge unhealthy; and, since it
+/// leaves the connection up, it does not pass for the reason of a later
+/// reconnect, which is still told to be the client's (and quarantines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_permission_is_counted_and_does_not_explain_a_later_reconnect() {
+    let config = AUTHORISATION.replace(
+        r#"subscribe = ["perm.>", "_INBOX_b.>", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.PERM.*"]"#,
+        r#"subscribe = ["perm.>", "_INBOX_b.>"]"#,
+    );
+    assert_ne!(config, AUTHORISATION);
+    let Some(server) = PrivateServer::with_config(&config) else { return };
+    let b = Bus::new().unwrap();
+    let ib = Bridge::start(
+        &b,
+        BridgeConfig::new(server.url())
+            .prefix("perm")
+            .user_and_password("bridge-b", "secret-b")
+            .inbox_prefix("_INBOX_b")
+            .import("*")
+            .mode(Mode::JetStream(JetStreamConfig::new("perm_b").stream("PERM"))),
+    )
+    .await
+    .unwrap();
+    assert!(eventually(WAIT, || ib.stats().permission_errors == 1).await, "{:?}", ib.stats());
+    assert!(!ib.stats().healthy());
+    let said = raw_publish(
+        server.port,
+        Some(("bridge-a", "secret-a")),
+        "perm.trivia.answer",
+        MALFORMED[0],
+        b"{}",
+    )
+    .unwrap();
+    assert_eq!(said, "");
+    assert!(eventually(WAIT, || ib.stats().client_side_reconnects == 1).await, "{:?}", ib.stats());
+    assert_eq!(ib.stats().reconnects, 1);
 }
