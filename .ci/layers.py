@@ -12,7 +12,7 @@ def mod_of(f):
     return top
 layer={}
 order=[['lib'],['bus','builder'],['dispatch'],['shared'],['wait'],['reclaim','snapshot'],['subscription'],['mailbox'],
-       ['config','context','handler','gate','history','flush','barrier','stats'],['queue','panic','observe'],['error'],['event'],['loom']]
+       ['config','context','handler','gate','history','flush','barrier','stats','trace'],['queue','panic','observe'],['error'],['event'],['loom']]
 for i,g in enumerate(order):
     for m in g: layer[m]=i
 bad=0

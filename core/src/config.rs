@@ -22,6 +22,8 @@ pub(crate) struct Config {
     pub(crate) starvation_limit: u32,
     pub(crate) name: String,
     pub(crate) drain_timeout: std::time::Duration,
+    /// Each handler call in a `tracing` span (`trace.rs`).
+    pub(crate) trace_dispatch: bool,
     #[cfg(feature = "tokio")]
     pub(crate) runtime: Option<tokio::runtime::Handle>,
     pub(crate) observer: ObserverSlot,

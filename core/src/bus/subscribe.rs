@@ -246,7 +246,7 @@ impl Bus {
                 if let Some(buffer) = &mut replay.buffer {
                     // Called in a handler scope, which is in the event's
                     // bucket.
-                    let bucket = parent_of(sh.id).map_or(0, |(_, bucket)| bucket);
+                    let bucket = parent_of(sh.id).map_or(0, |parent| parent.bucket);
                     sh.epochs.begin_in(bucket);
                     buffer.push((event.clone(), bucket));
                     // The replay counts the real call.
@@ -291,17 +291,23 @@ impl Bus {
             None => (Vec::new(), seam),
         };
         replayed.reverse();
+        let trace = shared.config.trace_dispatch;
         let call = |event: &Event, bucket: usize| {
             let outcome = {
                 let _scope = HandlerScope::enter(
                     shared.id,
                     || shared.clone() as Owner,
                     crate::reclaim::key(&sub),
-                    event.depth(),
+                    event,
                     bucket,
                 );
-                let call =
-                    || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(event)));
+                let call = || {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        crate::trace::call(trace, event, &sub.plugin, sub.pattern.as_str(), || {
+                            handler(event)
+                        })
+                    }))
+                };
                 match &sub.observed {
                     None => call(),
                     Some(o) => o.call(event.timestamp(), call),

@@ -155,7 +155,7 @@ fn dispatch(
     if scratch.matched.is_empty() {
         return;
     }
-    context::set_event(event.depth(), queued.epoch);
+    context::set_event(event, queued.epoch);
     let mut calls = 0;
     for &at in &scratch.matched {
         let sub = snapshot.get(at);
@@ -168,9 +168,16 @@ fn dispatch(
         if !shared.calls.enter(worker, sub) {
             continue;
         }
-        // SAFETY: the call is announced and the subscription was seen
-        // active after it (`reclaim.rs`).
-        let call = || catch_unwind(AssertUnwindSafe(|| unsafe { sub.call(event) }));
+        let (trace, pattern) = (shared.config.trace_dispatch, sub.pattern.as_str());
+        let call = || {
+            catch_unwind(AssertUnwindSafe(|| {
+                // SAFETY: the call is announced and the subscription was seen
+                // active after it (`reclaim.rs`).
+                crate::trace::call(trace, event, &sub.plugin, pattern, || unsafe {
+                    sub.call(event)
+                })
+            }))
+        };
         let outcome = match &sub.observed {
             None => call(),
             Some(observed) => {
@@ -278,7 +285,7 @@ pub(crate) fn scope(shared: &Arc<Shared>, sub: &Subscription, entry: &Entry) -> 
         shared.id,
         || shared.clone() as Owner,
         crate::reclaim::key(sub),
-        entry.event.depth(),
+        &entry.event,
         entry.bucket,
     )
 }
@@ -288,7 +295,13 @@ pub(crate) fn scope(shared: &Arc<Shared>, sub: &Subscription, entry: &Entry) -> 
 pub(crate) fn call_sync(shared: &Arc<Shared>, sub: &Arc<Subscription>, entry: &Entry, f: &SyncFn) {
     let outcome = {
         let _scope = scope(shared, sub, entry);
-        let call = || catch_unwind(AssertUnwindSafe(|| f(&entry.event)));
+        let (trace, event, pattern) =
+            (shared.config.trace_dispatch, &entry.event, sub.pattern.as_str());
+        let call = || {
+            catch_unwind(AssertUnwindSafe(|| {
+                crate::trace::call(trace, event, &sub.plugin, pattern, || f(event))
+            }))
+        };
         match &sub.observed {
             None => call(),
             Some(observed) => observed.call(entry.event.timestamp(), call),
