@@ -768,6 +768,7 @@ impl Shared {
             source: event.source().to_owned(),
             priority: event.priority(),
             timestamp: event.timestamp(),
+            parent: event.parent().copied(),
         }
         .to_headers();
         let payload = match serde_json::to_vec(event.data()) {
@@ -858,11 +859,15 @@ impl Shared {
             self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let event = Event::new(name, data, envelope.source)
+        let mut event = Event::new(name, data, envelope.source)
             .with_priority(envelope.priority)
             .with_id(EventId::from_u128(envelope.id))
             .with_timestamp(envelope.timestamp)
             .with_origin(envelope.origin);
+        if let Some(parent) = envelope.parent {
+            // Kept as given: the import task's publish is no handler's.
+            event = event.with_parent(parent);
+        }
         Some(Incoming { event, key: envelope.key })
     }
 

@@ -6,11 +6,15 @@
 //! * **export**: local events whose names match the export globs are
 //!   published to NATS under `<prefix>.<name>` (the name escaped into a
 //!   valid subject, see [`subject`]); metadata (origin, id, publish key,
-//!   source, priority, timestamp) travels in headers, the payload as JSON
-//!   (typed payloads through serde);
+//!   source, priority, timestamp, and the [parent](switchboard::Event::parent)
+//!   if there is one) travels in headers, the payload as JSON (typed
+//!   payloads through serde);
 //! * **import**: events arriving for the import globs are published into
-//!   the local bus with their original name, id, source, priority and
-//!   timestamp, and marked with [`Event::origin`](switchboard::Event::origin). A glob becomes a NATS
+//!   the local bus with their original name, id, source, priority,
+//!   timestamp and parent (restored with
+//!   [`Event::with_parent`](switchboard::Event::with_parent), so a cascade
+//!   that crossed walks on in the importing bus's history), and marked with
+//!   [`Event::origin`](switchboard::Event::origin). A glob becomes a NATS
 //!   filter that receives a superset of its names (`trivia.*` →
 //!   `<prefix>.trivia.>`; never a NATS `*`), overlapping filters are reduced
 //!   to a disjoint set, and every message is re-checked with the exact

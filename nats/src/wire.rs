@@ -20,7 +20,15 @@
 //! | [`SOURCE`] `Switchboard-Source` | no (absent means `""`) | the source name, escaped as a subject token is (`%XX` for every byte but letters, digits and `- _ + = , : ; @ ! # $ & ( ) / ' " ? [ ] ^ { } \| ~`; `%` alone for the empty string) |
 //! | [`PRIORITY`] `Switchboard-Priority` | no (absent means `normal`) | `low`, `normal` or `high` |
 //! | [`TIMESTAMP`] `Switchboard-Timestamp` | no (absent means the time of import) | nanoseconds since the Unix epoch, decimal digits only (leading zeros allowed), at most 39 of them, and a time the platform can represent |
+//! | [`PARENT`] `Switchboard-Parent` | no (absent means no parent) | the id of the event that caused this one ([`Event::parent`](switchboard::Event::parent)): exactly 32 hex digits |
+//! | [`PARENT_KEY`] `Switchboard-Parent-Key` | no; only beside `Switchboard-Parent` | the parent's publish key, made as `Switchboard-Key` is: the instance of the bus that numbered the parent in the high 64 bits, its sequence number there in the low 64; exactly 32 hex digits |
 //! | [`MSG_ID`] `Nats-Msg-Id` | JetStream only | the publish key again: what the stream's duplicate window goes by |
+//!
+//! The two parent headers came after the rest of version 1. They are
+//! optional, so the version stays 1: a reader that predates them ignores
+//! them, and a message without them reads as it always did. A reader that
+//! knows them refuses a malformed one, and a `Switchboard-Parent-Key`
+//! without `Switchboard-Parent`, as it refuses any malformed header.
 //!
 //! A reader must refuse (skip, and count) a message whose version it does
 //! not know, that lacks a required header, or whose header holds a value
@@ -33,7 +41,7 @@
 //!
 //! ```
 //! use std::time::{Duration, UNIX_EPOCH};
-//! use switchboard::Priority;
+//! use switchboard::{Cause, EventId, Priority};
 //! use switchboard_nats::wire::{Envelope, WireError, TIMESTAMP};
 //!
 //! let envelope = Envelope {
@@ -43,6 +51,8 @@
 //!     source: "chat bridge".into(),
 //!     priority: Priority::High,
 //!     timestamp: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+//!     // The chat line its handler was handling: sequence 0 on bus 7.
+//!     parent: Some(Cause::new(EventId::from_u128(0xaa)).with_sequence(7, 0)),
 //! };
 //! let mut headers = envelope.to_headers();
 //! assert_eq!(Envelope::from_headers(Some(&headers)), Ok(envelope));
@@ -58,7 +68,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::{HeaderMap, HeaderValue};
-use switchboard::Priority;
+use switchboard::{Cause, EventId, Priority};
 
 use crate::subject;
 
@@ -79,6 +89,10 @@ pub const SOURCE: &str = "Switchboard-Source";
 pub const PRIORITY: &str = "Switchboard-Priority";
 /// Nanoseconds since the Unix epoch.
 pub const TIMESTAMP: &str = "Switchboard-Timestamp";
+/// The id of the event that caused this one, 32 hex digits (optional).
+pub const PARENT: &str = "Switchboard-Parent";
+/// The parent's publish key, 32 hex digits (optional, only with [`PARENT`]).
+pub const PARENT_KEY: &str = "Switchboard-Parent-Key";
 /// JetStream's de-duplication header, set to the publish key.
 pub const MSG_ID: &str = "Nats-Msg-Id";
 
@@ -104,13 +118,19 @@ pub struct Envelope {
     pub priority: Priority,
     /// When the event was made.
     pub timestamp: SystemTime,
+    /// The event that caused it ([`Event::parent`](switchboard::Event::parent)):
+    /// its id in [`PARENT`], and its bus instance and sequence number, when
+    /// known, as a publish key in [`PARENT_KEY`].
+    pub parent: Option<Cause>,
 }
 
 /// Why a message's headers are not a bridged event's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WireError {
-    /// A required header is missing (or the message has no headers).
+    /// A required header is missing (or the message has no headers, or a
+    /// header comes without the one it goes with: [`PARENT_KEY`] without
+    /// [`PARENT`]).
     Missing(&'static str),
     /// A header's value is outside its encoding.
     Malformed {
@@ -236,6 +256,13 @@ impl Envelope {
         headers.insert(SOURCE, value(&subject::escape_header(&self.source)));
         headers.insert(PRIORITY, value(priority_token(self.priority)));
         headers.insert(TIMESTAMP, value(&timestamp_token(self.timestamp)));
+        if let Some(parent) = &self.parent {
+            headers.insert(PARENT, value(&hex_token(parent.id().as_u128())));
+            if let (Some(bus), Some(seq)) = (parent.bus(), parent.sequence()) {
+                let key = (u128::from(bus) << 64) | u128::from(seq);
+                headers.insert(PARENT_KEY, value(&hex_token(key)));
+            }
+        }
         headers
     }
 
@@ -274,7 +301,23 @@ impl Envelope {
             None => SystemTime::now(),
             Some(t) => parse_timestamp(t).ok_or_else(|| malformed(TIMESTAMP, t))?,
         };
-        Ok(Envelope { origin: origin.to_owned(), id, key, source, priority, timestamp })
+        let parent = match (get(PARENT), get(PARENT_KEY)) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(WireError::Missing(PARENT)),
+            (Some(id), key) => {
+                let id = parse_hex(id).ok_or_else(|| malformed(PARENT, id))?;
+                let cause = Cause::new(EventId::from_u128(id));
+                match key {
+                    None => Some(cause),
+                    Some(k) => {
+                        let k = parse_hex(k).ok_or_else(|| malformed(PARENT_KEY, k))?;
+                        // The high and the low 64 bits: no truncation.
+                        Some(cause.with_sequence((k >> 64) as u64, k as u64))
+                    }
+                }
+            }
+        };
+        Ok(Envelope { origin: origin.to_owned(), id, key, source, priority, timestamp, parent })
     }
 }
 
@@ -290,6 +333,7 @@ mod tests {
             source: "chat bridge/é".into(),
             priority: Priority::Low,
             timestamp: UNIX_EPOCH + Duration::new(1_700_000_000, 123),
+            parent: Some(Cause::new(EventId::from_u128(0xaa)).with_sequence(7, u64::MAX)),
         }
         .to_headers()
     }
@@ -298,7 +342,18 @@ mod tests {
     fn without(skip: &[&str]) -> HeaderMap {
         let all = good();
         let mut h = HeaderMap::new();
-        for name in [VERSION_HEADER, ORIGIN, ID, KEY, MSG_ID, SOURCE, PRIORITY, TIMESTAMP] {
+        for name in [
+            VERSION_HEADER,
+            ORIGIN,
+            ID,
+            KEY,
+            MSG_ID,
+            SOURCE,
+            PRIORITY,
+            TIMESTAMP,
+            PARENT,
+            PARENT_KEY,
+        ] {
             if let Some(v) = all.get(name).filter(|_| !skip.contains(&name)) {
                 h.insert(name, v.clone());
             }
@@ -320,6 +375,36 @@ mod tests {
         assert_eq!(e.priority, Priority::Low);
         assert_eq!(e.timestamp, UNIX_EPOCH + Duration::new(1_700_000_000, 123));
         assert_eq!(e.to_headers().get(MSG_ID).map(HeaderValue::as_str), Some(&*hex_token(e.key)));
+        let parent = e.parent.unwrap();
+        assert_eq!(parent.id().as_u128(), 0xaa);
+        assert_eq!((parent.bus(), parent.sequence()), (Some(7), Some(u64::MAX)));
+        assert_eq!(
+            h.get(PARENT_KEY).map(HeaderValue::as_str),
+            Some("0000000000000007ffffffffffffffff")
+        );
+    }
+
+    #[test]
+    fn a_parent_travels_with_its_publish_key_or_without_it() {
+        let cases = [
+            (None, None, None),
+            (Some(Cause::new(EventId::from_u128(1))), Some(&*hex_token(1)), None),
+            (
+                Some(Cause::new(EventId::from_u128(u128::MAX)).with_sequence(u64::MAX, 0)),
+                Some("ffffffffffffffffffffffffffffffff"),
+                Some("ffffffffffffffff0000000000000000"),
+            ),
+        ];
+        for (parent, id, key) in cases {
+            let envelope = Envelope { parent, ..Envelope::from_headers(Some(&good())).unwrap() };
+            let h = envelope.to_headers();
+            assert_eq!(h.get(PARENT).map(HeaderValue::as_str), id, "{parent:?}");
+            assert_eq!(h.get(PARENT_KEY).map(HeaderValue::as_str), key, "{parent:?}");
+            assert_eq!(Envelope::from_headers(Some(&h)).unwrap().parent, parent);
+        }
+        // A key without the id it goes with is refused.
+        let h = without(&[PARENT]);
+        assert_eq!(Envelope::from_headers(Some(&h)), Err(WireError::Missing(PARENT)));
     }
 
     #[test]
@@ -353,6 +438,19 @@ mod tests {
                 ],
             ),
             (KEY, &["", "00000000000000070000000000000001ff"]),
+            (
+                PARENT,
+                &[
+                    "",
+                    "ab",
+                    "zz000000000000000000000000000000",
+                    "0x000000000000000000000000000000aa",
+                ],
+            ),
+            (
+                PARENT_KEY,
+                &["", "7", "-0000000000000070000000000000001", "00000000000000070000000000000001 "],
+            ),
         ];
         for &(header, values) in cases {
             for v in values {
@@ -387,9 +485,9 @@ mod tests {
             assert_eq!(Envelope::from_headers(Some(&h)), Err(WireError::Missing(header)));
         }
         assert_eq!(Envelope::from_headers(None), Err(WireError::Missing(ORIGIN)));
-        let h = without(&[VERSION_HEADER, SOURCE, PRIORITY, TIMESTAMP]);
+        let h = without(&[VERSION_HEADER, SOURCE, PRIORITY, TIMESTAMP, PARENT, PARENT_KEY]);
         let e = Envelope::from_headers(Some(&h)).unwrap();
-        assert_eq!((e.source.as_str(), e.priority), ("", Priority::Normal));
+        assert_eq!((e.source.as_str(), e.priority, e.parent), ("", Priority::Normal, None));
     }
 
     #[test]

@@ -59,6 +59,7 @@ fn valid(key: u64) -> async_nats::HeaderMap {
         source: "raw".into(),
         priority: Priority::Normal,
         timestamp: SystemTime::now(),
+        parent: None,
     }
     .to_headers()
 }
@@ -148,6 +149,9 @@ async fn malformed_optional_headers_an_unknown_version_and_a_refused_name_are_ea
         (wire::ORIGIN, ""),
         (wire::ORIGIN, "two words"),
         (wire::ID, "ab"),
+        (wire::PARENT, "not a parent"),
+        (wire::PARENT, "000000000000000000000000000000ag"),
+        (wire::PARENT_KEY, "ab"),
         (wire::VERSION_HEADER, "2"),
     ];
     for (i, (header, value)) in bad.iter().enumerate() {
