@@ -477,7 +477,10 @@ impl PluginContext {
         Ok(replay)
     }
 
-    /// Publishes `name` with JSON `data`, from this plugin.
+    /// Publishes `name` with JSON `data`, from this plugin. From one of
+    /// the plugin's handlers (of any kind), the event's
+    /// [parent](Event::parent) is the event being handled, as for any
+    /// publish from a handler.
     ///
     /// # Errors
     ///
