@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{eventually, raw_publish, PrivateServer};
-use switchboard::{Bus, Event, Handler, Priority};
+use common::{eventually, raw_publish, PrivateServer, Seen};
+use switchboard::{Bus, Event, Priority};
 use switchboard_nats::wire::{self, Envelope};
 use switchboard_nats::{Bridge, BridgeConfig, BridgeStats, JetStreamConfig, Mode};
 
@@ -17,38 +16,6 @@ const WAIT: Duration = Duration::from_secs(30);
 /// How long to wait for what must not come.
 const QUIET: Duration = Duration::from_millis(300);
 const PREFIX: &str = "hostile";
-
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Event>>>);
-
-impl Seen {
-    fn on(bus: &Bus) -> Seen {
-        let seen = Seen::default();
-        let s = seen.clone();
-        bus.subscribe(
-            "*",
-            Handler::sync(move |e: &Event| {
-                s.0.lock().unwrap().push(e.clone());
-                Ok(())
-            }),
-            "observer",
-        )
-        .unwrap();
-        seen
-    }
-
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-
-    /// The `n` of every `{"n": ...}` payload seen, sorted.
-    fn numbers(&self) -> Vec<u64> {
-        let mut n: Vec<u64> =
-            self.0.lock().unwrap().iter().filter_map(|e| e.data()["n"].as_u64()).collect();
-        n.sort_unstable();
-        n
-    }
-}
 
 /// The headers of a valid bridged event from a foreign origin, publish key `key`.
 fn valid(key: u64) -> async_nats::HeaderMap {

@@ -211,3 +211,36 @@ fn until_pong(reader: &mut impl std::io::BufRead) -> std::io::Result<String> {
         }
     }
 }
+
+/// Every event a bus's handlers saw (subscribed to `*` as `observer`).
+#[derive(Clone, Default)]
+pub struct Seen(pub std::sync::Arc<std::sync::Mutex<Vec<switchboard::Event>>>);
+
+impl Seen {
+    pub fn on(bus: &switchboard::Bus) -> Seen {
+        let seen = Seen::default();
+        let s = seen.clone();
+        bus.subscribe(
+            "*",
+            switchboard::Handler::sync(move |e: &switchboard::Event| {
+                s.0.lock().unwrap().push(e.clone());
+                Ok(())
+            }),
+            "observer",
+        )
+        .unwrap();
+        seen
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// The `n` of every `{"n": ...}` payload seen, sorted.
+    pub fn numbers(&self) -> Vec<u64> {
+        let mut n: Vec<u64> =
+            self.0.lock().unwrap().iter().filter_map(|e| e.data()["n"].as_u64()).collect();
+        n.sort_unstable();
+        n
+    }
+}
