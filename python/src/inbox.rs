@@ -1,0 +1,373 @@
+//! One event loop's inbox: the calls the bus's worker matched for it,
+//! handed to the loop in batches.
+//!
+//! The worker pushes an entry (the event and the indices of the patterns it
+//! matched) under a short lock; only the push that finds the inbox idle
+//! writes a byte to the pipe the loop watches, so a burst costs one
+//! cross-thread wake-up, however many events it holds. The loop takes what
+//! is there, runs it, and takes again; the take that finds the inbox empty
+//! marks it idle under the same lock, which closes the lost-wake-up race
+//! (a push after it writes a new byte).
+//!
+//! **Invariant:** no thread but the loop's ever takes the GIL for the inbox;
+//! the worker touches only Rust data and moves `Py` references it never
+//! dereferences.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+
+use crate::core::Carried;
+
+/// This thread's identity as Python's `threading.get_ident()` gives it.
+fn current_ident() -> u64 {
+    // SAFETY: `pthread_self` has no preconditions.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+/// What publishers do when a loop's backlog is full (the names of
+/// `switchboard::Overflow`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Overflow {
+    Block,
+    Error,
+    Shed,
+}
+
+impl Overflow {
+    pub(crate) fn parse(name: &str) -> Option<Overflow> {
+        match name {
+            "block" => Some(Overflow::Block),
+            "error" => Some(Overflow::Error),
+            "shed" => Some(Overflow::Shed),
+            _ => None,
+        }
+    }
+}
+
+/// One event matched for this loop: what it carries and which patterns
+/// (indices into the index it was routed with) matched.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) carried: Arc<Carried>,
+    pub(crate) matches: Vec<u32>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Entry>,
+    /// A wake-up is on its way, or the loop is taking: pushes stay quiet.
+    scheduled: bool,
+    /// The loop closed or the bus did: pushes are dropped, counted.
+    closed: bool,
+}
+
+/// Counters of one inbox (relaxed: statistics).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) wakes: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) lost_closed: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct InboxShared {
+    state: Mutex<State>,
+    /// Signalled when `pending` falls or the inbox closes.
+    room: Condvar,
+    room_lock: Mutex<()>,
+    /// Accepted for this loop and not yet done with: in the bus's queues,
+    /// here, or being run.
+    pending: AtomicUsize,
+    pub(crate) capacity: usize,
+    pub(crate) overflow: Overflow,
+    pub(crate) loop_thread: u64,
+    pub(crate) counters: Counters,
+    read_fd: i32,
+    write_fd: i32,
+    fds_closed: AtomicBool,
+    /// A flush waits on the loop: the `done` that empties the inbox wakes
+    /// the loop even with nothing to take, so the flush sees it.
+    flush_waiting: AtomicBool,
+}
+
+impl InboxShared {
+    /// Called by the worker: queue `entry`, waking the loop if it was idle.
+    fn wake(&self) {
+        self.counters.wakes.fetch_add(1, Ordering::Relaxed);
+        let byte = 1u8;
+        // SAFETY: `write_fd` is the open, non-blocking write end of the
+        // pipe this inbox owns (closed only in `Drop`), and `byte` is a
+        // live one-byte buffer. A full pipe (EAGAIN) already holds a
+        // wake-up, which is all a byte means.
+        unsafe {
+            libc::write(self.write_fd, (&byte as *const u8).cast(), 1);
+        }
+    }
+
+    pub(crate) fn push(&self, entry: Entry) {
+        let wake = {
+            let mut state = self.state.lock();
+            if state.closed {
+                drop(state);
+                self.counters.lost_closed.fetch_add(1, Ordering::Relaxed);
+                self.done(1);
+                return;
+            }
+            state.queue.push_back(entry);
+            !std::mem::replace(&mut state.scheduled, true)
+        };
+        if wake {
+            self.wake();
+        }
+    }
+
+    /// `n` accepted events are done with (run, dropped or lost).
+    pub(crate) fn done(&self, n: usize) {
+        let before = self.pending.fetch_sub(n, Ordering::SeqCst);
+        if before == n && self.flush_waiting.load(Ordering::SeqCst) {
+            self.wake();
+        }
+        let _guard = self.room_lock.lock();
+        self.room.notify_all();
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Room for one more event under the bound: `Ok(())`, or why not.
+    /// Under `Shed` the oldest waiting entry goes (counted); `Err(true)`
+    /// means "drop the new one", `Err(false)` "refuse it".
+    pub(crate) fn admit(&self, py: Python<'_>) -> PyResult<Result<(), bool>> {
+        if self.pending() < self.capacity {
+            return Ok(Ok(()));
+        }
+        match self.overflow {
+            Overflow::Error => Ok(Err(false)),
+            Overflow::Shed => {
+                let victim = self.state.lock().queue.pop_front();
+                match victim {
+                    Some(entry) => {
+                        drop(entry);
+                        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.done(1);
+                        Ok(Ok(()))
+                    }
+                    None => Ok(Err(true)),
+                }
+            }
+            Overflow::Block if current_ident() == self.loop_thread => {
+                // The loop's own thread must never wait for itself: it may
+                // go past the bound by as much again (as a handler may in
+                // the Rust bus), then it is refused.
+                if self.pending() < self.capacity.saturating_mul(2) {
+                    Ok(Ok(()))
+                } else {
+                    Ok(Err(false))
+                }
+            }
+            Overflow::Block => {
+                // Another thread waits for the loop to make room, without
+                // the GIL, looking at signals every 50 ms so Ctrl-C reaches it.
+                loop {
+                    let room = py.detach(|| {
+                        let mut guard = self.room_lock.lock();
+                        if self.pending() >= self.capacity && !self.is_closed() {
+                            self.room.wait_for(&mut guard, Duration::from_millis(50));
+                        }
+                        self.pending() < self.capacity || self.is_closed()
+                    });
+                    if room {
+                        return Ok(Ok(()));
+                    }
+                    py.check_signals()?;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn accepted(&self) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Closes the inbox: what waits is dropped and counted as lost.
+    fn close(&self) -> usize {
+        let lost = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            std::mem::take(&mut state.queue)
+        };
+        let n = lost.len();
+        drop(lost);
+        if n > 0 {
+            self.counters.lost_closed.fetch_add(n as u64, Ordering::Relaxed);
+            self.done(n);
+        } else {
+            let _guard = self.room_lock.lock();
+            self.room.notify_all();
+        }
+        n
+    }
+}
+
+impl Drop for InboxShared {
+    fn drop(&mut self) {
+        if !self.fds_closed.swap(true, Ordering::SeqCst) {
+            // SAFETY: both descriptors were opened by `pipe2` in
+            // `Inbox::new` and are closed only here, once.
+            unsafe {
+                libc::close(self.read_fd);
+                libc::close(self.write_fd);
+            }
+        }
+    }
+}
+
+/// An event loop's inbox (created by `Core.inbox`); see the module docs.
+#[pyclass(frozen, module = "switchboard_bus._native")]
+#[derive(Debug)]
+pub struct Inbox {
+    pub(crate) shared: Arc<InboxShared>,
+}
+
+impl Inbox {
+    pub(crate) fn new(capacity: usize, overflow: Overflow, loop_thread: u64) -> PyResult<Inbox> {
+        let mut fds = [0i32; 2];
+        // SAFETY: `fds` is a valid two-int buffer for `pipe2` to fill.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc != 0 {
+            return Err(PyOSError::new_err(format!(
+                "cannot create the wake-up pipe: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(Inbox {
+            shared: Arc::new(InboxShared {
+                state: Mutex::new(State::default()),
+                room: Condvar::new(),
+                room_lock: Mutex::new(()),
+                pending: AtomicUsize::new(0),
+                capacity,
+                overflow,
+                loop_thread,
+                counters: Counters::default(),
+                read_fd: fds[0],
+                write_fd: fds[1],
+                fds_closed: AtomicBool::new(false),
+                flush_waiting: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+#[pymethods]
+impl Inbox {
+    /// The descriptor the loop watches (`loop.add_reader`).
+    fn fileno(&self) -> i32 {
+        self.shared.read_fd
+    }
+
+    /// Reads every wake-up byte (the loop calls it when the pipe is readable).
+    fn clear_wake(&self) {
+        let mut buf = [0u8; 256];
+        loop {
+            // SAFETY: `read_fd` is this inbox's open, non-blocking read end;
+            // `buf` is a live buffer of the length given.
+            let n = unsafe { libc::read(self.shared.read_fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 || (n as usize) < buf.len() {
+                break;
+            }
+        }
+    }
+
+    /// Up to `max` entries, oldest first, each `(event, seq, [subscription,
+    /// ...])`; an empty list means the inbox was empty, and is now idle.
+    fn take<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyList>> {
+        let taken: Vec<Entry> = {
+            let mut state = self.shared.state.lock();
+            let n = state.queue.len().min(max.max(1));
+            if n == 0 {
+                state.scheduled = false;
+            }
+            state.queue.drain(..n).collect()
+        };
+        if !taken.is_empty() {
+            self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        let out = PyList::empty(py);
+        for entry in &taken {
+            let carried = &entry.carried;
+            let subs = PyList::empty(py);
+            for &m in &entry.matches {
+                for sub in &carried.index.subs[m as usize] {
+                    subs.append(sub.bind(py))?;
+                }
+            }
+            let item = PyTuple::new(
+                py,
+                [
+                    carried.event.bind(py).clone(),
+                    carried.seq.into_pyobject(py)?.into_any(),
+                    subs.into_any(),
+                ],
+            )?;
+            out.append(item)?;
+        }
+        Ok(out)
+    }
+
+    /// Whether a flush waits on the loop (see `flush_waiting`).
+    fn set_flush_waiting(&self, waiting: bool) {
+        self.shared.flush_waiting.store(waiting, Ordering::SeqCst);
+    }
+
+    /// Marks `n` taken entries as done with (they ran).
+    fn done(&self, n: usize) {
+        if n > 0 {
+            self.shared.done(n);
+        }
+    }
+
+    /// Accepted for this loop and not yet done with.
+    #[getter]
+    fn pending(&self) -> usize {
+        self.shared.pending()
+    }
+
+    /// Whether the inbox is closed.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// Closes the inbox (its loop closed, or the bus did); returns how many
+    /// waiting entries were dropped, counted as lost.
+    fn close(&self) -> usize {
+        self.shared.close()
+    }
+
+    /// `(wakes, batches, dropped, rejected, lost_closed)`.
+    fn counters(&self) -> (u64, u64, u64, u64, u64) {
+        let c = &self.shared.counters;
+        (
+            c.wakes.load(Ordering::Relaxed),
+            c.batches.load(Ordering::Relaxed),
+            c.dropped.load(Ordering::Relaxed),
+            c.rejected.load(Ordering::Relaxed),
+            c.lost_closed.load(Ordering::Relaxed),
+        )
+    }
+}
