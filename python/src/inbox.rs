@@ -133,7 +133,8 @@ impl InboxShared {
     /// `n` accepted events are done with (run, dropped or lost).
     pub(crate) fn done(&self, n: usize) {
         let before = self.pending.fetch_sub(n, Ordering::SeqCst);
-        if before == n && self.flush_waiting.load(Ordering::SeqCst) {
+        // The loop's own `done`s are followed by its own look at `pending`.
+        if before == n && self.flush_waiting.load(Ordering::SeqCst) && current_ident() != self.loop_thread {
             self.wake();
         }
         let _guard = self.room_lock.lock();

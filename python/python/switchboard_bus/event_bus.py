@@ -417,6 +417,9 @@ class EventBus:
                 await self._await_call(sub, event, None)
             while sub.buffer:
                 batch, sub.buffer = sub.buffer, []
+                # Both paths fill it, each in its own order: publish order is
+                # the sequence.
+                batch.sort(key=lambda item: item[1])
                 for event, seq in batch:
                     if seq >= sub.cut and seq < sub.resume:
                         continue

@@ -1,0 +1,12 @@
+import asyncio
+from typing import Any, Awaitable, TypeVar
+
+T = TypeVar("T")
+
+# Every wait a test makes is bounded: a hang fails the test instead of
+# stalling the run.
+WATCHDOG = 10.0
+
+
+async def within(awaitable: Awaitable[T], seconds: float = WATCHDOG) -> T:
+    return await asyncio.wait_for(awaitable, seconds)
