@@ -149,27 +149,18 @@ impl InboxShared {
         self.state.lock().closed
     }
 
-    /// Room for one more event under the bound: `Ok(())`, or why not.
-    /// Under `Shed` the oldest waiting entry goes (counted); `Err(true)`
-    /// means "drop the new one", `Err(false)` "refuse it".
+    /// Room for one more event under the bound: `Ok(())`, or why not:
+    /// `Err(true)` means "drop the new one" (`Shed`), `Err(false)` "refuse
+    /// it".
     pub(crate) fn admit(&self, py: Python<'_>) -> PyResult<Result<(), bool>> {
         if self.pending() < self.capacity {
             return Ok(Ok(()));
         }
         match self.overflow {
             Overflow::Error => Ok(Err(false)),
-            Overflow::Shed => {
-                let victim = self.state.lock().queue.pop_front();
-                match victim {
-                    Some(entry) => {
-                        drop(entry);
-                        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                        self.done(1);
-                        Ok(Ok(()))
-                    }
-                    None => Ok(Err(true)),
-                }
-            }
+            // As the engine's `Shed` does for an event with nothing of lower
+            // priority queued: the new event is the one dropped.
+            Overflow::Shed => Ok(Err(true)),
             Overflow::Block if current_ident() == self.loop_thread => {
                 // The loop's own thread must never wait for itself: it may
                 // go past the bound by as much again (as a handler may in

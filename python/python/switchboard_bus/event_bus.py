@@ -71,8 +71,9 @@ class Overflow(str, enum.Enum):
     BLOCK = "block"
     #: ``publish_nowait`` raises ``QueueFull``; nothing is accepted.
     ERROR = "error"
-    #: The oldest event waiting for the loop is dropped to make room (or the
-    #: new one, if none is waiting yet); counted in ``engine_stats()['dropped']``.
+    #: The new event is dropped (as the engine's ``Shed`` does when nothing of
+    #: lower priority waits): it is numbered and in history, but no handler
+    #: sees it; counted in ``engine_stats()['dropped']``.
     SHED = "shed"
 
 
@@ -153,6 +154,11 @@ def _check_event(event: object) -> Event:
     return event
 
 
+def _retrieve(task: "asyncio.Task[None]") -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class _Dispatcher:
     """One loop's side of the bus: watches its inbox's pipe and runs the
     calls the engine's worker matched, a batch at a time, in one task."""
@@ -165,6 +171,7 @@ class _Dispatcher:
         self.leftover: List[Tuple[Event, int, List[Subscription]]] = []
         self.waiters: List["asyncio.Future[None]"] = []
         self.closed = False
+        self.stopped = False
         self.context = contextvars.copy_context()
         self.context.run(_IN_DISPATCH.set, self)
 
@@ -177,6 +184,8 @@ class _Dispatcher:
         self.inbox.clear_wake()
         if self.task is None and not self.closed:
             self.task = self.context.run(self.loop.create_task, self.drain())
+            # A BaseException that ended it already reached the loop's caller.
+            self.task.add_done_callback(_retrieve)
 
     async def drain(self) -> None:
         bus = self.bus
@@ -205,6 +214,15 @@ class _Dispatcher:
                         except Exception as e:
                             stats["handler_errors"] += 1
                             bus.logger.error(f"Error in {sub.plugin_name} handling {event.name}: {e}")
+                        except asyncio.CancelledError:
+                            # The dispatcher was cancelled (its loop is being
+                            # shut down, most likely): what is left of the batch
+                            # is kept for the next wake-up, or counted as lost
+                            # when the loop closes first.
+                            self.stopped = True
+                            self.leftover = [(event, seq, subs[m + 1 :])] + batch[k + 1 :]
+                            inbox.done(k)
+                            raise
                         except BaseException:
                             # Counted; what is left of the batch is kept and
                             # runs when the loop runs the dispatcher again.
@@ -218,8 +236,9 @@ class _Dispatcher:
                 await asyncio.sleep(0)
         finally:
             self.task = None
-            if self.leftover and not self.closed and not self.loop.is_closed():
+            if self.leftover and not self.stopped and not self.closed and not self.loop.is_closed():
                 self.loop.call_soon(self.on_wake)
+            self.stopped = False
         self.settle()
 
     def idle(self) -> bool:
@@ -233,13 +252,15 @@ class _Dispatcher:
                 if not waiter.done():
                     waiter.set_result(None)
 
-    def close(self) -> int:
+    def close(self) -> Tuple[int, int]:
         """Stops watching the loop; returns how many accepted events were
-        dropped (counted as lost)."""
+        dropped (counted as lost): from the inbox, and left over."""
         if self.closed:
-            return 0
+            return 0, 0
         self.closed = True
-        lost = self.inbox.close() + len(self.leftover)
+        from_inbox = self.inbox.close()
+        # An entry whose remaining calls are none was handled.
+        left = sum(1 for _, _, subs in self.leftover if subs)
         if self.leftover:
             self.inbox.done(len(self.leftover))
             self.leftover = []
@@ -252,7 +273,7 @@ class _Dispatcher:
             if not waiter.done() and not self.loop.is_closed():
                 waiter.set_result(None)
         self.waiters = []
-        return lost
+        return from_inbox, left
 
 
 class EventBus:
@@ -300,6 +321,7 @@ class EventBus:
         self._base_exceptions = 0
         self._lost_loop_closed = 0
         self._lost_at_close = 0
+        self._lost_by_inbox_close = 0
         self._retired: List[Tuple[int, int, int, int, int]] = []
         self._dispatchers: Dict[asyncio.AbstractEventLoop, _Dispatcher] = {}
         self._home: Optional[_Dispatcher] = None
@@ -673,7 +695,9 @@ class EventBus:
             "batches": batches,
             "dropped": dropped,
             "rejected": rejected,
-            "lost_loop_closed": self._lost_loop_closed + lost - self._lost_at_close,
+            # What a worker still pushed to a closed inbox counts as lost to
+            # the closed loop too.
+            "lost_loop_closed": self._lost_loop_closed + lost - self._lost_by_inbox_close,
             "lost_at_close": self._lost_at_close,
             "handler_base_exceptions": self._base_exceptions,
             "subscriptions": sum(len(subs) for _, subs in self._core.subscriptions()),
@@ -685,7 +709,9 @@ class EventBus:
         """Closes the dispatchers of loops that closed; their calls are lost, counted."""
         for loop, dispatcher in list(self._dispatchers.items()):
             if loop.is_closed():
-                dispatcher.close()
+                from_inbox, left = dispatcher.close()
+                self._lost_by_inbox_close += from_inbox
+                self._lost_loop_closed += from_inbox + left
                 self._retired.append(dispatcher.inbox.counters())
                 del self._dispatchers[loop]
 
@@ -705,7 +731,9 @@ class EventBus:
         self._core.close()
         lost = 0
         for dispatcher in self._dispatchers.values():
-            lost += dispatcher.close()
+            from_inbox, left = dispatcher.close()
+            self._lost_by_inbox_close += from_inbox
+            lost += from_inbox + left
             self._retired.append(dispatcher.inbox.counters())
         self._lost_at_close += lost
         self._dispatchers.clear()
