@@ -42,6 +42,8 @@ pub(crate) struct Index {
 pub(crate) struct Carried {
     pub(crate) event: Py<PyAny>,
     pub(crate) seq: u64,
+    /// Its flush generation (see `inbox.rs`).
+    pub(crate) gen: u64,
     name: Box<str>,
     pub(crate) index: Arc<Index>,
     inbox: Arc<InboxShared>,
@@ -54,7 +56,7 @@ impl Drop for Carried {
         // `Block`, which is what this bus uses; counted if it ever did).
         if !self.delivered.load(Ordering::Relaxed) {
             self.inbox.counters.lost_closed.fetch_add(1, Ordering::Relaxed);
-            self.inbox.done(1);
+            self.inbox.done([self.gen]);
         }
     }
 }
@@ -346,7 +348,9 @@ impl Core {
     /// The non-waiting path: numbers and records `event` and hands it to
     /// the bus, whose worker matches it and queues its calls in `inbox`.
     /// Returns its number, `-1` when the bound refused it, `-2` when `Shed`
-    /// dropped it at once (it is in history, numbered, and counted).
+    /// dropped it at once (it is in history, numbered, and counted). `gen`:
+    /// the flush generation of the event a handler publishing it handles.
+    #[pyo3(signature = (event, name, priority, inbox, gen=None))]
     fn publish_nowait(
         &self,
         py: Python<'_>,
@@ -354,6 +358,7 @@ impl Core {
         name: &str,
         priority: i64,
         inbox: &Inbox,
+        gen: Option<u64>,
     ) -> PyResult<i64> {
         let priority = priority_of(priority)?;
         let shared = &inbox.shared;
@@ -381,10 +386,11 @@ impl Core {
             ));
         }
         let (seq, index) = self.registry.lock().record(py, event, name, self.history_size);
-        shared.accepted();
+        let gen = shared.accepted(gen);
         let carried = Arc::new(Carried {
             event: event.clone().unbind(),
             seq,
+            gen,
             name: name.into(),
             index,
             inbox: shared.clone(),

@@ -59,6 +59,48 @@ pub(crate) struct Entry {
     pub(crate) matches: Vec<u32>,
 }
 
+/// Flush generations: a flush starts a new one and waits until no event of
+/// its generation or an older one is left. An event belongs to the
+/// generation current when it was accepted, or, published by a handler the
+/// loop runs, to that of the event being handled (so a flush waits for
+/// cascades). Counting by generation, not a global count, keeps a flush
+/// from waiting for events published after it: a flood from another thread
+/// cannot hold it forever.
+#[derive(Debug, Default)]
+struct Gens {
+    current: u64,
+    /// Events not yet done, by generation, oldest first.
+    counts: VecDeque<(u64, usize)>,
+    /// The generations of the entries the loop took and has not marked
+    /// done, in the order it took them (the order it runs them).
+    taken: VecDeque<u64>,
+}
+
+impl Gens {
+    fn add(&mut self, gen: u64) {
+        match self.counts.iter().position(|&(g, _)| g >= gen) {
+            Some(i) if self.counts[i].0 == gen => self.counts[i].1 += 1,
+            Some(i) => self.counts.insert(i, (gen, 1)),
+            None => self.counts.push_back((gen, 1)),
+        }
+    }
+
+    /// Whether the oldest generation emptied.
+    fn remove(&mut self, gen: u64) -> bool {
+        let Some(i) = self.counts.iter().position(|&(g, _)| g == gen) else { return false };
+        self.counts[i].1 -= 1;
+        if self.counts[i].1 == 0 {
+            self.counts.remove(i);
+            return i == 0;
+        }
+        false
+    }
+
+    fn flushed(&self, gen: u64) -> bool {
+        self.counts.front().is_none_or(|&(g, _)| g > gen)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Entry>,
@@ -87,6 +129,7 @@ pub(crate) struct InboxShared {
     /// Accepted for this loop and not yet done with: in the bus's queues,
     /// here, or being run.
     pending: AtomicUsize,
+    gens: Mutex<Gens>,
     pub(crate) capacity: usize,
     pub(crate) overflow: Overflow,
     pub(crate) loop_thread: u64,
@@ -119,7 +162,7 @@ impl InboxShared {
             if state.closed {
                 drop(state);
                 self.counters.lost_closed.fetch_add(1, Ordering::Relaxed);
-                self.done(1);
+                self.done([entry.carried.gen]);
                 return;
             }
             state.queue.push_back(entry);
@@ -130,11 +173,26 @@ impl InboxShared {
         }
     }
 
-    /// `n` accepted events are done with (run, dropped or lost).
-    pub(crate) fn done(&self, n: usize) {
-        let before = self.pending.fetch_sub(n, Ordering::SeqCst);
-        // The loop's own `done`s are followed by its own look at `pending`.
-        if before == n && self.flush_waiting.load(Ordering::SeqCst) && current_ident() != self.loop_thread {
+    /// Accepted events of these generations are done with (run, dropped or
+    /// lost).
+    pub(crate) fn done(&self, gens: impl IntoIterator<Item = u64>) {
+        let (n, oldest_emptied) = {
+            let mut g = self.gens.lock();
+            let mut n = 0;
+            let mut emptied = false;
+            for gen in gens {
+                emptied |= g.remove(gen);
+                n += 1;
+            }
+            (n, emptied)
+        };
+        if n == 0 {
+            return;
+        }
+        self.pending.fetch_sub(n, Ordering::SeqCst);
+        // A flush waiting on the loop is woken when it may be over; the
+        // loop's own `done`s are followed by its own look.
+        if oldest_emptied && self.flush_waiting.load(Ordering::SeqCst) && current_ident() != self.loop_thread {
             self.wake();
         }
         let _guard = self.room_lock.lock();
@@ -191,8 +249,14 @@ impl InboxShared {
         }
     }
 
-    pub(crate) fn accepted(&self) {
+    /// Counts an accepted event in, in generation `gen` (the current one
+    /// when `None`); returns its generation.
+    pub(crate) fn accepted(&self, gen: Option<u64>) -> u64 {
+        let mut g = self.gens.lock();
+        let gen = gen.map_or(g.current, |p| p.min(g.current));
+        g.add(gen);
         self.pending.fetch_add(1, Ordering::SeqCst);
+        gen
     }
 
     /// Closes the inbox: what waits is dropped and counted as lost.
@@ -203,10 +267,11 @@ impl InboxShared {
             std::mem::take(&mut state.queue)
         };
         let n = lost.len();
+        let gens: Vec<u64> = lost.iter().map(|e| e.carried.gen).collect();
         drop(lost);
         if n > 0 {
             self.counters.lost_closed.fetch_add(n as u64, Ordering::Relaxed);
-            self.done(n);
+            self.done(gens);
         } else {
             let _guard = self.room_lock.lock();
             self.room.notify_all();
@@ -252,6 +317,7 @@ impl Inbox {
                 room: Condvar::new(),
                 room_lock: Mutex::new(()),
                 pending: AtomicUsize::new(0),
+                gens: Mutex::new(Gens::default()),
                 capacity,
                 overflow,
                 loop_thread,
@@ -286,7 +352,8 @@ impl Inbox {
     }
 
     /// Up to `max` entries, oldest first, each `(event, seq, [subscription,
-    /// ...])`; an empty list means the inbox was empty, and is now idle.
+    /// ...], generation)`; an empty list means the inbox was empty, and is
+    /// now idle.
     fn take<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyList>> {
         let taken: Vec<Entry> = {
             let mut state = self.shared.state.lock();
@@ -296,6 +363,9 @@ impl Inbox {
             }
             state.queue.drain(..n).collect()
         };
+        if !taken.is_empty() {
+            self.shared.gens.lock().taken.extend(taken.iter().map(|e| e.carried.gen));
+        }
         if !taken.is_empty() {
             self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
         }
@@ -314,6 +384,7 @@ impl Inbox {
                     carried.event.bind(py).clone(),
                     carried.seq.into_pyobject(py)?.into_any(),
                     subs.into_any(),
+                    carried.gen.into_pyobject(py)?.into_any(),
                 ],
             )?;
             out.append(item)?;
@@ -326,11 +397,29 @@ impl Inbox {
         self.shared.flush_waiting.store(waiting, Ordering::SeqCst);
     }
 
-    /// Marks `n` taken entries as done with (they ran).
+    /// Marks the `n` oldest taken entries as done with (they ran).
     fn done(&self, n: usize) {
         if n > 0 {
-            self.shared.done(n);
+            let gens: Vec<u64> = {
+                let mut g = self.shared.gens.lock();
+                let n = n.min(g.taken.len());
+                g.taken.drain(..n).collect()
+            };
+            self.shared.done(gens);
         }
+    }
+
+    /// Starts a flush: returns the generation it waits for.
+    fn flush_begin(&self) -> u64 {
+        let mut g = self.shared.gens.lock();
+        let gen = g.current;
+        g.current += 1;
+        gen
+    }
+
+    /// Whether no event of generation `gen` or older is left.
+    fn flushed(&self, gen: u64) -> bool {
+        self.shared.gens.lock().flushed(gen)
     }
 
     /// Accepted for this loop and not yet done with.

@@ -96,7 +96,8 @@ class Subscription:
         "seam",
         "replayed",
         "cut",
-        "resume",
+        "windows",
+        "live",
         "buffer",
         "_bus",
         "__weakref__",
@@ -108,18 +109,37 @@ class Subscription:
         self.plugin_name = plugin_name
         self.seam = 0
         self.replayed = 0
-        # Events numbered in [cut, resume) are not for this subscription: all
+        # Windows of sequence numbers that are not for this subscription: all
         # of them once unsubscribed, those a successor took over in a reload.
+        # ``cut`` is where the first one starts (the one comparison a call
+        # makes when there is none).
+        self.windows: List[Tuple[int, int]] = []
         self.cut = _NEVER
-        self.resume = _NEVER
+        self.live = True
         # Live events that came during an async replay, run after it.
         self.buffer: Optional[List[Tuple[Event, int]]] = None
         self._bus = bus
 
     @property
     def active(self) -> bool:
-        """Whether the subscription still receives events."""
-        return self.cut == _NEVER
+        """Whether the subscription is still subscribed."""
+        return self.live
+
+    def skips(self, seq: int) -> bool:
+        """Whether the event numbered ``seq`` is not for this subscription."""
+        for start, end in self.windows:
+            if start <= seq < end:
+                return True
+        return False
+
+    def skip_from(self, start: int, end: int = _NEVER) -> None:
+        """Events numbered in ``[start, end)`` are not for this subscription."""
+        self.windows.append((start, end))
+        self.cut = min(self.cut, start)
+
+    def end_skip(self, start: int, end: int) -> None:
+        """The open window from ``start`` now ends at ``end``."""
+        self.windows = [(s, end if s == start and e == _NEVER else e) for s, e in self.windows]
 
     def unsubscribe(self) -> bool:
         """Removes this subscription alone; once this returns its handler is
@@ -154,9 +174,16 @@ def _check_event(event: object) -> Event:
     return event
 
 
+_log = logging.getLogger("switchboard_bus")
+
+
 def _retrieve(task: "asyncio.Task[None]") -> None:
+    # A BaseException that ended the dispatcher already reached the loop's
+    # caller; anything else is a bug of this package, and said so.
     if not task.cancelled():
-        task.exception()
+        exc = task.exception()
+        if isinstance(exc, Exception):
+            _log.error("the event loop's dispatcher failed", exc_info=exc)
 
 
 class _Dispatcher:
@@ -168,8 +195,12 @@ class _Dispatcher:
         self.loop = loop
         self.inbox = bus._core.inbox(ident)
         self.task: Optional["asyncio.Task[None]"] = None
-        self.leftover: List[Tuple[Event, int, List[Subscription]]] = []
-        self.waiters: List["asyncio.Future[None]"] = []
+        self.leftover: List[Tuple[Event, int, List[Subscription], int]] = []
+        # Flushes waiting, each for its generation.
+        self.waiters: List[Tuple[int, "asyncio.Future[None]"]] = []
+        # The flush generation of the event whose handlers run now: what they
+        # publish belongs to it (a flush waits for cascades).
+        self.current_gen: Optional[int] = None
         self.closed = False
         self.stopped = False
         self.context = contextvars.copy_context()
@@ -199,9 +230,10 @@ class _Dispatcher:
                     batch = inbox.take(512)
                     if not batch:
                         break
-                for k, (event, seq, subs) in enumerate(batch):
+                for k, (event, seq, subs, gen) in enumerate(batch):
+                    self.current_gen = gen
                     for m, sub in enumerate(subs):
-                        if seq >= sub.cut and seq < sub.resume:
+                        if seq >= sub.cut and sub.skips(seq):
                             continue
                         if sub.buffer is not None:
                             sub.buffer.append((event, seq))
@@ -220,14 +252,14 @@ class _Dispatcher:
                             # is kept for the next wake-up, or counted as lost
                             # when the loop closes first.
                             self.stopped = True
-                            self.leftover = [(event, seq, subs[m + 1 :])] + batch[k + 1 :]
+                            self.leftover = [(event, seq, subs[m + 1 :], gen)] + batch[k + 1 :]
                             inbox.done(k)
                             raise
                         except BaseException:
                             # Counted; what is left of the batch is kept and
                             # runs when the loop runs the dispatcher again.
                             bus._base_exceptions += 1
-                            self.leftover = [(event, seq, subs[m + 1 :])] + batch[k + 1 :]
+                            self.leftover = [(event, seq, subs[m + 1 :], gen)] + batch[k + 1 :]
                             inbox.done(k)
                             raise
                 inbox.done(len(batch))
@@ -236,21 +268,28 @@ class _Dispatcher:
                 await asyncio.sleep(0)
         finally:
             self.task = None
+            self.current_gen = None
             if self.leftover and not self.stopped and not self.closed and not self.loop.is_closed():
                 self.loop.call_soon(self.on_wake)
             self.stopped = False
         self.settle()
 
-    def idle(self) -> bool:
-        return self.inbox.pending == 0 and not self.leftover
+    def flushed(self, gen: int) -> bool:
+        return not self.leftover and self.inbox.flushed(gen)
 
     def settle(self) -> None:
-        if self.waiters and self.idle():
-            self.inbox.set_flush_waiting(False)
-            waiters, self.waiters = self.waiters, []
-            for waiter in waiters:
+        if not self.waiters:
+            return
+        still = []
+        for gen, waiter in self.waiters:
+            if self.flushed(gen):
                 if not waiter.done():
                     waiter.set_result(None)
+            else:
+                still.append((gen, waiter))
+        self.waiters = still
+        if not still:
+            self.inbox.set_flush_waiting(False)
 
     def close(self) -> Tuple[int, int]:
         """Stops watching the loop; returns how many accepted events were
@@ -260,7 +299,7 @@ class _Dispatcher:
         self.closed = True
         from_inbox = self.inbox.close()
         # An entry whose remaining calls are none was handled.
-        left = sum(1 for _, _, subs in self.leftover if subs)
+        left = sum(1 for _, _, subs, _ in self.leftover if subs)
         if self.leftover:
             self.inbox.done(len(self.leftover))
             self.leftover = []
@@ -269,7 +308,7 @@ class _Dispatcher:
                 self.loop.remove_reader(self.inbox.fileno())
             except Exception:  # a loop being torn down on another thread
                 pass
-        for waiter in self.waiters:
+        for _, waiter in self.waiters:
             if not waiter.done() and not self.loop.is_closed():
                 waiter.set_result(None)
         self.waiters = []
@@ -443,7 +482,7 @@ class EventBus:
                 # the sequence.
                 batch.sort(key=lambda item: item[1])
                 for event, seq in batch:
-                    if seq >= sub.cut and seq < sub.resume:
+                    if seq >= sub.cut and sub.skips(seq):
                         continue
                     await self._await_call(sub, event, None)
         finally:
@@ -460,9 +499,8 @@ class EventBus:
 
     def _remove(self, sub: Subscription, cut: int) -> bool:
         if self._core.remove(sub.pattern, sub):
-            sub.cut = min(sub.cut, cut)
-            if cut == 0:
-                sub.resume = _NEVER
+            sub.live = False
+            sub.skip_from(cut)
             return True
         return False
 
@@ -538,7 +576,7 @@ class EventBus:
             return
         stats = self._stats
         for sub in subs:
-            if seq >= sub.cut and seq < sub.resume:
+            if seq >= sub.cut and sub.skips(seq):
                 continue
             if sub.buffer is not None:
                 sub.buffer.append((event, seq))
@@ -571,7 +609,8 @@ class EventBus:
         """
         _check_event(event)
         dispatcher = self._dispatcher_here()
-        result = self._core.publish_nowait(event, event.name, int(event.priority), dispatcher.inbox)
+        gen = dispatcher.current_gen if _IN_DISPATCH.get() is dispatcher else None
+        result = self._core.publish_nowait(event, event.name, int(event.priority), dispatcher.inbox, gen)
         if result == -1:
             raise QueueFull(f"the event loop's backlog is full (capacity {self._capacity}): {event}")
 
@@ -625,12 +664,14 @@ class EventBus:
         if dispatcher is None or _IN_DISPATCH.get() is dispatcher:
             return
         self._purge()
-        while not dispatcher.closed and not dispatcher.idle():
+        # Every event accepted before this belongs to this generation or an
+        # older one; later ones (a flood from another thread) do not hold it.
+        gen = dispatcher.inbox.flush_begin()
+        while not dispatcher.closed and not dispatcher.flushed(gen):
             waiter = loop.create_future()
-            dispatcher.waiters.append(waiter)
+            dispatcher.waiters.append((gen, waiter))
             dispatcher.inbox.set_flush_waiting(True)
-            if dispatcher.idle():
-                dispatcher.settle()
+            dispatcher.settle()
             if dispatcher.task is None and dispatcher.leftover:
                 dispatcher.on_wake()
             await waiter

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Type, Union
 
-from .event_bus import _IN_DISPATCH, _NEVER, EventBus
+from .event_bus import _IN_DISPATCH, EventBus
 from .plugin import Plugin, _Handover
 
 __all__ = ["PluginError", "PluginManager"]
@@ -242,9 +242,8 @@ class PluginManager:
         now = bus._core.sequence
         for sub in fresh._subscription_handles:
             bus._remove(sub, now)
-        for old, _new in handover.taken:
-            if old.cut != _NEVER and old.resume == _NEVER:
-                old.resume = now
+        for old, new in handover.taken:
+            old.end_skip(new.seam, now)
         fresh._subscription_handles.clear()
         fresh._event_subscriptions.clear()
 

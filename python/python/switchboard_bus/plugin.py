@@ -167,5 +167,5 @@ class _Handover:
         if old is not None:
             # Runs right after the subscribe, with no await in between: no
             # call can slip between the seam and the cut.
-            old.cut = min(old.cut, new.seam)
+            old.skip_from(new.seam)
             self.taken.append((old, new))
