@@ -350,17 +350,26 @@ impl Core {
     /// Returns its number, `-1` when the bound refused it, `-2` when `Shed`
     /// dropped it at once (it is in history, numbered, and counted). `gen`:
     /// the flush generation of the event a handler publishing it handles.
-    #[pyo3(signature = (event, name, priority, inbox, gen=None))]
+    /// `local`: called on the loop's own thread (matched here, no worker).
+    #[pyo3(signature = (event, inbox, local, gen=None))]
     fn publish_nowait(
         &self,
         py: Python<'_>,
         event: &Bound<'_, PyAny>,
-        name: &str,
-        priority: i64,
         inbox: &Inbox,
+        local: bool,
         gen: Option<u64>,
-    ) -> PyResult<i64> {
-        let priority = priority_of(priority)?;
+    ) -> PyResult<(i64, bool)> {
+        let name_obj = event.getattr(pyo3::intern!(py, "name"))?;
+        let name = name_obj.cast::<pyo3::types::PyString>().map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!(
+                "Event.name must be a str, not {}",
+                name_obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            ))
+        })?;
+        let name = name.to_cow()?;
+        let name: &str = &name;
+        let priority = priority_of(event.getattr(pyo3::intern!(py, "priority"))?.extract::<i64>()?)?;
         let shared = &inbox.shared;
         if self.bus.is_closed() {
             return Err(PyRuntimeError::new_err("the bus is closed"));
@@ -372,12 +381,12 @@ impl Core {
             Ok(()) => {}
             Err(false) => {
                 shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                return Ok(-1);
+                return Ok((-1, false));
             }
             Err(true) => {
                 self.registry.lock().record(py, event, name, self.history_size);
                 shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                return Ok(-2);
+                return Ok((-2, false));
             }
         }
         if shared.is_closed() {
@@ -394,13 +403,25 @@ impl Core {
             name: name.into(),
             index,
             inbox: shared.clone(),
-            delivered: AtomicBool::new(false),
+            delivered: AtomicBool::new(local),
         });
+        if local {
+            // From the loop's own thread: matched here and queued for the
+            // loop at once (no thread to cross, no wake-up to send); the
+            // caller schedules the dispatcher when the inbox was idle.
+            let matches: Vec<u32> = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                carried.index.set.matches_into(&carried.name, &mut scratch);
+                scratch.iter().map(|&i| i as u32).collect()
+            });
+            let idle = shared.push_quiet(Entry { carried, matches });
+            return Ok((seq as i64, idle));
+        }
         let rust_event = Event::typed("py", Payload(carried), "python").with_priority(priority);
-        // The queues hold twice the bound, so this does not wait (the GIL
-        // is released all the same, should it ever have to).
-        match py.detach(|| self.bus.publish(rust_event)) {
-            Ok(_) => Ok(seq as i64),
+        // Never waits: the queues hold twice the bound, and what they hold
+        // is part of the bound (`pending`), so the GIL stays held.
+        match self.bus.publish(rust_event) {
+            Ok(_) => Ok((seq as i64, false)),
             // The event is dropped with the error, and counted out of
             // `pending` (as lost) by `Carried`'s `Drop`.
             Err(_) => Err(PyRuntimeError::new_err("the bus is closed")),

@@ -156,6 +156,20 @@ impl InboxShared {
         }
     }
 
+    /// Called on the loop's own thread: queue `entry` without a wake-up;
+    /// `true` when the inbox was idle (the caller schedules the loop's look).
+    pub(crate) fn push_quiet(&self, entry: Entry) -> bool {
+        let mut state = self.state.lock();
+        if state.closed {
+            drop(state);
+            self.counters.lost_closed.fetch_add(1, Ordering::Relaxed);
+            self.done([entry.carried.gen]);
+            return false;
+        }
+        state.queue.push_back(entry);
+        !std::mem::replace(&mut state.scheduled, true)
+    }
+
     pub(crate) fn push(&self, entry: Entry) {
         let wake = {
             let mut state = self.state.lock();

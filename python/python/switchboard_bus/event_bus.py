@@ -176,6 +176,9 @@ def _check_event(event: object) -> Event:
 
 _log = logging.getLogger("switchboard_bus")
 
+# The running loop or None (asyncio's own, without the exception).
+_get_running_loop = asyncio.events._get_running_loop
+
 
 def _retrieve(task: "asyncio.Task[None]") -> None:
     # A BaseException that ended the dispatcher already reached the loop's
@@ -607,11 +610,19 @@ class EventBus:
             RuntimeError: the bus is closed, or no loop to run handlers on
             KeyboardInterrupt: Ctrl-C while waiting for room (``BLOCK``)
         """
-        _check_event(event)
-        dispatcher = self._dispatcher_here()
+        if not isinstance(event, Event):
+            _check_event(event)
+        try:
+            dispatcher = self._dispatchers[_get_running_loop()]
+            local = True
+        except KeyError:
+            dispatcher = self._dispatcher_here()
+            local = dispatcher.loop is _get_running_loop()
         gen = dispatcher.current_gen if _IN_DISPATCH.get() is dispatcher else None
-        result = self._core.publish_nowait(event, event.name, int(event.priority), dispatcher.inbox, gen)
-        if result == -1:
+        result, idle = self._core.publish_nowait(event, dispatcher.inbox, local, gen)
+        if idle:
+            dispatcher.loop.call_soon(dispatcher.on_wake)
+        elif result == -1:
             raise QueueFull(f"the event loop's backlog is full (capacity {self._capacity}): {event}")
 
     def bind_loop(self) -> None:
