@@ -17,10 +17,15 @@ Scenarios:
   ``pluginK.actionJ``, 9% ``pluginK.*``, 1% ``*``), each event named after a
   literal subscription (so it matches that one, its plugin's ``pluginK.*``
   if any, and the hundred ``*``).
-* ``... nowait + flush``: the same with plain-callable handlers and
-  ``publish_nowait`` for every event, one ``await flush()`` at the end:
-  what handing calls to the loop in batches buys (the seed has no such call:
-  its row is its ``await publish`` with coroutine handlers, as above).
+* ``(plain handler)``: switchboard_bus with plain-callable handlers (the
+  seed cannot take them: its row is its ``await publish`` with coroutine
+  handlers, as above).
+* ``nowait + flush``: plain-callable handlers and ``publish_nowait`` for
+  every event from the loop's own code, one ``await flush()`` at the end.
+* ``from another thread``: a publisher thread; the seed's only way in is
+  ``run_coroutine_threadsafe(bus.publish(event), loop)`` per event (one
+  cross-thread wake-up each); switchboard_bus's is ``publish_nowait``, whose
+  calls reach the loop in batches (one wake-up per batch): what batching buys.
 """
 
 from __future__ import annotations
@@ -142,11 +147,92 @@ async def run_ours_nowait(patterns: Patterns, names: Sequence[str]) -> Tuple[flo
     return elapsed, count[0]
 
 
+async def run_ours_plain(patterns: Patterns, names: Sequence[str]) -> Tuple[float, int]:
+    """``await publish`` with plain-callable handlers (the seed cannot take them)."""
+    bus = switchboard_bus.EventBus(history_size=100)
+    count = [0]
+
+    def handler(event: Any) -> None:
+        count[0] += 1
+
+    for pattern, plugin in patterns:
+        bus.subscribe(pattern, handler, plugin)
+    events = [switchboard_bus.Event(name, {"i": i}, "bench") for i, name in enumerate(names)]
+    await bus.publish(switchboard_bus.Event("warm.up", {}, "bench"))
+    count[0] = 0
+    publish = bus.publish
+    started = time.perf_counter()
+    for event in events:
+        await publish(event)
+    elapsed = time.perf_counter() - started
+    bus.close()
+    return elapsed, count[0]
+
+
+async def run_seed_thread(patterns: Patterns, names: Sequence[str]) -> Tuple[float, int]:
+    """A publisher on another thread: the seed's only way in is one
+    ``run_coroutine_threadsafe(bus.publish(event), loop)`` per event."""
+    bus = seed_bus.EventBus(history_size=100)
+    count = [0]
+
+    async def handler(event: Any) -> None:
+        count[0] += 1
+
+    for pattern, plugin in patterns:
+        bus.subscribe(pattern, handler, plugin)
+    events = [seed_bus.Event(name, {"i": i}, "bench") for i, name in enumerate(names)]
+    loop = asyncio.get_running_loop()
+
+    def publisher() -> None:
+        last = None
+        for event in events:
+            last = asyncio.run_coroutine_threadsafe(bus.publish(event), loop)
+        if last is not None:
+            last.result()
+
+    started = time.perf_counter()
+    await loop.run_in_executor(None, publisher)
+    return time.perf_counter() - started, count[0]
+
+
+async def run_ours_thread(patterns: Patterns, names: Sequence[str]) -> Tuple[float, int]:
+    """A publisher on another thread: ``publish_nowait``, the engine's worker
+    hands the calls to the loop in batches; plain-callable handlers."""
+    bus = switchboard_bus.EventBus(history_size=100, capacity=1 << 20)
+    count = [0]
+
+    def handler(event: Any) -> None:
+        count[0] += 1
+
+    for pattern, plugin in patterns:
+        bus.subscribe(pattern, handler, plugin)
+    events = [switchboard_bus.Event(name, {"i": i}, "bench") for i, name in enumerate(names)]
+    bus.bind_loop()
+    loop = asyncio.get_running_loop()
+
+    def publisher() -> None:
+        for event in events:
+            bus.publish_nowait(event)
+
+    started = time.perf_counter()
+    await loop.run_in_executor(None, publisher)
+    await bus.flush()
+    elapsed = time.perf_counter() - started
+    bus.close()
+    return elapsed, count[0]
+
+
 Runner = Callable[[Patterns, Sequence[str]], Any]
 
 
 def measure(
-    label: str, subscriptions: int, seed_events: int, our_events: int, ours: Runner, rounds: int
+    label: str,
+    subscriptions: int,
+    seed_events: int,
+    our_events: int,
+    ours: Runner,
+    rounds: int,
+    seed: Runner = run_seed,
 ) -> Dict[str, Any]:
     patterns = workload(subscriptions)
     seed_names = names_for(patterns, seed_events)
@@ -157,7 +243,7 @@ def measure(
     our_rates: List[float] = []
     ratios: List[float] = []
     for _ in range(rounds):
-        elapsed, got = asyncio.run(run_seed(patterns, seed_names))
+        elapsed, got = asyncio.run(seed(patterns, seed_names))
         assert got == want_seed, f"{label}: the seed delivered {got}, fnmatch says {want_seed}"
         seed_rate = seed_events / elapsed
         elapsed, got = asyncio.run(ours(patterns, our_names))
@@ -194,16 +280,19 @@ def main() -> None:
     def n(x: int) -> int:
         return max(10, int(x * scale))
 
-    scenarios = [
-        ("1 sub, await publish", 1, n(100_000), n(100_000), run_ours),
-        ("1 sub, nowait + flush (plain handler)", 1, n(100_000), n(100_000), run_ours_nowait),
-        ("10k subs, await publish", 10_000, n(150), n(5_000), run_ours),
-        ("10k subs, nowait + flush (plain handlers)", 10_000, n(150), n(5_000), run_ours_nowait),
+    scenarios: List[Tuple[str, int, int, int, Runner, Runner]] = [
+        ("1 sub, await publish", 1, n(100_000), n(100_000), run_ours, run_seed),
+        ("1 sub, await publish (plain handler)", 1, n(100_000), n(100_000), run_ours_plain, run_seed),
+        ("1 sub, nowait + flush (plain handler)", 1, n(100_000), n(100_000), run_ours_nowait, run_seed),
+        ("1 sub, from another thread", 1, n(20_000), n(100_000), run_ours_thread, run_seed_thread),
+        ("10k subs, await publish", 10_000, n(150), n(5_000), run_ours, run_seed),
+        ("10k subs, await publish (plain handlers)", 10_000, n(150), n(5_000), run_ours_plain, run_seed),
+        ("10k subs, nowait + flush (plain handlers)", 10_000, n(150), n(5_000), run_ours_nowait, run_seed),
     ]
     results = []
-    for label, subs, seed_events, our_events, runner in scenarios:
+    for label, subs, seed_events, our_events, runner, seed in scenarios:
         print(f"-- {label} ({rounds} rounds)", flush=True)
-        results.append(measure(label, subs, seed_events, our_events, runner, rounds))
+        results.append(measure(label, subs, seed_events, our_events, runner, rounds, seed))
     print()
     print(f"{'scenario':<44} {'seed events/s':>14} {'switchboard_bus':>16} {'ratio (same round)':>22}")
     for r in results:

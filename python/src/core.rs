@@ -18,8 +18,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
+use pyo3::PyTraverseError;
 use serde::{Serialize, Serializer};
 use switchboard::{Bus, BusBuilder, Event, Handler, Priority};
 use switchboard_matcher::{Pattern, PatternSet};
@@ -212,11 +214,12 @@ impl Core {
             )));
         }
         // The bound is the loops' backlog (see `Inbox`); the bus's queues
-        // can hold all of it, so its `Block` never has to wait.
+        // only carry events from other threads to the worker, which empties
+        // them into the inboxes without ever waiting, so they stay small
+        // (each is allocated whole).
         let bus = Bus::builder()
             .workers(workers)
-            .capacity(capacity * 2 + 16)
-            .priority_reserve(0)
+            .capacity(capacity.clamp(64, 8192))
             .history_size(0)
             .name("switchboard-py")
             .build()
@@ -243,6 +246,48 @@ impl Core {
             capacity,
             overflow,
         })
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // Never blocks: a collection that finds the registry busy sees no
+        // edges this time.
+        let Some(reg) = self.registry.try_lock() else { return Ok(()) };
+        for entry in &reg.patterns {
+            for sub in &entry.subs {
+                visit.call(sub)?;
+            }
+        }
+        // The index's references are this object's only while no event in
+        // flight shares it.
+        if Arc::strong_count(&reg.index) == 1 {
+            for subs in &reg.index.subs {
+                for sub in subs {
+                    visit.call(sub)?;
+                }
+            }
+        }
+        for recorded in &reg.history {
+            visit.call(&recorded.event)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let (patterns, history, index) = {
+            let mut reg = self.registry.lock();
+            reg.by_text.clear();
+            reg.dirty = true;
+            (
+                std::mem::take(&mut reg.patterns),
+                std::mem::take(&mut reg.history),
+                std::mem::replace(
+                    &mut reg.index,
+                    Arc::new(Index { set: PatternSet::empty(), subs: Vec::new() }),
+                ),
+            )
+        };
+        // Dropped outside the lock: a drop may run Python code that calls back.
+        drop((patterns, history, index));
     }
 
     /// A new inbox for the event loop running on the thread `loop_thread`
@@ -369,7 +414,8 @@ impl Core {
         })?;
         let name = name.to_cow()?;
         let name: &str = &name;
-        let priority = priority_of(event.getattr(pyo3::intern!(py, "priority"))?.extract::<i64>()?)?;
+        let priority =
+            priority_of(event.getattr(pyo3::intern!(py, "priority"))?.extract::<i64>()?)?;
         let shared = &inbox.shared;
         if self.bus.is_closed() {
             return Err(PyRuntimeError::new_err("the bus is closed"));
@@ -418,9 +464,9 @@ impl Core {
             return Ok((seq as i64, idle));
         }
         let rust_event = Event::typed("py", Payload(carried), "python").with_priority(priority);
-        // Never waits: the queues hold twice the bound, and what they hold
-        // is part of the bound (`pending`), so the GIL stays held.
-        match self.bus.publish(rust_event) {
+        // From another thread: it may wait, briefly, for the worker to make
+        // room in the bus's queues; never with the GIL.
+        match py.detach(|| self.bus.publish(rust_event)) {
             Ok(_) => Ok((seq as i64, false)),
             // The event is dropped with the error, and counted out of
             // `pending` (as lost) by `Carried`'s `Drop`.

@@ -206,7 +206,10 @@ impl InboxShared {
         self.pending.fetch_sub(n, Ordering::SeqCst);
         // A flush waiting on the loop is woken when it may be over; the
         // loop's own `done`s are followed by its own look.
-        if oldest_emptied && self.flush_waiting.load(Ordering::SeqCst) && current_ident() != self.loop_thread {
+        if oldest_emptied
+            && self.flush_waiting.load(Ordering::SeqCst)
+            && current_ident() != self.loop_thread
+        {
             self.wake();
         }
         let _guard = self.room_lock.lock();

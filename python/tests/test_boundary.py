@@ -275,3 +275,20 @@ def test_close_is_idempotent_and_a_closed_bus_refuses_nowait():
             bus.publish_nowait(Event("x", {}, "s"))
 
     asyncio.run(main())
+
+
+def test_a_bus_in_a_reference_cycle_is_collected():
+    import gc
+    import weakref
+
+    def make():
+        bus = EventBus()
+        # The handler holds the bus, the bus the handler: a cycle through the
+        # native registry, which the garbage collector must see through.
+        bus.subscribe("x", lambda e: bus.get_stats(), "p")
+        asyncio.run(bus.publish(Event("x", {}, "s")))
+        return weakref.ref(bus)
+
+    refs = [make() for _ in range(3)]
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
