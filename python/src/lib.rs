@@ -2,12 +2,12 @@
 //!
 //! Python sees two classes, both private to the package (`_native`):
 //!
-//! * [`Core`]: the subscription registry (patterns in first-seen order, as
+//! * `Core` (`core.rs`): the subscription registry (patterns in first-seen order, as
 //!   the seed's dict of lists keeps them), the matcher index built from it
 //!   (`switchboard_matcher::PatternSet`), the publish sequence, the history
 //!   of Python events, and a `switchboard::Bus` whose queues and worker
 //!   carry the events published without waiting.
-//! * [`Inbox`]: one per event loop: the calls the bus's worker matched for
+//! * `Inbox` (`inbox.rs`): one per event loop: the calls the bus's worker matched for
 //!   that loop, handed over in batches with one wake-up (a byte on a pipe
 //!   the loop watches) per batch, and the bound on what may wait there.
 //!
