@@ -10,3 +10,6 @@ WATCHDOG = 10.0
 
 async def within(awaitable: Awaitable[T], seconds: float = WATCHDOG) -> T:
     return await asyncio.wait_for(awaitable, seconds)
+
+# test_seed.py is the seed's own test/test_event_bus.py, copied unchanged but
+# for its import line (lib.plugin -> switchboard_bus).

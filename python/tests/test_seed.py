@@ -1,5 +1,4 @@
-# The seed's own four unit tests (its test/test_event_bus.py), copied
-# unchanged but for the import line.
+# test/test_event_bus.py
 
 import pytest
 from switchboard_bus import Event, EventBus, EventPriority
