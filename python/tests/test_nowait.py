@@ -351,3 +351,42 @@ async def test_replay_meets_a_flood_from_another_thread_with_no_gap_and_no_dupli
     await within(bus.flush())
     assert got == list(range(published[0]))
     bus.close()
+
+
+@pytest.mark.asyncio
+async def test_a_handler_publishing_past_the_bound_never_waits_for_itself():
+    bus = EventBus(capacity=8)  # Overflow.BLOCK
+    outcome: list = []
+
+    def flooder(event):
+        try:
+            for i in range(100):
+                bus.publish_nowait(Event("sink", i, "h"))
+        except QueueFull:
+            outcome.append(i)
+
+    bus.subscribe("go", flooder, "p")
+    bus.subscribe("sink", lambda e: None, "p")
+    bus.publish_nowait(Event("go", {}, "s"))
+    await within(bus.flush(), 5)
+    # It went past the bound by as much again (the "go" event is one of the
+    # waiting ones), then was refused instead of waiting for its own loop.
+    assert outcome == [15]
+    bus.close()
+
+
+@pytest.mark.asyncio
+async def test_a_handler_closing_the_bus_does_not_hang():
+    bus = EventBus()
+    seen: list = []
+
+    async def closer(event):
+        seen.append(bus.close())
+
+    bus.subscribe("stop", closer, "p")
+    bus.publish_nowait(Event("stop", {}, "s"))
+    await within(bus.flush(), 5)
+    assert seen == [0] and bus.closed
+    await within(bus.publish(Event("after", {}, "s")), 5)  # await publish still works: no engine needed
+    with pytest.raises(RuntimeError, match="closed"):
+        bus.publish_nowait(Event("after", {}, "s"))
