@@ -39,7 +39,7 @@ echo "-- building the wheel and installing it"
 echo "-- pytest"
 "$py" -m pytest -q -p no:cacheprovider tests
 echo "-- mypy --strict"
-"$py" -m mypy --strict --no-incremental --cache-dir=/dev/null python/switchboard_bus typecheck examples
+"$py" -m mypy --strict --no-incremental --cache-dir=/dev/null python/switchboard_bus typecheck examples bench
 echo "-- stubtest"
 (cd typecheck && "$py" -m mypy.stubtest --cache-dir=/dev/null switchboard_bus._native)
 if [[ "$bench" == 1 ]]; then

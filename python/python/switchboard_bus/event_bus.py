@@ -177,7 +177,7 @@ def _check_event(event: object) -> Event:
 _log = logging.getLogger("switchboard_bus")
 
 # The running loop or None (asyncio's own, without the exception).
-_get_running_loop = asyncio.events._get_running_loop
+_get_running_loop: Callable[[], Any] = asyncio.events._get_running_loop
 
 
 def _retrieve(task: "asyncio.Task[None]") -> None:
@@ -368,7 +368,6 @@ class EventBus:
         self._dispatchers: Dict[asyncio.AbstractEventLoop, _Dispatcher] = {}
         self._home: Optional[_Dispatcher] = None
         self._replays: "set[asyncio.Task[None]]" = set()
-        self._lock = threading.Lock()
         _live_buses.add(self)
 
     # -- subscriptions ------------------------------------------------------
@@ -492,9 +491,8 @@ class EventBus:
             sub.buffer = None
 
     def _end_replay(self, sub: Subscription) -> None:
-        buffered, sub.buffer = sub.buffer or [], None
-        for event, _ in buffered:  # pragma: no cover - a synchronous replay yields to nothing
-            self._call(sub, event)
+        # A synchronous replay never yields, so nothing live was buffered.
+        sub.buffer = None
 
     def _handler_error(self, sub: Subscription, event: Event, e: BaseException) -> None:
         self._stats["handler_errors"] += 1
@@ -808,5 +806,3 @@ def _close_at_exit() -> None:
         if lost:
             bus.logger.warning(f"event bus closed at interpreter exit: {lost} handler calls not run")
 
-
-__all__ += ["EventPriority"]
