@@ -35,7 +35,34 @@ use crate::inbox::{Entry, Inbox, InboxShared, Overflow};
 #[derive(Debug)]
 pub(crate) struct Index {
     set: PatternSet,
-    pub(crate) subs: Vec<Vec<Py<PyAny>>>,
+    /// Each pattern's subscriptions, as the tuple handed to Python (made
+    /// once per index: an event matching one pattern reuses it).
+    pub(crate) subs: Vec<Py<PyTuple>>,
+}
+
+impl Index {
+    /// The subscriptions of the patterns at `matches` (ascending), in
+    /// dispatch order: the pattern's own tuple when there is one.
+    pub(crate) fn subs_of<'py>(
+        &self,
+        py: Python<'py>,
+        matches: impl ExactSizeIterator<Item = usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut matches = matches;
+        match matches.len() {
+            0 => Ok(PyTuple::empty(py).into_any()),
+            1 => Ok(self.subs[matches.next().unwrap_or(0)].bind(py).clone().into_any()),
+            _ => {
+                let out = PyList::empty(py);
+                for m in matches {
+                    for sub in self.subs[m].bind(py).iter() {
+                        out.append(sub)?;
+                    }
+                }
+                Ok(out.into_any())
+            }
+        }
+    }
 }
 
 /// What a Rust event carries for Python: the Python event, its number, the
@@ -88,7 +115,7 @@ fn deliver(carried: &Arc<Carried>) {
         scratch.iter().map(|&i| i as u32).collect()
     });
     // Pushed even with no match: the loop counts it done, in its batch.
-    carried.inbox.push(Entry { carried: carried.clone(), matches });
+    carried.inbox.push(Entry::Routed { carried: carried.clone(), matches });
 }
 
 #[derive(Debug)]
@@ -118,17 +145,22 @@ struct Registry {
 }
 
 impl Registry {
-    fn index(&mut self, py: Python<'_>) -> Arc<Index> {
+    /// The current index, rebuilt if stale; the replaced one is put in
+    /// `dead` (dropped by the caller once the lock is released: dropping
+    /// Python references may run Python code, which may call back).
+    fn index(&mut self, py: Python<'_>, dead: &mut Dead) -> PyResult<Arc<Index>> {
         if self.dirty {
             let live: Vec<&PatternEntry> =
                 self.patterns.iter().filter(|p| !p.subs.is_empty()).collect();
             let set = PatternSet::from_patterns(live.iter().map(|p| p.pattern.clone()));
-            let subs =
-                live.iter().map(|p| p.subs.iter().map(|s| s.clone_ref(py)).collect()).collect();
-            self.index = Arc::new(Index { set, subs });
+            let subs = live
+                .iter()
+                .map(|p| PyTuple::new(py, p.subs.iter().map(|s| s.bind(py))).map(Bound::unbind))
+                .collect::<PyResult<Vec<_>>>()?;
+            dead.index = Some(std::mem::replace(&mut self.index, Arc::new(Index { set, subs })));
             self.dirty = false;
         }
-        self.index.clone()
+        Ok(self.index.clone())
     }
 
     /// Numbers `event`, records it, and returns its number and the index
@@ -139,13 +171,14 @@ impl Registry {
         event: &Bound<'_, PyAny>,
         name: &str,
         keep: usize,
-    ) -> (u64, Arc<Index>) {
-        let index = self.index(py);
+        dead: &mut Dead,
+    ) -> PyResult<(u64, Arc<Index>)> {
+        let index = self.index(py, dead)?;
         let seq = self.next_seq;
         self.next_seq += 1;
         if keep > 0 {
             if self.history.len() == keep {
-                self.history.pop_front();
+                dead.recorded = self.history.pop_front();
             }
             self.history.push_back(Recorded {
                 seq,
@@ -153,8 +186,15 @@ impl Registry {
                 name: name.into(),
             });
         }
-        (seq, index)
+        Ok((seq, index))
     }
+}
+
+/// What a registry operation replaced, dropped after its lock is released.
+#[derive(Debug, Default)]
+struct Dead {
+    index: Option<Arc<Index>>,
+    recorded: Option<Recorded>,
 }
 
 /// The engine behind one `EventBus`.
@@ -261,9 +301,7 @@ impl Core {
         // flight shares it.
         if Arc::strong_count(&reg.index) == 1 {
             for subs in &reg.index.subs {
-                for sub in subs {
-                    visit.call(sub)?;
-                }
+                visit.call(subs)?;
             }
         }
         for recorded in &reg.history {
@@ -374,18 +412,15 @@ impl Core {
         py: Python<'py>,
         event: &Bound<'py, PyAny>,
         name: &str,
-    ) -> PyResult<(u64, Bound<'py, PyList>)> {
-        let (seq, index) = self.registry.lock().record(py, event, name, self.history_size);
-        let subs = PyList::empty(py);
-        SCRATCH.with(|scratch| -> PyResult<()> {
+    ) -> PyResult<(u64, Bound<'py, PyAny>)> {
+        let mut dead = Dead::default();
+        let recorded = self.registry.lock().record(py, event, name, self.history_size, &mut dead);
+        drop(dead);
+        let (seq, index) = recorded?;
+        let subs = SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             index.set.matches_into(name, &mut scratch);
-            for &m in scratch.iter() {
-                for sub in &index.subs[m] {
-                    subs.append(sub.bind(py))?;
-                }
-            }
-            Ok(())
+            index.subs_of(py, scratch.iter().copied())
         })?;
         Ok((seq, subs))
     }
@@ -430,7 +465,11 @@ impl Core {
                 return Ok((-1, false));
             }
             Err(true) => {
-                self.registry.lock().record(py, event, name, self.history_size);
+                let mut dead = Dead::default();
+                let recorded =
+                    self.registry.lock().record(py, event, name, self.history_size, &mut dead);
+                drop(dead);
+                recorded?;
                 shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 return Ok((-2, false));
             }
@@ -440,8 +479,25 @@ impl Core {
                 "the bus or the event loop closed while waiting for room",
             ));
         }
-        let (seq, index) = self.registry.lock().record(py, event, name, self.history_size);
+        let mut dead = Dead::default();
+        let recorded = self.registry.lock().record(py, event, name, self.history_size, &mut dead);
+        drop(dead);
+        let (seq, index) = recorded?;
         let gen = shared.accepted(gen);
+        if local {
+            // From the loop's own thread: matched here and queued for the
+            // loop as the tuple it takes (no thread to cross, no wake-up to
+            // send); the caller schedules the dispatcher when the inbox was
+            // idle.
+            let subs = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                index.set.matches_into(name, &mut scratch);
+                index.subs_of(py, scratch.iter().copied())
+            })?;
+            let item = crate::inbox::ready_tuple(py, event, seq, subs, gen)?.unbind();
+            let idle = shared.push_quiet(Entry::Ready { item, gen });
+            return Ok((seq as i64, idle));
+        }
         let carried = Arc::new(Carried {
             event: event.clone().unbind(),
             seq,
@@ -449,20 +505,8 @@ impl Core {
             name: name.into(),
             index,
             inbox: shared.clone(),
-            delivered: AtomicBool::new(local),
+            delivered: AtomicBool::new(false),
         });
-        if local {
-            // From the loop's own thread: matched here and queued for the
-            // loop at once (no thread to cross, no wake-up to send); the
-            // caller schedules the dispatcher when the inbox was idle.
-            let matches: Vec<u32> = SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                carried.index.set.matches_into(&carried.name, &mut scratch);
-                scratch.iter().map(|&i| i as u32).collect()
-            });
-            let idle = shared.push_quiet(Entry { carried, matches });
-            return Ok((seq as i64, idle));
-        }
         let rust_event = Event::typed("py", Payload(carried), "python").with_priority(priority);
         // From another thread: it may wait, briefly, for the worker to make
         // room in the bus's queues; never with the GIL.

@@ -25,6 +25,21 @@ use pyo3::types::{PyList, PyTuple};
 
 use crate::core::Carried;
 
+/// The tuple the loop takes for one event: `(event, seq, subscriptions,
+/// generation)`.
+pub(crate) fn ready_tuple<'py>(
+    py: Python<'py>,
+    event: &Bound<'py, PyAny>,
+    seq: u64,
+    subs: Bound<'py, PyAny>,
+    gen: u64,
+) -> PyResult<Bound<'py, PyTuple>> {
+    PyTuple::new(
+        py,
+        [event.clone(), seq.into_pyobject(py)?.into_any(), subs, gen.into_pyobject(py)?.into_any()],
+    )
+}
+
 /// This thread's identity as Python's `threading.get_ident()` gives it.
 fn current_ident() -> u64 {
     // SAFETY: `pthread_self` has no preconditions.
@@ -51,12 +66,25 @@ impl Overflow {
     }
 }
 
-/// One event matched for this loop: what it carries and which patterns
-/// (indices into the index it was routed with) matched.
+/// One event matched for this loop.
 #[derive(Debug)]
-pub(crate) struct Entry {
-    pub(crate) carried: Arc<Carried>,
-    pub(crate) matches: Vec<u32>,
+pub(crate) enum Entry {
+    /// Matched by the bus's worker, without the GIL: what the event carries
+    /// and which patterns (indices into the index it was routed with)
+    /// matched; made into Python objects when the loop takes it.
+    Routed { carried: Arc<Carried>, matches: Vec<u32> },
+    /// Matched on the loop's own thread: the very tuple the loop takes.
+    Ready { item: Py<PyTuple>, gen: u64 },
+}
+
+impl Entry {
+    /// Its flush generation.
+    pub(crate) fn gen(&self) -> u64 {
+        match self {
+            Entry::Routed { carried, .. } => carried.gen,
+            Entry::Ready { gen, .. } => *gen,
+        }
+    }
 }
 
 /// Flush generations: a flush starts a new one and waits until no event of
@@ -163,7 +191,7 @@ impl InboxShared {
         if state.closed {
             drop(state);
             self.counters.lost_closed.fetch_add(1, Ordering::Relaxed);
-            self.done([entry.carried.gen]);
+            self.done([entry.gen()]);
             return false;
         }
         state.queue.push_back(entry);
@@ -176,7 +204,7 @@ impl InboxShared {
             if state.closed {
                 drop(state);
                 self.counters.lost_closed.fetch_add(1, Ordering::Relaxed);
-                self.done([entry.carried.gen]);
+                self.done([entry.gen()]);
                 return;
             }
             state.queue.push_back(entry);
@@ -284,7 +312,7 @@ impl InboxShared {
             std::mem::take(&mut state.queue)
         };
         let n = lost.len();
-        let gens: Vec<u64> = lost.iter().map(|e| e.carried.gen).collect();
+        let gens: Vec<u64> = lost.iter().map(Entry::gen).collect();
         drop(lost);
         if n > 0 {
             self.counters.lost_closed.fetch_add(n as u64, Ordering::Relaxed);
@@ -381,30 +409,26 @@ impl Inbox {
             state.queue.drain(..n).collect()
         };
         if !taken.is_empty() {
-            self.shared.gens.lock().taken.extend(taken.iter().map(|e| e.carried.gen));
+            self.shared.gens.lock().taken.extend(taken.iter().map(Entry::gen));
         }
         if !taken.is_empty() {
             self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
         }
         let out = PyList::empty(py);
-        for entry in &taken {
-            let carried = &entry.carried;
-            let subs = PyList::empty(py);
-            for &m in &entry.matches {
-                for sub in &carried.index.subs[m as usize] {
-                    subs.append(sub.bind(py))?;
+        for entry in taken {
+            match entry {
+                Entry::Ready { item, .. } => out.append(item)?,
+                Entry::Routed { carried, matches } => {
+                    let subs = carried.index.subs_of(py, matches.iter().map(|&m| m as usize))?;
+                    out.append(ready_tuple(
+                        py,
+                        carried.event.bind(py),
+                        carried.seq,
+                        subs,
+                        carried.gen,
+                    )?)?;
                 }
             }
-            let item = PyTuple::new(
-                py,
-                [
-                    carried.event.bind(py).clone(),
-                    carried.seq.into_pyobject(py)?.into_any(),
-                    subs.into_any(),
-                    carried.gen.into_pyobject(py)?.into_any(),
-                ],
-            )?;
-            out.append(item)?;
         }
         Ok(out)
     }

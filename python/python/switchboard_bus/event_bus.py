@@ -37,7 +37,7 @@ import inspect
 import logging
 import threading
 import weakref
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _native
 from .event import Event, EventPriority
@@ -198,7 +198,7 @@ class _Dispatcher:
         self.loop = loop
         self.inbox = bus._core.inbox(ident)
         self.task: Optional["asyncio.Task[None]"] = None
-        self.leftover: List[Tuple[Event, int, List[Subscription], int]] = []
+        self.leftover: List[Tuple[Event, int, Sequence[Subscription], int]] = []
         # Flushes waiting, each for its generation.
         self.waiters: List[Tuple[int, "asyncio.Future[None]"]] = []
         # The flush generation of the event whose handlers run now: what they
