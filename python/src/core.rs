@@ -486,16 +486,15 @@ impl Core {
         let gen = shared.accepted(gen);
         if local {
             // From the loop's own thread: matched here and queued for the
-            // loop as the tuple it takes (no thread to cross, no wake-up to
-            // send); the caller schedules the dispatcher when the inbox was
-            // idle.
-            let subs = SCRATCH.with(|scratch| {
+            // loop (no thread to cross, no wake-up to send); the caller
+            // schedules the dispatcher when the inbox was idle.
+            let matches: Vec<u32> = SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
                 index.set.matches_into(name, &mut scratch);
-                index.subs_of(py, scratch.iter().copied())
-            })?;
-            let item = crate::inbox::ready_tuple(py, event, seq, subs, gen)?.unbind();
-            let idle = shared.push_quiet(Entry::Ready { item, gen });
+                scratch.iter().map(|&i| i as u32).collect()
+            });
+            let entry = Entry::Ready { event: event.clone().unbind(), seq, gen, index, matches };
+            let idle = shared.push_quiet(entry);
             return Ok((seq as i64, idle));
         }
         let carried = Arc::new(Carried {

@@ -23,11 +23,11 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
-use crate::core::Carried;
+use crate::core::{Carried, Index};
 
 /// The tuple the loop takes for one event: `(event, seq, subscriptions,
 /// generation)`.
-pub(crate) fn ready_tuple<'py>(
+fn ready_tuple<'py>(
     py: Python<'py>,
     event: &Bound<'py, PyAny>,
     seq: u64,
@@ -73,8 +73,11 @@ pub(crate) enum Entry {
     /// and which patterns (indices into the index it was routed with)
     /// matched; made into Python objects when the loop takes it.
     Routed { carried: Arc<Carried>, matches: Vec<u32> },
-    /// Matched on the loop's own thread: the very tuple the loop takes.
-    Ready { item: Py<PyTuple>, gen: u64 },
+    /// Matched on the loop's own thread: the event and its subscriptions
+    /// (the tuple the loop takes is made when it takes it: made at publish
+    /// time, a whole backlog of tuples would live long enough to burden the
+    /// garbage collector).
+    Ready { event: Py<PyAny>, seq: u64, gen: u64, index: Arc<Index>, matches: Vec<u32> },
 }
 
 impl Entry {
@@ -417,7 +420,10 @@ impl Inbox {
         let out = PyList::empty(py);
         for entry in taken {
             match entry {
-                Entry::Ready { item, .. } => out.append(item)?,
+                Entry::Ready { event, seq, gen, index, matches } => {
+                    let subs = index.subs_of(py, matches.iter().map(|&m| m as usize))?;
+                    out.append(ready_tuple(py, event.bind(py), seq, subs, gen)?)?
+                }
                 Entry::Routed { carried, matches } => {
                     let subs = carried.index.subs_of(py, matches.iter().map(|&m| m as usize))?;
                     out.append(ready_tuple(
