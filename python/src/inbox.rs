@@ -331,7 +331,7 @@ impl InboxShared {
 impl Drop for InboxShared {
     fn drop(&mut self) {
         if !self.fds_closed.swap(true, Ordering::SeqCst) {
-            // SAFETY: both descriptors were opened by `pipe2` in
+            // SAFETY: both descriptors were opened by `wake_pipe` for
             // `Inbox::new` and are closed only here, once.
             unsafe {
                 libc::close(self.read_fd);
@@ -339,6 +339,36 @@ impl Drop for InboxShared {
             }
         }
     }
+}
+
+/// A non-blocking, close-on-exec pipe (`pipe` and `fcntl`, which every
+/// Unix has; `pipe2` is not on macOS).
+fn wake_pipe() -> std::io::Result<[i32; 2]> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid two-int buffer for `pipe` to fill.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for fd in fds {
+        // SAFETY: `fd` was just opened by `pipe` and is owned here; the
+        // calls only read and set its flags.
+        let ok = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            flags >= 0
+                && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+                && libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == 0
+        };
+        if !ok {
+            let error = std::io::Error::last_os_error();
+            // SAFETY: both were opened above and are not used after this.
+            unsafe {
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
+            return Err(error);
+        }
+    }
+    Ok(fds)
 }
 
 /// An event loop's inbox (created by `Core.inbox`); see the module docs.
@@ -350,15 +380,8 @@ pub struct Inbox {
 
 impl Inbox {
     pub(crate) fn new(capacity: usize, overflow: Overflow, loop_thread: u64) -> PyResult<Inbox> {
-        let mut fds = [0i32; 2];
-        // SAFETY: `fds` is a valid two-int buffer for `pipe2` to fill.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if rc != 0 {
-            return Err(PyOSError::new_err(format!(
-                "cannot create the wake-up pipe: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
+        let fds = wake_pipe()
+            .map_err(|e| PyOSError::new_err(format!("cannot create the wake-up pipe: {e}")))?;
         Ok(Inbox {
             shared: Arc::new(InboxShared {
                 state: Mutex::new(State::default()),
