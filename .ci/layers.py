@@ -12,7 +12,7 @@ def mod_of(f):
     return top
 layer={}
 order=[['lib'],['bus','builder'],['dispatch'],['shared'],['wait'],['reclaim','snapshot'],['subscription'],['mailbox'],
-       ['config','context','handler','gate','history','flush','barrier','stats'],['queue','panic'],['error'],['event'],['loom']]
+       ['config','context','handler','gate','history','flush','barrier','stats','trace'],['queue','panic','observe'],['error'],['event'],['loom']]
 for i,g in enumerate(order):
     for m in g: layer[m]=i
 bad=0
@@ -26,7 +26,7 @@ for f in sorted(files):
     # `use crate::{a, b}` forms
     for grp in re.findall(r'use crate::\{([^}]*)\}',code):
         used|=set(re.findall(r'(\w+)::|(\w+)',grp)[0]) if False else set(x.split('::')[0].strip() for x in grp.split(','))
-    used.discard(m); used-= {'Bus','Event','Handler','SubscribeOptions','Overflow','Priority','MAX_NAME_LEN','SubscribeError','PublishError','Stats','BusBuilder','HandlerResult','SubscriptionId','Target','BacklogFull','HandlerPanic','HandlerTimeout','PayloadError','WaitTimeout','NameError','HistoryError','BuildError','FlushTimeout','ShutdownTimeout','SubscriptionStats','Replayed','HistoryQuery','Unsubscribed','SubscriptionInfo','ErrorHook','WeakBus','SubscriptionGuard','EventId','Payload','TypedPayload','matcher',''}
+    used.discard(m); used-= {'Bus','Event','Handler','SubscribeOptions','Overflow','Priority','MAX_NAME_LEN','SubscribeError','PublishError','Stats','BusBuilder','HandlerResult','SubscriptionId','Target','BacklogFull','HandlerPanic','HandlerTimeout','PayloadError','WaitTimeout','NameError','HistoryError','BuildError','FlushTimeout','ShutdownTimeout','SubscriptionStats','Replayed','HistoryQuery','Unsubscribed','SubscriptionInfo','ErrorHook','WeakBus','SubscriptionGuard','Observer','CallObserver','Subscribed','EventId','Payload','TypedPayload','matcher',''}
     deps.setdefault(m,set()).update(used)
 for m in sorted(deps):
     ups=[u for u in deps[m] if u in layer and m in layer and layer[u]<=layer[m] and not (m=='bus' and u=='builder') and not (m=='builder' and u=='bus') and m!='lib']

@@ -64,7 +64,7 @@ struct Args {
     /// file (its name must end in `.svg`).
     #[arg(long)]
     chart: Option<PathBuf>,
-    /// Run only these scenarios (memory, subscriptions, fanout, priority, workers, churn, nats).
+    /// Run only these scenarios (memory, subscriptions, fanout, priority, workers, churn, nats, metrics).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Rounds per scenario (default 7, or 3 with --quick).
@@ -74,6 +74,14 @@ struct Args {
     /// steady load to run under a profiler.
     #[arg(long)]
     profile: Option<usize>,
+    /// With --profile: the fan-out workload with this many handlers
+    /// instead of one subscription.
+    #[arg(long, requires = "profile")]
+    fanout: Option<usize>,
+    /// With --profile: the bus built with switchboard-metrics' observer
+    /// (to compare instruction counts under callgrind).
+    #[arg(long, requires = "profile")]
+    observed: bool,
 }
 
 /// How big a run is.
@@ -346,7 +354,11 @@ fn run_seed(bus: &SeedBus, subs: &Subs, n: usize) -> f64 {
 }
 
 fn switchboard_bus(subs: &Subs, workers: usize) -> Bus {
-    let bus = Bus::builder().workers(workers).build().expect("bus");
+    subscribed(Bus::builder().workers(workers).build().expect("bus"), subs)
+}
+
+/// `bus` with `subs`' handlers subscribed.
+fn subscribed(bus: Bus, subs: &Subs) -> Bus {
     for (i, p) in subs.patterns.iter().enumerate() {
         let h = subs.handler(i);
         bus.subscribe(
@@ -528,6 +540,50 @@ fn throughput(
         eprintln!("  {scenario}: {case} done");
     }
     report.print(scenario);
+}
+
+/// What metrics cost: the bus with its defaults against the same bus built
+/// with `switchboard-metrics`' observer (per-subscription call counts, one
+/// call in 64 timed into histograms) and watched by its polling thread
+/// (every 100 ms here, ten times its default), on the throughput and
+/// fan-out workloads, rounds interleaved. No exporter is installed: the
+/// facade's no-op recorder takes the samples, so what is measured is the
+/// bus's side (the exporter's own cost is per sample, one call in 64).
+fn metrics_cost(report: &mut Report, plan: &Plan) {
+    println!("== metrics: the bus observed and watched, against the bus alone ==");
+    let metrics =
+        switchboard_metrics::Metrics::builder().interval(Duration::from_millis(100)).build();
+    for (case, subs) in [
+        ("1,000 subscriptions, 3 matching".to_owned(), Subs::mixed(1_000)),
+        ("fan-out 100".to_owned(), Subs::fan_out(100)),
+    ] {
+        let plain = switchboard_bus(&subs, 1);
+        let observed = subscribed(
+            Bus::builder().workers(1).observer(metrics.observer()).build().expect("bus"),
+            &subs,
+        );
+        metrics.watch(&observed);
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for _ in 0..plan.rounds {
+            off.push(run_switchboard(&plain, &subs, plan.events));
+            on.push(run_switchboard(&observed, &subs, plan.events));
+        }
+        let calls: u64 =
+            observed.subscriptions(switchboard::Target::All).iter().map(|s| s.stats.calls).sum();
+        assert_eq!(
+            calls,
+            observed.stats().dispatched,
+            "metrics: the per-subscription counts must add up to the bus's"
+        );
+        plain.shutdown();
+        observed.shutdown();
+        report.add("metrics", &case, "switchboard", &off, "events/s");
+        report.add("metrics", &case, "switchboard+metrics", &on, "events/s");
+        let ratio: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a / b).collect();
+        report.add("metrics", &case, "ratio on/off", &ratio, "x");
+        eprintln!("  metrics: {case} done");
+    }
+    report.print("metrics");
 }
 
 /// `High` publish → handler latency while `Low` floods the bus, against the
@@ -908,10 +964,9 @@ fn nats(report: &mut Report, plan: &Plan) {
             );
             let stream = format!("SWITCHBOARD_BENCH_{}", prefix.replace('.', "_"));
             let with_mode = |c: BridgeConfig, durable: &str| match mode {
-                "jetstream" => c.mode(Mode::JetStream(JetStreamConfig {
-                    stream: Some(stream.clone()),
-                    ..JetStreamConfig::new(durable)
-                })),
+                "jetstream" => {
+                    c.mode(Mode::JetStream(JetStreamConfig::new(durable).stream(stream.clone())))
+                }
                 _ => c,
             };
             let ea = Bridge::start(
@@ -1084,12 +1139,17 @@ fn rand_suffix() -> u64 {
         % 1_000_000_007
 }
 
-fn profile(events: usize) {
-    let subs = Subs::mixed(1);
-    let bus = switchboard_bus(&subs, 1);
+fn profile(events: usize, fanout: Option<usize>, observed: bool) {
+    let subs = fanout.map_or_else(|| Subs::mixed(1), Subs::fan_out);
+    let metrics = switchboard_metrics::Metrics::new();
+    let mut builder = Bus::builder().workers(1);
+    if observed {
+        builder = builder.observer(metrics.observer());
+    }
+    let bus = subscribed(builder.build().expect("bus"), &subs);
     let per_second = run_switchboard(&bus, &subs, events);
     bus.shutdown();
-    println!("{events} events through 1 subscription, {per_second:.0} events/s");
+    println!("{events} events through {} subscriptions, {per_second:.0} events/s", subs.matching);
 }
 
 fn main() {
@@ -1103,7 +1163,7 @@ fn main() {
         }
     }
     if let Some(events) = args.profile {
-        profile(events);
+        profile(events, args.fanout, args.observed);
         return;
     }
     let plan = Plan::new(&args);
@@ -1154,6 +1214,9 @@ fn main() {
     }
     if wants("nats") {
         nats(&mut report, &plan);
+    }
+    if wants("metrics") {
+        metrics_cost(&mut report, &plan);
     }
     let headline = headline(&report);
     println!("finished in {:.0} s", started.elapsed().as_secs_f64());

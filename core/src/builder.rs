@@ -55,8 +55,10 @@ impl Default for BusBuilder {
                 starvation_limit: 8,
                 name: "switchboard".to_owned(),
                 drain_timeout: std::time::Duration::from_secs(30),
+                trace_dispatch: false,
                 #[cfg(feature = "tokio")]
                 runtime: None,
+                observer: crate::config::ObserverSlot::default(),
             },
             error_hook: None,
         }
@@ -159,6 +161,40 @@ impl BusBuilder {
         self
     }
 
+    /// Runs each handler call inside a `tracing` span, `dispatch` (level
+    /// `INFO`; fields `event`, `sequence`, `plugin`, `pattern`, `parent.id`,
+    /// `parent.sequence`), whose parent is the span that was current where
+    /// the event was published. A handler publishes inside its own call's
+    /// span, so a trace shows which event's handling caused which: the
+    /// dispatch span of a chat line's handler is the parent of the dispatch
+    /// spans of the trivia round it published. Default off: then it costs
+    /// a branch per publish and per call, no more.
+    ///
+    /// A call that a filter turns down has its span too (a reload's
+    /// hand-over, a replay buffering a live event it calls later, in a span
+    /// of its own).
+    ///
+    /// On, each published event holds a clone of its publisher's span for
+    /// as long as the event lives (in [history](BusBuilder::history_size)
+    /// too), so a subscriber sees that span close only once its events are
+    /// gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{Bus, Event};
+    ///
+    /// let bus = Bus::builder().trace_dispatch(true).build()?;
+    /// let span = tracing::info_span!("chat message", user = "ada");
+    /// // Handlers of this event run in spans that are children of `span`.
+    /// span.in_scope(|| bus.publish(Event::new("chat.line", serde_json::json!("hi"), "gateway")))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn trace_dispatch(mut self, on: bool) -> BusBuilder {
+        self.config.trace_dispatch = on;
+        self
+    }
+
     /// The tokio runtime async handlers run on. Default: the runtime
     /// current where an async handler ([`Handler::future`](crate::Handler::future)) subscribes.
     #[cfg(feature = "tokio")]
@@ -168,9 +204,21 @@ impl BusBuilder {
         self
     }
 
-    /// The prefix of the worker threads' names. Default `switchboard`.
+    /// The bus's name: the prefix of its worker threads' names, and what an
+    /// [`Observer`](crate::Observer) hears it called (a metrics label).
+    /// Default `switchboard`.
     pub fn name(mut self, name: impl Into<String>) -> BusBuilder {
         self.config.name = name.into();
+        self
+    }
+
+    /// Observes the bus: each subscription's calls are counted
+    /// ([`SubscriptionStats::calls`](crate::SubscriptionStats::calls)) and
+    /// one call in [`Observer::sample_every`](crate::Observer::sample_every)
+    /// is timed and reported to the `observer` (see [`Observer`](crate::Observer)).
+    /// Default: none, and then a handler call costs one branch more.
+    pub fn observer(mut self, observer: std::sync::Arc<dyn crate::Observer>) -> BusBuilder {
+        self.config.observer = crate::config::ObserverSlot(Some(observer));
         self
     }
 

@@ -2,6 +2,7 @@
 //! type.
 
 use crate::event::Event;
+use crate::observe::Observer;
 use crate::queue::Overflow;
 
 /// The hook called for every handler error and panic: the event, the
@@ -21,6 +22,19 @@ pub(crate) struct Config {
     pub(crate) starvation_limit: u32,
     pub(crate) name: String,
     pub(crate) drain_timeout: std::time::Duration,
+    /// Each handler call in a `tracing` span (`trace.rs`).
+    pub(crate) trace_dispatch: bool,
     #[cfg(feature = "tokio")]
     pub(crate) runtime: Option<tokio::runtime::Handle>,
+    pub(crate) observer: ObserverSlot,
+}
+
+/// The bus's observer, if any (a type of its own for `Debug`).
+#[derive(Clone, Default)]
+pub(crate) struct ObserverSlot(pub(crate) Option<std::sync::Arc<dyn Observer>>);
+
+impl std::fmt::Debug for ObserverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(<observer>)" } else { "None" })
+    }
 }

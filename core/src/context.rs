@@ -5,8 +5,8 @@
 //! thread (a blocking subscription's, a tokio thread running an async
 //! call, the thread of a replay) is marked for one call by a
 //! [`HandlerScope`]. From the mark, the bus knows that a publish is one
-//! level deeper than the event being handled and counts in its flush
-//! bucket, that `flush` and `shutdown` must not wait for the thread's own
+//! level deeper than the event being handled, counts in its flush bucket
+//! and has it as its parent (`Event::parent`), that `flush` and `shutdown` must not wait for the thread's own
 //! work, which call an unsubscribe-and-wait excuses, and which bus
 //! `Bus::current` is.
 //!
@@ -17,6 +17,7 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
+use crate::event::{Event, EventId};
 use crate::loom::thread_local;
 
 /// A bus's shared state, type-erased: `Bus::current` downcasts it.
@@ -31,16 +32,50 @@ struct Context {
     worker: usize,
     /// The bus, for `Bus::current`.
     owner: Option<Owner>,
-    /// The depth of the event being handled.
-    depth: u32,
-    /// The flush bucket of the event being handled: events its handlers
-    /// publish are counted in the same one, so a flush waits for cascades.
-    bucket: usize,
+    /// The event being handled.
+    handling: Handling,
     /// The bus whose mailbox handler this thread is running, when it is not
     /// one of its workers (a blocking subscription's thread, a tokio task).
     handler_bus: usize,
     /// The mailbox subscription whose handler this thread is running.
     call: usize,
+}
+
+/// What a thread knows of the event it is handling: what an event it
+/// publishes inherits.
+#[derive(Clone, Copy, Default)]
+struct Handling {
+    /// Its depth.
+    depth: u32,
+    /// Its flush bucket: events its handlers publish are counted in the
+    /// same one, so a flush waits for cascades.
+    bucket: usize,
+    /// Its id and sequence number: the parent of the events its handlers
+    /// publish (`None` before the first event, or for one never numbered).
+    event: Option<(EventId, u64)>,
+}
+
+impl Handling {
+    #[inline]
+    fn of(event: &Event, bucket: usize) -> Handling {
+        Handling {
+            depth: event.depth(),
+            bucket,
+            event: event.sequence().map(|seq| (event.id(), seq)),
+        }
+    }
+}
+
+/// What an event published from a handler inherits from the event being
+/// handled.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Inherited {
+    /// One level deeper than the event being handled.
+    pub(crate) depth: u32,
+    /// The event's flush bucket.
+    pub(crate) bucket: usize,
+    /// The event's id and sequence number: the parent.
+    pub(crate) parent: Option<(EventId, u64)>,
 }
 
 thread_local! {
@@ -68,49 +103,46 @@ pub(crate) fn leave_worker() {
     CONTEXT.with(|c| *c.borrow_mut() = Context::default());
 }
 
-/// A worker is about to handle an event of `depth`, counted in `bucket`.
+/// A worker is about to handle `event`, counted in `bucket`.
 #[inline]
-pub(crate) fn set_event(depth: u32, bucket: usize) {
-    CONTEXT.with(|c| {
-        let mut c = c.borrow_mut();
-        c.depth = depth;
-        c.bucket = bucket;
-    });
+pub(crate) fn set_event(event: &Event, bucket: usize) {
+    let handling = Handling::of(event, bucket);
+    CONTEXT.with(|c| c.borrow_mut().handling = handling);
 }
 
 /// Marks this thread as running a mailbox subscription's handler for the
-/// guard's lifetime: publishes from it are one level deeper and in the
-/// event's flush bucket, `flush` and `shutdown` from it do not wait on it,
+/// guard's lifetime: publishes from it are one level deeper, in the
+/// event's flush bucket and caused by the event, `flush` and `shutdown` from it do not wait on it,
 /// and `Bus::current` finds the bus. The previous context comes back on drop
 /// (a tokio thread runs tasks of many buses).
 pub(crate) struct HandlerScope {
     saved: Option<Saved>,
 }
 
-/// What a [`HandlerScope`] changes: handler bus, owner, depth, bucket,
-/// call.
-type Saved = (usize, Option<Owner>, u32, usize, usize);
+/// What a [`HandlerScope`] changes: handler bus, owner, the event being
+/// handled, call.
+type Saved = (usize, Option<Owner>, Handling, usize);
 
 impl HandlerScope {
     /// Enters a call of subscription `call` (its reclamation key) of bus
-    /// `bus` for an event of `depth` counted in `bucket`; `owner` is asked
-    /// for only on a thread that is not the bus's worker.
+    /// `bus` for `event` counted in `bucket`; `owner` is asked for only on
+    /// a thread that is not the bus's worker.
     pub(crate) fn enter(
         bus: usize,
         owner: impl FnOnce() -> Owner,
         call: usize,
-        depth: u32,
+        event: &Event,
         bucket: usize,
     ) -> HandlerScope {
+        let handling = Handling::of(event, bucket);
         let saved = CONTEXT.with(|c| {
             let mut c = c.borrow_mut();
-            let saved = (c.handler_bus, c.owner.clone(), c.depth, c.bucket, c.call);
+            let saved = (c.handler_bus, c.owner.clone(), c.handling, c.call);
             if c.bus != bus {
                 c.handler_bus = bus;
                 c.owner = Some(owner());
             }
-            c.depth = depth;
-            c.bucket = bucket;
+            c.handling = handling;
             c.call = call;
             saved
         });
@@ -129,13 +161,12 @@ impl Drop for HandlerScope {
 /// Puts back what a [`HandlerScope`] changed (the owner only on a thread
 /// that is not a worker: a worker's stays its own bus).
 fn restore(c: &mut Context, saved: Saved) {
-    let (handler_bus, owner, depth, bucket, call) = saved;
+    let (handler_bus, owner, handling, call) = saved;
     c.handler_bus = handler_bus;
     if c.bus == 0 {
         c.owner = owner;
     }
-    c.depth = depth;
-    c.bucket = bucket;
+    c.handling = handling;
     c.call = call;
 }
 
@@ -155,7 +186,7 @@ impl CarriedContext {
         CONTEXT.with(|c| {
             let c = c.borrow();
             (c.handler_bus == bus && c.call != 0).then(|| CarriedContext {
-                saved: (c.handler_bus, c.owner.clone(), c.depth, c.bucket, c.call),
+                saved: (c.handler_bus, c.owner.clone(), c.handling, c.call),
             })
         })
     }
@@ -164,7 +195,7 @@ impl CarriedContext {
     pub(crate) fn enter(self) -> HandlerScope {
         let saved = CONTEXT.with(|c| {
             let mut c = c.borrow_mut();
-            let saved = (c.handler_bus, c.owner.clone(), c.depth, c.bucket, c.call);
+            let saved = (c.handler_bus, c.owner.clone(), c.handling, c.call);
             restore(&mut c, self.saved);
             saved
         });
@@ -181,12 +212,17 @@ pub(crate) fn in_handler_of(bus: usize) -> bool {
     })
 }
 
-/// The handler context of this thread for bus `bus`: the depth and flush
-/// bucket of an event published from it.
-pub(crate) fn parent_of(bus: usize) -> Option<(u32, usize)> {
+/// The handler context of this thread for bus `bus`: what an event
+/// published from it on that bus inherits (`None` outside its handlers).
+#[inline]
+pub(crate) fn parent_of(bus: usize) -> Option<Inherited> {
     CONTEXT.with(|c| {
         let c = c.borrow();
-        (c.bus == bus || c.handler_bus == bus).then_some((c.depth + 1, c.bucket))
+        (c.bus == bus || c.handler_bus == bus).then_some(Inherited {
+            depth: c.handling.depth + 1,
+            bucket: c.handling.bucket,
+            parent: c.handling.event,
+        })
     })
 }
 

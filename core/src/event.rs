@@ -78,6 +78,74 @@ impl fmt::Display for EventId {
     }
 }
 
+/// What caused an event: the event that was being handled when it was
+/// published (see [`Event::parent`]).
+///
+/// It names the parent by its [`EventId`] and, when known, by the publish
+/// it came from: the [instance](crate::Bus::instance) of the bus that
+/// numbered it and its [sequence number](Event::sequence) there. The id is
+/// what a cascade walk goes by
+/// ([`HistoryQuery::caused_by`](crate::HistoryQuery::caused_by)); the
+/// publish tells two publishes of one id (a republished clone) apart, and
+/// stays meaningful after the event crossed to another bus.
+///
+/// # Examples
+///
+/// ```
+/// use switchboard::{Cause, Event};
+///
+/// let line = Event::new("chat.line", serde_json::json!("hi"), "gateway");
+/// let cause = Cause::new(line.id()).with_sequence(7, 42);
+/// let reply = Event::new("chat.reply", serde_json::json!("hello"), "bot").with_parent(cause);
+/// assert_eq!(reply.parent().map(Cause::id), Some(line.id()));
+/// assert_eq!(reply.parent().and_then(Cause::sequence), Some(42));
+/// assert_eq!(reply.parent().and_then(Cause::bus), Some(7));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cause {
+    id: EventId,
+    /// The bus instance and the sequence number of the parent's publish.
+    publish: Option<(u64, u64)>,
+}
+
+impl Cause {
+    /// A cause known by its event id only.
+    pub fn new(id: EventId) -> Cause {
+        Cause { id, publish: None }
+    }
+
+    /// The same cause, with the publish it came from: sequence number
+    /// `sequence` on the bus whose [instance](crate::Bus::instance) is
+    /// `bus`.
+    pub fn with_sequence(mut self, bus: u64, sequence: u64) -> Cause {
+        self.publish = Some((bus, sequence));
+        self
+    }
+
+    /// The parent's event id.
+    pub fn id(&self) -> EventId {
+        self.id
+    }
+
+    /// The parent's sequence number on the bus that numbered it (see
+    /// [`bus`](Cause::bus)), if known.
+    pub fn sequence(&self) -> Option<u64> {
+        self.publish.map(|(_, sequence)| sequence)
+    }
+
+    /// The [instance](crate::Bus::instance) of the bus that numbered the
+    /// parent, if known.
+    pub fn bus(&self) -> Option<u64> {
+        self.publish.map(|(bus, _)| bus)
+    }
+}
+
+impl From<EventId> for Cause {
+    fn from(id: EventId) -> Cause {
+        Cause::new(id)
+    }
+}
+
 /// What an event carries: JSON, or a Rust value.
 #[derive(Clone)]
 #[non_exhaustive]
@@ -156,6 +224,21 @@ pub struct Event {
     seq: Sequence,
     /// Where a bridge imported it from; `None` for a local event.
     origin: Option<Arc<str>>,
+    /// Its parent and, with dispatch tracing on, its publisher's span;
+    /// `None` (no allocation) for an event published outside any handler.
+    lineage: Option<Box<Lineage>>,
+}
+
+/// What an event knows of what caused it. Boxed: most events have none,
+/// and a pointer keeps [`Event`] small.
+#[derive(Clone, Debug)]
+struct Lineage {
+    cause: Option<Cause>,
+    /// Given with [`Event::with_parent`]: publishing keeps it.
+    explicit: bool,
+    /// The span current when it was published (dispatch tracing on): the
+    /// parent of its dispatch spans, kept open as long as the event lives.
+    span: Option<tracing::Span>,
 }
 
 impl Event {
@@ -211,6 +294,7 @@ impl Event {
             depth: 0,
             seq: Sequence::default(),
             origin: None,
+            lineage: None,
         }
     }
 
@@ -300,6 +384,78 @@ impl Event {
         *self.seq.0.get_mut() = 0;
     }
 
+    /// The event that caused this one: the event whose handler published
+    /// it, or the one given to [`with_parent`](Event::with_parent). `None`
+    /// for an event published outside any handler (and never given one).
+    ///
+    /// A publish from inside a handler of a bus, on that bus, records the
+    /// event being handled, whatever the handler's kind: inline, ordered,
+    /// blocking, async (across its `.await`s, in the handler's own task),
+    /// and replayed calls; each publish records it afresh, as it does the
+    /// [depth](Event::depth). A parent given with `with_parent` is kept.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{Bus, Event, Handler, HistoryQuery};
+    ///
+    /// let bus = Bus::builder().history_size(10).build()?;
+    /// bus.subscribe("chat.line", Handler::sync(|_line: &Event| {
+    ///     let bus = Bus::current().expect("in a handler");
+    ///     bus.publish(Event::new("trivia.round", serde_json::Value::Null, "trivia"))?;
+    ///     Ok(())
+    /// }), "trivia")?;
+    /// let line = bus.publish(Event::new("chat.line", serde_json::json!("hi"), "gateway"))?;
+    /// bus.flush();
+    /// let round = &bus.history(HistoryQuery::new().matching("trivia.*"))?[0];
+    /// let parent = round.parent().expect("published from a handler");
+    /// assert_eq!(parent.id(), line);
+    /// assert_eq!(parent.sequence(), Some(0)); // the chat line was the bus's first event
+    /// assert_eq!(parent.bus(), Some(bus.instance()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn parent(&self) -> Option<&Cause> {
+        self.lineage.as_ref().and_then(|lineage| lineage.cause.as_ref())
+    }
+
+    /// The same event, caused by `parent` (an [`EventId`] or a [`Cause`]).
+    /// Publishing keeps it, from inside a handler too: for a bridge that
+    /// carries an event's parent from another bus, or a handler that
+    /// publishes on behalf of another event.
+    pub fn with_parent(mut self, parent: impl Into<Cause>) -> Event {
+        let cause = Some(parent.into());
+        match &mut self.lineage {
+            Some(lineage) => {
+                lineage.cause = cause;
+                lineage.explicit = true;
+            }
+            None => self.lineage = Some(Box::new(Lineage { cause, explicit: true, span: None })),
+        }
+        self
+    }
+
+    /// Records what a publish from this thread gives the event: the cause
+    /// (the event being handled, if any; a parent given with
+    /// [`with_parent`](Event::with_parent) is kept instead) and the
+    /// publisher's span (dispatch tracing on). Outside a handler with
+    /// tracing off, on an event that never had a parent, it is one branch.
+    #[inline]
+    pub(crate) fn inherit(&mut self, cause: Option<Cause>, span: Option<tracing::Span>) {
+        match &mut self.lineage {
+            Some(lineage) if lineage.explicit => lineage.span = span,
+            lineage => {
+                *lineage = (cause.is_some() || span.is_some())
+                    .then(|| Box::new(Lineage { cause, explicit: false, span }));
+            }
+        }
+    }
+
+    /// The span that was current when the event was published, with
+    /// dispatch tracing on.
+    pub(crate) fn publisher_span(&self) -> Option<&tracing::Span> {
+        self.lineage.as_ref().and_then(|lineage| lineage.span.as_ref())
+    }
+
     /// The same event from another source.
     pub fn with_source(mut self, source: impl Into<String>) -> Event {
         self.source = source.into().into_boxed_str();
@@ -360,6 +516,41 @@ impl fmt::Debug for Event {
             .field("priority", &self.priority)
             .field("depth", &self.depth)
             .field("origin", &self.origin)
+            .field("parent", &self.parent())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Event>();
+        check::<Cause>();
+    }
+
+    /// The parent costs a pointer, not its size: `Event` was 144 bytes on
+    /// 64-bit targets before it had one.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn the_lineage_keeps_an_event_small() {
+        assert!(std::mem::size_of::<Event>() <= 160, "{}", std::mem::size_of::<Event>());
+    }
+
+    #[test]
+    fn a_given_parent_survives_what_a_publish_inherits_and_an_automatic_one_does_not() {
+        let given = Cause::new(EventId::from_u128(1));
+        let automatic = Cause::new(EventId::from_u128(2)).with_sequence(9, 3);
+        let mut event = Event::new("a", Value::Null, "t").with_parent(given);
+        event.inherit(Some(automatic), None);
+        assert_eq!(event.parent(), Some(&given));
+        let mut event = Event::new("a", Value::Null, "t");
+        event.inherit(Some(automatic), None);
+        assert_eq!(event.parent(), Some(&automatic));
+        event.inherit(None, None);
+        assert_eq!((event.parent(), event.lineage.is_none()), (None, true));
     }
 }

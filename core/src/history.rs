@@ -116,15 +116,16 @@ impl History {
         (out, start)
     }
 
-    /// Up to `limit` events numbered below `end` whose name matches
-    /// `pattern`, most recent first; and whether a newer lap had overwritten
-    /// a slot of the window meanwhile (a flood of a ring's length went by
-    /// while this read: the caller may read again from a newer `end`).
+    /// Up to `limit` events numbered below `end` that `keep` keeps, most
+    /// recent first; and whether a newer lap had overwritten a slot of the
+    /// window meanwhile (a flood of a ring's length went by while this
+    /// read: the caller may read again from a newer `end`). `keep` runs
+    /// outside the slots' locks.
     pub(crate) fn read(
         &self,
         end: u64,
         limit: usize,
-        pattern: Option<&Pattern>,
+        keep: impl Fn(&Event) -> bool,
     ) -> (Vec<Arc<Event>>, bool) {
         let start = end.saturating_sub(self.slots.len() as u64);
         let mut out = Vec::new();
@@ -144,7 +145,7 @@ impl History {
                 slot.event.clone()
             };
             if let Some(event) = event {
-                if pattern.is_none_or(|p| p.is_match(event.name())) {
+                if keep(&event) {
                     out.push(event);
                 }
             }

@@ -53,6 +53,11 @@
 //!   ones included.
 //! * [`Bus::history`] is in publish order, and an event is in it before any
 //!   handler sees it.
+//! * An event published from a handler, of any kind, names the event being
+//!   handled as its [`parent`](Event::parent) (a [`Cause`]);
+//!   [`HistoryQuery::caused_by`] walks the cascade an event started, and
+//!   [`BusBuilder::trace_dispatch`] links each handler call's `tracing`
+//!   span to the span its event was published in.
 //! * Every caller of [`Bus::shutdown`] returns after the drain and the join;
 //!   [`Bus::flush_timeout`], [`Unsubscribed::wait_timeout`] and
 //!   [`Bus::shutdown_timeout`] bound their waits.
@@ -79,7 +84,7 @@ pub use switchboard_matcher as matcher;
 //   shared                 the state a bus's handles and workers share
 //   wait, reclaim, snapshot, subscription, mailbox
 //   config, context, handler, panic, gate, history, flush, queue, barrier,
-//   stats, event, error, loom
+//   stats, observe, trace, event, error, loom
 mod barrier;
 mod builder;
 mod bus;
@@ -94,6 +99,7 @@ mod handler;
 mod history;
 mod loom;
 mod mailbox;
+mod observe;
 mod panic;
 mod queue;
 mod reclaim;
@@ -101,6 +107,7 @@ mod shared;
 mod snapshot;
 mod stats;
 mod subscription;
+mod trace;
 mod wait;
 
 #[cfg(all(test, loom))]
@@ -115,8 +122,9 @@ pub use crate::error::{
     BacklogFull, BuildError, FlushTimeout, HandlerPanic, HandlerTimeout, HistoryError, NameError,
     PayloadError, PublishError, ShutdownTimeout, SubscribeError, WaitTimeout, MAX_NAME_LEN,
 };
-pub use crate::event::{Event, EventId, Payload, Priority, TypedPayload};
+pub use crate::event::{Cause, Event, EventId, Payload, Priority, TypedPayload};
 pub use crate::handler::{Handler, HandlerResult};
+pub use crate::observe::{CallObserver, Observer, Subscribed};
 pub use crate::queue::Overflow;
 pub use crate::stats::{Stats, SubscriptionStats};
 pub use crate::subscription::{SubscribeOptions, SubscriptionId};

@@ -18,12 +18,14 @@ const STRIPES: usize = 16;
 /// `Overflow::Shed` on the bus, a lossy policy on a subscription's backlog,
 /// and a shutdown whose drain timeout passed. Each loss is also logged at
 /// `warn` (rate-limited) through `tracing`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Events accepted by `publish` (each once, however many handlers it
     /// reaches; those later dropped included).
     pub published: u64,
+    /// `published` by priority (`[low, normal, high]`).
+    pub published_by_priority: [u64; 3],
     /// Handler calls that ran (one event reaching three handlers counts
     /// three; a replayed call counts too). A call a plugin's reload
     /// hand-over skipped, because the other instance handles that event,
@@ -63,9 +65,14 @@ pub struct Stats {
 }
 
 /// One subscription's counters; see [`Bus::subscriptions`](crate::Bus::subscriptions).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct SubscriptionStats {
+    /// Its handler's calls that ran, replayed ones included (as
+    /// [`Stats::dispatched`] counts them), on a bus built with an
+    /// [`Observer`](crate::Observer); 0 on others, which do not count calls
+    /// per subscription.
+    pub calls: u64,
     /// Its handler's errors and panics (and async timeouts).
     pub errors: u64,
     /// Events lost for it because its backlog was full under a lossy
@@ -81,7 +88,8 @@ pub struct SubscriptionStats {
 
 #[derive(Debug, Default)]
 struct Stripe {
-    published: AtomicU64,
+    /// By priority.
+    published: [AtomicU64; 3],
     dropped: AtomicU64,
     rejected: AtomicU64,
     depth_refused: AtomicU64,
@@ -120,6 +128,48 @@ pub(crate) struct Counters {
     /// event to the other instance: taken out of `dispatched`. Shared with
     /// the plugin host's handler wrappers, which count them.
     pub(crate) skipped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Display for Stats {
+    /// One line: what was published and dispatched, what failed, what waits
+    /// and what was lost.
+    ///
+    /// ```
+    /// let bus = switchboard::Bus::new()?;
+    /// assert_eq!(
+    ///     bus.stats().to_string(),
+    ///     "published 0 (low 0, normal 0, high 0), 0 events dispatched in 0 handler calls, \
+    ///      0 errors (0 panics), queued 0/0/0 (low/normal/high), 0 subscriptions, \
+    ///      lost 0 (shed 0, backlog 0, drain 0), rejected 0, too deep 0"
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [low, normal, high] = self.published_by_priority;
+        let [ql, qn, qh] = self.queue_depth;
+        write!(
+            f,
+            "published {} (low {low}, normal {normal}, high {high}), {} events dispatched in {} \
+             handler calls, {} errors ({} panics), queued {ql}/{qn}/{qh} (low/normal/high), {} \
+             subscriptions, lost {} (shed {}, backlog {}, drain {}), rejected {}, too deep {}",
+            self.published,
+            self.events_dispatched,
+            self.dispatched,
+            self.handler_errors,
+            self.handler_panics,
+            self.subscriptions,
+            self.dropped + self.backlog_dropped + self.drain_dropped,
+            self.dropped,
+            self.backlog_dropped,
+            self.drain_dropped,
+            self.rejected,
+            self.depth_refused,
+        )?;
+        if self.stray_panics > 0 {
+            write!(f, ", {} stray panics", self.stray_panics)?;
+        }
+        Ok(())
+    }
 }
 
 /// Rate-limits the `warn` lines that report losses: at most one a second
@@ -161,7 +211,8 @@ impl LossLog {
 /// Which publisher-side counter to bump.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Count {
-    Published,
+    /// At this priority (its index).
+    Published(usize),
     Dropped,
     Rejected,
     DepthRefused,
@@ -204,7 +255,7 @@ impl Counters {
     pub(crate) fn bump(&self, which: Count) {
         let s = &self.stripes[stripe_index()];
         let c = match which {
-            Count::Published => &s.published,
+            Count::Published(priority) => &s.published[priority],
             Count::Dropped => &s.dropped,
             Count::Rejected => &s.rejected,
             Count::DepthRefused => &s.depth_refused,
@@ -224,8 +275,12 @@ impl Counters {
                 .map(|w| f(w).load(Ordering::Relaxed))
                 .sum()
         };
+        let by_priority = [0, 1, 2].map(|p| {
+            self.stripes.iter().map(|s| s.published[p].load(Ordering::Relaxed)).sum::<u64>()
+        });
         Stats {
-            published: sum(|s| &s.published),
+            published: by_priority.iter().sum(),
+            published_by_priority: by_priority,
             dropped: sum(|s| &s.dropped),
             rejected: sum(|s| &s.rejected),
             depth_refused: sum(|s| &s.depth_refused),

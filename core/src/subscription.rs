@@ -297,6 +297,8 @@ pub(crate) struct Subscription {
     /// For ordered, blocking and async subscriptions, which do not run
     /// inline (their handler lives there, not in `handler`).
     pub(crate) mailbox: Option<crate::mailbox::Mailbox>,
+    /// Its call counts and sampled timings, on an observed bus.
+    pub(crate) observed: Option<crate::observe::Observed>,
 }
 
 // SAFETY: the handler is `Send + Sync`; the cell is read concurrently by
@@ -327,7 +329,14 @@ impl Subscription {
             errors: AtomicU64::new(0),
             replaying: crate::loom::AtomicUsize::new(0),
             mailbox,
+            observed: None,
         }
+    }
+
+    /// The same, observed.
+    pub(crate) fn with_observed(mut self, observed: Option<crate::observe::Observed>) -> Self {
+        self.observed = observed;
+        self
     }
 
     /// Whether the subscription may still be called. Relaxed: the ordering

@@ -51,6 +51,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -270,6 +272,48 @@ impl From<PublishError> for PluginError {
 struct Handover {
     active: std::sync::atomic::AtomicBool,
     claims: Mutex<HashSet<(u64, Arc<str>)>>,
+    counters: Arc<HostCounters>,
+}
+
+/// What the manager counts; see [`HostStats`].
+#[derive(Debug, Default)]
+struct HostCounters {
+    loads: AtomicU64,
+    unloads: AtomicU64,
+    reloads: AtomicU64,
+    failed_reloads: AtomicU64,
+    reload_nanos: AtomicU64,
+    last_reload_nanos: AtomicU64,
+    claims_won: AtomicU64,
+    claims_refused: AtomicU64,
+}
+
+/// A plugin manager's counters: see [`PluginManager::stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct HostStats {
+    /// Plugins loaded now.
+    pub loaded: u64,
+    /// Loads that succeeded (a reload's new instance is not counted here).
+    pub loads: u64,
+    /// Unloads (a teardown that failed still unloads, and counts).
+    pub unloads: u64,
+    /// Reloads that swapped in a new instance.
+    pub reloads: u64,
+    /// Reloads that kept the old instance: the factory failed or panicked,
+    /// or the new instance's `setup` did.
+    pub failed_reloads: u64,
+    /// Time spent in the reloads that succeeded, from the start to the end
+    /// of the hand-over.
+    pub reload_time: std::time::Duration,
+    /// The last successful reload's time.
+    pub last_reload_time: std::time::Duration,
+    /// Calls run during a reload's hand-over because they claimed their
+    /// event first (the old and the new instance claim; one of them runs).
+    pub handover_claims: u64,
+    /// Calls skipped during a hand-over: the other instance had claimed the
+    /// event (the bus counts them out of `Stats::dispatched`).
+    pub handover_skips: u64,
 }
 
 impl Handover {
@@ -287,7 +331,10 @@ impl Handover {
         // Every event a handler is called with was accepted, so it has a
         // sequence number.
         let key = event.sequence().unwrap_or(u64::MAX);
-        self.claims.lock().insert((key, role.clone()))
+        let won = self.claims.lock().insert((key, role.clone()));
+        let counter = if won { &self.counters.claims_won } else { &self.counters.claims_refused };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        won
     }
 }
 
@@ -430,7 +477,10 @@ impl PluginContext {
         Ok(replay)
     }
 
-    /// Publishes `name` with JSON `data`, from this plugin.
+    /// Publishes `name` with JSON `data`, from this plugin. From one of
+    /// the plugin's handlers (of any kind), the event's
+    /// [parent](Event::parent) is the event being handled, as for any
+    /// publish from a handler.
     ///
     /// # Errors
     ///
@@ -694,6 +744,7 @@ enum Slot {
 struct Host {
     bus: Bus,
     plugins: Mutex<BTreeMap<String, Slot>>,
+    counters: Arc<HostCounters>,
 }
 
 /// Owns the [`Bus`] and the plugins: loads, unloads and reloads them.
@@ -749,6 +800,7 @@ fn guarded(f: impl FnOnce() -> Result<(), PluginError>) -> Result<(), String> {
 struct Reloading {
     factory: Factory,
     handover: Arc<Handover>,
+    started: std::time::Instant,
 }
 
 // The steps of load, unload and reload, shared by the blocking and the
@@ -760,11 +812,15 @@ impl PluginManager {
             return Err(PluginError::AlreadyLoaded { name: name.to_owned() });
         }
         plugins.insert(name.to_owned(), Slot::Loading);
-        let handover = Arc::new(Handover::default());
+        let handover =
+            Arc::new(Handover { counters: self.host.counters.clone(), ..Default::default() });
         Ok(PluginContext::new(&self.host.bus, Arc::from(name), handover))
     }
 
     fn settle_load(&self, name: &str, loaded: Option<Loaded>) {
+        if loaded.is_some() {
+            self.host.counters.loads.fetch_add(1, Relaxed);
+        }
         let mut plugins = self.host.plugins.lock();
         match loaded {
             Some(loaded) => plugins.insert(name.to_owned(), Slot::Loaded(Box::new(loaded))),
@@ -813,7 +869,7 @@ impl PluginManager {
         // From here the old instance's calls claim, so that whatever the new
         // one is called for as well runs once.
         handover.active.store(true, std::sync::atomic::Ordering::SeqCst);
-        Ok(Reloading { factory, handover })
+        Ok(Reloading { factory, handover, started: std::time::Instant::now() })
     }
 
     /// Puts the set-up fresh instance in the slot; returns the old one.
@@ -840,7 +896,16 @@ impl PluginManager {
         old
     }
 
-    fn end_reload(&self, name: &str, r: &Reloading) {
+    fn end_reload(&self, name: &str, r: &Reloading, succeeded: bool) {
+        let counters = &self.host.counters;
+        if succeeded {
+            counters.reloads.fetch_add(1, Relaxed);
+            let nanos = u64::try_from(r.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            counters.reload_nanos.fetch_add(nanos, Relaxed);
+            counters.last_reload_nanos.store(nanos, Relaxed);
+        } else {
+            counters.failed_reloads.fetch_add(1, Relaxed);
+        }
         r.handover.active.store(false, std::sync::atomic::Ordering::SeqCst);
         r.handover.claims.lock().clear();
         if let Some(Slot::Loaded(l)) = self.host.plugins.lock().get_mut(name) {
@@ -858,7 +923,7 @@ impl PluginManager {
     fn build_fresh(&self, name: &str, r: &Reloading) -> Result<Instance, PluginError> {
         let built = build(Some(name), &*r.factory);
         if built.is_err() {
-            self.end_reload(name, r);
+            self.end_reload(name, r, false);
         }
         built
     }
@@ -872,7 +937,8 @@ impl PluginManager {
 impl PluginManager {
     /// A manager owning `bus`.
     pub fn new(bus: Bus) -> PluginManager {
-        PluginManager { host: Arc::new(Host { bus, plugins: Mutex::new(BTreeMap::new()) }) }
+        let host = Host { bus, plugins: Mutex::new(BTreeMap::new()), counters: Arc::default() };
+        PluginManager { host: Arc::new(host) }
     }
 
     /// A manager owning a bus built by `builder`.
@@ -970,6 +1036,7 @@ impl PluginManager {
         // What teardown subscribed would outlive the plugin.
         loaded.ctx.unsubscribe_all(&self.host.bus);
         self.host.plugins.lock().remove(name);
+        self.host.counters.unloads.fetch_add(1, Relaxed);
         drop(loaded);
         torn.map_err(|reason| PluginManager::teardown_failed(name, reason))
     }
@@ -1004,7 +1071,7 @@ impl PluginManager {
             // Calls of the new instance that ran have claimed; the old
             // instance skipped those events, which were handled once.
             self.host.bus.flush();
-            self.end_reload(name, &r);
+            self.end_reload(name, &r, false);
             return Err(PluginError::Setup { name: name.to_owned(), reason });
         }
         let version = fresh.version_guarded();
@@ -1021,8 +1088,27 @@ impl PluginManager {
         // Calls the new instance was dispatched while the old one was still
         // subscribed may still need the claims: let them end first.
         self.host.bus.flush();
-        self.end_reload(name, &r);
+        self.end_reload(name, &r, true);
         Ok(())
+    }
+
+    /// The counters: loads, unloads, reloads and their time, hand-over
+    /// claims.
+    pub fn stats(&self) -> HostStats {
+        let c = &self.host.counters;
+        let loaded =
+            self.host.plugins.lock().values().filter(|s| matches!(s, Slot::Loaded(_))).count();
+        HostStats {
+            loaded: loaded as u64,
+            loads: c.loads.load(Relaxed),
+            unloads: c.unloads.load(Relaxed),
+            reloads: c.reloads.load(Relaxed),
+            failed_reloads: c.failed_reloads.load(Relaxed),
+            reload_time: std::time::Duration::from_nanos(c.reload_nanos.load(Relaxed)),
+            last_reload_time: std::time::Duration::from_nanos(c.last_reload_nanos.load(Relaxed)),
+            handover_claims: c.claims_won.load(Relaxed),
+            handover_skips: c.claims_refused.load(Relaxed),
+        }
     }
 
     /// The loaded plugins, by name.
@@ -1187,6 +1273,7 @@ impl PluginManager {
         // What teardown subscribed would outlive the plugin.
         let ctx = self.unsubscribe_all_async(ctx).await;
         self.host.plugins.lock().remove(name);
+        self.host.counters.unloads.fetch_add(1, Relaxed);
         drop((plugin, ctx));
         torn.map_err(|reason| PluginManager::teardown_failed(name, reason))
     }
@@ -1205,7 +1292,7 @@ impl PluginManager {
         if let Err(reason) = fresh.run(&ctx, true).await {
             self.unsubscribe_all_async(ctx).await;
             self.host.bus.flush_async().await;
-            self.end_reload(name, &r);
+            self.end_reload(name, &r, false);
             return Err(PluginError::Setup { name: name.to_owned(), reason });
         }
         let version = fresh.version_guarded();
@@ -1219,7 +1306,7 @@ impl PluginManager {
         let old_ctx = self.unsubscribe_all_async(old_ctx).await;
         drop((old, old_ctx));
         self.host.bus.flush_async().await;
-        self.end_reload(name, &r);
+        self.end_reload(name, &r, true);
         Ok(())
     }
 

@@ -33,6 +33,7 @@ use clap::Parser;
 use serde_json::json;
 use switchboard::{Bus, Event, Handler};
 use switchboard_host::{Plugin, PluginContext, PluginError, PluginManager};
+use switchboard_metrics::Metrics;
 use switchboard_nats::{Bridge, BridgeConfig, BridgeStats};
 use switchboard_plugins::{
     payload, ChatMessage, StatsPlugin, StatsStore, TriviaEnded, TriviaPlugin,
@@ -52,6 +53,40 @@ struct Args {
     /// The subject prefix the shards share (default: fresh per run).
     #[arg(long)]
     prefix: Option<String>,
+    /// Serve each shard's Prometheus metrics: the trivia shard at this
+    /// address, the stats shard at the next port (e.g. 127.0.0.1:9187 and
+    /// 127.0.0.1:9188).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
+}
+
+/// A shard's bus, observed and served on `--metrics` when asked (the stats
+/// shard on the next port).
+fn shard_bus(args: &Args, shard: &str) -> Result<(Bus, Option<Metrics>), String> {
+    let Some(mut addr) = args.metrics else {
+        return Ok((Bus::builder().name(shard).build().map_err(|e| e.to_string())?, None));
+    };
+    if shard == "stats" {
+        addr.set_port(addr.port().wrapping_add(1));
+    }
+    switchboard_metrics::install_prometheus(addr).map_err(|e| e.to_string())?;
+    println!("{shard} shard metrics at http://{addr}/metrics");
+    let metrics = Metrics::new();
+    let bus = Bus::builder()
+        .name(shard)
+        .observer(metrics.observer())
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok((bus, Some(metrics)))
+}
+
+/// Watches a shard's bus, plugins and bridge, when it serves metrics.
+fn watch(metrics: &Option<Metrics>, bus: &Bus, plugins: &PluginManager, bridge: &Arc<Bridge>) {
+    if let Some(m) = metrics {
+        m.watch(bus);
+        m.watch_host(plugins);
+        m.watch_bridge(bridge);
+    }
 }
 
 /// Guesses players shout until one is right (the trivia plugin's answers
@@ -101,9 +136,14 @@ async fn parent(args: &Args) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     println!("two shards over NATS at {} under `{prefix}.>`, {} rounds", args.server, args.rounds);
     let spawn = |shard: &str| {
-        Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .args(["--shard", shard, "--server", &args.server, "--prefix", &prefix])
-            .args(["--rounds", &args.rounds.to_string()])
+            .args(["--rounds", &args.rounds.to_string()]);
+        if let Some(addr) = args.metrics {
+            command.args(["--metrics", &addr.to_string()]);
+        }
+        command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -168,6 +208,16 @@ async fn parent(args: &Args) -> Result<(), String> {
                 get(to, "hellos_imported")?,
             )
         );
+    }
+    for shard in ["trivia", "stats"] {
+        let healthy = results
+            .get(shard)
+            .cloned()
+            .flatten()
+            .and_then(|v| v.pointer("/bridge/healthy").and_then(serde_json::Value::as_bool));
+        if healthy != Some(true) {
+            return Err(format!("the {shard} shard's bridge had a task stopped or restarted"));
+        }
     }
     if sent != received || boards_sent != boards_received || boards_sent != args.rounds {
         return Err("an event was lost or doubled between the shards".into());
@@ -319,10 +369,22 @@ fn bridge_summary(stats: &BridgeStats, sent: &[(u64, &str)], received: &[(u64, &
         (stats.invalid, "invalid messages skipped"),
         (stats.refused, "imports the local bus refused (lost in core mode)"),
         (stats.slow_consumer, "slow-consumer reports (NATS dropped imports: the bus fell behind)"),
+        (stats.unknown_version, "messages of an unknown wire format version"),
+        (stats.client_side_reconnects, "reconnects after input the client could not parse"),
+        (stats.undeliverable, "messages JetStream gave up on at the delivery limit"),
     ] {
         if n > 0 {
             line.push_str(&format!("; {n} {what}"));
         }
+    }
+    for task in stats.tasks.iter().filter(|t| t.restarts > 0 || !t.alive) {
+        line.push_str(&format!(
+            "; task {:?} {} after {} restarts ({})",
+            task.name,
+            if task.alive { "running" } else { "STOPPED" },
+            task.restarts,
+            task.last_failure.as_deref().unwrap_or("no failure")
+        ));
     }
     line
 }
@@ -334,11 +396,12 @@ fn stats_json(stats: &BridgeStats) -> serde_json::Value {
         "imported": stats.imported,
         "dropped": stats.dropped,
         "echoes_skipped": stats.echoes_skipped,
+        "healthy": stats.healthy() && stats.tasks.iter().all(|t| t.restarts == 0),
     })
 }
 
 async fn trivia_shard(args: &Args) -> Result<(), String> {
-    let bus = Bus::new().map_err(|e| e.to_string())?;
+    let (bus, metrics) = shard_bus(args, "trivia")?;
     let plugins = PluginManager::new(bus.clone());
     plugins.load(TriviaPlugin::new()).map_err(|e| e.to_string())?;
     let hellos_imported = count_imported_hellos(&bus)?;
@@ -346,6 +409,8 @@ async fn trivia_shard(args: &Args) -> Result<(), String> {
         Bridge::start(&bus, bridge_config(args, "trivia").export("trivia.*").import("stats.*"))
             .await
             .map_err(|e| e.to_string())?;
+    let bridge = Arc::new(bridge);
+    watch(&metrics, &bus, &plugins, &bridge);
     let sent = Arc::new(AtomicU64::new(0));
     let ended = Arc::new(AtomicU64::new(0));
     let (s, e) = (sent.clone(), ended.clone());
@@ -485,7 +550,7 @@ impl Plugin for Leaderboard {
 }
 
 async fn stats_shard(args: &Args) -> Result<(), String> {
-    let bus = Bus::new().map_err(|e| e.to_string())?;
+    let (bus, metrics) = shard_bus(args, "stats")?;
     let store = StatsStore::new();
     let plugins = PluginManager::new(bus.clone());
     plugins.load(StatsPlugin::new(store.clone())).map_err(|e| e.to_string())?;
@@ -494,6 +559,8 @@ async fn stats_shard(args: &Args) -> Result<(), String> {
         Bridge::start(&bus, bridge_config(args, "stats").import("trivia.*").export("stats.*"))
             .await
             .map_err(|e| e.to_string())?;
+    let bridge = Arc::new(bridge);
+    watch(&metrics, &bus, &plugins, &bridge);
     let received = Arc::new(AtomicU64::new(0));
     let boards = Arc::new(AtomicU64::new(0));
     let leaderboard =

@@ -1,6 +1,7 @@
 //! The bridge against a real NATS server: exactly-once exchange, overlapping
 //! imports, awkward names, metadata, typed payloads, duplicates, republished
-//! clones, refused imports, invalid messages and invalid configuration.
+//! clones, refused imports, invalid messages and invalid configuration,
+//! parents.
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use common::{eventually, shared_server, unique_prefix};
 use futures::TryStreamExt;
 use serde_json::json;
-use switchboard::{Bus, Event, Handler, Overflow, Priority, PublishError};
+use switchboard::{Bus, Cause, Event, Handler, HistoryQuery, Overflow, Priority, PublishError};
 use switchboard_nats::{Bridge, BridgeConfig, BridgeError, JetStreamConfig, Mode};
 
 /// Every event a bus's handlers saw, by id.
@@ -233,6 +234,49 @@ async fn typed_payloads_travel_through_serde() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_parent_crosses_in_its_header_and_the_cascade_goes_on_on_the_other_side() {
+    let Some(url) = shared_server() else { return };
+    let prefix = unique_prefix("parent");
+    let (a, b) = (Bus::new().unwrap(), Bus::new().unwrap());
+    let _ea = Bridge::start(&a, BridgeConfig::new(&url).prefix(&prefix).export("trivia.*"))
+        .await
+        .unwrap();
+    let ib = Bridge::start(&b, BridgeConfig::new(&url).prefix(&prefix).import("trivia.*"))
+        .await
+        .unwrap();
+    let seen = Seen::on(&b, "trivia.*");
+    // On a, a chat line's handler starts a round; on b, the imported
+    // round's handler updates a score.
+    let next = |name: &'static str| {
+        Handler::sync(move |_| {
+            Bus::current().unwrap().publish(Event::new(name, json!(1), "t"))?;
+            Ok(())
+        })
+    };
+    a.subscribe("chat.line", next("trivia.round"), "trivia").unwrap();
+    b.subscribe("trivia.round", next("score.changed"), "scores").unwrap();
+    let line = a.publish(Event::new("chat.line", json!("2+2?"), "gateway")).unwrap();
+    a.publish(Event::new("trivia.plain", json!(2), "trivia")).unwrap();
+    assert!(eventually(WAIT, || seen.len() == 2).await, "{:?}", ib.stats());
+    b.flush_async().await;
+    let line_seq =
+        a.history(HistoryQuery::new().matching("chat.line")).unwrap()[0].sequence().unwrap();
+    let events = seen.events();
+    let round = events.iter().find(|e| e.name() == "trivia.round").unwrap();
+    // The parent as a's handler recorded it: id, sequence and bus are a's.
+    assert_eq!(round.parent(), Some(&Cause::new(line).with_sequence(a.instance(), line_seq)));
+    let plain = events.iter().find(|e| e.name() == "trivia.plain").unwrap();
+    assert_eq!(plain.parent(), None);
+    // b's history walks the cascade from a's chat line, which b never had.
+    let cascade = b.history(HistoryQuery::new().caused_by(line)).unwrap();
+    let names: Vec<&str> = cascade.iter().map(|e| e.name()).collect();
+    assert_eq!(names, ["score.changed", "trivia.round"]);
+    let score = &cascade[0];
+    assert_eq!(score.parent().and_then(Cause::bus), Some(b.instance()));
+    assert_eq!(ib.stats().invalid, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_of_one_publish_and_foreign_messages_are_dropped_and_counted() {
     let Some(url) = shared_server() else { return };
     let prefix = unique_prefix("dups");
@@ -259,7 +303,7 @@ async fn duplicates_of_one_publish_and_foreign_messages_are_dropped_and_counted(
     let again = keyed("00000000000000070000000000000002");
     raw.publish_with_headers(subject.clone(), again, "1".into()).await.unwrap();
     // Then messages that are not bridged events: no headers, no publish
-    // key, bad JSON, a subject escaping cannot make.
+    // key, bad JSON, a subject escaping cannot make, a malformed parent.
     raw.publish(subject.clone(), "2".into()).await.unwrap();
     raw.publish_with_headers(subject.clone(), keyless.clone(), "1".into()).await.unwrap();
     let bad_json = keyed("00000000000000070000000000000003");
@@ -267,9 +311,13 @@ async fn duplicates_of_one_publish_and_foreign_messages_are_dropped_and_counted(
         .await
         .unwrap();
     raw.publish_with_headers(format!("{prefix}.a%zz"), headers.clone(), "1".into()).await.unwrap();
+    // A parent header that is not 32 hex digits.
+    let mut bad_parent = keyed("00000000000000070000000000000004");
+    bad_parent.insert("Switchboard-Parent", "00ab");
+    raw.publish_with_headers(subject.clone(), bad_parent, "1".into()).await.unwrap();
     raw.flush().await.unwrap();
     assert!(
-        eventually(WAIT, || ib.stats().invalid == 4 && ib.stats().duplicates_dropped == 1).await,
+        eventually(WAIT, || ib.stats().invalid == 5 && ib.stats().duplicates_dropped == 1).await,
         "{:?}",
         ib.stats()
     );
@@ -291,9 +339,7 @@ fn jetstream(prefix: &str, durable: &str) -> (String, Mode) {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
         .collect();
-    let mut config = JetStreamConfig::new(durable);
-    config.stream = Some(stream.clone());
-    (stream, Mode::JetStream(config))
+    (stream.clone(), Mode::JetStream(JetStreamConfig::new(durable).stream(stream)))
 }
 
 /// Runs `test`, then deletes the JetStream stream it made on the shared
@@ -571,4 +617,76 @@ async fn bad_configuration_gets_a_typed_error() {
     }
     // A refused start leaves no subscription behind.
     assert_eq!(bus.stats().subscriptions, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_tells_a_publish_the_stream_already_held_from_a_new_one() {
+    let Some(url) = shared_server() else { return };
+    let prefix = unique_prefix("dedup");
+    let (stream, mode) = jetstream(&prefix, "dedup_a");
+    let (server, p) = (url.clone(), prefix.clone());
+    let test = async move {
+        let a = Bus::new().unwrap();
+        let config = BridgeConfig::new(&server).prefix(&p).export("*").mode(mode);
+        let ea = Bridge::start(&a, config).await.expect("bridge a");
+        let seen = Seen::on(&a, "*");
+        a.publish(Event::new("x.first", json!(1), "test")).unwrap();
+        assert!(ea.flush(WAIT).await);
+        let first = seen.events()[0].sequence().expect("numbered");
+        // What a lost acknowledgement leaves behind: the stream holds the
+        // next publish already, under its key (the bus's instance, then its
+        // sequence number), as if an earlier send had reached it.
+        let key = u128::from(a.instance()) << 64 | u128::from(first + 1);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(switchboard_nats::wire::MSG_ID, switchboard_nats::wire::hex_token(key));
+        let js = async_nats::jetstream::new(async_nats::connect(server.as_str()).await.unwrap());
+        let ack = js
+            .publish_with_headers(format!("{p}.x.second"), headers, "2".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(!ack.duplicate);
+        a.publish(Event::new("x.second", json!(2), "test")).unwrap();
+        a.publish(Event::new("x.third", json!(3), "test")).unwrap();
+        assert!(ea.flush(WAIT).await);
+        let stats = ea.stats();
+        assert_eq!((stats.exported, stats.deduplicated, stats.dropped), (2, 1, 0), "{stats:?}");
+    };
+    removing_stream(&url, &stream, test).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_shared_with_a_monitor_shuts_down_through_a_reference_once() {
+    let Some(url) = shared_server() else { return };
+    let prefix = unique_prefix("monitor");
+    let (a, b) = (Bus::new().unwrap(), Bus::new().unwrap());
+    let ea = Arc::new(
+        Bridge::start(&a, BridgeConfig::new(&url).prefix(&prefix).export("*")).await.unwrap(),
+    );
+    let ib = Bridge::start(&b, BridgeConfig::new(&url).prefix(&prefix).import("*")).await.unwrap();
+    let seen = Seen::on(&b, "*");
+    for n in 0..100 {
+        a.publish(Event::new("x.tick", json!(n), "test")).unwrap();
+    }
+    // A monitor task holds the bridge too, and is the one to stop it.
+    let monitor = {
+        let ea = ea.clone();
+        tokio::spawn(async move {
+            assert!(ea.stats().healthy());
+            ea.shutdown(Duration::from_secs(5)).await
+        })
+    };
+    assert_eq!(monitor.await.unwrap(), 0, "everything queued was sent");
+    assert!(eventually(WAIT, || seen.len() == 100).await, "{:?}", ib.stats());
+    let stats = ea.stats();
+    assert_eq!((stats.exported, stats.dropped), (100, 0), "{stats:?}");
+    assert!(stats.tasks.iter().all(|t| !t.alive), "stopped: {stats:?}");
+    // Stopped once: a second call has nothing to do, and exports stopped.
+    assert_eq!(ea.shutdown(Duration::from_secs(1)).await, 0);
+    a.publish(Event::new("x.after", json!(0), "test")).unwrap();
+    a.flush();
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(seen.len(), 100);
+    assert_eq!(ea.stats().exported, 100);
 }

@@ -11,6 +11,13 @@
 //! check fails.
 //!
 //! `cargo run --release -p switchboard-plugins --example bot_demo -- --help`
+//!
+//! With `--metrics 127.0.0.1:9187` it serves Prometheus metrics while it
+//! runs (`switchboard-metrics`); with `--plot FILE.svg` too, it scrapes its
+//! own endpoint over HTTP as it runs and draws what an operator would see.
+
+#[path = "support/operator.rs"]
+mod operator;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -58,9 +65,18 @@ struct Args {
     /// Synthetic events published per chat line.
     #[arg(long, default_value_t = 4)]
     fanout: u64,
-    /// Also write the summary as JSON to this file.
+    /// Also write the summary as JSON to this file (with the bus's and the
+    /// plugin host's own counters, as `Stats` and `HostStats` serialise).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Serve Prometheus metrics at this address while running (loopback,
+    /// e.g. 127.0.0.1:9187).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
+    /// With --metrics: scrape the endpoint over HTTP as the demo runs and
+    /// draw the series in this SVG file.
+    #[arg(long, requires = "metrics")]
+    plot: Option<PathBuf>,
 }
 
 /// Deliveries to the synthetic plugins, by kind of subscription.
@@ -292,13 +308,30 @@ fn main() {
         }
     };
 
-    let manager = PluginManager::from_builder(
-        Bus::builder().workers(args.workers).history_size(1_000).name("bot"),
-    )
-    .unwrap_or_else(|e| {
+    let metrics = args.metrics.map(|addr| {
+        switchboard_metrics::install_prometheus(addr).unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        });
+        println!("metrics at http://{addr}/metrics");
+        switchboard_metrics::Metrics::builder().interval(Duration::from_millis(200)).build()
+    });
+    let mut builder = Bus::builder().workers(args.workers).history_size(1_000).name("bot");
+    if let Some(metrics) = &metrics {
+        builder = builder.observer(metrics.observer());
+    }
+    let manager = PluginManager::from_builder(builder).unwrap_or_else(|e| {
         eprintln!("error: cannot start the bus: {e}");
         std::process::exit(2)
     });
+    if let Some(metrics) = &metrics {
+        metrics.watch(manager.bus());
+        metrics.watch_host(&manager);
+    }
+    let scraper = match (args.metrics, &args.plot) {
+        (Some(addr), Some(_)) => Some(operator::Scraper::start(addr, Duration::from_millis(250))),
+        _ => None,
+    };
     let (store, index) = (StatsStore::new(), SearchIndex::new());
     manager.register(TriviaPlugin::new).expect("load trivia");
     let s = store.clone();
@@ -532,7 +565,19 @@ fn main() {
         sample.first().map(|q| &q.text)
     );
 
+    println!("  bus                       {stats}");
+    if let (Some(scraper), Some(addr), Some(path)) = (scraper, args.metrics, &args.plot) {
+        if let Some(metrics) = &metrics {
+            metrics.collect();
+        }
+        match scraper.finish(addr, path) {
+            Ok(n) => println!("  metrics plot              {} ({n} scrapes)", path.display()),
+            Err(e) => failures.push(format!("cannot draw the metrics plot: {e}")),
+        }
+    }
     let summary = json!({
+        "bus": stats,
+        "host": manager.stats(),
         "plugins": plugins.len(), "synthetic_plugins": args.plugins, "subscriptions": subscriptions,
         "workers": args.workers, "publishers": args.publishers,
         "events": events, "chat_lines": total.chat, "synthetic_events": total.synthetic,

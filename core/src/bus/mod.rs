@@ -168,6 +168,11 @@ impl Bus {
         self.shared().instance
     }
 
+    /// Its name, as [`BusBuilder::name`](crate::BusBuilder::name) gave it.
+    pub fn name(&self) -> &str {
+        &self.shared().config.name
+    }
+
     /// Whether this thread is running a handler of this bus (as one of its
     /// workers, in a blocking or async subscription's call, or in a
     /// replayed call): code that may run in a handler or outside one (a

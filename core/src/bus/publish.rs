@@ -10,7 +10,7 @@ use super::Bus;
 use crate::context::parent_of;
 use crate::dispatch;
 use crate::error::{NameError, PublishError};
-use crate::event::{Event, EventId, Priority};
+use crate::event::{Cause, Event, EventId, Priority};
 use crate::loom::Ordering;
 use crate::mailbox::Room;
 use crate::queue::{Offer, Overflow};
@@ -52,7 +52,8 @@ impl Bus {
     /// there).
     ///
     /// From inside a handler the event is one level deeper than the event
-    /// being handled, and it is queued like any other (handlers never run
+    /// being handled, has it as its [parent](Event::parent), and it is
+    /// queued like any other (handlers never run
     /// nested). A handler never waits for room (it would wait on its own
     /// worker, or on itself): under `Block` its event may go past the
     /// capacity of the queues, or of an ordered subscription's backlog, by
@@ -131,7 +132,7 @@ impl Bus {
         // From a handler: one level deeper, and in the flush bucket of the
         // event being handled, so a flush also waits for the cascade.
         let parent = parent_of(shared.id);
-        let depth = parent.map_or(0, |(depth, _)| depth);
+        let depth = parent.map_or(0, |parent| parent.depth);
         if depth > shared.config.max_depth {
             shared.counters.bump(Count::DepthRefused);
             return Attempt::Done(Err(PublishError::DepthExceeded {
@@ -156,7 +157,7 @@ impl Bus {
         // for this publish, so whichever subscriptions the snapshot holds
         // are still live when it pushes (a retired one skips the push).
         let bucket = match parent {
-            Some((_, bucket)) => shared.epochs.begin_in(bucket),
+            Some(parent) => shared.epochs.begin_in(parent.bucket),
             None => shared.epochs.begin(),
         };
         // Ordered subscriptions get the event from this thread, in its
@@ -191,6 +192,14 @@ impl Bus {
         }
         event.set_depth(depth);
         event.clear_sequence();
+        // Its parent: the event being handled, numbered on this bus. With
+        // dispatch tracing on, the publisher's span goes with it, the parent
+        // of its dispatch spans (see `trace.rs`).
+        let cause = parent
+            .and_then(|parent| parent.parent)
+            .map(|(id, seq)| Cause::new(id).with_sequence(shared.instance, seq));
+        let span = if shared.config.trace_dispatch { crate::trace::publisher() } else { None };
+        event.inherit(cause, span);
         let id = event.id();
         let priority = event.priority();
         let event = Arc::new(event);
@@ -237,7 +246,7 @@ impl Bus {
                     // The victim was counted as published when it was accepted.
                     shared.drop_caught(victim);
                 }
-                shared.counters.bump(Count::Published);
+                shared.counters.bump(Count::Published(priority as usize));
                 return Attempt::Done(Ok(id));
             }
             Offer::Shed(event) => {
@@ -245,7 +254,7 @@ impl Bus {
                 // counted as dropped.
                 record(&event);
                 shared.epochs.end(bucket, 1);
-                shared.counters.bump(Count::Published);
+                shared.counters.bump(Count::Published(priority as usize));
                 shared.counters.bump(Count::Dropped);
                 shared.log_shed(&event);
                 shared.drop_caught(event);

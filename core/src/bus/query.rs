@@ -3,18 +3,22 @@
 
 use std::sync::Arc;
 
+use rustc_hash::FxHashSet;
 use switchboard_matcher::Pattern;
 
 use super::{Bus, Target};
 use crate::error::{HistoryError, NameError};
-use crate::event::Event;
+use crate::event::{Event, EventId};
+use crate::history::History;
 use crate::loom::Ordering;
 use crate::stats::SubscriptionStats;
 use crate::subscription::{Subscription, SubscriptionId};
 
 /// What [`Bus::history`] returns: the latest events, newest first, at most
 /// [`last`](HistoryQuery::last) of them, only those
-/// [`matching`](HistoryQuery::matching) a pattern when one is given.
+/// [`matching`](HistoryQuery::matching) a pattern when one is given, and
+/// only those [`caused_by`](HistoryQuery::caused_by) an event when one is
+/// given.
 ///
 /// # Examples
 ///
@@ -29,6 +33,7 @@ use crate::subscription::{Subscription, SubscriptionId};
 pub struct HistoryQuery {
     last: Option<usize>,
     pattern: Option<String>,
+    cause: Option<EventId>,
 }
 
 impl HistoryQuery {
@@ -48,6 +53,50 @@ impl HistoryQuery {
     /// name.
     pub fn matching<'p>(mut self, pattern: impl Into<Option<&'p str>>) -> HistoryQuery {
         self.pattern = pattern.into().map(str::to_owned);
+        self
+    }
+
+    /// Only the events of the cascade the event `id` started: those whose
+    /// [parent](Event::parent) is `id`, and those whose parent is one of
+    /// those, and so on, through every link history still holds; `None`:
+    /// no such condition. The event `id` itself is not one (it need not
+    /// still be in history). [`matching`](HistoryQuery::matching) and
+    /// [`last`](HistoryQuery::last) then pick among the cascade: a link
+    /// whose name does not match is walked through, not returned.
+    ///
+    /// Links go by [`EventId`]: a republished clone keeps its id, so the
+    /// cascades of all its publishes are one. The walk is in publish order,
+    /// so a parent given by hand ([`Event::with_parent`]) to an event
+    /// published *before* its parent does not link it. It reads the whole
+    /// history window.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{Bus, Event, Handler, HistoryQuery};
+    ///
+    /// let bus = Bus::builder().history_size(100).build()?;
+    /// // chat.line → trivia.round → score.changed
+    /// for (on, next) in [("chat.line", "trivia.round"), ("trivia.round", "score.changed")] {
+    ///     let publish = Handler::sync(move |_event: &Event| {
+    ///         Bus::current().expect("in a handler")
+    ///             .publish(Event::new(next, serde_json::Value::Null, "bot"))?;
+    ///         Ok(())
+    ///     });
+    ///     bus.subscribe(on, publish, "bot")?;
+    /// }
+    /// let line = bus.publish(Event::new("chat.line", serde_json::json!("hi"), "gateway"))?;
+    /// bus.publish(Event::new("chat.line", serde_json::json!("hi again"), "gateway"))?;
+    /// bus.flush();
+    /// let cascade = bus.history(HistoryQuery::new().caused_by(line))?;
+    /// let names: Vec<&str> = cascade.iter().map(|e| e.name()).collect();
+    /// assert_eq!(names, ["score.changed", "trivia.round"]); // newest first
+    /// let scores = bus.history(HistoryQuery::new().caused_by(line).matching("score.*"))?;
+    /// assert_eq!(scores.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn caused_by(mut self, id: impl Into<Option<EventId>>) -> HistoryQuery {
+        self.cause = id.into();
         self
     }
 }
@@ -100,7 +149,7 @@ impl Bus {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn history(&self, query: HistoryQuery) -> Result<Vec<Arc<Event>>, HistoryError> {
-        let limit = query.last;
+        let (limit, cause) = (query.last, query.cause);
         let pattern = match query.pattern.as_deref() {
             None => None,
             Some(p) => {
@@ -116,13 +165,16 @@ impl Bus {
         };
         let Some(history) = &self.shared().history else { return Ok(Vec::new()) };
         let limit = limit.unwrap_or(usize::MAX);
+        let matches = |event: &Event| pattern.as_ref().is_none_or(|p| p.is_match(event.name()));
+        if let Some(root) = cause {
+            return Ok(cascade(history, self.shared().sequence_end(), root, limit, matches));
+        }
         // A reader held up while a flood of a ring's length went by finds
         // the window it set out to read overwritten by newer events: it
         // reads again, from the newer end, a few times at most.
         let mut tries = 0;
         loop {
-            let (events, lapped) =
-                history.read(self.shared().sequence_end(), limit, pattern.as_ref());
+            let (events, lapped) = history.read(self.shared().sequence_end(), limit, matches);
             tries += 1;
             if !lapped || events.len() >= limit || tries == 4 {
                 return Ok(events);
@@ -177,6 +229,7 @@ impl Bus {
                 // Relaxed: statistics.
                 let mut stats = SubscriptionStats {
                     errors: sub.errors.load(Ordering::Relaxed),
+                    calls: sub.observed.as_ref().map_or(0, |o| o.calls()),
                     ..Default::default()
                 };
                 if let Some(mailbox) = &sub.mailbox {
@@ -193,4 +246,32 @@ impl Bus {
             })
             .collect()
     }
+}
+
+/// The events below `end` in the cascade of `root` that `matches` keeps,
+/// at most `limit` of them, newest first. Walked oldest first: an event's
+/// parent was numbered before it (a handler runs after its event is in
+/// history), so one pass finds every link. Only events with a parent can
+/// be links, so only they are read.
+fn cascade(
+    history: &History,
+    end: u64,
+    root: EventId,
+    limit: usize,
+    matches: impl Fn(&Event) -> bool,
+) -> Vec<Arc<Event>> {
+    let (linked, _lapped) = history.read(end, usize::MAX, |event| event.parent().is_some());
+    let mut in_cascade = FxHashSet::from_iter([root]);
+    let mut out = Vec::new();
+    for event in linked.into_iter().rev() {
+        if event.parent().is_some_and(|cause| in_cascade.contains(&cause.id())) {
+            in_cascade.insert(event.id());
+            if matches(&event) {
+                out.push(event);
+            }
+        }
+    }
+    out.reverse();
+    out.truncate(limit);
+    out
 }

@@ -15,6 +15,7 @@ use crate::event::Event;
 use crate::handler::{Handler, HandlerResult, Kind};
 use crate::loom::Ordering;
 use crate::mailbox::{Mailbox, Runner, Work};
+use crate::observe::Observed;
 use crate::shared::Shared;
 use crate::subscription::{SubscribeOptions, Subscription, SubscriptionId};
 
@@ -245,7 +246,7 @@ impl Bus {
                 if let Some(buffer) = &mut replay.buffer {
                     // Called in a handler scope, which is in the event's
                     // bucket.
-                    let bucket = parent_of(sh.id).map_or(0, |(_, bucket)| bucket);
+                    let bucket = parent_of(sh.id).map_or(0, |parent| parent.bucket);
                     sh.epochs.begin_in(bucket);
                     buffer.push((event.clone(), bucket));
                     // The replay counts the real call.
@@ -290,16 +291,27 @@ impl Bus {
             None => (Vec::new(), seam),
         };
         replayed.reverse();
+        let trace = shared.config.trace_dispatch;
         let call = |event: &Event, bucket: usize| {
             let outcome = {
                 let _scope = HandlerScope::enter(
                     shared.id,
                     || shared.clone() as Owner,
                     crate::reclaim::key(&sub),
-                    event.depth(),
+                    event,
                     bucket,
                 );
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(event)))
+                let call = || {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        crate::trace::call(trace, event, &sub.plugin, sub.pattern.as_str(), || {
+                            handler(event)
+                        })
+                    }))
+                };
+                match &sub.observed {
+                    None => call(),
+                    Some(o) => o.call(event.timestamp(), call),
+                }
             };
             dispatch::report(shared, &sub, event, outcome);
         };
@@ -432,6 +444,15 @@ impl Bus {
             reason: NameError::TooLong { len: pattern.len(), max: crate::MAX_NAME_LEN },
         })?;
         let shared = self.shared();
+        // Before the lock: the observer is user code, and may call the bus.
+        let observed = shared.config.observer.0.as_ref().map(|observer| {
+            let sink = observer.subscribed(&crate::observe::Subscribed {
+                pattern,
+                plugin,
+                bus: &shared.config.name,
+            });
+            Observed::new(shared.config.workers, sink, observer.sample_every())
+        });
         let mut reg = shared.registry.lock();
         if shared.is_shut() {
             return Err(SubscribeError::Closed);
@@ -442,14 +463,17 @@ impl Bus {
             Some((name, _)) => name.clone(),
             None => Arc::from(plugin),
         };
-        let sub = Arc::new(Subscription::new(
-            id,
-            compiled,
-            plugin_name.clone(),
-            options.priority,
-            handler,
-            mailbox,
-        ));
+        let sub = Arc::new(
+            Subscription::new(
+                id,
+                compiled,
+                plugin_name.clone(),
+                options.priority,
+                handler,
+                mailbox,
+            )
+            .with_observed(observed),
+        );
         reg.plugins.entry(plugin_name.clone()).or_default().push(sub.clone());
         reg.by_id.insert(id, plugin_name);
         reg.live += 1;

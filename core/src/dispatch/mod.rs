@@ -37,6 +37,7 @@ use crate::event::Event;
 use crate::handler::HandlerResult;
 use crate::loom::{idle_turn, Ordering};
 use crate::mailbox::{Entry, Mailbox, SyncFn, Wake};
+use crate::observe::Sampler;
 use crate::panic::discard_panic;
 use crate::queue::{Overflow, Queued};
 use crate::shared::Shared;
@@ -75,6 +76,8 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
     let mut fairness = Fairness::default();
     let mut batch: Vec<Queued<Arc<Event>>> = Vec::with_capacity(shared.config.batch_size);
     let mut scratch = Scratch::default();
+    // When this worker times its next inline call (on an observed bus).
+    let mut sampler = Sampler::new();
     let mut idle = 0u32;
     loop {
         // Ordered subscriptions' mailboxes first: their events were
@@ -97,7 +100,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
             for queued in batch.drain(..) {
                 let epoch = queued.epoch;
                 let handled = catch_unwind(AssertUnwindSafe(|| {
-                    dispatch(&shared, &snapshot, queued, index, &mut scratch)
+                    dispatch(&shared, &snapshot, queued, index, &mut scratch, &mut sampler)
                 }));
                 if let Err(panic) = handled {
                     // A payload's `Drop`, or a panic while reporting one.
@@ -143,6 +146,7 @@ fn dispatch(
     queued: Queued<Arc<Event>>,
     worker: usize,
     scratch: &mut Scratch,
+    sampler: &mut Sampler,
 ) {
     let counters = &shared.counters.workers[worker];
     let event = &queued.item;
@@ -151,7 +155,7 @@ fn dispatch(
     if scratch.matched.is_empty() {
         return;
     }
-    context::set_event(event.depth(), queued.epoch);
+    context::set_event(event, queued.epoch);
     let mut calls = 0;
     for &at in &scratch.matched {
         let sub = snapshot.get(at);
@@ -164,9 +168,27 @@ fn dispatch(
         if !shared.calls.enter(worker, sub) {
             continue;
         }
-        // SAFETY: the call is announced and the subscription was seen
-        // active after it (`reclaim.rs`).
-        let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { sub.call(event) }));
+        let (trace, pattern) = (shared.config.trace_dispatch, sub.pattern.as_str());
+        let call = || {
+            catch_unwind(AssertUnwindSafe(|| {
+                // SAFETY: the call is announced and the subscription was seen
+                // active after it (`reclaim.rs`).
+                crate::trace::call(trace, event, &sub.plugin, pattern, || unsafe {
+                    sub.call(event)
+                })
+            }))
+        };
+        let outcome = match &sub.observed {
+            None => call(),
+            Some(observed) => {
+                observed.count(worker);
+                if sampler.due() {
+                    observed.timed(event.timestamp(), sampler, call)
+                } else {
+                    call()
+                }
+            }
+        };
         shared.calls.exit(worker);
         calls += 1;
         if !matches!(outcome, Ok(Ok(()))) {
@@ -263,7 +285,7 @@ pub(crate) fn scope(shared: &Arc<Shared>, sub: &Subscription, entry: &Entry) -> 
         shared.id,
         || shared.clone() as Owner,
         crate::reclaim::key(sub),
-        entry.event.depth(),
+        &entry.event,
         entry.bucket,
     )
 }
@@ -273,7 +295,17 @@ pub(crate) fn scope(shared: &Arc<Shared>, sub: &Subscription, entry: &Entry) -> 
 pub(crate) fn call_sync(shared: &Arc<Shared>, sub: &Arc<Subscription>, entry: &Entry, f: &SyncFn) {
     let outcome = {
         let _scope = scope(shared, sub, entry);
-        catch_unwind(AssertUnwindSafe(|| f(&entry.event)))
+        let (trace, event, pattern) =
+            (shared.config.trace_dispatch, &entry.event, sub.pattern.as_str());
+        let call = || {
+            catch_unwind(AssertUnwindSafe(|| {
+                crate::trace::call(trace, event, &sub.plugin, pattern, || f(event))
+            }))
+        };
+        match &sub.observed {
+            None => call(),
+            Some(observed) => observed.call(entry.event.timestamp(), call),
+        }
     };
     report(shared, sub, &entry.event, outcome);
 }

@@ -148,13 +148,21 @@ async fn call(
     f: &Arc<AsyncFn>,
     timeout: Option<Duration>,
 ) {
+    let timing = sub
+        .observed
+        .as_ref()
+        .map(|_| (crate::observe::since(entry.event.timestamp()), std::time::Instant::now()));
     let started = {
         let _scope = super::scope(shared, sub, entry);
-        catch_unwind(AssertUnwindSafe(|| f(entry.event.clone())))
+        let (trace, event, pattern) =
+            (shared.config.trace_dispatch, &entry.event, sub.pattern.as_str());
+        catch_unwind(AssertUnwindSafe(|| {
+            crate::trace::start(trace, event, &sub.plugin, pattern, || f(event.clone()))
+        }))
     };
     let outcome = match started {
         Err(panic) => Err(panic),
-        Ok(future) => {
+        Ok((future, span)) => {
             let scoped =
                 Scoped { future: Some(future), shared: shared.clone(), sub: sub.clone(), entry };
             let limited: Pin<Box<dyn Future<Output = HandlerResult> + Send + '_>> = match timeout {
@@ -166,9 +174,12 @@ async fn call(
                     }
                 }),
             };
-            CatchUnwind(limited).await
+            CatchUnwind(crate::trace::instrument(limited, span)).await
         }
     };
+    if let (Some(observed), Some((waited, at))) = (&sub.observed, timing) {
+        observed.finished(waited, at);
+    }
     super::report(shared, sub, &entry.event, outcome);
 }
 

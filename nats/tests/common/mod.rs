@@ -68,10 +68,21 @@ pub struct PrivateServer {
     pub port: u16,
     store: tempfile::TempDir,
     bin: PathBuf,
+    config: Option<PathBuf>,
 }
 
 impl PrivateServer {
     pub fn start() -> Option<PrivateServer> {
+        PrivateServer::start_with(None)
+    }
+
+    /// A private server reading `config` (nats-server's configuration
+    /// format) besides the usual flags: authorisation, permissions.
+    pub fn with_config(config: &str) -> Option<PrivateServer> {
+        PrivateServer::start_with(Some(config))
+    }
+
+    fn start_with(config: Option<&str>) -> Option<PrivateServer> {
         let bin = PathBuf::from(
             std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into()),
         );
@@ -82,8 +93,13 @@ impl PrivateServer {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             l.local_addr().expect("port").port()
         };
-        let mut server =
-            PrivateServer { child: None, port, store: tempfile::tempdir().expect("temp dir"), bin };
+        let store = tempfile::tempdir().expect("temp dir");
+        let config = config.map(|text| {
+            let path = store.path().join("server.conf");
+            std::fs::write(&path, text).expect("config written");
+            path
+        });
+        let mut server = PrivateServer { child: None, port, store, bin, config };
         server.restart();
         Some(server)
     }
@@ -95,9 +111,13 @@ impl PrivateServer {
     /// Starts the server (again), and waits until it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.store.path())
+            .arg(self.store.path().join("js"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -135,4 +155,59 @@ pub async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     done()
+}
+
+/// Publishes one message through a bare protocol connection, with
+/// `header_block` sent as it is (which a client library would refuse to
+/// build), then waits for the server's PONG: once it came back, the server
+/// has routed the message. `user` logs in when given.
+pub fn raw_publish(
+    port: u16,
+    user: Option<(&str, &str)>,
+    subject: &str,
+    header_block: &[u8],
+    payload: &[u8],
+) -> std::io::Result<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?; // INFO
+    let auth = user.map(|(u, p)| format!(r#","user":"{u}","pass":"{p}""#)).unwrap_or_default();
+    let mut out = stream;
+    // Log in first, and hear what the server says to that: a refused login
+    // ends here, with the server's error.
+    write!(
+        out,
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1{auth}}}\r\nPING\r\n"
+    )?;
+    out.flush()?;
+    let said = until_pong(&mut reader)?;
+    if !said.is_empty() {
+        return Ok(said);
+    }
+    let total = header_block.len() + payload.len();
+    write!(out, "HPUB {subject} {} {total}\r\n", header_block.len())?;
+    out.write_all(header_block)?;
+    out.write_all(payload)?;
+    out.write_all(b"\r\nPING\r\n")?;
+    out.flush()?;
+    until_pong(&mut reader)
+}
+
+/// Reads the server's lines up to its PONG (or the end of the connection),
+/// and returns what it said besides PINGs and OKs.
+fn until_pong(reader: &mut impl std::io::BufRead) -> std::io::Result<String> {
+    let mut said = String::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line.starts_with("PONG") {
+            return Ok(said);
+        }
+        if !line.starts_with("PING") && !line.starts_with("+OK") {
+            said.push_str(&line);
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! The integration tests in one test binary: linking a dozen binaries
 //! against the whole workspace cost more than compiling the tests did.
-//! `alloc.rs` (a counting global allocator) and `logging.rs` (a process-wide
-//! `tracing` subscriber) stay binaries of their own.
+//! `alloc.rs` (a counting global allocator), `logging.rs` and
+//! `dispatch_spans.rs` (process-wide `tracing` subscribers) stay binaries of
+//! their own.
 //!
 //! Each file is a module named after it, so `cargo test --test integration
 //! edges::` runs what `--test edges` ran. Each is loaded by `#[path]`, so its
@@ -16,12 +17,16 @@ mod async_lossless;
 mod asynchronous;
 #[path = "bus.rs"]
 mod bus;
+#[path = "causality.rs"]
+mod causality;
 #[path = "edges.rs"]
 mod edges;
 #[path = "lifecycle.rs"]
 mod lifecycle;
 #[path = "lossless.rs"]
 mod lossless;
+#[path = "observe.rs"]
+mod observe;
 #[path = "ordered.rs"]
 mod ordered;
 #[path = "plugin_edges.rs"]
