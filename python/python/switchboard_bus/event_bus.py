@@ -1,0 +1,808 @@
+"""The seed's ``EventBus``, on the switchboard engine.
+
+Everything the seed's bus does, with the same signatures, log lines and
+statistics, plus:
+
+* ``publish_nowait(event)`` and ``await flush()``: the event goes through the
+  engine's queue and worker thread, which matches it (without the GIL) and
+  hands its calls to the event loop in batches, one wake-up per batch;
+* ``subscribe(..., replay=n)``: a late joiner first gets the last ``n``
+  matching events from history, with no gap and no duplicate at the seam;
+* a bound on what waits for a loop, with the engine's overflow policies
+  (``Overflow.BLOCK``, ``ERROR``, ``SHED``) and every drop counted;
+* ``engine_stats()``, ``close()`` and ``aclose()``.
+
+>>> import asyncio
+>>> from switchboard_bus import Event, EventBus
+>>> async def main() -> list[str]:
+...     bus = EventBus()
+...     seen: list[str] = []
+...     async def on_trivia(event: Event) -> None:
+...         seen.append(event.name)
+...     bus.subscribe('trivia.*', on_trivia, 'stats')
+...     await bus.publish(Event('trivia.started', {'question': '2+2?'}, 'trivia'))
+...     bus.close()
+...     return seen
+>>> asyncio.run(main())
+['trivia.started']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextvars
+import enum
+import inspect
+import logging
+import threading
+import weakref
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from . import _native
+from .event import Event, EventPriority
+
+__all__ = ["EventBus", "Handler", "Overflow", "QueueFull", "Subscription"]
+
+#: A handler: a coroutine function of the event, or a plain callable of it
+#: (whatever awaitable a plain callable returns is awaited too).
+Handler = Callable[[Event], Union[Awaitable[Any], Any]]
+
+# A sequence number no event reaches: "no cut".
+_NEVER = 1 << 62
+
+# Set in the context the dispatcher of a loop runs handlers in (and so in
+# every task those handlers start): a flush from there returns at once, as
+# it would wait for the very call that waits.
+_IN_DISPATCH: contextvars.ContextVar[Optional["_Dispatcher"]] = contextvars.ContextVar(
+    "switchboard_bus_in_dispatch", default=None
+)
+
+_live_buses: "weakref.WeakSet[EventBus]" = weakref.WeakSet()
+
+
+class Overflow(str, enum.Enum):
+    """What ``publish_nowait`` does when the events waiting for a loop reach
+    the bus's ``capacity`` (the engine's policies, by the same names)."""
+
+    #: The publisher waits for room (other threads; without the GIL, and
+    #: Ctrl-C interrupts it). The loop's own thread never waits for itself: it
+    #: may go past the bound by as much again, then gets ``QueueFull``.
+    BLOCK = "block"
+    #: ``publish_nowait`` raises ``QueueFull``; nothing is accepted.
+    ERROR = "error"
+    #: The new event is dropped (as the engine's ``Shed`` does when nothing of
+    #: lower priority waits): it is numbered and in history, but no handler
+    #: sees it; counted in ``engine_stats()['dropped']``.
+    SHED = "shed"
+
+
+class QueueFull(Exception):
+    """``publish_nowait`` refused the event: the loop's backlog is full."""
+
+
+class Subscription:
+    """One subscription, as ``EventBus.subscribe`` returns it.
+
+    ``pattern``, ``handler`` and ``plugin_name`` are as subscribed;
+    ``replayed`` says how many events history replayed to it; ``seam`` is
+    the sequence number of the first event it gets live.
+    """
+
+    __slots__ = (
+        "pattern",
+        "handler",
+        "plugin_name",
+        "seam",
+        "replayed",
+        "cut",
+        "windows",
+        "live",
+        "buffer",
+        "_bus",
+        "__weakref__",
+    )
+
+    def __init__(self, bus: "EventBus", pattern: str, handler: Handler, plugin_name: str) -> None:
+        self.pattern = pattern
+        self.handler = handler
+        self.plugin_name = plugin_name
+        self.seam = 0
+        self.replayed = 0
+        # Windows of sequence numbers that are not for this subscription: all
+        # of them once unsubscribed, those a successor took over in a reload.
+        # ``cut`` is where the first one starts (the one comparison a call
+        # makes when there is none).
+        self.windows: List[Tuple[int, int]] = []
+        self.cut = _NEVER
+        self.live = True
+        # Live events that came during an async replay, run after it.
+        self.buffer: Optional[List[Tuple[Event, int]]] = None
+        self._bus = bus
+
+    @property
+    def active(self) -> bool:
+        """Whether the subscription is still subscribed."""
+        return self.live
+
+    def skips(self, seq: int) -> bool:
+        """Whether the event numbered ``seq`` is not for this subscription."""
+        for start, end in self.windows:
+            if start <= seq < end:
+                return True
+        return False
+
+    def skip_from(self, start: int, end: int = _NEVER) -> None:
+        """Events numbered in ``[start, end)`` are not for this subscription."""
+        self.windows.append((start, end))
+        self.cut = min(self.cut, start)
+
+    def end_skip(self, start: int, end: int) -> None:
+        """The open window from ``start`` now ends at ``end``."""
+        self.windows = [(s, end if s == start and e == _NEVER else e) for s, e in self.windows]
+
+    def unsubscribe(self) -> bool:
+        """Removes this subscription alone; once this returns its handler is
+        never called again. ``False`` if it was already removed."""
+        return self._bus._remove(self, 0)
+
+    def __repr__(self) -> str:
+        return f"Subscription({self.pattern!r}, plugin={self.plugin_name!r}, active={self.active})"
+
+
+def _check_str(what: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}: {value!r}")
+    return value
+
+
+def _check_count(what: str, value: object, allow_none: bool) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int{' or None' if allow_none else ''}, not {type(value).__name__}: {value!r}")
+    if value < 0:
+        raise ValueError(f"{what} must not be negative, got {value}")
+    return value
+
+
+def _check_event(event: object) -> Event:
+    if not isinstance(event, Event):
+        raise TypeError(f"expected an Event, not {type(event).__name__}: {event!r}")
+    if not isinstance(event.name, str):
+        raise TypeError(f"Event.name must be a str, not {type(event.name).__name__}: {event.name!r}")
+    return event
+
+
+_log = logging.getLogger("switchboard_bus")
+
+# The running loop or None (asyncio's own, without the exception).
+_get_running_loop: Callable[[], Any] = asyncio.events._get_running_loop
+
+
+def _retrieve(task: "asyncio.Task[None]") -> None:
+    # A BaseException that ended the dispatcher already reached the loop's
+    # caller; anything else is a bug of this package, and said so.
+    if not task.cancelled():
+        exc = task.exception()
+        if isinstance(exc, Exception):
+            _log.error("the event loop's dispatcher failed", exc_info=exc)
+
+
+class _Dispatcher:
+    """One loop's side of the bus: watches its inbox's pipe and runs the
+    calls the engine's worker matched, a batch at a time, in one task."""
+
+    def __init__(self, bus: "EventBus", loop: asyncio.AbstractEventLoop, ident: int) -> None:
+        self.bus = bus
+        self.loop = loop
+        self.inbox = bus._core.inbox(ident)
+        self.task: Optional["asyncio.Task[None]"] = None
+        self.leftover: List[Tuple[Event, int, Sequence[Subscription], int]] = []
+        # Flushes waiting, each for its generation.
+        self.waiters: List[Tuple[int, "asyncio.Future[None]"]] = []
+        # The flush generation of the event whose handlers run now: what they
+        # publish belongs to it (a flush waits for cascades).
+        self.current_gen: Optional[int] = None
+        self.closed = False
+        self.stopped = False
+        self.context = contextvars.copy_context()
+        self.context.run(_IN_DISPATCH.set, self)
+
+    def start(self) -> None:
+        """Registers the pipe with the loop (on the loop's thread)."""
+        if not self.closed and not self.loop.is_closed():
+            self.loop.add_reader(self.inbox.fileno(), self.on_wake)
+
+    def on_wake(self) -> None:
+        self.inbox.clear_wake()
+        if self.task is None and not self.closed:
+            self.task = self.context.run(self.loop.create_task, self.drain())
+            # A BaseException that ended it already reached the loop's caller.
+            self.task.add_done_callback(_retrieve)
+
+    async def drain(self) -> None:
+        bus = self.bus
+        stats = bus._stats
+        inbox = self.inbox
+        try:
+            while True:
+                if self.leftover:
+                    batch, self.leftover = self.leftover, []
+                else:
+                    batch = inbox.take(512)
+                    if not batch:
+                        break
+                for k, (event, seq, subs, gen) in enumerate(batch):
+                    self.current_gen = gen
+                    for m, sub in enumerate(subs):
+                        if seq >= sub.cut and sub.skips(seq):
+                            continue
+                        if sub.buffer is not None:
+                            sub.buffer.append((event, seq))
+                            continue
+                        try:
+                            stats["events_dispatched"] += 1
+                            result = sub.handler(event)
+                            if result is not None and inspect.isawaitable(result):
+                                await result
+                        except Exception as e:
+                            stats["handler_errors"] += 1
+                            bus.logger.error(f"Error in {sub.plugin_name} handling {event.name}: {e}")
+                        except asyncio.CancelledError:
+                            # The dispatcher was cancelled (its loop is being
+                            # shut down, most likely): what is left of the batch
+                            # is kept for the next wake-up, or counted as lost
+                            # when the loop closes first.
+                            self.stopped = True
+                            self.leftover = [(event, seq, subs[m + 1 :], gen)] + batch[k + 1 :]
+                            inbox.done(k)
+                            raise
+                        except BaseException:
+                            # Counted; what is left of the batch is kept and
+                            # runs when the loop runs the dispatcher again.
+                            bus._base_exceptions += 1
+                            self.leftover = [(event, seq, subs[m + 1 :], gen)] + batch[k + 1 :]
+                            inbox.done(k)
+                            raise
+                inbox.done(len(batch))
+                self.settle()
+                # Let the loop's other work in between batches.
+                await asyncio.sleep(0)
+        finally:
+            self.task = None
+            self.current_gen = None
+            if self.leftover and not self.stopped and not self.closed and not self.loop.is_closed():
+                self.loop.call_soon(self.on_wake)
+            self.stopped = False
+        self.settle()
+
+    def flushed(self, gen: int) -> bool:
+        return not self.leftover and self.inbox.flushed(gen)
+
+    def settle(self) -> None:
+        if not self.waiters:
+            return
+        still = []
+        for gen, waiter in self.waiters:
+            if self.flushed(gen):
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((gen, waiter))
+        self.waiters = still
+        if not still:
+            self.inbox.set_flush_waiting(False)
+
+    def close(self) -> Tuple[int, int]:
+        """Stops watching the loop; returns how many accepted events were
+        dropped (counted as lost): from the inbox, and left over."""
+        if self.closed:
+            return 0, 0
+        self.closed = True
+        from_inbox = self.inbox.close()
+        # An entry whose remaining calls are none was handled.
+        left = sum(1 for _, _, subs, _ in self.leftover if subs)
+        if self.leftover:
+            self.inbox.done(len(self.leftover))
+            self.leftover = []
+        if not self.loop.is_closed():
+            try:
+                self.loop.remove_reader(self.inbox.fileno())
+            except Exception:  # a loop being torn down on another thread
+                pass
+        for _, waiter in self.waiters:
+            if not waiter.done() and not self.loop.is_closed():
+                waiter.set_result(None)
+        self.waiters = []
+        return from_inbox, left
+
+
+class EventBus:
+    """Pub/sub event bus for plugins: the seed's API, on the switchboard engine.
+
+    Args:
+        history_size: Number of events to keep in history (default: 100)
+        logger: Optional logger instance (handler errors are logged to it)
+        capacity: How many events published with ``publish_nowait`` may wait
+            for one event loop (default: 65,536)
+        overflow: What ``publish_nowait`` does past ``capacity`` (default
+            ``Overflow.BLOCK``: wait, losing nothing)
+        workers: Engine threads matching ``publish_nowait`` events (default 1,
+            which keeps each publisher's events in order)
+
+    Handlers are coroutine functions or plain callables of the event. They
+    run on the event loop of the code that publishes: ``await publish`` runs
+    them before it returns, in subscription order; ``publish_nowait`` hands
+    the event to the engine, and its handlers run on the loop soon after, in
+    publish order (``await flush()`` waits for them).
+    """
+
+    def __init__(
+        self,
+        history_size: int = 100,
+        logger: Optional[logging.Logger] = None,
+        *,
+        capacity: int = 65536,
+        overflow: Union[Overflow, str] = Overflow.BLOCK,
+        workers: int = 1,
+    ) -> None:
+        _check_count("history_size", history_size, False)
+        _check_count("capacity", capacity, False)
+        _check_count("workers", workers, False)
+        if logger is not None and not isinstance(logger, logging.Logger):
+            raise TypeError(f"logger must be a logging.Logger or None, not {type(logger).__name__}: {logger!r}")
+        try:
+            policy = Overflow(overflow)
+        except ValueError:
+            raise ValueError(f"overflow must be one of 'block', 'error', 'shed', got {overflow!r}") from None
+        self.logger = logger or logging.getLogger("plugin.event_bus")
+        self._core = _native.Core(history_size, capacity, policy.value, workers)
+        self._capacity = capacity
+        self._stats: Dict[str, int] = {"events_dispatched": 0, "handler_errors": 0}
+        self._base_exceptions = 0
+        self._lost_loop_closed = 0
+        self._lost_at_close = 0
+        self._lost_by_inbox_close = 0
+        self._retired: List[Tuple[int, int, int, int, int]] = []
+        self._dispatchers: Dict[asyncio.AbstractEventLoop, _Dispatcher] = {}
+        self._home: Optional[_Dispatcher] = None
+        self._replays: "set[asyncio.Task[None]]" = set()
+        _live_buses.add(self)
+
+    # -- subscriptions ------------------------------------------------------
+
+    def subscribe(self, event_pattern: str, handler: Handler, plugin_name: str, *, replay: int = 0) -> Subscription:
+        """Subscribe to events matching ``event_pattern``.
+
+        Args:
+            event_pattern: Event name or fnmatch pattern (``*`` matches any
+                run of characters, dots included; ``?``, ``[seq]``, ``[!seq]``)
+            handler: Coroutine function or plain callable of the event
+            plugin_name: Name of the subscribing plugin
+            replay: First call the handler with up to this many of the latest
+                matching events in history, oldest first; live events that
+                come meanwhile wait for the replay, then follow it, with no
+                gap and no duplicate
+
+        Returns:
+            The ``Subscription`` (``unsubscribe()`` removes it alone).
+
+        Raises:
+            TypeError: a pattern or plugin name that is not a ``str``, a
+                handler that is not callable
+            ValueError: an empty pattern, one with a NUL character or longer
+                than 4096 bytes; a negative ``replay``
+
+        Examples:
+            bus.subscribe('trivia.started', handler, 'stats')
+            bus.subscribe('trivia.*', handler, 'logger')  # All trivia events
+            bus.subscribe('*', handler, 'monitor')  # All events
+        """
+        return self._subscribe(event_pattern, handler, plugin_name, replay)
+
+    def _subscribe(
+        self, event_pattern: str, handler: Handler, plugin_name: str, replay: int, replay_below: int = _NEVER
+    ) -> Subscription:
+        _check_str("event_pattern", event_pattern)
+        if not callable(handler):
+            raise TypeError(
+                f"handler must be callable (a coroutine function or a plain callable), "
+                f"not {type(handler).__name__}: {handler!r}"
+            )
+        _check_str("plugin_name", plugin_name)
+        replay = _check_count("replay", replay, False) or 0
+        sub = Subscription(self, event_pattern, handler, plugin_name)
+        seam, replayed = self._core.subscribe(event_pattern, sub, replay)
+        sub.seam = seam
+        self.logger.debug(f"{plugin_name} subscribed to {event_pattern}")
+        replayed = [(e, s) for e, s in replayed if s < replay_below]
+        if replayed:
+            self._replay(sub, replayed)
+        return sub
+
+    def _replay(self, sub: Subscription, replayed: List[Tuple[Event, int]]) -> None:
+        sub.buffer = []
+        for i, (event, seq) in enumerate(replayed):
+            result = self._call(sub, event)
+            sub.replayed += 1
+            if result is not None:
+                # A coroutine handler: the rest runs as a task on this loop,
+                # the live events meanwhile wait in the buffer.
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    sub.buffer = None
+                    if inspect.iscoroutine(result):
+                        result.close()
+                    raise RuntimeError(
+                        "subscribe(..., replay=n) with a coroutine handler needs a running event loop"
+                    ) from None
+                task = loop.create_task(self._replay_rest(sub, event, result, replayed[i + 1 :]))
+                self._replays.add(task)
+                task.add_done_callback(self._replays.discard)
+                return
+        self._end_replay(sub)
+
+    def _call(self, sub: Subscription, event: Event) -> Optional[Awaitable[Any]]:
+        """Calls a plain handler (errors isolated); returns what must be
+        awaited, if anything."""
+        try:
+            self._stats["events_dispatched"] += 1
+            result = sub.handler(event)
+            if result is not None and inspect.isawaitable(result):
+                return result
+        except Exception as e:
+            self._handler_error(sub, event, e)
+        return None
+
+    async def _await_call(self, sub: Subscription, event: Event, pending: Optional[Awaitable[Any]]) -> None:
+        try:
+            if pending is None:
+                pending = self._call(sub, event)
+            if pending is not None:
+                await pending
+        except Exception as e:
+            self._handler_error(sub, event, e)
+
+    async def _replay_rest(
+        self, sub: Subscription, first_event: Event, first: Awaitable[Any], rest: List[Tuple[Event, int]]
+    ) -> None:
+        try:
+            await first
+        except Exception as e:
+            self._handler_error(sub, first_event, e)
+        try:
+            for event, _seq in rest:
+                if not sub.active:
+                    break
+                sub.replayed += 1
+                await self._await_call(sub, event, None)
+            while sub.buffer:
+                batch, sub.buffer = sub.buffer, []
+                # Both paths fill it, each in its own order: publish order is
+                # the sequence.
+                batch.sort(key=lambda item: item[1])
+                for event, seq in batch:
+                    if seq >= sub.cut and sub.skips(seq):
+                        continue
+                    await self._await_call(sub, event, None)
+        finally:
+            sub.buffer = None
+
+    def _end_replay(self, sub: Subscription) -> None:
+        # A synchronous replay never yields, so nothing live was buffered.
+        sub.buffer = None
+
+    def _handler_error(self, sub: Subscription, event: Event, e: BaseException) -> None:
+        self._stats["handler_errors"] += 1
+        self.logger.error(f"Error in {sub.plugin_name} handling {event.name}: {e}")
+
+    def _remove(self, sub: Subscription, cut: int) -> bool:
+        if self._core.remove(sub.pattern, sub):
+            sub.live = False
+            sub.skip_from(cut)
+            return True
+        return False
+
+    def unsubscribe(self, event_pattern: str, plugin_name: str) -> None:
+        """Unsubscribe plugin from event pattern.
+
+        Args:
+            event_pattern: Event pattern to unsubscribe from
+            plugin_name: Name of plugin
+        """
+        _check_str("event_pattern", event_pattern)
+        _check_str("plugin_name", plugin_name)
+        for pattern, subs in self._core.subscriptions():
+            if pattern == event_pattern:
+                for sub in subs:
+                    if sub.plugin_name == plugin_name:
+                        self._remove(sub, 0)
+
+    def unsubscribe_all(self, plugin_name: str) -> None:
+        """Unsubscribe plugin from all events.
+
+        Args:
+            plugin_name: Name of plugin
+        """
+        _check_str("plugin_name", plugin_name)
+        for _pattern, subs in self._core.subscriptions():
+            for sub in subs:
+                if sub.plugin_name == plugin_name:
+                    self._remove(sub, 0)
+
+    def get_subscriptions(self, plugin_name: Optional[str] = None) -> Dict[str, List[str]]:
+        """Get current subscriptions.
+
+        Args:
+            plugin_name: Filter by plugin name (None = all)
+
+        Returns:
+            Dict mapping event patterns to plugin names
+        """
+        if plugin_name is not None:
+            _check_str("plugin_name", plugin_name)
+        result: Dict[str, List[str]] = {}
+        for pattern, subs in self._core.subscriptions():
+            names = [s.plugin_name for s in subs if plugin_name is None or s.plugin_name == plugin_name]
+            if names:
+                result[pattern] = names
+        return result
+
+    # -- publishing ---------------------------------------------------------
+
+    async def publish(self, event: Event) -> None:
+        """Publish event to subscribers; returns once every handler ran.
+
+        Handlers run on this loop, in subscription order; a handler's
+        ``Exception`` is counted and logged, and the others still run. A
+        ``BaseException`` (``KeyboardInterrupt``, ``SystemExit``,
+        ``CancelledError``) propagates to the caller, as in the seed, and the
+        event's later handlers are not called.
+
+        Args:
+            event: Event to publish
+
+        Raises:
+            TypeError: ``event`` is not an ``Event``, or its name not a ``str``
+        """
+        try:
+            seq, subs = self._core.route(event, event.name)
+        except (TypeError, AttributeError):
+            _check_event(event)
+            raise
+        if not subs:
+            self.logger.debug(f"No subscribers for: {event.name}")
+            return
+        stats = self._stats
+        for sub in subs:
+            if seq >= sub.cut and sub.skips(seq):
+                continue
+            if sub.buffer is not None:
+                sub.buffer.append((event, seq))
+                continue
+            try:
+                stats["events_dispatched"] += 1
+                result = sub.handler(event)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception as e:
+                stats["handler_errors"] += 1
+                self.logger.error(f"Error in {sub.plugin_name} handling {event.name}: {e}")
+            except BaseException:
+                self._base_exceptions += 1
+                raise
+
+    def publish_nowait(self, event: Event) -> None:
+        """Publish without waiting for handlers: the engine matches the event
+        on its worker thread and hands its calls to the event loop, in
+        batches. Handlers run on the running loop of the caller, or, called
+        from a thread with no running loop, on the bus's home loop (the first
+        loop that subscribed, published or called ``bind_loop``).
+
+        Raises:
+            TypeError: ``event`` is not an ``Event``
+            QueueFull: the loop's backlog is full (``Overflow.ERROR``, or the
+                loop's own thread past twice the bound under ``BLOCK``)
+            RuntimeError: the bus is closed, or no loop to run handlers on
+            KeyboardInterrupt: Ctrl-C while waiting for room (``BLOCK``)
+        """
+        if not isinstance(event, Event):
+            _check_event(event)
+        try:
+            dispatcher = self._dispatchers[_get_running_loop()]
+            local = True
+        except KeyError:
+            dispatcher = self._dispatcher_here()
+            local = dispatcher.loop is _get_running_loop()
+        gen = dispatcher.current_gen if _IN_DISPATCH.get() is dispatcher else None
+        result, idle = self._core.publish_nowait(event, dispatcher.inbox, local, gen)
+        if idle:
+            dispatcher.loop.call_soon(dispatcher.on_wake)
+        elif result == -1:
+            raise QueueFull(f"the event loop's backlog is full (capacity {self._capacity}): {event}")
+
+    def bind_loop(self) -> None:
+        """Makes the running loop the bus's home loop: ``publish_nowait``
+        from threads with no running loop hands its calls to it."""
+        loop = asyncio.get_running_loop()
+        self._home = self._dispatcher_for(loop)
+
+    def _dispatcher_for(self, loop: asyncio.AbstractEventLoop) -> _Dispatcher:
+        dispatcher = self._dispatchers.get(loop)
+        if dispatcher is None:
+            self._purge()
+            dispatcher = _Dispatcher(self, loop, threading.get_ident())
+            self._dispatchers[loop] = dispatcher
+            dispatcher.start()
+            if self._home is None or self._home.closed:
+                self._home = dispatcher
+        return dispatcher
+
+    def _dispatcher_here(self) -> _Dispatcher:
+        if self._core.closed:
+            raise RuntimeError("the bus is closed")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            home = self._home
+            if home is None or home.closed or home.loop.is_closed():
+                raise RuntimeError(
+                    "publish_nowait() outside an event loop needs the bus's home loop: "
+                    "call bus.bind_loop() from the loop first"
+                ) from None
+            return home
+        dispatcher = self._dispatchers.get(loop)
+        return dispatcher if dispatcher is not None else self._dispatcher_for(loop)
+
+    async def flush(self) -> None:
+        """Returns once every event this loop's code published with
+        ``publish_nowait`` before the call has been handled, with the events
+        their handlers published in turn (and once running replays are done).
+        From inside a handler the dispatcher runs (or a task it started) it
+        returns at once: it would wait for itself."""
+        loop = asyncio.get_running_loop()
+        while self._replays:
+            current = asyncio.current_task()
+            others = [t for t in self._replays if t is not current]
+            if not others:
+                break
+            await asyncio.wait(others)
+        dispatcher = self._dispatchers.get(loop)
+        if dispatcher is None or _IN_DISPATCH.get() is dispatcher:
+            return
+        self._purge()
+        # Every event accepted before this belongs to this generation or an
+        # older one; later ones (a flood from another thread) do not hold it.
+        gen = dispatcher.inbox.flush_begin()
+        while not dispatcher.closed and not dispatcher.flushed(gen):
+            waiter = loop.create_future()
+            dispatcher.waiters.append((gen, waiter))
+            dispatcher.inbox.set_flush_waiting(True)
+            dispatcher.settle()
+            if dispatcher.task is None and dispatcher.leftover:
+                dispatcher.on_wake()
+            await waiter
+
+    # -- reading ------------------------------------------------------------
+
+    def get_history(self, count: Optional[int] = None, event_pattern: Optional[str] = None) -> List[Event]:
+        """Get event history.
+
+        Args:
+            count: Number of recent events to return (None = all)
+            event_pattern: Filter by event name pattern (None = all)
+
+        Returns:
+            List of events (most recent first)
+
+        Raises:
+            TypeError: a count that is not an int, a pattern not a str
+            ValueError: a negative count, a pattern with a NUL or too long
+        """
+        count = _check_count("count", count, True)
+        if event_pattern is not None:
+            _check_str("event_pattern", event_pattern)
+        events: List[Event] = self._core.history(count or None, event_pattern or None)
+        return events
+
+    def get_stats(self) -> Dict[str, int]:
+        """Get event bus statistics.
+
+        Returns:
+            Dict with stats (events_published, events_dispatched, handler_errors)
+        """
+        return {
+            "events_published": self._core.sequence,
+            "events_dispatched": self._stats["events_dispatched"],
+            "handler_errors": self._stats["handler_errors"],
+        }
+
+    def engine_stats(self) -> Dict[str, int]:
+        """The engine's own counters, beyond the seed's three:
+
+        ``pending`` (accepted by ``publish_nowait`` and not yet handled),
+        ``wakes`` (cross-thread wake-ups of event loops), ``batches`` (batches
+        the loops took), ``dropped`` (under ``Overflow.SHED``), ``rejected``
+        (``QueueFull``), ``lost_loop_closed`` (calls whose event loop closed
+        before it ran them), ``lost_at_close`` (calls not run when the bus
+        closed, at interpreter exit included), ``handler_base_exceptions``
+        (handlers that raised a ``BaseException``), ``subscriptions``.
+        """
+        self._purge()
+        totals = [0, 0, 0, 0, 0]
+        pending = 0
+        for counters in self._retired + [d.inbox.counters() for d in self._dispatchers.values()]:
+            for i, v in enumerate(counters):
+                totals[i] += v
+        for d in self._dispatchers.values():
+            pending += d.inbox.pending
+        wakes, batches, dropped, rejected, lost = totals
+        return {
+            "pending": pending,
+            "wakes": wakes,
+            "batches": batches,
+            "dropped": dropped,
+            "rejected": rejected,
+            # What a worker still pushed to a closed inbox counts as lost to
+            # the closed loop too.
+            "lost_loop_closed": self._lost_loop_closed + lost - self._lost_by_inbox_close,
+            "lost_at_close": self._lost_at_close,
+            "handler_base_exceptions": self._base_exceptions,
+            "subscriptions": sum(len(subs) for _, subs in self._core.subscriptions()),
+        }
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def _purge(self) -> None:
+        """Closes the dispatchers of loops that closed; their calls are lost, counted."""
+        for loop, dispatcher in list(self._dispatchers.items()):
+            if loop.is_closed():
+                from_inbox, left = dispatcher.close()
+                self._lost_by_inbox_close += from_inbox
+                self._lost_loop_closed += from_inbox + left
+                self._retired.append(dispatcher.inbox.counters())
+                del self._dispatchers[loop]
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called."""
+        return bool(self._core.closed)
+
+    def close(self) -> int:
+        """Stops the engine (its worker hands over what its queue holds, then
+        is joined, without the GIL); calls still waiting for a loop are
+        dropped and counted in ``lost_at_close``. Returns how many. Idempotent;
+        called for every live bus at interpreter exit."""
+        if self._core.closed:
+            return 0
+        self._purge()
+        self._core.close()
+        lost = 0
+        for dispatcher in self._dispatchers.values():
+            from_inbox, left = dispatcher.close()
+            self._lost_by_inbox_close += from_inbox
+            lost += from_inbox + left
+            self._retired.append(dispatcher.inbox.counters())
+        self._lost_at_close += lost
+        self._dispatchers.clear()
+        _live_buses.discard(self)
+        return lost
+
+    async def aclose(self) -> None:
+        """``flush``, then ``close``."""
+        await self.flush()
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EventBus(subscriptions={sum(len(s) for _, s in self._core.subscriptions())}, closed={self.closed})"
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for bus in list(_live_buses):
+        lost = bus.close()
+        if lost:
+            bus.logger.warning(f"event bus closed at interpreter exit: {lost} handler calls not run")
+
