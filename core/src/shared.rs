@@ -243,8 +243,13 @@ impl Shared {
         if panicked {
             WorkerCounters::add(&counters.panics, 1);
         }
-        // Relaxed: a per-subscription statistic.
+        // Relaxed: per-subscription statistics.
         sub.errors.fetch_add(1, Ordering::Relaxed);
+        if panicked {
+            sub.panics.fetch_add(1, Ordering::Relaxed);
+        } else if error.is::<crate::error::HandlerTimeout>() {
+            sub.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::warn!(
             event = event.name(),
             event_id = %event.id(),

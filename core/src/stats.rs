@@ -75,6 +75,11 @@ pub struct SubscriptionStats {
     pub calls: u64,
     /// Its handler's errors and panics (and async timeouts).
     pub errors: u64,
+    /// Of `errors`, panics.
+    pub panics: u64,
+    /// Of `errors`, async calls that ran past their
+    /// [timeout](crate::SubscribeOptions::timeout).
+    pub timeouts: u64,
     /// Events lost for it because its backlog was full under a lossy
     /// policy, or its runtime stopped (ordered, blocking and async
     /// subscriptions only; see [`Stats::backlog_dropped`]).

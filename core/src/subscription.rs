@@ -290,6 +290,9 @@ pub(crate) struct Subscription {
     pub(crate) pattern: Pattern,
     pub(crate) plugin: Arc<str>,
     pub(crate) errors: AtomicU64,
+    /// Of `errors`: panics, and async calls past their timeout.
+    pub(crate) panics: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
     /// Replays of `subscribe_replay` in progress (one at most): its calls
     /// are in no worker slot, so the waiting forms of unsubscribe wait for
     /// this instead.
@@ -327,6 +330,8 @@ impl Subscription {
             handler: UnsafeCell::new(handler),
             claimed: AtomicBool::new(false),
             errors: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
             replaying: crate::loom::AtomicUsize::new(0),
             mailbox,
             observed: None,

@@ -273,6 +273,9 @@ struct Handover {
     active: std::sync::atomic::AtomicBool,
     claims: Mutex<HashSet<(u64, Arc<str>)>>,
     counters: Arc<HostCounters>,
+    /// Events the plugin published through its contexts (the hand-over is
+    /// the plugin's across reloads, so this counts on through them).
+    published: AtomicU64,
 }
 
 /// What the manager counts; see [`HostStats`].
@@ -510,10 +513,14 @@ impl PluginContext {
     /// As [`publish`](PluginContext::publish).
     pub fn publish_event(&self, event: Event) -> Result<EventId, PublishError> {
         let event = event.with_source(&*self.inner.name);
-        match self.bus() {
+        let published = match self.bus() {
             Some(bus) => bus.publish(event),
             None => Err(PublishError::Closed(Box::new(event))),
+        };
+        if published.is_ok() {
+            self.inner.handover.published.fetch_add(1, Relaxed);
         }
+        published
     }
 
     /// The role of the next subscription to `pattern`: the pattern and its
@@ -578,6 +585,9 @@ pub struct PluginInfo {
     pub subscriptions: Vec<String>,
     /// Errors and panics of its live subscriptions' handlers.
     pub handler_errors: u64,
+    /// Events it published through its context (and its earlier instances',
+    /// since it was loaded).
+    pub published: u64,
     /// Whether it was registered with a factory (and so can be reloaded).
     pub reloadable: bool,
 }
@@ -1133,6 +1143,7 @@ impl PluginManager {
                         .map(|info| info.stats.errors)
                         .sum(),
                     subscriptions: subs.into_iter().map(|(_, p)| p).collect(),
+                    published: l.ctx.inner.handover.published.load(Relaxed),
                     reloadable: l.factory.is_some(),
                 }
             })

@@ -81,6 +81,10 @@ pub mod names {
     pub const SUBSCRIPTION_CALLS: &str = "switchboard_subscription_calls_total";
     /// Counter `{bus, plugin, pattern}`: its errors.
     pub const SUBSCRIPTION_ERRORS: &str = "switchboard_subscription_errors_total";
+    /// Counter `{bus, plugin, pattern}`: of its errors, panics.
+    pub const SUBSCRIPTION_PANICS: &str = "switchboard_subscription_panics_total";
+    /// Counter `{bus, plugin, pattern}`: of its errors, async timeouts.
+    pub const SUBSCRIPTION_TIMEOUTS: &str = "switchboard_subscription_timeouts_total";
     /// Counter `{bus, plugin, pattern}`: events lost for it (lossy backlog).
     pub const SUBSCRIPTION_DROPPED: &str = "switchboard_subscription_backlog_dropped_total";
     /// Gauge `{bus, plugin, pattern}`: events waiting in its backlog.
@@ -94,6 +98,9 @@ pub mod names {
     pub const DURATION: &str = "switchboard_handler_duration_seconds";
     /// Gauge `{bus}`: plugins loaded.
     pub const PLUGINS_LOADED: &str = "switchboard_plugins_loaded";
+    /// Counter `{bus, plugin}`: events a plugin published through its
+    /// context (since it was loaded; across its reloads).
+    pub const PLUGIN_PUBLISHED: &str = "switchboard_plugin_events_published_total";
     /// Counter `{bus}`: plugin loads.
     pub const PLUGIN_LOADS: &str = "switchboard_plugin_loads_total";
     /// Counter `{bus}`: plugin unloads.
@@ -131,12 +138,15 @@ pub mod names {
         SUBSCRIPTIONS,
         SUBSCRIPTION_CALLS,
         SUBSCRIPTION_ERRORS,
+        SUBSCRIPTION_PANICS,
+        SUBSCRIPTION_TIMEOUTS,
         SUBSCRIPTION_DROPPED,
         BACKLOG,
         RUNNING,
         LATENCY,
         DURATION,
         PLUGINS_LOADED,
+        PLUGIN_PUBLISHED,
         PLUGIN_LOADS,
         PLUGIN_UNLOADS,
         PLUGIN_RELOADS,
@@ -392,13 +402,27 @@ type Read<S> = fn(&S) -> u64;
 struct Totals {
     calls: u64,
     errors: u64,
+    panics: u64,
+    timeouts: u64,
     dropped: u64,
+}
+
+impl std::ops::AddAssign for Totals {
+    fn add_assign(&mut self, t: Totals) {
+        self.calls += t.calls;
+        self.errors += t.errors;
+        self.panics += t.panics;
+        self.timeouts += t.timeouts;
+        self.dropped += t.dropped;
+    }
 }
 
 #[derive(Debug)]
 struct SubHandles {
     calls: Counter,
     errors: Counter,
+    panics: Counter,
+    timeouts: Counter,
     dropped: Counter,
     backlog: Gauge,
     running: Gauge,
@@ -483,10 +507,7 @@ impl BusWatch {
             self.last.keys().filter(|id| !live.contains(id)).copied().collect();
         for id in gone {
             if let Some((key, t)) = self.last.remove(&id) {
-                let r = self.retired.entry(key).or_default();
-                r.calls += t.calls;
-                r.errors += t.errors;
-                r.dropped += t.dropped;
+                *self.retired.entry(key).or_default() += t;
             }
         }
         let mut totals: HashMap<(String, String), (Totals, u64, u64)> = HashMap::new();
@@ -498,12 +519,12 @@ impl BusWatch {
             let t = Totals {
                 calls: info.stats.calls,
                 errors: info.stats.errors,
+                panics: info.stats.panics,
+                timeouts: info.stats.timeouts,
                 dropped: info.stats.backlog_dropped,
             };
             let entry = totals.entry(key.clone()).or_default();
-            entry.0.calls += t.calls;
-            entry.0.errors += t.errors;
-            entry.0.dropped += t.dropped;
+            entry.0 += t;
             entry.1 += info.stats.backlog;
             entry.2 += info.stats.running;
             self.last.insert(info.id, (key, t));
@@ -519,6 +540,8 @@ impl BusWatch {
                 SubHandles {
                     calls: counter!(names::SUBSCRIPTION_CALLS, &labels),
                     errors: counter!(names::SUBSCRIPTION_ERRORS, &labels),
+                    panics: counter!(names::SUBSCRIPTION_PANICS, &labels),
+                    timeouts: counter!(names::SUBSCRIPTION_TIMEOUTS, &labels),
                     dropped: counter!(names::SUBSCRIPTION_DROPPED, &labels),
                     backlog: gauge!(names::BACKLOG, &labels),
                     running: gauge!(names::RUNNING, &labels),
@@ -526,6 +549,8 @@ impl BusWatch {
             });
             handles.calls.absolute(t.calls);
             handles.errors.absolute(t.errors);
+            handles.panics.absolute(t.panics);
+            handles.timeouts.absolute(t.timeouts);
             handles.dropped.absolute(t.dropped);
             handles.backlog.set(backlog as f64);
             handles.running.set(running as f64);
@@ -546,6 +571,9 @@ struct HostWatch {
     reload_seconds: Histogram,
     claimed: Counter,
     skipped: Counter,
+    /// By plugin.
+    published: HashMap<String, Counter>,
+    bus: String,
     seen_reloads: u64,
     seen_reload_time: Duration,
 }
@@ -565,6 +593,8 @@ impl HostWatch {
             reload_seconds: histogram!(names::PLUGIN_RELOAD_SECONDS, &[b()]),
             claimed: counter!(names::HANDOVER, &[b(), ("result", "claimed".to_owned())]),
             skipped: counter!(names::HANDOVER, &[b(), ("result", "skipped".to_owned())]),
+            published: HashMap::new(),
+            bus: bus.clone(),
             seen_reloads: 0,
             seen_reload_time: Duration::ZERO,
         }
@@ -574,7 +604,15 @@ impl HostWatch {
         let Some(manager) = self.manager.upgrade() else { return false };
         let s = manager.stats();
         let closed = manager.bus().is_closed();
+        let plugins = manager.list();
         drop(manager);
+        for plugin in plugins {
+            let bus = &self.bus;
+            let counter = self.published.entry(plugin.name).or_insert_with_key(|name| {
+                counter!(names::PLUGIN_PUBLISHED, &[("bus", bus.clone()), ("plugin", name.clone())])
+            });
+            counter.absolute(plugin.published);
+        }
         self.loaded.set(s.loaded as f64);
         self.loads.absolute(s.loads);
         self.unloads.absolute(s.unloads);

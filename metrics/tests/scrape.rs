@@ -75,6 +75,8 @@ impl Plugin for Counting {
 
     fn setup(&mut self, ctx: &PluginContext) -> Result<(), PluginError> {
         ctx.subscribe("t.*", Handler::sync(|_: &Event| Ok(())), ())?;
+        // Once per instance: the load and the reload.
+        ctx.publish("counting.ready", json!(null))?;
         Ok(())
     }
 }
@@ -96,6 +98,10 @@ async fn a_scrape_over_http_says_what_the_bus_the_host_and_the_bridge_count() {
     metrics.watch_host(&host);
 
     bus.subscribe("t.*", Handler::sync(|_: &Event| Err("always".into())), "failing").unwrap();
+    bus.subscribe("p.*", Handler::sync(|_: &Event| panic!("on purpose")), "panicky").unwrap();
+    for i in 0..3 {
+        bus.publish(Event::new("p.x", json!(i), "test")).unwrap();
+    }
     // A lossy backlog of one, held up: what it sheds is counted for it.
     let (hold, release) = std::sync::mpsc::channel::<()>();
     let release = std::sync::Mutex::new(release);
@@ -168,7 +174,10 @@ async fn a_scrape_over_http_says_what_the_bus_the_host_and_the_bridge_count() {
             stats.queue_depth[i]
         );
     }
-    assert_eq!(stats.published_by_priority, [5, 100 + 5 + 7 * u64::from(bridge.is_some()), 10]);
+    assert_eq!(
+        stats.published_by_priority,
+        [5, 100 + 5 + 3 + 2 + 7 * u64::from(bridge.is_some()), 10]
+    );
     assert_eq!(value(&samples, names::CALLS, &[bus_label]), stats.dispatched);
     assert_eq!(value(&samples, names::ERRORS, &[bus_label]), stats.handler_errors);
     assert_eq!(value(&samples, names::EVENTS_DISPATCHED, &[bus_label]), stats.events_dispatched);
@@ -190,6 +199,8 @@ async fn a_scrape_over_http_says_what_the_bus_the_host_and_the_bridge_count() {
             assert_eq!(calls, info.stats.calls, "{info:?}");
         }
         assert_eq!(value(&samples, names::SUBSCRIPTION_ERRORS, &labels), info.stats.errors);
+        assert_eq!(value(&samples, names::SUBSCRIPTION_PANICS, &labels), info.stats.panics);
+        assert_eq!(value(&samples, names::SUBSCRIPTION_TIMEOUTS, &labels), info.stats.timeouts);
         assert_eq!(
             value(&samples, names::SUBSCRIPTION_DROPPED, &labels),
             info.stats.backlog_dropped
@@ -222,6 +233,10 @@ async fn a_scrape_over_http_says_what_the_bus_the_host_and_the_bridge_count() {
     let hs = host.stats();
     assert_eq!((hs.loaded, hs.loads, hs.reloads), (1, 1, 1));
     assert_eq!(value(&samples, names::PLUGINS_LOADED, &[bus_label]), 1);
+    assert_eq!(value(&samples, names::PLUGIN_PUBLISHED, &[bus_label, ("plugin", "counting")]), 2);
+    let panicky = [bus_label, ("plugin", "panicky"), ("pattern", "p.*")];
+    assert_eq!(value(&samples, names::SUBSCRIPTION_PANICS, &panicky), 3);
+    assert_eq!(value(&samples, names::PANICS, &[bus_label]), 3);
     assert_eq!(value(&samples, names::PLUGIN_LOADS, &[bus_label]), 1);
     assert_eq!(value(&samples, names::PLUGIN_RELOADS, &[bus_label, ("outcome", "ok")]), 1);
     assert_eq!(

@@ -229,6 +229,8 @@ impl Bus {
                 // Relaxed: statistics.
                 let mut stats = SubscriptionStats {
                     errors: sub.errors.load(Ordering::Relaxed),
+                    panics: sub.panics.load(Ordering::Relaxed),
+                    timeouts: sub.timeouts.load(Ordering::Relaxed),
                     calls: sub.observed.as_ref().map_or(0, |o| o.calls()),
                     ..Default::default()
                 };

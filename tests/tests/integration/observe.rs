@@ -196,3 +196,50 @@ async fn async_calls_are_counted_and_timed_from_start_to_end() {
     assert!(samples.iter().all(|(_, _, ran)| *ran >= Duration::from_millis(19)), "{samples:?}");
     bus.shutdown_async().await;
 }
+
+#[test]
+fn a_subscription_counts_its_panics_apart_from_its_errors() {
+    watchdog(30, || {
+        let bus = Bus::new().unwrap();
+        let n = Arc::new(AtomicU64::new(0));
+        let calls = n.clone();
+        bus.subscribe(
+            "x",
+            Handler::sync(move |_: &Event| {
+                if calls.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
+                    panic!("even calls panic")
+                }
+                Err("odd calls fail".into())
+            }),
+            "flaky",
+        )
+        .unwrap();
+        for _ in 0..5 {
+            bus.publish(ev("x")).unwrap();
+        }
+        bus.flush();
+        let stats = &bus.subscriptions(Target::All)[0].stats;
+        assert_eq!((stats.errors, stats.panics, stats.timeouts), (5, 3, 0));
+        bus.shutdown();
+    });
+}
+
+#[cfg(feature = "tokio")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_subscription_counts_its_timeouts_apart_from_its_errors() {
+    let bus = Bus::new().unwrap();
+    bus.subscribe(
+        "slow",
+        Handler::future(|_e: Arc<Event>| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(())
+        }),
+        SubscribeOptions::new().plugin("slow").timeout(Duration::from_millis(20)),
+    )
+    .unwrap();
+    bus.publish_async(ev("slow")).await.unwrap();
+    bus.flush_async().await;
+    let stats = &bus.subscriptions(Target::All)[0].stats;
+    assert_eq!((stats.errors, stats.panics, stats.timeouts), (1, 0, 1));
+    bus.shutdown_async().await;
+}
