@@ -204,6 +204,9 @@ def test_ctrl_c_interrupts_a_publisher_blocked_on_a_full_loop():
         """
         import asyncio, os, signal, threading, time
         from switchboard_bus import Event, EventBus
+        # A process started in the background by a non-interactive shell
+        # (as CI may be) inherits SIGINT ignored: restore Python's handler.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         bus = EventBus(capacity=2)
         ready = threading.Event()
         def stuck(event):
