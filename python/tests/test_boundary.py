@@ -295,3 +295,69 @@ def test_a_bus_in_a_reference_cycle_is_collected():
     refs = [make() for _ in range(3)]
     gc.collect()
     assert [r() for r in refs] == [None, None, None]
+
+
+# Regression: Python objects were made while the registry's lock was held
+# (get_subscriptions, subscribe's replay list, the index rebuild, history).
+# Making one can run the garbage collector, and so a finalizer.
+
+
+def test_finalizer_calling_the_bus_during_get_subscriptions_does_not_deadlock():
+    # The finalizer re-locks the (non-reentrant) lock on the same thread.
+    code = """
+        import gc
+        from switchboard_bus import Event, EventBus
+        bus = EventBus()
+        for i in range(2000):
+            bus.subscribe(f"p{i}.*", print, "p")
+        class Finalized:
+            def __init__(self):
+                self.me = self
+            def __del__(self):
+                bus.get_stats()
+        for call in (bus.get_subscriptions, lambda: bus.get_history(), lambda: bus.subscribe("p1.*", print, "q", replay=5)):
+            gc.collect()
+            Finalized()
+            call()
+        print("ok")
+    """
+    try:
+        result = run_python(code, timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("deadlocked")
+    assert "ok" in result.stdout, result.stderr
+
+
+def test_finalizer_letting_another_thread_run_under_the_registry_lock_does_not_deadlock():
+    # Across threads: a finalizer run inside the locked section hands the GIL
+    # to a second thread, which waits for the lock holding the GIL.
+    code = """
+        import sys, threading, time
+        from switchboard_bus import EventBus
+        sys.setswitchinterval(0.0005)
+        bus = EventBus()
+        for i in range(3000):
+            bus.subscribe(f"p{i}.*", print, "p")
+        class Finalized:
+            def __init__(self): self.me = self
+            def __del__(self): sum(range(20000))
+        stop = False
+        def a():
+            while not stop:
+                Finalized(); bus.get_subscriptions()
+        def b():
+            while not stop:
+                bus.get_stats()
+        ts = [threading.Thread(target=a, daemon=True), threading.Thread(target=b, daemon=True)]
+        for t in ts: t.start()
+        time.sleep(3)
+        stop = True
+        for t in ts: t.join(2)
+        print("ok")
+    """
+    try:
+        result = run_python(code, timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("deadlocked")
+    assert "ok" in result.stdout, result.stderr
+
