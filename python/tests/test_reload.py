@@ -196,3 +196,49 @@ async def test_load_errors_are_clear(tmp_path):
     # A failed setup leaves no subscription behind.
     assert manager.event_bus.get_subscriptions() == {}
     await manager.shutdown()
+
+
+COUNTER = '''
+import asyncio
+from switchboard_bus import Plugin
+
+class Counter(Plugin):
+    name = "counter"
+
+    async def setup(self):
+        sink = self.config["sink"]
+        self.subscribe("tick", lambda e: sink.append(e.data))
+        await asyncio.sleep(0.01)   # e.g. loading state from a database
+'''
+
+
+@pytest.mark.asyncio
+async def test_two_concurrent_reloads_leave_one_live_instance(tmp_path):
+    # Regression: both read the old instance before awaiting setup; the first
+    # fresh instance was never torn down and stayed subscribed.
+    path = tmp_path / "counter_plugin.py"
+    path.write_text(COUNTER)
+    sink: list = []
+    manager = PluginManager()
+    await manager.load(path, {"sink": sink})
+    await within(asyncio.gather(manager.reload("counter"), manager.reload("counter")))
+    await manager.event_bus.publish(Event("tick", 1, "t"))
+    assert manager.event_bus.get_subscriptions() == {"tick": ["counter"]}
+    assert sink == [1]
+    await manager.shutdown()
+
+
+@pytest.mark.asyncio
+async def test_a_second_load_during_the_first_ones_setup_fails(tmp_path):
+    # Regression: the name was checked before awaiting setup; both loads won.
+    path = tmp_path / "counter_plugin.py"
+    path.write_text(COUNTER)
+    sink: list = []
+    manager = PluginManager()
+    results = await asyncio.gather(
+        manager.load(path, {"sink": sink}), manager.load(path, {"sink": sink}), return_exceptions=True
+    )
+    assert isinstance(results[1], PluginError) and "already loaded" in str(results[1]), results
+    await manager.event_bus.publish(Event("tick", 1, "t"))
+    assert sink == [1], (results, manager.event_bus.get_subscriptions())
+    await manager.shutdown()

@@ -3,6 +3,7 @@ reloads their code from disk with an exactly-once hand-over."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import logging
@@ -11,7 +12,7 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Type, Union
+from typing import Any, Dict, List, Optional, Set, Type, Union
 
 from .event_bus import _IN_DISPATCH, EventBus
 from .plugin import Plugin, _Handover
@@ -104,7 +105,9 @@ class PluginManager:
     each subscription of the new instance takes over the old instance's
     subscription of the same role (pattern and ordinal) at its seam, so every
     event either instance would get is handled exactly once. Use the manager
-    from one event loop.
+    from one event loop. Concurrent reloads of one plugin run one after the
+    other; a load of a name whose load is still in ``setup`` fails as a load
+    of a loaded name does.
     """
 
     def __init__(self, bot: Any = None, event_bus: Optional[EventBus] = None) -> None:
@@ -114,6 +117,9 @@ class PluginManager:
             self.bot.plugin_manager = self
         self.plugins: Dict[str, Plugin] = {}
         self._origins: Dict[str, _Origin] = {}
+        # Names whose load is in setup, and each name's reload lock.
+        self._loading: Set[str] = set()
+        self._reloading: Dict[str, asyncio.Lock] = {}
         self.logger = logging.getLogger("plugin.manager")
 
     def _origin(self, source: Source, config: Optional[Dict[str, Any]]) -> _Origin:
@@ -146,13 +152,18 @@ class PluginManager:
             module = importlib.import_module(origin.module_name)
         plugin = _plugin_class(module)(self.bot, config)
         name = plugin.metadata.name
-        if name in self.plugins:
+        if name in self.plugins or name in self._loading:
             raise PluginError(f"a plugin named {name!r} is already loaded")
+        # Taken before the first await: a second load of the name meanwhile
+        # fails above instead of setting up a second live instance.
+        self._loading.add(name)
         try:
             await plugin.setup()
         except Exception as e:
             await self._discard(plugin)
             raise PluginError(f"setup of plugin {name!r} failed: {e}") from e
+        finally:
+            self._loading.discard(name)
         self.plugins[name] = plugin
         self._origins[name] = origin
         self.logger.info(f"loaded plugin {name}")
@@ -193,9 +204,22 @@ class PluginManager:
         A failure (the module does not execute, no plugin class, another name,
         a failed ``setup``) keeps the old instance running, still exactly once.
 
+        Concurrent reloads of one plugin run one after the other, each
+        replacing the instance the one before it left.
+
         Raises:
-            PluginError: as above, with the reason chained
+            PluginError: as above, with the reason chained; also a reload from
+                inside a handler while another reload of the plugin runs (it
+                would wait for a flush that waits for that handler)
         """
+        self._get(name)
+        lock = self._reloading.setdefault(name, asyncio.Lock())
+        if lock.locked() and _IN_DISPATCH.get() is not None:
+            raise PluginError(f"a reload of plugin {name!r} is in progress")
+        async with lock:
+            return await self._reload(name)
+
+    async def _reload(self, name: str) -> Plugin:
         old = self._get(name)
         origin = self._origins[name]
         bus = self.event_bus
