@@ -358,9 +358,11 @@ impl Core {
     }
 
     /// A new inbox for the event loop running on the thread `loop_thread`
-    /// (its `threading.get_ident()`).
-    fn inbox(&self, loop_thread: u64) -> PyResult<Inbox> {
-        Inbox::new(self.capacity, self.overflow, loop_thread)
+    /// (its `threading.get_ident()`); `loop_ref`, a weak reference to the
+    /// loop, lets a thread waiting for room see it close.
+    #[pyo3(signature = (loop_thread, loop_ref=None))]
+    fn inbox(&self, loop_thread: u64, loop_ref: Option<Py<PyAny>>) -> PyResult<Inbox> {
+        Inbox::new(self.capacity, self.overflow, loop_thread, loop_ref)
     }
 
     /// Adds `sub` (a `Subscription`) under `pattern`; returns the seam (the
@@ -507,7 +509,7 @@ impl Core {
         if shared.is_closed() {
             return Err(PyRuntimeError::new_err("the event loop of this inbox is closed"));
         }
-        match shared.admit(py)? {
+        match shared.admit(py, |py| inbox.loop_closed(py))? {
             Ok(()) => {}
             Err(false) => {
                 shared.counters.rejected.fetch_add(1, Ordering::Relaxed);

@@ -361,3 +361,105 @@ def test_finalizer_letting_another_thread_run_under_the_registry_lock_does_not_d
         pytest.fail("deadlocked")
     assert "ok" in result.stdout, result.stderr
 
+
+# Regression: a thread blocked under Overflow.BLOCK waited forever once its
+# loop closed, and so did the interpreter's exit, which joins threads before
+# atexit (where the bus is closed).
+
+
+def test_interpreter_exit_with_a_thread_blocked_on_a_closed_loop_does_not_hang():
+    code = """
+        import asyncio, threading
+        from switchboard_bus import Event, EventBus
+        bus = EventBus(capacity=4)
+        async def slow(e):
+            await asyncio.sleep(3600)
+        bus.subscribe("x", slow, "p")
+        started = threading.Event()
+        def producer():
+            started.set()
+            try:
+                for i in range(100):
+                    bus.publish_nowait(Event("x", i, "t"))
+            except RuntimeError as e:
+                print("producer:", e, flush=True)
+        async def main():
+            bus.bind_loop()
+            threading.Thread(target=producer).start()
+            started.wait()
+            await asyncio.sleep(0.05)
+        asyncio.run(main())
+        print("main done", flush=True)
+    """
+    try:
+        result = run_python(code, timeout=15)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"hung at exit; stdout so far: {e.stdout!r}")
+    assert result.returncode == 0, result.stderr
+    assert "main done" in result.stdout and "producer: " in result.stdout, result.stdout
+
+
+def test_thread_blocked_when_the_loop_closes_is_released():
+    bus = EventBus(capacity=2)
+
+    async def slow(e):
+        await asyncio.sleep(3600)
+
+    bus.subscribe("x", slow, "p")
+    loop = asyncio.new_event_loop()
+
+    async def bind():
+        bus.bind_loop()
+
+    loop.run_until_complete(bind())
+    outcome = []
+
+    def producer():
+        try:
+            for i in range(10):
+                bus.publish_nowait(Event("x", i, "t"))
+            outcome.append("all accepted")
+        except RuntimeError as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=producer, daemon=True)
+    t.start()
+    loop.run_until_complete(asyncio.sleep(0.3))
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    t.join(5)
+    alive = t.is_alive()
+    stats = bus.engine_stats()
+    bus.close()
+    assert not alive, "a publisher stays blocked on a loop that closed"
+    assert isinstance(outcome[0], RuntimeError) and "closed while waiting for room" in str(outcome[0])
+    # The one running when the loop closed, the one queued, the one refused.
+    assert stats["lost_loop_closed"] >= 2, stats
+
+
+def test_thread_publishing_to_a_loop_that_is_gone_raises_not_hangs():
+    bus = EventBus(capacity=2)
+    bus.subscribe("x", lambda e: None, "p")
+
+    async def bind():
+        bus.bind_loop()
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(bind())
+    loop.close()
+    errors = []
+
+    def producer():
+        try:
+            for i in range(5):
+                bus.publish_nowait(Event("x", i, "t"))
+        except RuntimeError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=producer, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive() and errors
+    bus.close()

@@ -196,7 +196,12 @@ class _Dispatcher:
     def __init__(self, bus: "EventBus", loop: asyncio.AbstractEventLoop, ident: int) -> None:
         self.bus = bus
         self.loop = loop
-        self.inbox = bus._core.inbox(ident)
+        try:
+            loop_ref: Optional[Callable[[], Any]] = weakref.ref(loop)
+        except TypeError:  # a loop that takes no weak reference
+            loop_ref = None
+        # A thread waiting for room under BLOCK stops when the loop closes.
+        self.inbox = bus._core.inbox(ident, loop_ref)
         self.task: Optional["asyncio.Task[None]"] = None
         self.leftover: List[Tuple[Event, int, Sequence[Subscription], int]] = []
         # Flushes waiting, each for its generation.
@@ -605,7 +610,9 @@ class EventBus:
             TypeError: ``event`` is not an ``Event``
             QueueFull: the loop's backlog is full (``Overflow.ERROR``, or the
                 loop's own thread past twice the bound under ``BLOCK``)
-            RuntimeError: the bus is closed, or no loop to run handlers on
+            RuntimeError: the bus is closed, or no loop to run handlers on, or
+                the loop closed while a thread waited for room (``BLOCK``; the
+                event is counted in ``lost_loop_closed``)
             KeyboardInterrupt: Ctrl-C while waiting for room (``BLOCK``)
         """
         if not isinstance(event, Event):
@@ -799,10 +806,18 @@ class EventBus:
         return f"EventBus(subscriptions={sum(len(s) for _, s in self._core.subscriptions())}, closed={self.closed})"
 
 
-@atexit.register
 def _close_at_exit() -> None:
     for bus in list(_live_buses):
         lost = bus.close()
         if lost:
             bus.logger.warning(f"event bus closed at interpreter exit: {lost} handler calls not run")
+
+
+# Also before the interpreter joins its threads (which comes before atexit):
+# a thread blocked publishing to a bus is released by the close, not joined
+# forever.
+atexit.register(_close_at_exit)
+_register_atexit: Optional[Callable[[Callable[[], None]], None]] = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_close_at_exit)
 
