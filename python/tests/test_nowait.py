@@ -390,3 +390,28 @@ async def test_a_handler_closing_the_bus_does_not_hang():
     await within(bus.publish(Event("after", {}, "s")), 5)  # await publish still works: no engine needed
     with pytest.raises(RuntimeError, match="closed"):
         bus.publish_nowait(Event("after", {}, "s"))
+
+
+@pytest.mark.asyncio
+async def test_handler_awaiting_a_cancelled_task_does_not_stall_flush(caplog):
+    # Regression: a handler's own CancelledError (it awaited a cancelled
+    # task) was taken for the dispatcher's cancellation: the dispatcher kept
+    # the rest as leftover, never rescheduled, and flush hung.
+    bus = EventBus()
+    seen = []
+
+    async def handler(e):
+        if e.data == 0:
+            t = asyncio.ensure_future(asyncio.sleep(10))
+            t.cancel()
+            await t
+        seen.append(e.data)
+
+    bus.subscribe("x", handler, "p")
+    for i in range(3):
+        bus.publish_nowait(Event("x", i, "s"))
+    await within(bus.flush(), 3)
+    assert seen == [1, 2]
+    assert bus.get_stats()["handler_errors"] == 1
+    assert "Error in p handling x" in caplog.text
+    bus.close()

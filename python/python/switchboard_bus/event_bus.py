@@ -35,6 +35,7 @@ import contextvars
 import enum
 import inspect
 import logging
+import sys
 import threading
 import weakref
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -189,6 +190,38 @@ def _retrieve(task: "asyncio.Task[None]") -> None:
             _log.error("the event loop's dispatcher failed", exc_info=exc)
 
 
+if sys.version_info >= (3, 11):
+
+    def _dispatcher_cancelled() -> bool:
+        """Whether the running task (a dispatcher) was asked to cancel, as
+        opposed to a handler's own ``CancelledError`` (it awaited something
+        that was cancelled)."""
+        task = asyncio.current_task()
+        return task is None or task.cancelling() > 0
+
+    def _new_dispatcher_task(loop: asyncio.AbstractEventLoop, coro: Any) -> "asyncio.Task[None]":
+        return loop.create_task(coro)
+
+else:
+
+    class _DispatcherTask(asyncio.Task):  # type: ignore[type-arg]
+        """A dispatcher's task that remembers being asked to cancel (what
+        ``Task.cancelling()`` tells from Python 3.11 on)."""
+
+        cancel_requested = False
+
+        def cancel(self, *args: Any, **kwargs: Any) -> bool:
+            self.cancel_requested = True
+            return super().cancel(*args, **kwargs)
+
+    def _dispatcher_cancelled() -> bool:
+        task = asyncio.current_task()
+        return getattr(task, "cancel_requested", True)
+
+    def _new_dispatcher_task(loop: asyncio.AbstractEventLoop, coro: Any) -> "asyncio.Task[None]":
+        return _DispatcherTask(coro, loop=loop)
+
+
 class _Dispatcher:
     """One loop's side of the bus: watches its inbox's pipe and runs the
     calls the engine's worker matched, a batch at a time, in one task."""
@@ -222,7 +255,7 @@ class _Dispatcher:
     def on_wake(self) -> None:
         self.inbox.clear_wake()
         if self.task is None and not self.closed:
-            self.task = self.context.run(self.loop.create_task, self.drain())
+            self.task = self.context.run(_new_dispatcher_task, self.loop, self.drain())
             # A BaseException that ended it already reached the loop's caller.
             self.task.add_done_callback(_retrieve)
 
@@ -254,7 +287,15 @@ class _Dispatcher:
                         except Exception as e:
                             stats["handler_errors"] += 1
                             bus.logger.error(f"Error in {sub.plugin_name} handling {event.name}: {e}")
-                        except asyncio.CancelledError:
+                        except asyncio.CancelledError as e:
+                            if not _dispatcher_cancelled():
+                                # The handler's own (it awaited something
+                                # cancelled): its error, like any other.
+                                stats["handler_errors"] += 1
+                                bus.logger.error(
+                                    f"Error in {sub.plugin_name} handling {event.name}: {e!r} (cancelled)"
+                                )
+                                continue
                             # The dispatcher was cancelled (its loop is being
                             # shut down, most likely): what is left of the batch
                             # is kept for the next wake-up, or counted as lost
