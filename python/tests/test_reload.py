@@ -26,7 +26,7 @@ class Recorder(Plugin):
         sink = self.config["sink"]
         # Two subscriptions to one pattern (roles ("flood.*", 0) and 1) and
         # a catch-all, with the flood running in between.
-        self.subscribe("flood.*", lambda e: sink.append(("flood.*#0", e.data, VERSION)))
+        self.subscribe("flood.*", lambda e: sink.append(("flood.*#0", e.data, VERSION)), replay={replay})
         await asyncio.sleep(0)
         async def second(e):
             if e.data[1] % 5 == 0:
@@ -39,15 +39,15 @@ class Recorder(Plugin):
 '''
 
 
-def write(path, version, fail=False):
+def write(path, version, fail=False, replay=0):
     path.write_text(
-        PLUGIN.format(version=version, fail='raise RuntimeError("broken setup")' if fail else "pass")
+        PLUGIN.format(version=version, fail='raise RuntimeError("broken setup")' if fail else "pass", replay=replay)
     )
 
 
-async def flood_and_reload(tmp_path, fail_every=0):
+async def flood_and_reload(tmp_path, fail_every=0, replay=0):
     path = tmp_path / "recorder_plugin.py"
-    write(path, 0)
+    write(path, 0, replay=replay)
     sink: list = []
     manager = PluginManager(event_bus=EventBus(history_size=10, capacity=2000))
     bus = manager.event_bus
@@ -96,7 +96,7 @@ async def flood_and_reload(tmp_path, fail_every=0):
     for version in range(1, 11):
         await asyncio.sleep(0.005)
         broken = fail_every and version % fail_every == 0
-        write(path, version, fail=broken)
+        write(path, version, fail=broken, replay=replay)
         if broken:
             with pytest.raises(PluginError, match="broken setup"):
                 await manager.reload("recorder")
@@ -130,8 +130,11 @@ def check_exactly_once(sink, published):
 
 
 @pytest.mark.asyncio
-async def test_reload_under_a_flood_loses_nothing_and_duplicates_nothing(tmp_path):
-    sink, published, _, manager = await flood_and_reload(tmp_path)
+@pytest.mark.parametrize("replay", [0, 5])
+async def test_reload_under_a_flood_loses_nothing_and_duplicates_nothing(tmp_path, replay):
+    # replay=5: regression, each fresh instance's replay handled again what
+    # the old one had handled.
+    sink, published, _, manager = await flood_and_reload(tmp_path, replay=replay)
     report, versions = check_exactly_once(sink, published)
     print(f"{len(published)} events, {len(sink)} calls, report (lost, duplicated) per role: {report}")
     assert report == {role: (0, 0) for role in report}
@@ -242,3 +245,76 @@ async def test_a_second_load_during_the_first_ones_setup_fails(tmp_path):
     await manager.event_bus.publish(Event("tick", 1, "t"))
     assert sink == [1], (results, manager.event_bus.get_subscriptions())
     await manager.shutdown()
+
+
+SEEDY = '''
+from switchboard_bus import Plugin
+
+VERSION = {version}
+
+class Seedy(Plugin):
+    name = "seedy"
+
+    async def setup(self):
+        sink = self.config["sink"]
+        self.subscribe("go", lambda e: sink.append(VERSION))
+        self.subscribe("other", lambda e: sink.append(("other", VERSION)))
+
+    async def teardown(self):
+        {teardown}
+'''
+
+SEED_TEARDOWN = """for pattern in self._event_subscriptions:
+            self.event_bus.unsubscribe(pattern, self.metadata.name)
+        self._event_subscriptions.clear()"""
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("teardown", [SEED_TEARDOWN, "self.event_bus.unsubscribe_all(self.metadata.name)"])
+async def test_reload_of_a_plugin_whose_teardown_unsubscribes_by_name_keeps_the_new_instance(tmp_path, teardown):
+    # Regression: the old instance's teardown runs after the new one
+    # subscribed; unsubscribing by plugin name removed the new instance's
+    # subscriptions too (the seed's own teardown body does that).
+    path = tmp_path / "seedy_plugin.py"
+    path.write_text(SEEDY.format(version=1, teardown=teardown))
+    sink: list = []
+    mgr = PluginManager()
+    await mgr.load(path, {"sink": sink})
+    path.write_text(SEEDY.format(version=2, teardown=teardown))
+    await mgr.reload("seedy")
+    await mgr.event_bus.publish(Event("go", None, "t"))
+    await mgr.event_bus.publish(Event("other", None, "t"))
+    assert sink == [2, ("other", 2)], (sink, mgr.event_bus.get_subscriptions())
+    assert mgr.event_bus.get_subscriptions() == {"go": ["seedy"], "other": ["seedy"]}
+    # Its own unload still removes them all.
+    await mgr.unload("seedy")
+    assert mgr.event_bus.get_subscriptions() == {}
+    await mgr.shutdown()
+
+
+REPLAYER = '''
+from switchboard_bus import Plugin
+
+class Rep(Plugin):
+    name = "rep"
+
+    async def setup(self):
+        sink = self.config["sink"]
+        self.subscribe("n", lambda e: sink.append(e.data), replay=5)
+'''
+
+
+@pytest.mark.asyncio
+async def test_reload_of_a_plugin_that_subscribes_with_replay_handles_nothing_twice(tmp_path):
+    # Regression: the fresh instance's replay handed it 5..9 again.
+    path = tmp_path / "rep_plugin.py"
+    path.write_text(REPLAYER)
+    sink: list = []
+    mgr = PluginManager()
+    await mgr.load(path, {"sink": sink})
+    for i in range(10):
+        await mgr.event_bus.publish(Event("n", i, "t"))
+    await mgr.reload("rep")
+    await mgr.event_bus.publish(Event("n", 10, "t"))
+    assert sink == list(range(11)), sink
+    await mgr.shutdown()

@@ -38,7 +38,7 @@ import logging
 import sys
 import threading
 import weakref
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 from . import _native
 from .event import Event, EventPriority
@@ -57,6 +57,13 @@ _NEVER = 1 << 62
 # it would wait for the very call that waits.
 _IN_DISPATCH: contextvars.ContextVar[Optional["_Dispatcher"]] = contextvars.ContextVar(
     "switchboard_bus_in_dispatch", default=None
+)
+
+# Set by a reload around the replaced instance's teardown: the ids of the
+# subscriptions that unsubscribing by name leaves alone (the new instance's,
+# which has the same name).
+_SPARED: contextvars.ContextVar[FrozenSet[int]] = contextvars.ContextVar(
+    "switchboard_bus_spared", default=frozenset()
 )
 
 _live_buses: "weakref.WeakSet[EventBus]" = weakref.WeakSet()
@@ -560,10 +567,11 @@ class EventBus:
         """
         _check_str("event_pattern", event_pattern)
         _check_str("plugin_name", plugin_name)
+        spared = _SPARED.get()
         for pattern, subs in self._core.subscriptions():
             if pattern == event_pattern:
                 for sub in subs:
-                    if sub.plugin_name == plugin_name:
+                    if sub.plugin_name == plugin_name and id(sub) not in spared:
                         self._remove(sub, 0)
 
     def unsubscribe_all(self, plugin_name: str) -> None:
@@ -573,9 +581,10 @@ class EventBus:
             plugin_name: Name of plugin
         """
         _check_str("plugin_name", plugin_name)
+        spared = _SPARED.get()
         for _pattern, subs in self._core.subscriptions():
             for sub in subs:
-                if sub.plugin_name == plugin_name:
+                if sub.plugin_name == plugin_name and id(sub) not in spared:
                     self._remove(sub, 0)
 
     def get_subscriptions(self, plugin_name: Optional[str] = None) -> Dict[str, List[str]]:

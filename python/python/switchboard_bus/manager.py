@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Type, Union
 
-from .event_bus import _IN_DISPATCH, EventBus
+from .event_bus import _IN_DISPATCH, _SPARED, EventBus
 from .plugin import Plugin, _Handover
 
 __all__ = ["PluginError", "PluginManager"]
@@ -230,7 +230,7 @@ class PluginManager:
             raise PluginError(f"reload of plugin {name!r} failed: {e}") from e
         if fresh.metadata.name != name:
             raise PluginError(f"reloaded plugin {name!r} now calls itself {fresh.metadata.name!r}")
-        handover = _Handover(old, bus._core.sequence)
+        handover = _Handover(old)
         fresh._handover = handover
         try:
             await fresh.setup()
@@ -252,10 +252,15 @@ class PluginManager:
         # (not from inside a handler, where it would wait for itself).
         if _IN_DISPATCH.get() is None:
             await bus.flush()
+        # Unsubscribing by name in the old teardown (the seed's own body does)
+        # leaves the new instance's subscriptions alone.
+        spared = _SPARED.set(frozenset(id(sub) for sub in fresh._subscription_handles))
         try:
             await old.teardown()
         except Exception as e:
             self.logger.warning(f"teardown of the replaced instance of {name} failed: {e}")
+        finally:
+            _SPARED.reset(spared)
         self.logger.info(f"reloaded plugin {name}")
         return fresh
 
