@@ -318,3 +318,54 @@ async def test_reload_of_a_plugin_that_subscribes_with_replay_handles_nothing_tw
     await mgr.event_bus.publish(Event("n", 10, "t"))
     assert sink == list(range(11)), sink
     await mgr.shutdown()
+
+
+RELOADER = '''
+from switchboard_bus import Plugin
+
+VERSION = {version}
+
+class Rel(Plugin):
+    name = "rel"
+
+    async def setup(self):
+        sink = self.config["sink"]
+        mgr = self.config["mgr"]
+        self.torn_down = False
+        async def on_go(e):
+            sink.append(("go", e.data, VERSION, "after teardown" if self.torn_down else "live"))
+            if e.data == "reload":
+                await mgr.reload("rel")
+        self.subscribe("go", on_go)
+
+    async def teardown(self):
+        await super().teardown()
+        self.torn_down = True
+'''
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("nowait", [False, True])
+async def test_reload_from_inside_its_own_handler_runs_no_handler_after_teardown(tmp_path, nowait):
+    # Regression (nowait): inside the dispatcher the old teardown ran at once,
+    # and the events queued behind the reloading handler, still the old
+    # instance's, reached it torn down.
+    path = tmp_path / "rel_plugin.py"
+    path.write_text(RELOADER.format(version=1))
+    sink: list = []
+    mgr = PluginManager()
+    bus = mgr.event_bus
+    await mgr.load(path, {"sink": sink, "mgr": mgr})
+    old = mgr.plugins["rel"]
+    path.write_text(RELOADER.format(version=2))
+    for d in ["a", "reload", "b", "c"]:
+        if nowait:
+            bus.publish_nowait(Event("go", d, "t"))
+        else:
+            await within(bus.publish(Event("go", d, "t")))
+    await within(bus.flush())
+    assert [x[1] for x in sink] == ["a", "reload", "b", "c"]
+    assert all(x[3] == "live" for x in sink), sink
+    assert bus.get_subscriptions() == {"go": ["rel"]}
+    await mgr.shutdown()
+    assert old.torn_down

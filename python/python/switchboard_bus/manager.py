@@ -4,6 +4,7 @@ reloads their code from disk with an exactly-once hand-over."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import importlib.util
 import logging
@@ -120,6 +121,9 @@ class PluginManager:
         # Names whose load is in setup, and each name's reload lock.
         self._loading: Set[str] = set()
         self._reloading: Dict[str, asyncio.Lock] = {}
+        # Teardowns of replaced instances waiting for their last events (a
+        # reload from inside a handler).
+        self._retiring: Set["asyncio.Future[None]"] = set()
         self.logger = logging.getLogger("plugin.manager")
 
     def _origin(self, source: Source, config: Optional[Dict[str, Any]]) -> _Origin:
@@ -205,7 +209,9 @@ class PluginManager:
         a failed ``setup``) keeps the old instance running, still exactly once.
 
         Concurrent reloads of one plugin run one after the other, each
-        replacing the instance the one before it left.
+        replacing the instance the one before it left. From inside a handler
+        run by ``publish_nowait``'s dispatcher, the old instance is torn down
+        after this returns, once the events queued for it have run.
 
         Raises:
             PluginError: as above, with the reason chained; also a reload from
@@ -248,10 +254,23 @@ class PluginManager:
         for sub in old._subscription_handles:
             bus._remove(sub, now)
         self.plugins[name] = fresh
-        # Let what was already on its way to the old instance finish first
-        # (not from inside a handler, where it would wait for itself).
         if _IN_DISPATCH.get() is None:
-            await bus.flush()
+            await self._retire(name, old, fresh)
+        else:
+            # From inside a handler the dispatcher runs, a flush would wait
+            # for that very handler, and the events queued behind it still
+            # go to the old instance: its teardown waits for them in a task
+            # of its own (a fresh context, outside the dispatcher's).
+            task = contextvars.Context().run(asyncio.ensure_future, self._retire(name, old, fresh))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        self.logger.info(f"reloaded plugin {name}")
+        return fresh
+
+    async def _retire(self, name: str, old: Plugin, fresh: Plugin) -> None:
+        """Lets what was already on its way to the replaced instance finish,
+        then runs its teardown."""
+        await self.event_bus.flush()
         # Unsubscribing by name in the old teardown (the seed's own body does)
         # leaves the new instance's subscriptions alone.
         spared = _SPARED.set(frozenset(id(sub) for sub in fresh._subscription_handles))
@@ -261,8 +280,6 @@ class PluginManager:
             self.logger.warning(f"teardown of the replaced instance of {name} failed: {e}")
         finally:
             _SPARED.reset(spared)
-        self.logger.info(f"reloaded plugin {name}")
-        return fresh
 
     def _roll_back(self, handover: _Handover, fresh: Plugin) -> None:
         """A failed reload: the old instance takes its roles back from now
@@ -282,6 +299,8 @@ class PluginManager:
 
     async def shutdown(self) -> None:
         """Unloads every plugin, then closes the bus (after a flush)."""
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         for name in list(self.plugins):
             try:
                 await self.unload(name)
