@@ -463,3 +463,26 @@ def test_thread_publishing_to_a_loop_that_is_gone_raises_not_hangs():
     t.join(5)
     assert not t.is_alive() and errors
     bus.close()
+
+
+def test_close_from_another_thread_wakes_a_waiting_flush():
+    # Regression: close() from another thread set the flush's future and
+    # removed the reader from that thread, which does not wake the loop: the
+    # flush returned only when something else woke it.
+    bus = EventBus()
+
+    async def stuck(e):
+        await asyncio.sleep(3600)
+
+    bus.subscribe("x", stuck, "p")
+
+    async def main():
+        bus.publish_nowait(Event("x", 1, "s"))
+        threading.Timer(0.1, bus.close).start()
+        asyncio.get_running_loop().call_later(2.0, lambda: None)
+        t = time.monotonic()
+        await within(bus.flush(), 5)
+        return time.monotonic() - t
+
+    took = asyncio.run(main())
+    assert took < 1.0, f"flush returned {took:.1f}s after a close from another thread"

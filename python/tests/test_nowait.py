@@ -415,3 +415,26 @@ async def test_handler_awaiting_a_cancelled_task_does_not_stall_flush(caplog):
     assert bus.get_stats()["handler_errors"] == 1
     assert "Error in p handling x" in caplog.text
     bus.close()
+
+
+@pytest.mark.asyncio
+async def test_two_replaying_handlers_that_flush_do_not_wait_for_each_other():
+    # Regression: flush waited for every running replay but its own; two
+    # replays whose handlers flush waited for each other forever.
+    bus = EventBus()
+    for i in range(2):
+        await bus.publish(Event("q", i, "s"))
+    seen = []
+
+    def make(tag):
+        async def h(e):
+            await bus.flush()
+            seen.append((tag, e.data))
+
+        return h
+
+    bus.subscribe("q", make("a"), "a", replay=2)
+    bus.subscribe("q", make("b"), "b", replay=2)
+    await within(bus.flush(), 3)
+    assert sorted(seen) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    bus.close()

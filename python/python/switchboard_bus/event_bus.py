@@ -59,6 +59,11 @@ _IN_DISPATCH: contextvars.ContextVar[Optional["_Dispatcher"]] = contextvars.Cont
     "switchboard_bus_in_dispatch", default=None
 )
 
+# Set in the context of a coroutine handler's replay task (and so of every
+# task it starts): a flush from there does not wait for the running replays,
+# which may be waiting for it.
+_IN_REPLAY: contextvars.ContextVar[bool] = contextvars.ContextVar("switchboard_bus_in_replay", default=False)
+
 # Set by a reload around the replaced instance's teardown: the ids of the
 # subscriptions that unsubscribing by name leaves alone (the new instance's,
 # which has the same name).
@@ -236,6 +241,7 @@ class _Dispatcher:
     def __init__(self, bus: "EventBus", loop: asyncio.AbstractEventLoop, ident: int) -> None:
         self.bus = bus
         self.loop = loop
+        self.ident = ident
         try:
             loop_ref: Optional[Callable[[], Any]] = weakref.ref(loop)
         except TypeError:  # a loop that takes no weak reference
@@ -359,16 +365,29 @@ class _Dispatcher:
         if self.leftover:
             self.inbox.done(len(self.leftover))
             self.leftover = []
-        if not self.loop.is_closed():
+        waiters, self.waiters = self.waiters, []
+        if threading.get_ident() == self.ident:
+            self.unwatch(waiters)
+        elif not self.loop.is_closed():
+            # The loop's own APIs are not for other threads: it does this
+            # itself, woken (a flush waiting on it returns at once).
             try:
-                self.loop.remove_reader(self.inbox.fileno())
-            except Exception:  # a loop being torn down on another thread
+                self.loop.call_soon_threadsafe(self.unwatch, waiters)
+            except RuntimeError:  # it closed meanwhile
                 pass
-        for _, waiter in self.waiters:
-            if not waiter.done() and not self.loop.is_closed():
-                waiter.set_result(None)
-        self.waiters = []
         return from_inbox, left
+
+    def unwatch(self, waiters: List[Tuple[int, "asyncio.Future[None]"]]) -> None:
+        """On the loop's thread: stops watching the pipe, wakes the flushes."""
+        if self.loop.is_closed():
+            return
+        try:
+            self.loop.remove_reader(self.inbox.fileno())
+        except Exception:  # a loop being torn down
+            pass
+        for _, waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class EventBus:
@@ -491,7 +510,9 @@ class EventBus:
                     raise RuntimeError(
                         "subscribe(..., replay=n) with a coroutine handler needs a running event loop"
                     ) from None
-                task = loop.create_task(self._replay_rest(sub, event, result, replayed[i + 1 :]))
+                context = contextvars.copy_context()
+                context.run(_IN_REPLAY.set, True)
+                task = context.run(loop.create_task, self._replay_rest(sub, event, result, replayed[i + 1 :]))
                 self._replays.add(task)
                 task.add_done_callback(self._replays.discard)
                 return
@@ -716,11 +737,12 @@ class EventBus:
     async def flush(self) -> None:
         """Returns once every event this loop's code published with
         ``publish_nowait`` before the call has been handled, with the events
-        their handlers published in turn (and once running replays are done).
-        From inside a handler the dispatcher runs (or a task it started) it
-        returns at once: it would wait for itself."""
+        their handlers published in turn (and once running replays are done;
+        not from a replay, which would wait for itself or for a replay waiting
+        for it). From inside a handler the dispatcher runs (or a task it
+        started) it returns at once: it would wait for itself."""
         loop = asyncio.get_running_loop()
-        while self._replays:
+        while self._replays and not _IN_REPLAY.get():
             current = asyncio.current_task()
             others = [t for t in self._replays if t is not current]
             if not others:
