@@ -64,11 +64,11 @@ _IN_DISPATCH: contextvars.ContextVar[Optional["_Dispatcher"]] = contextvars.Cont
 # which may be waiting for it.
 _IN_REPLAY: contextvars.ContextVar[bool] = contextvars.ContextVar("switchboard_bus_in_replay", default=False)
 
-# Set by a reload around the replaced instance's teardown: the ids of the
-# subscriptions that unsubscribing by name leaves alone (the new instance's,
-# which has the same name).
-_SPARED: contextvars.ContextVar[FrozenSet[int]] = contextvars.ContextVar(
-    "switchboard_bus_spared", default=frozenset()
+# Set by a reload around the replaced instance's teardown: the ids of that
+# instance's subscriptions, the only ones unsubscribing by name may remove
+# meanwhile (a newer instance has the same name).
+_TEARDOWN_SCOPE: contextvars.ContextVar[Optional[FrozenSet[int]]] = contextvars.ContextVar(
+    "switchboard_bus_teardown_scope", default=None
 )
 
 _live_buses: "weakref.WeakSet[EventBus]" = weakref.WeakSet()
@@ -588,11 +588,11 @@ class EventBus:
         """
         _check_str("event_pattern", event_pattern)
         _check_str("plugin_name", plugin_name)
-        spared = _SPARED.get()
+        scope = _TEARDOWN_SCOPE.get()
         for pattern, subs in self._core.subscriptions():
             if pattern == event_pattern:
                 for sub in subs:
-                    if sub.plugin_name == plugin_name and id(sub) not in spared:
+                    if sub.plugin_name == plugin_name and (scope is None or id(sub) in scope):
                         self._remove(sub, 0)
 
     def unsubscribe_all(self, plugin_name: str) -> None:
@@ -602,10 +602,10 @@ class EventBus:
             plugin_name: Name of plugin
         """
         _check_str("plugin_name", plugin_name)
-        spared = _SPARED.get()
+        scope = _TEARDOWN_SCOPE.get()
         for _pattern, subs in self._core.subscriptions():
             for sub in subs:
-                if sub.plugin_name == plugin_name and id(sub) not in spared:
+                if sub.plugin_name == plugin_name and (scope is None or id(sub) in scope):
                     self._remove(sub, 0)
 
     def get_subscriptions(self, plugin_name: Optional[str] = None) -> Dict[str, List[str]]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Type, Union
 
-from .event_bus import _IN_DISPATCH, _SPARED, EventBus
+from .event_bus import _IN_DISPATCH, _TEARDOWN_SCOPE, EventBus
 from .plugin import Plugin, _Handover
 
 __all__ = ["PluginError", "PluginManager"]
@@ -255,31 +255,31 @@ class PluginManager:
             bus._remove(sub, now)
         self.plugins[name] = fresh
         if _IN_DISPATCH.get() is None:
-            await self._retire(name, old, fresh)
+            await self._retire(name, old)
         else:
             # From inside a handler the dispatcher runs, a flush would wait
             # for that very handler, and the events queued behind it still
             # go to the old instance: its teardown waits for them in a task
             # of its own (a fresh context, outside the dispatcher's).
-            task = contextvars.Context().run(asyncio.ensure_future, self._retire(name, old, fresh))
+            task = contextvars.Context().run(asyncio.ensure_future, self._retire(name, old))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         self.logger.info(f"reloaded plugin {name}")
         return fresh
 
-    async def _retire(self, name: str, old: Plugin, fresh: Plugin) -> None:
+    async def _retire(self, name: str, old: Plugin) -> None:
         """Lets what was already on its way to the replaced instance finish,
         then runs its teardown."""
         await self.event_bus.flush()
         # Unsubscribing by name in the old teardown (the seed's own body does)
-        # leaves the new instance's subscriptions alone.
-        spared = _SPARED.set(frozenset(id(sub) for sub in fresh._subscription_handles))
+        # removes only the old instance's subscriptions, never a newer one's.
+        scope = _TEARDOWN_SCOPE.set(frozenset(id(sub) for sub in old._subscription_handles))
         try:
             await old.teardown()
         except Exception as e:
             self.logger.warning(f"teardown of the replaced instance of {name} failed: {e}")
         finally:
-            _SPARED.reset(spared)
+            _TEARDOWN_SCOPE.reset(scope)
 
     def _roll_back(self, handover: _Handover, fresh: Plugin) -> None:
         """A failed reload: the old instance takes its roles back from now
