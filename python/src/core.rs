@@ -4,6 +4,13 @@
 //! Every method runs with the GIL held, called from Python; the registry's
 //! lock is never held across a call into Python or a wait.
 //!
+//! **Invariant:** no Python object is made, and no Python reference
+//! dropped, while the registry's lock is held: under it only references
+//! are copied (an increment) and Rust data. Making a Python object may run
+//! the garbage collector, whose finalizers may call back into the bus (the
+//! lock is not reentrant: a hang) or hand the GIL to a thread that then
+//! waits for the lock holding it (a hang across threads).
+//!
 //! **Invariant:** an event's sequence number and the index it is routed
 //! with are taken in one critical section, the same one a subscribe takes
 //! its seam in: every event numbered below a subscription's seam was routed
@@ -14,7 +21,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -35,9 +42,12 @@ use crate::inbox::{Entry, Inbox, InboxShared, Overflow};
 #[derive(Debug)]
 pub(crate) struct Index {
     set: PatternSet,
-    /// Each pattern's subscriptions, as the tuple handed to Python (made
-    /// once per index: an event matching one pattern reuses it).
-    pub(crate) subs: Vec<Py<PyTuple>>,
+    /// Each pattern's subscriptions: references only, taken under the
+    /// registry's lock (which never makes a Python object).
+    subs: Vec<Vec<Py<PyAny>>>,
+    /// Each pattern's subscriptions as the tuple handed to Python, made on
+    /// first use, outside every lock: an event matching one pattern reuses it.
+    tuples: Vec<OnceLock<Py<PyTuple>>>,
 }
 
 impl Index {
@@ -51,17 +61,33 @@ impl Index {
         let mut matches = matches;
         match matches.len() {
             0 => Ok(PyTuple::empty(py).into_any()),
-            1 => Ok(self.subs[matches.next().unwrap_or(0)].bind(py).clone().into_any()),
+            1 => {
+                let m = matches.next().unwrap_or(0);
+                let cell = &self.tuples[m];
+                if let Some(tuple) = cell.get() {
+                    return Ok(tuple.bind(py).clone().into_any());
+                }
+                // Never waits on the cell (another thread making the same
+                // tuple, having released the GIL, would wait for this one):
+                // the first tuple set is kept, a second one dropped.
+                let tuple = PyTuple::new(py, self.subs[m].iter().map(|s| s.bind(py)))?;
+                let _ = cell.set(tuple.clone().unbind());
+                Ok(tuple.into_any())
+            }
             _ => {
                 let out = PyList::empty(py);
                 for m in matches {
-                    for sub in self.subs[m].bind(py).iter() {
-                        out.append(sub)?;
+                    for sub in &self.subs[m] {
+                        out.append(sub.bind(py))?;
                     }
                 }
                 Ok(out.into_any())
             }
         }
+    }
+
+    fn empty() -> Index {
+        Index { set: PatternSet::empty(), subs: Vec::new(), tuples: Vec::new() }
     }
 }
 
@@ -153,11 +179,12 @@ impl Registry {
             let live: Vec<&PatternEntry> =
                 self.patterns.iter().filter(|p| !p.subs.is_empty()).collect();
             let set = PatternSet::from_patterns(live.iter().map(|p| p.pattern.clone()));
-            let subs = live
-                .iter()
-                .map(|p| PyTuple::new(py, p.subs.iter().map(|s| s.bind(py))).map(Bound::unbind))
-                .collect::<PyResult<Vec<_>>>()?;
-            dead.index = Some(std::mem::replace(&mut self.index, Arc::new(Index { set, subs })));
+            // References only: no Python object is made under the lock.
+            let subs: Vec<Vec<Py<PyAny>>> =
+                live.iter().map(|p| p.subs.iter().map(|s| s.clone_ref(py)).collect()).collect();
+            let tuples = subs.iter().map(|_| OnceLock::new()).collect();
+            dead.index =
+                Some(std::mem::replace(&mut self.index, Arc::new(Index { set, subs, tuples })));
             self.dirty = false;
         }
         Ok(self.index.clone())
@@ -277,7 +304,7 @@ impl Core {
                 patterns: Vec::new(),
                 by_text: HashMap::new(),
                 dirty: true,
-                index: Arc::new(Index { set: PatternSet::empty(), subs: Vec::new() }),
+                index: Arc::new(Index::empty()),
                 history: VecDeque::new(),
                 next_seq: 0,
             }),
@@ -301,7 +328,12 @@ impl Core {
         // flight shares it.
         if Arc::strong_count(&reg.index) == 1 {
             for subs in &reg.index.subs {
-                visit.call(subs)?;
+                for sub in subs {
+                    visit.call(sub)?;
+                }
+            }
+            for tuple in reg.index.tuples.iter().filter_map(OnceLock::get) {
+                visit.call(tuple)?;
             }
         }
         for recorded in &reg.history {
@@ -318,10 +350,7 @@ impl Core {
             (
                 std::mem::take(&mut reg.patterns),
                 std::mem::take(&mut reg.history),
-                std::mem::replace(
-                    &mut reg.index,
-                    Arc::new(Index { set: PatternSet::empty(), subs: Vec::new() }),
-                ),
+                std::mem::replace(&mut reg.index, Arc::new(Index::empty())),
             )
         };
         // Dropped outside the lock: a drop may run Python code that calls back.
@@ -329,9 +358,11 @@ impl Core {
     }
 
     /// A new inbox for the event loop running on the thread `loop_thread`
-    /// (its `threading.get_ident()`).
-    fn inbox(&self, loop_thread: u64) -> PyResult<Inbox> {
-        Inbox::new(self.capacity, self.overflow, loop_thread)
+    /// (its `threading.get_ident()`); `loop_ref`, a weak reference to the
+    /// loop, lets a thread waiting for room see it close.
+    #[pyo3(signature = (loop_thread, loop_ref=None))]
+    fn inbox(&self, loop_thread: u64, loop_ref: Option<Py<PyAny>>) -> PyResult<Inbox> {
+        Inbox::new(self.capacity, self.overflow, loop_thread, loop_ref)
     }
 
     /// Adds `sub` (a `Subscription`) under `pattern`; returns the seam (the
@@ -346,23 +377,20 @@ impl Core {
     ) -> PyResult<(u64, Bound<'py, PyList>)> {
         let compiled = check_pattern(pattern)?;
         let mut reg = self.registry.lock();
-        let replayed = PyList::empty(py);
-        if replay > 0 {
-            let mut found: Vec<&Recorded> = reg
-                .history
+        // References and numbers only under the lock; the list is made
+        // once it is released (see `subscriptions`).
+        let mut found: Vec<(Py<PyAny>, u64)> = if replay > 0 {
+            reg.history
                 .iter()
                 .rev()
                 .filter(|r| compiled.is_match(&r.name))
                 .take(replay)
-                .collect();
-            found.reverse();
-            for r in found {
-                replayed.append(PyTuple::new(
-                    py,
-                    [r.event.bind(py).clone(), r.seq.into_pyobject(py)?.into_any()],
-                )?)?;
-            }
-        }
+                .map(|r| (r.event.clone_ref(py), r.seq))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        found.reverse();
         let at = match reg.by_text.get(pattern) {
             Some(&at) => at,
             None => {
@@ -374,33 +402,56 @@ impl Core {
         };
         reg.patterns[at].subs.push(sub);
         reg.dirty = true;
-        Ok((reg.next_seq, replayed))
+        let seam = reg.next_seq;
+        drop(reg);
+        let replayed = PyList::empty(py);
+        for (event, seq) in found {
+            replayed.append((event, seq))?;
+        }
+        Ok((seam, replayed))
     }
 
     /// Removes `sub` from `pattern`; whether it was there.
     fn remove(&self, pattern: &str, sub: &Bound<'_, PyAny>) -> bool {
-        let mut reg = self.registry.lock();
-        let Some(&at) = reg.by_text.get(pattern) else { return false };
-        let subs = &mut reg.patterns[at].subs;
-        let Some(i) = subs.iter().position(|s| s.as_ptr() == sub.as_ptr()) else { return false };
-        subs.remove(i);
-        reg.dirty = true;
+        let removed = {
+            let mut reg = self.registry.lock();
+            let Some(&at) = reg.by_text.get(pattern) else { return false };
+            let subs = &mut reg.patterns[at].subs;
+            let Some(i) = subs.iter().position(|s| s.as_ptr() == sub.as_ptr()) else {
+                return false;
+            };
+            let removed = subs.remove(i);
+            reg.dirty = true;
+            removed
+        };
+        // Dropped outside the lock: a drop may run Python code that calls back.
+        drop(removed);
         true
     }
 
     /// The patterns with subscribers, in first-seen order, each with its
     /// subscriptions in subscription order.
     fn subscriptions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let reg = self.registry.lock();
-        let by_index: HashMap<usize, &str> =
-            reg.by_text.iter().map(|(t, &i)| (i, t.as_str())).collect();
+        // Copied out under the lock as Rust data and references, turned
+        // into Python objects after: making a Python object may run the
+        // garbage collector, and so finalizers that call back into the bus
+        // (the lock is not reentrant) or let another thread take the GIL.
+        let copied: Vec<(String, Vec<Py<PyAny>>)> = {
+            let reg = self.registry.lock();
+            let by_index: HashMap<usize, &str> =
+                reg.by_text.iter().map(|(t, &i)| (i, t.as_str())).collect();
+            reg.patterns
+                .iter()
+                .enumerate()
+                .filter(|(_, entry)| !entry.subs.is_empty())
+                .map(|(i, entry)| {
+                    (by_index[&i].to_owned(), entry.subs.iter().map(|s| s.clone_ref(py)).collect())
+                })
+                .collect()
+        };
         let out = PyList::empty(py);
-        for (i, entry) in reg.patterns.iter().enumerate() {
-            if entry.subs.is_empty() {
-                continue;
-            }
-            let subs = PyList::new(py, entry.subs.iter().map(|s| s.bind(py)))?;
-            out.append((by_index[&i], subs))?;
+        for (pattern, subs) in copied {
+            out.append((pattern, PyList::new(py, subs)?))?;
         }
         Ok(out)
     }
@@ -458,7 +509,7 @@ impl Core {
         if shared.is_closed() {
             return Err(PyRuntimeError::new_err("the event loop of this inbox is closed"));
         }
-        match shared.admit(py)? {
+        match shared.admit(py, |py| inbox.loop_closed(py))? {
             Ok(()) => {}
             Err(false) => {
                 shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -527,17 +578,17 @@ impl Core {
         pattern: Option<&str>,
     ) -> PyResult<Bound<'py, PyList>> {
         let compiled = pattern.map(check_pattern).transpose()?;
-        let reg = self.registry.lock();
-        let out = PyList::empty(py);
-        let matching = reg
-            .history
-            .iter()
-            .rev()
-            .filter(|r| compiled.as_ref().is_none_or(|p| p.is_match(&r.name)));
-        for r in matching.take(count.unwrap_or(usize::MAX)) {
-            out.append(r.event.bind(py))?;
-        }
-        Ok(out)
+        let events: Vec<Py<PyAny>> = {
+            let reg = self.registry.lock();
+            reg.history
+                .iter()
+                .rev()
+                .filter(|r| compiled.as_ref().is_none_or(|p| p.is_match(&r.name)))
+                .take(count.unwrap_or(usize::MAX))
+                .map(|r| r.event.clone_ref(py))
+                .collect()
+        };
+        PyList::new(py, events)
     }
 
     /// The number the next event will get.

@@ -257,8 +257,14 @@ impl InboxShared {
 
     /// Room for one more event under the bound: `Ok(())`, or why not:
     /// `Err(true)` means "drop the new one" (`Shed`), `Err(false)` "refuse
-    /// it".
-    pub(crate) fn admit(&self, py: Python<'_>) -> PyResult<Result<(), bool>> {
+    /// it". `loop_closed` tells a thread waiting for room (`Block`) that the
+    /// loop is gone: it stops waiting, closes the inbox (what waits in it is
+    /// lost, counted) and counts its own event as lost too.
+    pub(crate) fn admit(
+        &self,
+        py: Python<'_>,
+        loop_closed: impl Fn(Python<'_>) -> PyResult<bool>,
+    ) -> PyResult<Result<(), bool>> {
         if self.pending() < self.capacity {
             return Ok(Ok(()));
         }
@@ -292,6 +298,11 @@ impl InboxShared {
                         return Ok(Ok(()));
                     }
                     py.check_signals()?;
+                    if loop_closed(py)? {
+                        self.close();
+                        self.counters.lost_closed.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Ok(()));
+                    }
                 }
             }
         }
@@ -376,10 +387,31 @@ fn wake_pipe() -> std::io::Result<[i32; 2]> {
 #[derive(Debug)]
 pub struct Inbox {
     pub(crate) shared: Arc<InboxShared>,
+    /// A weak reference to the loop (`weakref.ref(loop)`), if it takes one:
+    /// a thread waiting for room stops when the loop is gone or closed.
+    loop_ref: Option<Py<PyAny>>,
 }
 
 impl Inbox {
-    pub(crate) fn new(capacity: usize, overflow: Overflow, loop_thread: u64) -> PyResult<Inbox> {
+    /// Whether the loop this inbox is for is gone or closed (it will never
+    /// make room again).
+    pub(crate) fn loop_closed(&self, py: Python<'_>) -> PyResult<bool> {
+        let Some(loop_ref) = &self.loop_ref else { return Ok(false) };
+        let event_loop = loop_ref.bind(py).call0()?;
+        if event_loop.is_none() {
+            return Ok(true);
+        }
+        event_loop.call_method0(pyo3::intern!(py, "is_closed"))?.is_truthy()
+    }
+}
+
+impl Inbox {
+    pub(crate) fn new(
+        capacity: usize,
+        overflow: Overflow,
+        loop_thread: u64,
+        loop_ref: Option<Py<PyAny>>,
+    ) -> PyResult<Inbox> {
         let fds = wake_pipe()
             .map_err(|e| PyOSError::new_err(format!("cannot create the wake-up pipe: {e}")))?;
         Ok(Inbox {
@@ -398,6 +430,7 @@ impl Inbox {
                 fds_closed: AtomicBool::new(false),
                 flush_waiting: AtomicBool::new(false),
             }),
+            loop_ref,
         })
     }
 }

@@ -295,3 +295,194 @@ def test_a_bus_in_a_reference_cycle_is_collected():
     refs = [make() for _ in range(3)]
     gc.collect()
     assert [r() for r in refs] == [None, None, None]
+
+
+# Regression: Python objects were made while the registry's lock was held
+# (get_subscriptions, subscribe's replay list, the index rebuild, history).
+# Making one can run the garbage collector, and so a finalizer.
+
+
+def test_finalizer_calling_the_bus_during_get_subscriptions_does_not_deadlock():
+    # The finalizer re-locks the (non-reentrant) lock on the same thread.
+    code = """
+        import gc
+        from switchboard_bus import Event, EventBus
+        bus = EventBus()
+        for i in range(2000):
+            bus.subscribe(f"p{i}.*", print, "p")
+        class Finalized:
+            def __init__(self):
+                self.me = self
+            def __del__(self):
+                bus.get_stats()
+        for call in (bus.get_subscriptions, lambda: bus.get_history(), lambda: bus.subscribe("p1.*", print, "q", replay=5)):
+            gc.collect()
+            Finalized()
+            call()
+        print("ok")
+    """
+    try:
+        result = run_python(code, timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("deadlocked")
+    assert "ok" in result.stdout, result.stderr
+
+
+def test_finalizer_letting_another_thread_run_under_the_registry_lock_does_not_deadlock():
+    # Across threads: a finalizer run inside the locked section hands the GIL
+    # to a second thread, which waits for the lock holding the GIL.
+    code = """
+        import sys, threading, time
+        from switchboard_bus import EventBus
+        sys.setswitchinterval(0.0005)
+        bus = EventBus()
+        for i in range(3000):
+            bus.subscribe(f"p{i}.*", print, "p")
+        class Finalized:
+            def __init__(self): self.me = self
+            def __del__(self): sum(range(20000))
+        stop = False
+        def a():
+            while not stop:
+                Finalized(); bus.get_subscriptions()
+        def b():
+            while not stop:
+                bus.get_stats()
+        ts = [threading.Thread(target=a, daemon=True), threading.Thread(target=b, daemon=True)]
+        for t in ts: t.start()
+        time.sleep(3)
+        stop = True
+        for t in ts: t.join(2)
+        print("ok")
+    """
+    try:
+        result = run_python(code, timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("deadlocked")
+    assert "ok" in result.stdout, result.stderr
+
+
+# Regression: a thread blocked under Overflow.BLOCK waited forever once its
+# loop closed, and so did the interpreter's exit, which joins threads before
+# atexit (where the bus is closed).
+
+
+def test_interpreter_exit_with_a_thread_blocked_on_a_closed_loop_does_not_hang():
+    code = """
+        import asyncio, threading
+        from switchboard_bus import Event, EventBus
+        bus = EventBus(capacity=4)
+        async def slow(e):
+            await asyncio.sleep(3600)
+        bus.subscribe("x", slow, "p")
+        started = threading.Event()
+        def producer():
+            started.set()
+            try:
+                for i in range(100):
+                    bus.publish_nowait(Event("x", i, "t"))
+            except RuntimeError as e:
+                print("producer:", e, flush=True)
+        async def main():
+            bus.bind_loop()
+            threading.Thread(target=producer).start()
+            started.wait()
+            await asyncio.sleep(0.05)
+        asyncio.run(main())
+        print("main done", flush=True)
+    """
+    try:
+        result = run_python(code, timeout=15)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"hung at exit; stdout so far: {e.stdout!r}")
+    assert result.returncode == 0, result.stderr
+    assert "main done" in result.stdout and "producer: " in result.stdout, result.stdout
+
+
+def test_thread_blocked_when_the_loop_closes_is_released():
+    bus = EventBus(capacity=2)
+
+    async def slow(e):
+        await asyncio.sleep(3600)
+
+    bus.subscribe("x", slow, "p")
+    loop = asyncio.new_event_loop()
+
+    async def bind():
+        bus.bind_loop()
+
+    loop.run_until_complete(bind())
+    outcome = []
+
+    def producer():
+        try:
+            for i in range(10):
+                bus.publish_nowait(Event("x", i, "t"))
+            outcome.append("all accepted")
+        except RuntimeError as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=producer, daemon=True)
+    t.start()
+    loop.run_until_complete(asyncio.sleep(0.3))
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    t.join(5)
+    alive = t.is_alive()
+    stats = bus.engine_stats()
+    bus.close()
+    assert not alive, "a publisher stays blocked on a loop that closed"
+    assert isinstance(outcome[0], RuntimeError) and "closed while waiting for room" in str(outcome[0])
+    # The one running when the loop closed, the one queued, the one refused.
+    assert stats["lost_loop_closed"] >= 2, stats
+
+
+def test_thread_publishing_to_a_loop_that_is_gone_raises_not_hangs():
+    bus = EventBus(capacity=2)
+    bus.subscribe("x", lambda e: None, "p")
+
+    async def bind():
+        bus.bind_loop()
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(bind())
+    loop.close()
+    errors = []
+
+    def producer():
+        try:
+            for i in range(5):
+                bus.publish_nowait(Event("x", i, "t"))
+        except RuntimeError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=producer, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive() and errors
+    bus.close()
+
+
+def test_close_from_another_thread_wakes_a_waiting_flush():
+    # Regression: close() from another thread set the flush's future and
+    # removed the reader from that thread, which does not wake the loop: the
+    # flush returned only when something else woke it.
+    bus = EventBus()
+
+    async def stuck(e):
+        await asyncio.sleep(3600)
+
+    bus.subscribe("x", stuck, "p")
+
+    async def main():
+        bus.publish_nowait(Event("x", 1, "s"))
+        threading.Timer(0.1, bus.close).start()
+        asyncio.get_running_loop().call_later(2.0, lambda: None)
+        t = time.monotonic()
+        await within(bus.flush(), 5)
+        return time.monotonic() - t
+
+    took = asyncio.run(main())
+    assert took < 1.0, f"flush returned {took:.1f}s after a close from another thread"

@@ -390,3 +390,51 @@ async def test_a_handler_closing_the_bus_does_not_hang():
     await within(bus.publish(Event("after", {}, "s")), 5)  # await publish still works: no engine needed
     with pytest.raises(RuntimeError, match="closed"):
         bus.publish_nowait(Event("after", {}, "s"))
+
+
+@pytest.mark.asyncio
+async def test_handler_awaiting_a_cancelled_task_does_not_stall_flush(caplog):
+    # Regression: a handler's own CancelledError (it awaited a cancelled
+    # task) was taken for the dispatcher's cancellation: the dispatcher kept
+    # the rest as leftover, never rescheduled, and flush hung.
+    bus = EventBus()
+    seen = []
+
+    async def handler(e):
+        if e.data == 0:
+            t = asyncio.ensure_future(asyncio.sleep(10))
+            t.cancel()
+            await t
+        seen.append(e.data)
+
+    bus.subscribe("x", handler, "p")
+    for i in range(3):
+        bus.publish_nowait(Event("x", i, "s"))
+    await within(bus.flush(), 3)
+    assert seen == [1, 2]
+    assert bus.get_stats()["handler_errors"] == 1
+    assert "Error in p handling x" in caplog.text
+    bus.close()
+
+
+@pytest.mark.asyncio
+async def test_two_replaying_handlers_that_flush_do_not_wait_for_each_other():
+    # Regression: flush waited for every running replay but its own; two
+    # replays whose handlers flush waited for each other forever.
+    bus = EventBus()
+    for i in range(2):
+        await bus.publish(Event("q", i, "s"))
+    seen = []
+
+    def make(tag):
+        async def h(e):
+            await bus.flush()
+            seen.append((tag, e.data))
+
+        return h
+
+    bus.subscribe("q", make("a"), "a", replay=2)
+    bus.subscribe("q", make("b"), "b", replay=2)
+    await within(bus.flush(), 3)
+    assert sorted(seen) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    bus.close()

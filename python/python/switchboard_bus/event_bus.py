@@ -35,9 +35,10 @@ import contextvars
 import enum
 import inspect
 import logging
+import sys
 import threading
 import weakref
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 from . import _native
 from .event import Event, EventPriority
@@ -56,6 +57,18 @@ _NEVER = 1 << 62
 # it would wait for the very call that waits.
 _IN_DISPATCH: contextvars.ContextVar[Optional["_Dispatcher"]] = contextvars.ContextVar(
     "switchboard_bus_in_dispatch", default=None
+)
+
+# Set in the context of a coroutine handler's replay task (and so of every
+# task it starts): a flush from there does not wait for the running replays,
+# which may be waiting for it.
+_IN_REPLAY: contextvars.ContextVar[bool] = contextvars.ContextVar("switchboard_bus_in_replay", default=False)
+
+# Set by a reload around the replaced instance's teardown: the ids of that
+# instance's subscriptions, the only ones unsubscribing by name may remove
+# meanwhile (a newer instance has the same name).
+_TEARDOWN_SCOPE: contextvars.ContextVar[Optional[FrozenSet[int]]] = contextvars.ContextVar(
+    "switchboard_bus_teardown_scope", default=None
 )
 
 _live_buses: "weakref.WeakSet[EventBus]" = weakref.WeakSet()
@@ -189,6 +202,38 @@ def _retrieve(task: "asyncio.Task[None]") -> None:
             _log.error("the event loop's dispatcher failed", exc_info=exc)
 
 
+if sys.version_info >= (3, 11):
+
+    def _dispatcher_cancelled() -> bool:
+        """Whether the running task (a dispatcher) was asked to cancel, as
+        opposed to a handler's own ``CancelledError`` (it awaited something
+        that was cancelled)."""
+        task = asyncio.current_task()
+        return task is None or task.cancelling() > 0
+
+    def _new_dispatcher_task(loop: asyncio.AbstractEventLoop, coro: Any) -> "asyncio.Task[None]":
+        return loop.create_task(coro)
+
+else:
+
+    class _DispatcherTask(asyncio.Task):  # type: ignore[type-arg]
+        """A dispatcher's task that remembers being asked to cancel (what
+        ``Task.cancelling()`` tells from Python 3.11 on)."""
+
+        cancel_requested = False
+
+        def cancel(self, *args: Any, **kwargs: Any) -> bool:
+            self.cancel_requested = True
+            return super().cancel(*args, **kwargs)
+
+    def _dispatcher_cancelled() -> bool:
+        task = asyncio.current_task()
+        return getattr(task, "cancel_requested", True)
+
+    def _new_dispatcher_task(loop: asyncio.AbstractEventLoop, coro: Any) -> "asyncio.Task[None]":
+        return _DispatcherTask(coro, loop=loop)
+
+
 class _Dispatcher:
     """One loop's side of the bus: watches its inbox's pipe and runs the
     calls the engine's worker matched, a batch at a time, in one task."""
@@ -196,7 +241,13 @@ class _Dispatcher:
     def __init__(self, bus: "EventBus", loop: asyncio.AbstractEventLoop, ident: int) -> None:
         self.bus = bus
         self.loop = loop
-        self.inbox = bus._core.inbox(ident)
+        self.ident = ident
+        try:
+            loop_ref: Optional[Callable[[], Any]] = weakref.ref(loop)
+        except TypeError:  # a loop that takes no weak reference
+            loop_ref = None
+        # A thread waiting for room under BLOCK stops when the loop closes.
+        self.inbox = bus._core.inbox(ident, loop_ref)
         self.task: Optional["asyncio.Task[None]"] = None
         self.leftover: List[Tuple[Event, int, Sequence[Subscription], int]] = []
         # Flushes waiting, each for its generation.
@@ -217,7 +268,7 @@ class _Dispatcher:
     def on_wake(self) -> None:
         self.inbox.clear_wake()
         if self.task is None and not self.closed:
-            self.task = self.context.run(self.loop.create_task, self.drain())
+            self.task = self.context.run(_new_dispatcher_task, self.loop, self.drain())
             # A BaseException that ended it already reached the loop's caller.
             self.task.add_done_callback(_retrieve)
 
@@ -249,7 +300,15 @@ class _Dispatcher:
                         except Exception as e:
                             stats["handler_errors"] += 1
                             bus.logger.error(f"Error in {sub.plugin_name} handling {event.name}: {e}")
-                        except asyncio.CancelledError:
+                        except asyncio.CancelledError as e:
+                            if not _dispatcher_cancelled():
+                                # The handler's own (it awaited something
+                                # cancelled): its error, like any other.
+                                stats["handler_errors"] += 1
+                                bus.logger.error(
+                                    f"Error in {sub.plugin_name} handling {event.name}: {e!r} (cancelled)"
+                                )
+                                continue
                             # The dispatcher was cancelled (its loop is being
                             # shut down, most likely): what is left of the batch
                             # is kept for the next wake-up, or counted as lost
@@ -306,16 +365,29 @@ class _Dispatcher:
         if self.leftover:
             self.inbox.done(len(self.leftover))
             self.leftover = []
-        if not self.loop.is_closed():
+        waiters, self.waiters = self.waiters, []
+        if threading.get_ident() == self.ident:
+            self.unwatch(waiters)
+        elif not self.loop.is_closed():
+            # The loop's own APIs are not for other threads: it does this
+            # itself, woken (a flush waiting on it returns at once).
             try:
-                self.loop.remove_reader(self.inbox.fileno())
-            except Exception:  # a loop being torn down on another thread
+                self.loop.call_soon_threadsafe(self.unwatch, waiters)
+            except RuntimeError:  # it closed meanwhile
                 pass
-        for _, waiter in self.waiters:
-            if not waiter.done() and not self.loop.is_closed():
-                waiter.set_result(None)
-        self.waiters = []
         return from_inbox, left
+
+    def unwatch(self, waiters: List[Tuple[int, "asyncio.Future[None]"]]) -> None:
+        """On the loop's thread: stops watching the pipe, wakes the flushes."""
+        if self.loop.is_closed():
+            return
+        try:
+            self.loop.remove_reader(self.inbox.fileno())
+        except Exception:  # a loop being torn down
+            pass
+        for _, waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class EventBus:
@@ -438,7 +510,9 @@ class EventBus:
                     raise RuntimeError(
                         "subscribe(..., replay=n) with a coroutine handler needs a running event loop"
                     ) from None
-                task = loop.create_task(self._replay_rest(sub, event, result, replayed[i + 1 :]))
+                context = contextvars.copy_context()
+                context.run(_IN_REPLAY.set, True)
+                task = context.run(loop.create_task, self._replay_rest(sub, event, result, replayed[i + 1 :]))
                 self._replays.add(task)
                 task.add_done_callback(self._replays.discard)
                 return
@@ -514,10 +588,11 @@ class EventBus:
         """
         _check_str("event_pattern", event_pattern)
         _check_str("plugin_name", plugin_name)
+        scope = _TEARDOWN_SCOPE.get()
         for pattern, subs in self._core.subscriptions():
             if pattern == event_pattern:
                 for sub in subs:
-                    if sub.plugin_name == plugin_name:
+                    if sub.plugin_name == plugin_name and (scope is None or id(sub) in scope):
                         self._remove(sub, 0)
 
     def unsubscribe_all(self, plugin_name: str) -> None:
@@ -527,9 +602,10 @@ class EventBus:
             plugin_name: Name of plugin
         """
         _check_str("plugin_name", plugin_name)
+        scope = _TEARDOWN_SCOPE.get()
         for _pattern, subs in self._core.subscriptions():
             for sub in subs:
-                if sub.plugin_name == plugin_name:
+                if sub.plugin_name == plugin_name and (scope is None or id(sub) in scope):
                     self._remove(sub, 0)
 
     def get_subscriptions(self, plugin_name: Optional[str] = None) -> Dict[str, List[str]]:
@@ -605,7 +681,9 @@ class EventBus:
             TypeError: ``event`` is not an ``Event``
             QueueFull: the loop's backlog is full (``Overflow.ERROR``, or the
                 loop's own thread past twice the bound under ``BLOCK``)
-            RuntimeError: the bus is closed, or no loop to run handlers on
+            RuntimeError: the bus is closed, or no loop to run handlers on, or
+                the loop closed while a thread waited for room (``BLOCK``; the
+                event is counted in ``lost_loop_closed``)
             KeyboardInterrupt: Ctrl-C while waiting for room (``BLOCK``)
         """
         if not isinstance(event, Event):
@@ -659,11 +737,12 @@ class EventBus:
     async def flush(self) -> None:
         """Returns once every event this loop's code published with
         ``publish_nowait`` before the call has been handled, with the events
-        their handlers published in turn (and once running replays are done).
-        From inside a handler the dispatcher runs (or a task it started) it
-        returns at once: it would wait for itself."""
+        their handlers published in turn (and once running replays are done;
+        not from a replay, which would wait for itself or for a replay waiting
+        for it). From inside a handler the dispatcher runs (or a task it
+        started) it returns at once: it would wait for itself."""
         loop = asyncio.get_running_loop()
-        while self._replays:
+        while self._replays and not _IN_REPLAY.get():
             current = asyncio.current_task()
             others = [t for t in self._replays if t is not current]
             if not others:
@@ -799,10 +878,18 @@ class EventBus:
         return f"EventBus(subscriptions={sum(len(s) for _, s in self._core.subscriptions())}, closed={self.closed})"
 
 
-@atexit.register
 def _close_at_exit() -> None:
     for bus in list(_live_buses):
         lost = bus.close()
         if lost:
             bus.logger.warning(f"event bus closed at interpreter exit: {lost} handler calls not run")
+
+
+# Also before the interpreter joins its threads (which comes before atexit):
+# a thread blocked publishing to a bus is released by the close, not joined
+# forever.
+atexit.register(_close_at_exit)
+_register_atexit: Optional[Callable[[Callable[[], None]], None]] = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_close_at_exit)
 

@@ -3,6 +3,8 @@ reloads their code from disk with an exactly-once hand-over."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import importlib
 import importlib.util
 import logging
@@ -11,9 +13,9 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Type, Union
+from typing import Any, Dict, List, Optional, Set, Type, Union
 
-from .event_bus import _IN_DISPATCH, EventBus
+from .event_bus import _IN_DISPATCH, _TEARDOWN_SCOPE, EventBus
 from .plugin import Plugin, _Handover
 
 __all__ = ["PluginError", "PluginManager"]
@@ -104,7 +106,9 @@ class PluginManager:
     each subscription of the new instance takes over the old instance's
     subscription of the same role (pattern and ordinal) at its seam, so every
     event either instance would get is handled exactly once. Use the manager
-    from one event loop.
+    from one event loop. Concurrent reloads of one plugin run one after the
+    other; a load of a name whose load is still in ``setup`` fails as a load
+    of a loaded name does.
     """
 
     def __init__(self, bot: Any = None, event_bus: Optional[EventBus] = None) -> None:
@@ -114,6 +118,12 @@ class PluginManager:
             self.bot.plugin_manager = self
         self.plugins: Dict[str, Plugin] = {}
         self._origins: Dict[str, _Origin] = {}
+        # Names whose load is in setup, and each name's reload lock.
+        self._loading: Set[str] = set()
+        self._reloading: Dict[str, asyncio.Lock] = {}
+        # Teardowns of replaced instances waiting for their last events (a
+        # reload from inside a handler).
+        self._retiring: Set["asyncio.Future[None]"] = set()
         self.logger = logging.getLogger("plugin.manager")
 
     def _origin(self, source: Source, config: Optional[Dict[str, Any]]) -> _Origin:
@@ -146,13 +156,18 @@ class PluginManager:
             module = importlib.import_module(origin.module_name)
         plugin = _plugin_class(module)(self.bot, config)
         name = plugin.metadata.name
-        if name in self.plugins:
+        if name in self.plugins or name in self._loading:
             raise PluginError(f"a plugin named {name!r} is already loaded")
+        # Taken before the first await: a second load of the name meanwhile
+        # fails above instead of setting up a second live instance.
+        self._loading.add(name)
         try:
             await plugin.setup()
         except Exception as e:
             await self._discard(plugin)
             raise PluginError(f"setup of plugin {name!r} failed: {e}") from e
+        finally:
+            self._loading.discard(name)
         self.plugins[name] = plugin
         self._origins[name] = origin
         self.logger.info(f"loaded plugin {name}")
@@ -193,9 +208,24 @@ class PluginManager:
         A failure (the module does not execute, no plugin class, another name,
         a failed ``setup``) keeps the old instance running, still exactly once.
 
+        Concurrent reloads of one plugin run one after the other, each
+        replacing the instance the one before it left. From inside a handler
+        run by ``publish_nowait``'s dispatcher, the old instance is torn down
+        after this returns, once the events queued for it have run.
+
         Raises:
-            PluginError: as above, with the reason chained
+            PluginError: as above, with the reason chained; also a reload from
+                inside a handler while another reload of the plugin runs (it
+                would wait for a flush that waits for that handler)
         """
+        self._get(name)
+        lock = self._reloading.setdefault(name, asyncio.Lock())
+        if lock.locked() and _IN_DISPATCH.get() is not None:
+            raise PluginError(f"a reload of plugin {name!r} is in progress")
+        async with lock:
+            return await self._reload(name)
+
+    async def _reload(self, name: str) -> Plugin:
         old = self._get(name)
         origin = self._origins[name]
         bus = self.event_bus
@@ -206,7 +236,7 @@ class PluginManager:
             raise PluginError(f"reload of plugin {name!r} failed: {e}") from e
         if fresh.metadata.name != name:
             raise PluginError(f"reloaded plugin {name!r} now calls itself {fresh.metadata.name!r}")
-        handover = _Handover(old, bus._core.sequence)
+        handover = _Handover(old)
         fresh._handover = handover
         try:
             await fresh.setup()
@@ -224,16 +254,32 @@ class PluginManager:
         for sub in old._subscription_handles:
             bus._remove(sub, now)
         self.plugins[name] = fresh
-        # Let what was already on its way to the old instance finish first
-        # (not from inside a handler, where it would wait for itself).
         if _IN_DISPATCH.get() is None:
-            await bus.flush()
+            await self._retire(name, old)
+        else:
+            # From inside a handler the dispatcher runs, a flush would wait
+            # for that very handler, and the events queued behind it still
+            # go to the old instance: its teardown waits for them in a task
+            # of its own (a fresh context, outside the dispatcher's).
+            task = contextvars.Context().run(asyncio.ensure_future, self._retire(name, old))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        self.logger.info(f"reloaded plugin {name}")
+        return fresh
+
+    async def _retire(self, name: str, old: Plugin) -> None:
+        """Lets what was already on its way to the replaced instance finish,
+        then runs its teardown."""
+        await self.event_bus.flush()
+        # Unsubscribing by name in the old teardown (the seed's own body does)
+        # removes only the old instance's subscriptions, never a newer one's.
+        scope = _TEARDOWN_SCOPE.set(frozenset(id(sub) for sub in old._subscription_handles))
         try:
             await old.teardown()
         except Exception as e:
             self.logger.warning(f"teardown of the replaced instance of {name} failed: {e}")
-        self.logger.info(f"reloaded plugin {name}")
-        return fresh
+        finally:
+            _TEARDOWN_SCOPE.reset(scope)
 
     def _roll_back(self, handover: _Handover, fresh: Plugin) -> None:
         """A failed reload: the old instance takes its roles back from now
@@ -253,6 +299,8 @@ class PluginManager:
 
     async def shutdown(self) -> None:
         """Unloads every plugin, then closes the bus (after a flush)."""
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         for name in list(self.plugins):
             try:
                 await self.unload(name)

@@ -141,8 +141,7 @@ class _Handover:
     to the new one. Each event of a role is handled exactly once.
     """
 
-    def __init__(self, old: Plugin, started: int) -> None:
-        self.started = started
+    def __init__(self, old: Plugin) -> None:
         self.old: Dict[Tuple[str, int], Subscription] = {}
         counts: Dict[str, int] = {}
         for sub in old._subscription_handles:
@@ -154,11 +153,12 @@ class _Handover:
         self.taken: List[Tuple[Subscription, Subscription]] = []
 
     def replay_below(self, pattern: str) -> int:
-        """What the next subscription to ``pattern`` may replay: for a role
-        the old instance had, only what it handled before the reload began
-        (that is the catch-up); what it handled since is not replayed."""
+        """What the next subscription to ``pattern`` may replay (the events
+        numbered below this): nothing for a role the old instance had, which
+        goes on at the cut as if one instance had it all along (what the old
+        instance handled is never handled again); all it asks otherwise."""
         k = self.counts.get(pattern, 0)
-        return self.started if (pattern, k) in self.old else _NEVER
+        return 0 if (pattern, k) in self.old else _NEVER
 
     def took(self, pattern: str, new: Subscription) -> None:
         k = self.counts.get(pattern, 0)
