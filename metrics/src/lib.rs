@@ -351,14 +351,24 @@ impl Metrics {
 
 impl Inner {
     fn collect(&self) {
-        let mut watched = self.watched.lock();
-        watched.buses.retain_mut(BusWatch::collect);
-        #[cfg(feature = "host")]
-        watched.hosts.retain_mut(HostWatch::collect);
-        #[cfg(feature = "nats")]
-        watched.bridges.retain_mut(BridgeWatch::collect);
+        // The strong handles the reads took are dropped after the lock is
+        // released: one may be the last, and its shutdown drops handlers,
+        // whose `Drop` may call back into these metrics.
+        let mut held = Held::new();
+        {
+            let mut watched = self.watched.lock();
+            watched.buses.retain_mut(|w| w.collect(&mut held));
+            #[cfg(feature = "host")]
+            watched.hosts.retain_mut(|w| w.collect(&mut held));
+            #[cfg(feature = "nats")]
+            watched.bridges.retain_mut(|w| w.collect(&mut held));
+        }
+        drop(held);
     }
 }
+
+/// Strong handles a poll took, dropped once it is done.
+type Held = Vec<Box<dyn std::any::Any + Send>>;
 
 /// The bus's observer: latency and duration histograms per plugin.
 #[derive(Debug)]
@@ -480,7 +490,7 @@ impl BusWatch {
 
     /// Reads the bus; false once it is gone (or shut down: read one last
     /// time).
-    fn collect(&mut self) -> bool {
+    fn collect(&mut self, held: &mut Held) -> bool {
         let Some(bus) = self.bus.upgrade() else { return false };
         let closed = bus.is_closed();
         let stats = bus.stats();
@@ -500,7 +510,7 @@ impl BusWatch {
         self.subscriptions.set(stats.subscriptions as f64);
 
         let infos = bus.subscriptions(Target::All);
-        drop(bus);
+        held.push(Box::new(bus));
         let live: HashSet<SubscriptionId> = infos.iter().map(|i| i.id).collect();
         // What the subscriptions that went counted stays in their totals.
         let gone: Vec<SubscriptionId> =
@@ -600,12 +610,12 @@ impl HostWatch {
         }
     }
 
-    fn collect(&mut self) -> bool {
+    fn collect(&mut self, held: &mut Held) -> bool {
         let Some(manager) = self.manager.upgrade() else { return false };
         let s = manager.stats();
         let closed = manager.bus().is_closed();
         let plugins = manager.list();
-        drop(manager);
+        held.push(Box::new(manager));
         for plugin in plugins {
             let bus = &self.bus;
             let counter = self.published.entry(plugin.name).or_insert_with_key(|name| {
@@ -676,14 +686,14 @@ impl BridgeWatch {
         }
     }
 
-    fn collect(&mut self) -> bool {
+    fn collect(&mut self, held: &mut Held) -> bool {
         let Some(bridge) = self.bridge.upgrade() else {
             self.connected.set(0.0);
             self.alive.set(0.0);
             return false;
         };
         let s = bridge.stats();
-        drop(bridge);
+        held.push(Box::new(bridge));
         for (counter, read) in &self.counters {
             counter.absolute(read(&s));
         }
