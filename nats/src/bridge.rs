@@ -576,16 +576,15 @@ impl Peer {
             info = client.server_info();
         }
         let server_said = self.server_said.swap(false, Ordering::SeqCst);
-        if !server_said {
-            // Whatever the cause (in a cluster the client may come back on
-            // another server after failing to parse a message), the
-            // JetStream imports pull one at a time for a while: it costs
-            // throughput, never a message.
-            self.quarantine.extend(self.quarantine_span);
-        }
         if let Some((server, _)) = before {
             if server == info.server_id && !server_said {
                 counters.client_side_reconnects.fetch_add(1, Ordering::Relaxed);
+                // Only then: a quarantine after every reconnect (a server
+                // restart included) restarts the pull streams, and what they
+                // had buffered comes back only after the ack wait. (In a
+                // cluster the client may come back on another member after
+                // an unreadable message; that one is missed.)
+                self.quarantine.extend(self.quarantine_span);
                 tracing::warn!(
                     server = %info.server_id,
                     "the NATS client dropped its connection to a server that stayed up, and \

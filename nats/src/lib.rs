@@ -87,9 +87,9 @@
 //! * **a header block the client cannot parse** makes the client drop the
 //!   connection and reconnect (counted in
 //!   [`BridgeStats::client_side_reconnects`]); core mode loses what the
-//!   client had read with it. JetStream loses nothing valid: after any
-//!   reconnect the server did not explain, imports pull one message at a
-//!   time for a while, so the unreadable message
+//!   client had read with it. JetStream loses nothing valid: after such a
+//!   reconnect, imports pull one message at a time for a while, so the
+//!   unreadable message
 //!   arrives alone until the stream gives up on it at the delivery limit
 //!   ([`JetStreamConfig::max_deliver`]; counted in
 //!   [`BridgeStats::undeliverable`], its stream sequence logged);
