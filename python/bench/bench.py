@@ -26,6 +26,11 @@ Scenarios:
   ``run_coroutine_threadsafe(bus.publish(event), loop)`` per event (one
   cross-thread wake-up each); switchboard_bus's is ``publish_nowait``, whose
   calls reach the loop in batches (one wake-up per batch): what batching buys.
+* ``10k subs, churn``: on top of the 10,000, each event is a subscribe to a
+  pattern never seen before (``churn.N``, as a request awaiting its reply
+  would), an ``await publish`` of an event named ``churn.N`` and the
+  ``unsubscribe`` of that pattern: what changing subscriptions cost (both
+  buses keep a pattern's key after its last subscriber leaves).
 """
 
 from __future__ import annotations
@@ -231,6 +236,39 @@ async def run_ours_thread(patterns: Patterns, names: Sequence[str]) -> Tuple[flo
     return elapsed, count[0]
 
 
+async def _churn(bus: Any, event_class: Any, patterns: Patterns, names: Sequence[str]) -> Tuple[float, int]:
+    count = [0]
+
+    async def handler(event: Any) -> None:
+        count[0] += 1
+
+    for pattern, plugin in patterns:
+        bus.subscribe(pattern, handler, plugin)
+    events = [event_class(name, {"i": i}, "bench") for i, name in enumerate(names)]
+    await bus.publish(event_class("warm.up", {}, "bench"))
+    count[0] = 0
+    started = time.perf_counter()
+    for event in events:
+        bus.subscribe(event.name, handler, "churner")
+        await bus.publish(event)
+        bus.unsubscribe(event.name, "churner")
+    return time.perf_counter() - started, count[0]
+
+
+async def run_seed_churn(patterns: Patterns, names: Sequence[str]) -> Tuple[float, int]:
+    """Subscribe, ``await publish``, unsubscribe, per event, on the seed."""
+    return await _churn(seed_bus.EventBus(history_size=100), seed_bus.Event, patterns, names)
+
+
+async def run_ours_churn(patterns: Patterns, names: Sequence[str]) -> Tuple[float, int]:
+    """Subscribe, ``await publish``, unsubscribe, per event."""
+    bus = switchboard_bus.EventBus(history_size=100)
+    try:
+        return await _churn(bus, switchboard_bus.Event, patterns, names)
+    finally:
+        bus.close()
+
+
 Runner = Callable[[Patterns, Sequence[str]], Any]
 
 
@@ -244,10 +282,19 @@ def measure(
     seed: Runner = run_seed,
 ) -> Dict[str, Any]:
     patterns = workload(subscriptions)
-    seed_names = names_for(patterns, seed_events)
-    our_names = names_for(patterns, our_events)
-    want_seed = expected_deliveries(patterns, seed_names)
-    want_ours = expected_deliveries(patterns, our_names)
+    if ours is run_ours_churn:
+        # Fresh names, each matching its own churned subscription too.
+        seed_names = [f"churn.{i}" for i in range(seed_events)]
+        our_names = [f"churn.{i}" for i in range(our_events)]
+        # No workload pattern tells churn names apart (all begin "plugin"
+        # or are "*"): fnmatch over one of them says what each one gets.
+        each = expected_deliveries(patterns, ["churn.0"]) + 1
+        want_seed, want_ours = each * seed_events, each * our_events
+    else:
+        seed_names = names_for(patterns, seed_events)
+        our_names = names_for(patterns, our_events)
+        want_seed = expected_deliveries(patterns, seed_names)
+        want_ours = expected_deliveries(patterns, our_names)
     seed_rates: List[float] = []
     our_rates: List[float] = []
     ratios: List[float] = []
@@ -297,6 +344,7 @@ def main() -> None:
         ("10k subs, await publish", 10_000, n(150), n(5_000), run_ours, run_seed),
         ("10k subs, await publish (plain handlers)", 10_000, n(150), n(5_000), run_ours_plain, run_seed),
         ("10k subs, nowait + flush (plain handlers)", 10_000, n(150), n(5_000), run_ours_nowait, run_seed),
+        ("10k subs, churn (subscribe, publish, unsubscribe)", 10_000, n(150), n(2_000), run_ours_churn, run_seed_churn),
     ]
     results = []
     for label, subs, seed_events, our_events, runner, seed in scenarios:

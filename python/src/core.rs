@@ -19,7 +19,7 @@
 //! duplicate, and the plugin manager's hand-over cuts over at seams.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 use pyo3::PyTraverseError;
 use serde::{Serialize, Serializer};
 use switchboard::{Bus, BusBuilder, Event, Handler, Priority};
@@ -35,22 +35,99 @@ use switchboard_matcher::{Pattern, PatternSet};
 
 use crate::inbox::{Entry, Inbox, InboxShared, Overflow};
 
-/// The subscriptions as one routing of an event sees them: a pattern set
-/// over the patterns that have subscribers, in first-seen order (so its
-/// matches, which come in index order, are in the seed's dispatch order),
-/// and each pattern's subscriptions in subscription order.
+/// How many patterns seen since the pattern set was last compiled are
+/// tried one by one, before the set is compiled again over all of them: a
+/// new pattern costs a compile of the whole set only once in this many.
+const RECENT_MAX: usize = 64;
+
+/// One pattern's subscriptions, in subscription order, with their plugin
+/// names. Copy-on-write: indexes share it until the pattern's subscriptions
+/// change, so a subscribe or an unsubscribe copies one pattern's list, not
+/// every pattern's.
+#[derive(Debug, Default)]
+pub(crate) struct Subs {
+    /// References only, taken under the registry's lock (which never makes
+    /// a Python object).
+    subs: Vec<Py<PyAny>>,
+    names: Vec<Arc<str>>,
+    /// The subscriptions as the tuple handed to Python, made on first use,
+    /// outside every lock: an event matching one pattern reuses it.
+    tuple: OnceLock<Py<PyTuple>>,
+}
+
+impl Subs {
+    /// A copy with `f` applied (references only: no Python object made).
+    fn edited(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Vec<Py<PyAny>>, &mut Vec<Arc<str>>),
+    ) -> Subs {
+        let mut subs: Vec<Py<PyAny>> = self.subs.iter().map(|s| s.clone_ref(py)).collect();
+        let mut names = self.names.clone();
+        f(&mut subs, &mut names);
+        Subs { subs, names, tuple: OnceLock::new() }
+    }
+}
+
+/// How many patterns' lists share one chunk of `Lists`.
+const CHUNK: usize = 64;
+
+/// Every pattern's list, in chunks shared copy-on-write: a copy costs one
+/// reference count per chunk, a change copies one chunk.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Lists {
+    chunks: Vec<Arc<Vec<Arc<Subs>>>>,
+    len: usize,
+}
+
+impl Lists {
+    fn get(&self, at: usize) -> &Arc<Subs> {
+        &self.chunks[at / CHUNK][at % CHUNK]
+    }
+
+    fn push(&mut self, subs: Arc<Subs>) {
+        if self.len.is_multiple_of(CHUNK) {
+            self.chunks.push(Arc::new(Vec::with_capacity(CHUNK)));
+        }
+        let last = self.chunks.last_mut().expect("a chunk was just pushed");
+        Arc::make_mut(last).push(subs);
+        self.len += 1;
+    }
+
+    /// Puts `subs` at `at`; returns what was there (for the caller to drop
+    /// outside the lock).
+    fn replace(&mut self, at: usize, subs: Arc<Subs>) -> Arc<Subs> {
+        std::mem::replace(&mut Arc::make_mut(&mut self.chunks[at / CHUNK])[at % CHUNK], subs)
+    }
+}
+
+/// The subscriptions as one routing of an event sees them: every pattern
+/// ever subscribed, in first-seen order (so matches, which come in index
+/// order, are in the seed's dispatch order), and each pattern's
+/// subscriptions in subscription order. The first patterns are compiled
+/// into one set; those seen since (at most `RECENT_MAX`) are tried one by
+/// one, after it (their indices follow its).
 #[derive(Debug)]
 pub(crate) struct Index {
-    set: PatternSet,
-    /// Each pattern's subscriptions: references only, taken under the
-    /// registry's lock (which never makes a Python object).
-    subs: Vec<Vec<Py<PyAny>>>,
-    /// Each pattern's subscriptions as the tuple handed to Python, made on
-    /// first use, outside every lock: an event matching one pattern reuses it.
-    tuples: Vec<OnceLock<Py<PyTuple>>>,
+    main: Arc<PatternSet>,
+    recent: Arc<[Pattern]>,
+    subs: Lists,
 }
 
 impl Index {
+    /// The indices of the patterns with subscribers that match `name`,
+    /// ascending, into `out` (cleared first).
+    pub(crate) fn matches_into(&self, name: &str, out: &mut Vec<usize>) {
+        self.main.matches_into(name, out);
+        let base = self.main.len();
+        for (i, pattern) in self.recent.iter().enumerate() {
+            if pattern.is_match(name) {
+                out.push(base + i);
+            }
+        }
+        out.retain(|&m| !self.subs.get(m).subs.is_empty());
+    }
+
     /// The subscriptions of the patterns at `matches` (ascending), in
     /// dispatch order: the pattern's own tuple when there is one.
     pub(crate) fn subs_of<'py>(
@@ -63,21 +140,21 @@ impl Index {
             0 => Ok(PyTuple::empty(py).into_any()),
             1 => {
                 let m = matches.next().unwrap_or(0);
-                let cell = &self.tuples[m];
+                let cell = &self.subs.get(m).tuple;
                 if let Some(tuple) = cell.get() {
                     return Ok(tuple.bind(py).clone().into_any());
                 }
                 // Never waits on the cell (another thread making the same
                 // tuple, having released the GIL, would wait for this one):
                 // the first tuple set is kept, a second one dropped.
-                let tuple = PyTuple::new(py, self.subs[m].iter().map(|s| s.bind(py)))?;
+                let tuple = PyTuple::new(py, self.subs.get(m).subs.iter().map(|s| s.bind(py)))?;
                 let _ = cell.set(tuple.clone().unbind());
                 Ok(tuple.into_any())
             }
             _ => {
                 let out = PyList::empty(py);
                 for m in matches {
-                    for sub in &self.subs[m] {
+                    for sub in &self.subs.get(m).subs {
                         out.append(sub.bind(py))?;
                     }
                 }
@@ -87,7 +164,7 @@ impl Index {
     }
 
     fn empty() -> Index {
-        Index { set: PatternSet::empty(), subs: Vec::new(), tuples: Vec::new() }
+        Index { main: Arc::new(PatternSet::empty()), recent: Arc::from([]), subs: Lists::default() }
     }
 }
 
@@ -99,6 +176,7 @@ pub(crate) struct Carried {
     pub(crate) seq: u64,
     /// Its flush generation (see `inbox.rs`).
     pub(crate) gen: u64,
+    pub(crate) priority: Priority,
     name: Box<str>,
     pub(crate) index: Arc<Index>,
     inbox: Arc<InboxShared>,
@@ -131,23 +209,22 @@ thread_local! {
     static SCRATCH: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The indices of `index`'s patterns with subscribers that match `name`.
+fn matched(index: &Index, name: &str) -> Vec<u32> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        index.matches_into(name, &mut scratch);
+        scratch.iter().map(|&i| i as u32).collect()
+    })
+}
+
 /// Runs on the bus's worker, without the GIL: match the event's name and
 /// hand the calls to its loop.
 fn deliver(carried: &Arc<Carried>) {
     carried.delivered.store(true, Ordering::Relaxed);
-    let matches: Vec<u32> = SCRATCH.with(|scratch| {
-        let mut scratch = scratch.borrow_mut();
-        carried.index.set.matches_into(&carried.name, &mut scratch);
-        scratch.iter().map(|&i| i as u32).collect()
-    });
+    let matches = matched(&carried.index, &carried.name);
     // Pushed even with no match: the loop counts it done, in its batch.
     carried.inbox.push(Entry::Routed { carried: carried.clone(), matches });
-}
-
-#[derive(Debug)]
-struct PatternEntry {
-    pattern: Pattern,
-    subs: Vec<Py<PyAny>>,
 }
 
 #[derive(Debug)]
@@ -160,10 +237,23 @@ struct Recorded {
 #[derive(Debug)]
 struct Registry {
     /// Every pattern ever subscribed, in first-seen order (the seed keeps
-    /// a pattern's key after its last subscriber leaves, and so its place).
-    patterns: Vec<PatternEntry>,
-    by_text: HashMap<String, usize>,
-    /// The index no longer reflects `patterns`: rebuilt on the next routing.
+    /// a pattern's key after its last subscriber leaves, and so its place),
+    /// and each one's subscriptions.
+    patterns: Vec<Pattern>,
+    subs: Lists,
+    by_text: HashMap<Box<str>, usize>,
+    /// For each plugin name, the patterns it has subscriptions under (and
+    /// how many there): what unsubscribing by name looks at.
+    by_plugin: HashMap<Arc<str>, BTreeMap<usize, usize>>,
+    /// How many subscriptions there are.
+    count: usize,
+    /// The compiled set over `patterns[..main.len()]`, and the later ones.
+    main: Arc<PatternSet>,
+    recent: Arc<[Pattern]>,
+    /// `patterns` grew since `recent` was taken.
+    grown: bool,
+    /// The index no longer reflects the subscriptions: made again on the
+    /// next routing.
     dirty: bool,
     index: Arc<Index>,
     history: VecDeque<Recorded>,
@@ -171,40 +261,62 @@ struct Registry {
 }
 
 impl Registry {
-    /// The current index, rebuilt if stale; the replaced one is put in
+    fn new() -> Registry {
+        Registry {
+            patterns: Vec::new(),
+            subs: Lists::default(),
+            by_text: HashMap::new(),
+            by_plugin: HashMap::new(),
+            count: 0,
+            main: Arc::new(PatternSet::empty()),
+            recent: Arc::from([]),
+            grown: false,
+            dirty: false,
+            index: Arc::new(Index::empty()),
+            history: VecDeque::new(),
+            next_seq: 0,
+        }
+    }
+
+    /// The current index, made again if stale; the replaced one is put in
     /// `dead` (dropped by the caller once the lock is released: dropping
-    /// Python references may run Python code, which may call back).
-    fn index(&mut self, py: Python<'_>, dead: &mut Dead) -> PyResult<Arc<Index>> {
+    /// Python references may run Python code, which may call back). Costs
+    /// one reference count per chunk of patterns, plus, once in
+    /// `RECENT_MAX` new patterns, a compile of the pattern set.
+    fn index(&mut self, dead: &mut Dead) -> Arc<Index> {
         if self.dirty {
-            let live: Vec<&PatternEntry> =
-                self.patterns.iter().filter(|p| !p.subs.is_empty()).collect();
-            let set = PatternSet::from_patterns(live.iter().map(|p| p.pattern.clone()));
-            // References only: no Python object is made under the lock.
-            let subs: Vec<Vec<Py<PyAny>>> =
-                live.iter().map(|p| p.subs.iter().map(|s| s.clone_ref(py)).collect()).collect();
-            let tuples = subs.iter().map(|_| OnceLock::new()).collect();
-            dead.index =
-                Some(std::mem::replace(&mut self.index, Arc::new(Index { set, subs, tuples })));
+            if self.grown {
+                if self.patterns.len() - self.main.len() > RECENT_MAX {
+                    self.main = Arc::new(PatternSet::from_patterns(self.patterns.iter().cloned()));
+                }
+                self.recent = self.patterns[self.main.len()..].iter().cloned().collect();
+                self.grown = false;
+            }
+            let index = Index {
+                main: self.main.clone(),
+                recent: self.recent.clone(),
+                subs: self.subs.clone(),
+            };
+            dead.index = Some(std::mem::replace(&mut self.index, Arc::new(index)));
             self.dirty = false;
         }
-        Ok(self.index.clone())
+        self.index.clone()
     }
 
     /// Numbers `event`, records it, and returns its number and the index
     /// to route it with (one critical section: see the module docs).
     fn record(
         &mut self,
-        py: Python<'_>,
         event: &Bound<'_, PyAny>,
         name: &str,
         keep: usize,
         dead: &mut Dead,
-    ) -> PyResult<(u64, Arc<Index>)> {
-        let index = self.index(py, dead)?;
+    ) -> (u64, Arc<Index>) {
+        let index = self.index(dead);
         let seq = self.next_seq;
         self.next_seq += 1;
         if keep > 0 {
-            if self.history.len() == keep {
+            if self.history.len() >= keep {
                 dead.recorded = self.history.pop_front();
             }
             self.history.push_back(Recorded {
@@ -213,7 +325,33 @@ impl Registry {
                 name: name.into(),
             });
         }
-        Ok((seq, index))
+        (seq, index)
+    }
+
+    /// The interned plugin name.
+    fn plugin(&mut self, name: &str) -> Arc<str> {
+        match self.by_plugin.get_key_value(name) {
+            Some((interned, _)) => interned.clone(),
+            None => {
+                let interned: Arc<str> = name.into();
+                self.by_plugin.insert(interned.clone(), BTreeMap::new());
+                interned
+            }
+        }
+    }
+
+    /// Replaces pattern `at`'s subscriptions with an edited copy; the old
+    /// list goes to `dead`.
+    fn edit(
+        &mut self,
+        py: Python<'_>,
+        at: usize,
+        dead: &mut Dead,
+        f: impl FnOnce(&mut Vec<Py<PyAny>>, &mut Vec<Arc<str>>),
+    ) {
+        let edited = Arc::new(self.subs.get(at).edited(py, f));
+        dead.subs.push(self.subs.replace(at, edited));
+        self.dirty = true;
     }
 }
 
@@ -222,6 +360,8 @@ impl Registry {
 struct Dead {
     index: Option<Arc<Index>>,
     recorded: Option<Recorded>,
+    subs: Vec<Arc<Subs>>,
+    removed: Option<Py<PyAny>>,
 }
 
 /// The engine behind one `EventBus`.
@@ -263,9 +403,16 @@ fn priority_of(p: i64) -> PyResult<Priority> {
 
 #[pymethods]
 impl Core {
+    /// `history_size`: `None` keeps every event (the seed's `deque` with
+    /// no `maxlen`).
     #[new]
     #[pyo3(signature = (history_size, capacity, overflow, workers))]
-    fn new(history_size: usize, capacity: usize, overflow: &str, workers: usize) -> PyResult<Core> {
+    fn new(
+        history_size: Option<usize>,
+        capacity: usize,
+        overflow: &str,
+        workers: usize,
+    ) -> PyResult<Core> {
         let overflow = Overflow::parse(overflow).ok_or_else(|| {
             PyValueError::new_err(format!("invalid overflow policy {overflow:?}"))
         })?;
@@ -300,16 +447,9 @@ impl Core {
         bus.subscribe("*", route, "switchboard_bus")
             .map_err(|e| PyRuntimeError::new_err(format!("cannot start the bus: {e}")))?;
         Ok(Core {
-            registry: Mutex::new(Registry {
-                patterns: Vec::new(),
-                by_text: HashMap::new(),
-                dirty: true,
-                index: Arc::new(Index::empty()),
-                history: VecDeque::new(),
-                next_seq: 0,
-            }),
+            registry: Mutex::new(Registry::new()),
             bus,
-            history_size,
+            history_size: history_size.unwrap_or(usize::MAX),
             capacity,
             overflow,
         })
@@ -319,21 +459,42 @@ impl Core {
         // Never blocks: a collection that finds the registry busy sees no
         // edges this time.
         let Some(reg) = self.registry.try_lock() else { return Ok(()) };
-        for entry in &reg.patterns {
-            for sub in &entry.subs {
+        // What is this object's alone: the registry's lists, and the
+        // index's while no event in flight holds the index; a chunk, or a
+        // list, shared with anything else is not (its references are
+        // someone else's too).
+        let index_ours = Arc::strong_count(&reg.index) == 1;
+        let visit_subs = |subs: &Subs| -> Result<(), PyTraverseError> {
+            for sub in &subs.subs {
                 visit.call(sub)?;
             }
-        }
-        // The index's references are this object's only while no event in
-        // flight shares it.
-        if Arc::strong_count(&reg.index) == 1 {
-            for subs in &reg.index.subs {
-                for sub in subs {
-                    visit.call(sub)?;
+            if let Some(tuple) = subs.tuple.get() {
+                visit.call(tuple)?;
+            }
+            Ok(())
+        };
+        for (c, mine) in reg.subs.chunks.iter().enumerate() {
+            let theirs = if index_ours { reg.index.subs.chunks.get(c) } else { None };
+            let shared = theirs.is_some_and(|t| Arc::ptr_eq(t, mine));
+            let mine_ours = Arc::strong_count(mine) == 1 + usize::from(shared);
+            let theirs_ours = theirs.filter(|t| !shared && Arc::strong_count(t) == 1);
+            for (k, subs) in mine.iter().enumerate() {
+                if !mine_ours {
+                    break;
+                }
+                let also =
+                    theirs_ours.is_some_and(|t| t.get(k).is_some_and(|s| Arc::ptr_eq(s, subs)));
+                if Arc::strong_count(subs) == 1 + usize::from(also) {
+                    visit_subs(subs)?;
                 }
             }
-            for tuple in reg.index.tuples.iter().filter_map(OnceLock::get) {
-                visit.call(tuple)?;
+            if let Some(theirs) = theirs_ours {
+                for (k, subs) in theirs.iter().enumerate() {
+                    let in_mine = mine.get(k).is_some_and(|s| Arc::ptr_eq(s, subs));
+                    if !in_mine && Arc::strong_count(subs) == 1 {
+                        visit_subs(subs)?;
+                    }
+                }
             }
         }
         for recorded in &reg.history {
@@ -343,18 +504,12 @@ impl Core {
     }
 
     fn __clear__(&self) {
-        let (patterns, history, index) = {
+        let cleared = {
             let mut reg = self.registry.lock();
-            reg.by_text.clear();
-            reg.dirty = true;
-            (
-                std::mem::take(&mut reg.patterns),
-                std::mem::take(&mut reg.history),
-                std::mem::replace(&mut reg.index, Arc::new(Index::empty())),
-            )
+            std::mem::replace(&mut *reg, Registry::new())
         };
         // Dropped outside the lock: a drop may run Python code that calls back.
-        drop((patterns, history, index));
+        drop(cleared);
     }
 
     /// A new inbox for the event loop running on the thread `loop_thread`
@@ -365,20 +520,22 @@ impl Core {
         Inbox::new(self.capacity, self.overflow, loop_thread, loop_ref)
     }
 
-    /// Adds `sub` (a `Subscription`) under `pattern`; returns the seam (the
-    /// number of the first event routed with it) and up to `replay` of the
-    /// latest matching events in history, oldest first.
+    /// Adds `sub` (a `Subscription` of `plugin`) under `pattern`; returns
+    /// the seam (the number of the first event routed with it) and up to
+    /// `replay` of the latest matching events in history, oldest first.
     fn subscribe<'py>(
         &self,
         py: Python<'py>,
         pattern: &str,
         sub: Py<PyAny>,
+        plugin: &str,
         replay: usize,
     ) -> PyResult<(u64, Bound<'py, PyList>)> {
         let compiled = check_pattern(pattern)?;
+        let mut dead = Dead::default();
         let mut reg = self.registry.lock();
         // References and numbers only under the lock; the list is made
-        // once it is released (see `subscriptions`).
+        // once it is released (see the module docs).
         let mut found: Vec<(Py<PyAny>, u64)> = if replay > 0 {
             reg.history
                 .iter()
@@ -395,15 +552,23 @@ impl Core {
             Some(&at) => at,
             None => {
                 let at = reg.patterns.len();
-                reg.patterns.push(PatternEntry { pattern: compiled, subs: Vec::new() });
-                reg.by_text.insert(pattern.to_owned(), at);
+                reg.patterns.push(compiled);
+                reg.subs.push(Arc::new(Subs::default()));
+                reg.by_text.insert(pattern.into(), at);
+                reg.grown = true;
                 at
             }
         };
-        reg.patterns[at].subs.push(sub);
-        reg.dirty = true;
+        let plugin = reg.plugin(plugin);
+        *reg.by_plugin.get_mut(&plugin).expect("interned").entry(at).or_insert(0) += 1;
+        reg.edit(py, at, &mut dead, |subs, names| {
+            subs.push(sub);
+            names.push(plugin);
+        });
+        reg.count += 1;
         let seam = reg.next_seq;
         drop(reg);
+        drop(dead);
         let replayed = PyList::empty(py);
         for (event, seq) in found {
             replayed.append((event, seq))?;
@@ -412,48 +577,110 @@ impl Core {
     }
 
     /// Removes `sub` from `pattern`; whether it was there.
-    fn remove(&self, pattern: &str, sub: &Bound<'_, PyAny>) -> bool {
-        let removed = {
+    fn remove(&self, py: Python<'_>, pattern: &str, sub: &Bound<'_, PyAny>) -> bool {
+        let mut dead = Dead::default();
+        {
             let mut reg = self.registry.lock();
             let Some(&at) = reg.by_text.get(pattern) else { return false };
-            let subs = &mut reg.patterns[at].subs;
-            let Some(i) = subs.iter().position(|s| s.as_ptr() == sub.as_ptr()) else {
+            let Some(i) = reg.subs.get(at).subs.iter().position(|s| s.as_ptr() == sub.as_ptr())
+            else {
                 return false;
             };
-            let removed = subs.remove(i);
-            reg.dirty = true;
-            removed
-        };
+            let plugin = reg.subs.get(at).names[i].clone();
+            let mut removed = None;
+            reg.edit(py, at, &mut dead, |subs, names| {
+                removed = Some(subs.remove(i));
+                names.remove(i);
+            });
+            dead.removed = removed;
+            reg.count -= 1;
+            if let Some(patterns) = reg.by_plugin.get_mut(&plugin) {
+                if let Some(n) = patterns.get_mut(&at) {
+                    *n -= 1;
+                    if *n == 0 {
+                        patterns.remove(&at);
+                    }
+                }
+                if patterns.is_empty() {
+                    reg.by_plugin.remove(&plugin);
+                }
+            }
+        }
         // Dropped outside the lock: a drop may run Python code that calls back.
-        drop(removed);
+        drop(dead);
         true
     }
 
-    /// The patterns with subscribers, in first-seen order, each with its
-    /// subscriptions in subscription order.
-    fn subscriptions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        // Copied out under the lock as Rust data and references, turned
-        // into Python objects after: making a Python object may run the
-        // garbage collector, and so finalizers that call back into the bus
-        // (the lock is not reentrant) or let another thread take the GIL.
-        let copied: Vec<(String, Vec<Py<PyAny>>)> = {
+    /// `plugin`'s subscriptions, under `pattern` only when one is given,
+    /// in dispatch order: as many steps as it has, whatever the others.
+    #[pyo3(signature = (plugin, pattern=None))]
+    fn of_plugin<'py>(
+        &self,
+        py: Python<'py>,
+        plugin: &str,
+        pattern: Option<&str>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let found: Vec<Py<PyAny>> = {
             let reg = self.registry.lock();
-            let by_index: HashMap<usize, &str> =
-                reg.by_text.iter().map(|(t, &i)| (i, t.as_str())).collect();
-            reg.patterns
-                .iter()
-                .enumerate()
-                .filter(|(_, entry)| !entry.subs.is_empty())
-                .map(|(i, entry)| {
-                    (by_index[&i].to_owned(), entry.subs.iter().map(|s| s.clone_ref(py)).collect())
-                })
-                .collect()
+            let Some(under) = reg.by_plugin.get(plugin) else { return Ok(PyList::empty(py)) };
+            let only = match pattern {
+                Some(p) => match reg.by_text.get(p) {
+                    Some(&at) => Some(at),
+                    None => return Ok(PyList::empty(py)),
+                },
+                None => None,
+            };
+            let mut found = Vec::new();
+            for &at in under.keys().filter(|&&at| only.is_none_or(|o| o == at)) {
+                let subs = reg.subs.get(at);
+                for (sub, name) in subs.subs.iter().zip(&subs.names) {
+                    if &**name == plugin {
+                        found.push(sub.clone_ref(py));
+                    }
+                }
+            }
+            found
         };
-        let out = PyList::empty(py);
-        for (pattern, subs) in copied {
-            out.append((pattern, PyList::new(py, subs)?))?;
+        PyList::new(py, found)
+    }
+
+    /// The seed's `get_subscriptions`: `{pattern: [plugin name, ...]}` in
+    /// first-seen order, only `plugin`'s when one is given (as many steps
+    /// as it has subscriptions).
+    #[pyo3(signature = (plugin=None))]
+    fn names<'py>(&self, py: Python<'py>, plugin: Option<&str>) -> PyResult<Bound<'py, PyDict>> {
+        let copied: Vec<(String, Vec<Arc<str>>)> = {
+            let reg = self.registry.lock();
+            let pick = |at: usize| -> Option<(String, Vec<Arc<str>>)> {
+                let subs = reg.subs.get(at);
+                let names: Vec<Arc<str>> = subs
+                    .names
+                    .iter()
+                    .filter(|n| plugin.is_none_or(|p| &***n == p))
+                    .cloned()
+                    .collect();
+                (!names.is_empty()).then(|| (reg.patterns[at].as_str().to_owned(), names))
+            };
+            match plugin {
+                Some(p) => reg
+                    .by_plugin
+                    .get(p)
+                    .map(|under| under.keys().filter_map(|&at| pick(at)).collect())
+                    .unwrap_or_default(),
+                None => (0..reg.patterns.len()).filter_map(pick).collect(),
+            }
+        };
+        let out = PyDict::new(py);
+        for (pattern, names) in copied {
+            out.set_item(pattern, PyList::new(py, names.iter().map(|n| &**n))?)?;
         }
         Ok(out)
+    }
+
+    /// How many subscriptions there are.
+    #[getter]
+    fn count(&self) -> usize {
+        self.registry.lock().count
     }
 
     /// The awaited path: numbers and records `event`, and returns its
@@ -465,12 +692,11 @@ impl Core {
         name: &str,
     ) -> PyResult<(u64, Bound<'py, PyAny>)> {
         let mut dead = Dead::default();
-        let recorded = self.registry.lock().record(py, event, name, self.history_size, &mut dead);
+        let (seq, index) = self.registry.lock().record(event, name, self.history_size, &mut dead);
         drop(dead);
-        let (seq, index) = recorded?;
         let subs = SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            index.set.matches_into(name, &mut scratch);
+            index.matches_into(name, &mut scratch);
             index.subs_of(py, scratch.iter().copied())
         })?;
         Ok((seq, subs))
@@ -509,7 +735,7 @@ impl Core {
         if shared.is_closed() {
             return Err(PyRuntimeError::new_err("the event loop of this inbox is closed"));
         }
-        match shared.admit(py, |py| inbox.loop_closed(py))? {
+        match shared.admit(py, priority, |py| inbox.loop_closed(py))? {
             Ok(()) => {}
             Err(false) => {
                 shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -517,10 +743,8 @@ impl Core {
             }
             Err(true) => {
                 let mut dead = Dead::default();
-                let recorded =
-                    self.registry.lock().record(py, event, name, self.history_size, &mut dead);
+                self.registry.lock().record(event, name, self.history_size, &mut dead);
                 drop(dead);
-                recorded?;
                 shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 return Ok((-2, false));
             }
@@ -531,20 +755,16 @@ impl Core {
             ));
         }
         let mut dead = Dead::default();
-        let recorded = self.registry.lock().record(py, event, name, self.history_size, &mut dead);
+        let (seq, index) = self.registry.lock().record(event, name, self.history_size, &mut dead);
         drop(dead);
-        let (seq, index) = recorded?;
         let gen = shared.accepted(gen);
         if local {
             // From the loop's own thread: matched here and queued for the
             // loop (no thread to cross, no wake-up to send); the caller
             // schedules the dispatcher when the inbox was idle.
-            let matches: Vec<u32> = SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                index.set.matches_into(name, &mut scratch);
-                scratch.iter().map(|&i| i as u32).collect()
-            });
-            let entry = Entry::Ready { event: event.clone().unbind(), seq, gen, index, matches };
+            let matches = matched(&index, name);
+            let entry =
+                Entry::Ready { event: event.clone().unbind(), seq, gen, priority, index, matches };
             let idle = shared.push_quiet(entry);
             return Ok((seq as i64, idle));
         }
@@ -552,6 +772,7 @@ impl Core {
             event: event.clone().unbind(),
             seq,
             gen,
+            priority,
             name: name.into(),
             index,
             inbox: shared.clone(),

@@ -23,6 +23,8 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
+use switchboard::Priority;
+
 use crate::core::{Carried, Index};
 
 /// The tuple the loop takes for one event: `(event, seq, subscriptions,
@@ -77,7 +79,14 @@ pub(crate) enum Entry {
     /// (the tuple the loop takes is made when it takes it: made at publish
     /// time, a whole backlog of tuples would live long enough to burden the
     /// garbage collector).
-    Ready { event: Py<PyAny>, seq: u64, gen: u64, index: Arc<Index>, matches: Vec<u32> },
+    Ready {
+        event: Py<PyAny>,
+        seq: u64,
+        gen: u64,
+        priority: Priority,
+        index: Arc<Index>,
+        matches: Vec<u32>,
+    },
 }
 
 impl Entry {
@@ -87,6 +96,51 @@ impl Entry {
             Entry::Routed { carried, .. } => carried.gen,
             Entry::Ready { gen, .. } => *gen,
         }
+    }
+
+    fn priority(&self) -> Priority {
+        match self {
+            Entry::Routed { carried, .. } => carried.priority,
+            Entry::Ready { priority, .. } => *priority,
+        }
+    }
+}
+
+/// The entries waiting for the loop, one lane per priority: the loop takes
+/// the highest priority first, and within a priority in the order they
+/// came (as the engine's queues do).
+#[derive(Debug, Default)]
+struct Lanes([VecDeque<Entry>; 3]);
+
+impl Lanes {
+    fn push(&mut self, entry: Entry) {
+        self.0[entry.priority().index()].push_back(entry);
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(VecDeque::len).sum()
+    }
+
+    /// Up to `n` entries, highest priority first.
+    fn take(&mut self, n: usize) -> Vec<Entry> {
+        let mut out = Vec::with_capacity(n.min(self.len()));
+        for lane in self.0.iter_mut().rev() {
+            let k = lane.len().min(n - out.len());
+            out.extend(lane.drain(..k));
+            if out.len() == n {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The oldest entry of the lowest lane below `priority`, if any.
+    fn shed_below(&mut self, priority: Priority) -> Option<Entry> {
+        self.0[..priority.index()].iter_mut().find_map(VecDeque::pop_front)
+    }
+
+    fn drain_all(&mut self) -> Vec<Entry> {
+        self.take(usize::MAX)
     }
 }
 
@@ -134,7 +188,7 @@ impl Gens {
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Entry>,
+    queue: Lanes,
     /// A wake-up is on its way, or the loop is taking: pushes stay quiet.
     scheduled: bool,
     /// The loop closed or the bus did: pushes are dropped, counted.
@@ -197,7 +251,7 @@ impl InboxShared {
             self.done([entry.gen()]);
             return false;
         }
-        state.queue.push_back(entry);
+        state.queue.push(entry);
         !std::mem::replace(&mut state.scheduled, true)
     }
 
@@ -210,7 +264,7 @@ impl InboxShared {
                 self.done([entry.gen()]);
                 return;
             }
-            state.queue.push_back(entry);
+            state.queue.push(entry);
             !std::mem::replace(&mut state.scheduled, true)
         };
         if wake {
@@ -263,6 +317,7 @@ impl InboxShared {
     pub(crate) fn admit(
         &self,
         py: Python<'_>,
+        priority: Priority,
         loop_closed: impl Fn(Python<'_>) -> PyResult<bool>,
     ) -> PyResult<Result<(), bool>> {
         if self.pending() < self.capacity {
@@ -270,9 +325,26 @@ impl InboxShared {
         }
         match self.overflow {
             Overflow::Error => Ok(Err(false)),
-            // As the engine's `Shed` does for an event with nothing of lower
-            // priority queued: the new event is the one dropped.
-            Overflow::Shed => Ok(Err(true)),
+            // As the engine's `Shed` does: the oldest waiting event of the
+            // lowest priority below the new one's makes room (it is in
+            // history, numbered, and counted, but no handler sees it); with
+            // none waiting, the new event is the one dropped. What is still
+            // on its way from another thread is not waiting here yet.
+            Overflow::Shed => {
+                let victim = self.state.lock().queue.shed_below(priority);
+                match victim {
+                    Some(victim) => {
+                        let gen = victim.gen();
+                        // Dropped with the GIL and no lock held: its Python
+                        // references may run Python code.
+                        drop(victim);
+                        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.done([gen]);
+                        Ok(Ok(()))
+                    }
+                    None => Ok(Err(true)),
+                }
+            }
             Overflow::Block if current_ident() == self.loop_thread => {
                 // The loop's own thread must never wait for itself: it may
                 // go past the bound by as much again (as a handler may in
@@ -323,7 +395,7 @@ impl InboxShared {
         let lost = {
             let mut state = self.state.lock();
             state.closed = true;
-            std::mem::take(&mut state.queue)
+            state.queue.drain_all()
         };
         let n = lost.len();
         let gens: Vec<u64> = lost.iter().map(Entry::gen).collect();
@@ -465,7 +537,7 @@ impl Inbox {
             if n == 0 {
                 state.scheduled = false;
             }
-            state.queue.drain(..n).collect()
+            state.queue.take(n)
         };
         if !taken.is_empty() {
             self.shared.gens.lock().taken.extend(taken.iter().map(Entry::gen));
@@ -476,7 +548,7 @@ impl Inbox {
         let out = PyList::empty(py);
         for entry in taken {
             match entry {
-                Entry::Ready { event, seq, gen, index, matches } => {
+                Entry::Ready { event, seq, gen, index, matches, .. } => {
                     let subs = index.subs_of(py, matches.iter().map(|&m| m as usize))?;
                     out.append(ready_tuple(py, event.bind(py), seq, subs, gen)?)?
                 }
@@ -523,6 +595,12 @@ impl Inbox {
     /// Whether no event of generation `gen` or older is left.
     fn flushed(&self, gen: u64) -> bool {
         self.shared.gens.lock().flushed(gen)
+    }
+
+    /// Waiting here for the loop to take them.
+    #[getter]
+    fn queued(&self) -> usize {
+        self.shared.state.lock().queue.len()
     }
 
     /// Accepted for this loop and not yet done with.

@@ -49,6 +49,10 @@ __all__ = ["EventBus", "Handler", "Overflow", "QueueFull", "Subscription"]
 #: (whatever awaitable a plain callable returns is awaited too).
 Handler = Callable[[Event], Union[Awaitable[Any], Any]]
 
+# What logs the bus's lines: a logger, or an adapter of one (any object with
+# their ``debug``, ``error`` and ``warning`` methods is taken too).
+_Logger = Union[logging.Logger, "logging.LoggerAdapter[Any]"]
+
 # A sequence number no event reaches: "no cut".
 _NEVER = 1 << 62
 
@@ -58,6 +62,16 @@ _NEVER = 1 << 62
 _IN_DISPATCH: contextvars.ContextVar[Optional["_Dispatcher"]] = contextvars.ContextVar(
     "switchboard_bus_in_dispatch", default=None
 )
+
+# Set by the dispatcher of a loop, in its own context, to the number of the
+# event whose handlers it runs (so a task a handler starts knows which
+# event's handler started it: see ``flush``).
+_HANDLING: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("switchboard_bus_handling", default=None)
+
+# Held while a replay's buffer of live events is filled or emptied (a
+# replay and the dispatchers of other threads' loops meet there; only
+# subscriptions in a replay are ever looked at under it).
+_BUFFER_LOCK = threading.Lock()
 
 # Set in the context of a coroutine handler's replay task (and so of every
 # task it starts): a flush from there does not wait for the running replays,
@@ -73,6 +87,61 @@ _TEARDOWN_SCOPE: contextvars.ContextVar[Optional[FrozenSet[int]]] = contextvars.
 
 _live_buses: "weakref.WeakSet[EventBus]" = weakref.WeakSet()
 
+#: What an awaiting publisher waits on while a replaying subscription holds
+#: its event: the publisher's loop and a future there.
+_Waiter = Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+#: One event a replay runs: the event, its number, its waiter, and whether it
+#: came live (``False``: from history).
+_Buffered = Tuple[Event, int, Optional[_Waiter], bool]
+
+
+def _set_done(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _release(waiter: Optional[_Waiter]) -> None:
+    """Tells an awaiting publisher its event's call on a replaying
+    subscription is over (run, or not to be run)."""
+    if waiter is None:
+        return
+    loop, future = waiter
+    if loop is _get_running_loop():
+        _set_done(future)
+        return
+    try:
+        loop.call_soon_threadsafe(_set_done, future)
+    except RuntimeError:  # its loop closed: nobody waits any more
+        pass
+
+
+def _on_readable(ref: "weakref.ReferenceType[_Dispatcher]", inbox: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """The loop's reader of an inbox's pipe: it holds its dispatcher (and so
+    the bus) weakly, so a bus nobody holds is collected while the loop runs."""
+    dispatcher = ref()
+    if dispatcher is not None:
+        dispatcher.on_wake()
+        return
+    inbox.clear_wake()
+    _unwatch_loop(loop, inbox, threading.get_ident())
+
+
+def _unwatch_loop(loop: asyncio.AbstractEventLoop, inbox: Any, ident: int) -> None:
+    """Stops the loop watching the pipe of a collected dispatcher's inbox
+    (on the loop's thread; from another, by handing it the call)."""
+    if loop.is_closed():
+        return
+    if threading.get_ident() == ident or loop is _get_running_loop():
+        try:
+            loop.remove_reader(inbox.fileno())
+        except Exception:  # a loop being torn down
+            pass
+        return
+    try:
+        loop.call_soon_threadsafe(_unwatch_loop, loop, inbox, ident)
+    except RuntimeError:  # it closed meanwhile
+        pass
+
 
 class Overflow(str, enum.Enum):
     """What ``publish_nowait`` does when the events waiting for a loop reach
@@ -84,9 +153,11 @@ class Overflow(str, enum.Enum):
     BLOCK = "block"
     #: ``publish_nowait`` raises ``QueueFull``; nothing is accepted.
     ERROR = "error"
-    #: The new event is dropped (as the engine's ``Shed`` does when nothing of
-    #: lower priority waits): it is numbered and in history, but no handler
-    #: sees it; counted in ``engine_stats()['dropped']``.
+    #: As the engine's ``Shed``: the oldest event of the lowest priority
+    #: below the new one's that waits for the loop is dropped to make room;
+    #: when none waits, the new event is the one dropped. A dropped event is
+    #: numbered and in history, but no handler sees it; each is counted in
+    #: ``engine_stats()['dropped']``.
     SHED = "shed"
 
 
@@ -129,8 +200,9 @@ class Subscription:
         self.windows: List[Tuple[int, int]] = []
         self.cut = _NEVER
         self.live = True
-        # Live events that came during an async replay, run after it.
-        self.buffer: Optional[List[Tuple[Event, int]]] = None
+        # While a replay runs: the live events that came meanwhile (each
+        # with what an awaiting publisher waits on), run after it.
+        self.buffer: Optional[List[_Buffered]] = None
         self._bus = bus
 
     @property
@@ -149,6 +221,26 @@ class Subscription:
         """Events numbered in ``[start, end)`` are not for this subscription."""
         self.windows.append((start, end))
         self.cut = min(self.cut, start)
+
+    def skip_except(self, kept: Sequence[int]) -> None:
+        """Every event but those numbered in ``kept`` (ascending) is not for
+        this subscription."""
+        start = 0
+        for seq in kept:
+            if seq > start:
+                self.skip_from(start, seq)
+            start = max(start, seq + 1)
+        self.skip_from(start)
+
+    def offer(self, event: Event, seq: int, waiter: Optional[_Waiter]) -> bool:
+        """During a replay, buffers a live event, run once the replay is
+        over; ``False`` when it is over already (the caller runs it)."""
+        with _BUFFER_LOCK:
+            buffer = self.buffer
+            if buffer is None:
+                return False
+            buffer.append((event, seq, waiter, True))
+            return True
 
     def end_skip(self, start: int, end: int) -> None:
         """The open window from ``start`` now ends at ``end``."""
@@ -255,15 +347,21 @@ class _Dispatcher:
         # The flush generation of the event whose handlers run now: what they
         # publish belongs to it (a flush waits for cascades).
         self.current_gen: Optional[int] = None
+        # The number of the event whose handlers run now (``None`` between
+        # events): an unsubscribe keeps it, as the seed's snapshot does.
+        self.current_seq: Optional[int] = None
         self.closed = False
         self.stopped = False
         self.context = contextvars.copy_context()
         self.context.run(_IN_DISPATCH.set, self)
 
     def start(self) -> None:
-        """Registers the pipe with the loop (on the loop's thread)."""
+        """Registers the pipe with the loop (on the loop's thread). The
+        loop's reader holds this weakly: once the bus is collected, it stops
+        watching."""
         if not self.closed and not self.loop.is_closed():
-            self.loop.add_reader(self.inbox.fileno(), self.on_wake)
+            self.loop.add_reader(self.inbox.fileno(), _on_readable, weakref.ref(self), self.inbox, self.loop)
+            weakref.finalize(self, _unwatch_loop, self.loop, self.inbox, self.ident)
 
     def on_wake(self) -> None:
         self.inbox.clear_wake()
@@ -286,11 +384,12 @@ class _Dispatcher:
                         break
                 for k, (event, seq, subs, gen) in enumerate(batch):
                     self.current_gen = gen
+                    self.current_seq = seq
+                    _HANDLING.set(seq)
                     for m, sub in enumerate(subs):
                         if seq >= sub.cut and sub.skips(seq):
                             continue
-                        if sub.buffer is not None:
-                            sub.buffer.append((event, seq))
+                        if sub.buffer is not None and sub.offer(event, seq, None):
                             continue
                         try:
                             stats["events_dispatched"] += 1
@@ -324,6 +423,7 @@ class _Dispatcher:
                             self.leftover = [(event, seq, subs[m + 1 :], gen)] + batch[k + 1 :]
                             inbox.done(k)
                             raise
+                self.current_seq = None
                 inbox.done(len(batch))
                 self.settle()
                 # Let the loop's other work in between batches.
@@ -331,6 +431,7 @@ class _Dispatcher:
         finally:
             self.task = None
             self.current_gen = None
+            self.current_seq = None
             if self.leftover and not self.stopped and not self.closed and not self.loop.is_closed():
                 self.loop.call_soon(self.on_wake)
             self.stopped = False
@@ -394,8 +495,11 @@ class EventBus:
     """Pub/sub event bus for plugins: the seed's API, on the switchboard engine.
 
     Args:
-        history_size: Number of events to keep in history (default: 100)
-        logger: Optional logger instance (handler errors are logged to it)
+        history_size: Number of events to keep in history (default: 100;
+            ``None`` keeps every event, as the seed's ``deque`` does)
+        logger: Optional logger instance (handler errors are logged to it): a
+            ``logging.Logger``, a ``logging.LoggerAdapter``, or any object
+            with a logger's ``debug``, ``error`` and ``warning`` methods
         capacity: How many events published with ``publish_nowait`` may wait
             for one event loop (default: 65,536)
         overflow: What ``publish_nowait`` does past ``capacity`` (default
@@ -406,29 +510,33 @@ class EventBus:
     Handlers are coroutine functions or plain callables of the event. They
     run on the event loop of the code that publishes: ``await publish`` runs
     them before it returns, in subscription order; ``publish_nowait`` hands
-    the event to the engine, and its handlers run on the loop soon after, in
-    publish order (``await flush()`` waits for them).
+    the event to the engine, and its handlers run on the loop soon after,
+    higher priorities first and in publish order within a priority, as the
+    engine's queues run them (``await flush()`` waits for them).
     """
 
     def __init__(
         self,
-        history_size: int = 100,
-        logger: Optional[logging.Logger] = None,
+        history_size: Optional[int] = 100,
+        logger: Optional[_Logger] = None,
         *,
         capacity: int = 65536,
         overflow: Union[Overflow, str] = Overflow.BLOCK,
         workers: int = 1,
     ) -> None:
-        _check_count("history_size", history_size, False)
+        _check_count("history_size", history_size, True)
         _check_count("capacity", capacity, False)
         _check_count("workers", workers, False)
-        if logger is not None and not isinstance(logger, logging.Logger):
-            raise TypeError(f"logger must be a logging.Logger or None, not {type(logger).__name__}: {logger!r}")
+        if logger is not None and not all(callable(getattr(logger, m, None)) for m in ("debug", "error", "warning")):
+            raise TypeError(
+                f"logger must be a logging.Logger, a logging.LoggerAdapter or an object with their "
+                f"debug, error and warning methods, not {type(logger).__name__}: {logger!r}"
+            )
         try:
             policy = Overflow(overflow)
         except ValueError:
             raise ValueError(f"overflow must be one of 'block', 'error', 'shed', got {overflow!r}") from None
-        self.logger = logger or logging.getLogger("plugin.event_bus")
+        self.logger: _Logger = logger or logging.getLogger("plugin.event_bus")
         self._core = _native.Core(history_size, capacity, policy.value, workers)
         self._capacity = capacity
         self._stats: Dict[str, int] = {"events_dispatched": 0, "handler_errors": 0}
@@ -440,6 +548,9 @@ class EventBus:
         self._dispatchers: Dict[asyncio.AbstractEventLoop, _Dispatcher] = {}
         self._home: Optional[_Dispatcher] = None
         self._replays: "set[asyncio.Task[None]]" = set()
+        # The numbers of the events ``await publish`` calls are dispatching
+        # now: an unsubscribe by name keeps them (the seed's snapshot).
+        self._in_flight: "set[int]" = set()
         _live_buses.add(self)
 
     # -- subscriptions ------------------------------------------------------
@@ -484,39 +595,96 @@ class EventBus:
             )
         _check_str("plugin_name", plugin_name)
         replay = _check_count("replay", replay, False) or 0
+        if replay and _get_running_loop() is None and inspect.iscoroutinefunction(handler):
+            raise RuntimeError("subscribe(..., replay=n) with a coroutine handler needs a running event loop")
         sub = Subscription(self, event_pattern, handler, plugin_name)
-        seam, replayed = self._core.subscribe(event_pattern, sub, replay)
+        if replay:
+            # Live events wait from the very first one on (a dispatcher on
+            # another thread may run one as soon as the subscription is in).
+            sub.buffer = []
+        seam, replayed = self._core.subscribe(event_pattern, sub, plugin_name, replay)
         sub.seam = seam
         self.logger.debug(f"{plugin_name} subscribed to {event_pattern}")
-        replayed = [(e, s) for e, s in replayed if s < replay_below]
-        if replayed:
-            self._replay(sub, replayed)
+        if replay:
+            items: List[_Buffered] = [(e, s, None, False) for e, s in replayed if s < replay_below]
+            try:
+                self._replay(sub, items)
+            except BaseException:
+                # A replay that cannot go on (no loop for a coroutine handler,
+                # a handler's BaseException): the subscribe failed, and the
+                # subscription is removed, as if it was never made.
+                self._remove(sub, 0)
+                self._abandon(sub, [])
+                raise
         return sub
 
-    def _replay(self, sub: Subscription, replayed: List[Tuple[Event, int]]) -> None:
-        sub.buffer = []
-        for i, (event, seq) in enumerate(replayed):
-            result = self._call(sub, event)
+    def _replays_now(self, sub: Subscription, seq: int, live: bool) -> bool:
+        """Whether a replay runs this event: one from history while the
+        subscription is on, a live one unless it is skipped."""
+        if live:
+            return not (seq >= sub.cut and sub.skips(seq))
+        if sub.live:
             sub.replayed += 1
-            if result is not None:
-                # A coroutine handler: the rest runs as a task on this loop,
-                # the live events meanwhile wait in the buffer.
+            return True
+        return False
+
+    def _next_buffered(self, sub: Subscription) -> Optional[List[_Buffered]]:
+        """The live events that came during the replay, in publish order;
+        ``None`` (and the replay is over) when none came."""
+        with _BUFFER_LOCK:
+            batch = sub.buffer
+            if not batch:
+                sub.buffer = None
+                return None
+            sub.buffer = []
+        # Each publishing path fills it in its own order: publish order is
+        # the sequence.
+        batch.sort(key=lambda item: item[1])
+        return batch
+
+    def _abandon(self, sub: Subscription, items: Sequence[_Buffered]) -> None:
+        """A replay that stops: what it has not run is not run; awaiting
+        publishers are told."""
+        with _BUFFER_LOCK:
+            left = list(items) + (sub.buffer or [])
+            sub.buffer = None
+        for item in left:
+            _release(item[2])
+
+    def _replay(self, sub: Subscription, items: List[_Buffered]) -> None:
+        """Runs the replay, then the live events that came meanwhile, while
+        the handler returns nothing to await; from the first awaitable on,
+        the rest runs as a task on the running loop."""
+        batch: Optional[List[_Buffered]] = items
+        while batch is not None:
+            for i, (event, seq, waiter, live) in enumerate(batch):
                 try:
-                    loop = asyncio.get_running_loop()
-                except RuntimeError:
-                    sub.buffer = None
+                    result = self._call(sub, event) if self._replays_now(sub, seq, live) else None
+                except BaseException:
+                    self._base_exceptions += 1
+                    _release(waiter)
+                    self._abandon(sub, batch[i + 1 :])
+                    raise
+                if result is None:
+                    _release(waiter)
+                    continue
+                loop = _get_running_loop()
+                if loop is None:
                     if inspect.iscoroutine(result):
                         result.close()
+                    _release(waiter)
+                    self._abandon(sub, batch[i + 1 :])
                     raise RuntimeError(
-                        "subscribe(..., replay=n) with a coroutine handler needs a running event loop"
-                    ) from None
+                        "subscribe(..., replay=n) with a handler that returns an awaitable needs a running event loop"
+                    )
                 context = contextvars.copy_context()
                 context.run(_IN_REPLAY.set, True)
-                task = context.run(loop.create_task, self._replay_rest(sub, event, result, replayed[i + 1 :]))
+                rest = self._replay_rest(sub, event, result, waiter, batch[i + 1 :])
+                task = context.run(loop.create_task, rest)
                 self._replays.add(task)
                 task.add_done_callback(self._replays.discard)
                 return
-        self._end_replay(sub)
+            batch = self._next_buffered(sub)
 
     def _call(self, sub: Subscription, event: Event) -> Optional[Awaitable[Any]]:
         """Calls a plain handler (errors isolated); returns what must be
@@ -530,43 +698,44 @@ class EventBus:
             self._handler_error(sub, event, e)
         return None
 
-    async def _await_call(self, sub: Subscription, event: Event, pending: Optional[Awaitable[Any]]) -> None:
-        try:
-            if pending is None:
-                pending = self._call(sub, event)
-            if pending is not None:
-                await pending
-        except Exception as e:
-            self._handler_error(sub, event, e)
-
     async def _replay_rest(
-        self, sub: Subscription, first_event: Event, first: Awaitable[Any], rest: List[Tuple[Event, int]]
+        self,
+        sub: Subscription,
+        first_event: Event,
+        first: Awaitable[Any],
+        first_waiter: Optional[_Waiter],
+        rest: List[_Buffered],
     ) -> None:
+        batch: Optional[List[_Buffered]] = rest
+        i = -1
         try:
-            await first
-        except Exception as e:
-            self._handler_error(sub, first_event, e)
-        try:
-            for event, _seq in rest:
-                if not sub.active:
-                    break
-                sub.replayed += 1
-                await self._await_call(sub, event, None)
-            while sub.buffer:
-                batch, sub.buffer = sub.buffer, []
-                # Both paths fill it, each in its own order: publish order is
-                # the sequence.
-                batch.sort(key=lambda item: item[1])
-                for event, seq in batch:
-                    if seq >= sub.cut and sub.skips(seq):
-                        continue
-                    await self._await_call(sub, event, None)
-        finally:
-            sub.buffer = None
-
-    def _end_replay(self, sub: Subscription) -> None:
-        # A synchronous replay never yields, so nothing live was buffered.
-        sub.buffer = None
+            try:
+                await first
+            except Exception as e:
+                self._handler_error(sub, first_event, e)
+            finally:
+                _release(first_waiter)
+            while batch is not None:
+                for i, (event, seq, waiter, live) in enumerate(batch):
+                    try:
+                        if self._replays_now(sub, seq, live):
+                            pending = self._call(sub, event)
+                            if pending is not None:
+                                try:
+                                    await pending
+                                except Exception as e:
+                                    self._handler_error(sub, event, e)
+                    finally:
+                        _release(waiter)
+                batch, i = self._next_buffered(sub), -1
+        except BaseException as e:
+            # A handler's BaseException (or the task cancelled): the
+            # subscription is removed, and what it had not run is not run.
+            if not isinstance(e, asyncio.CancelledError):
+                self._base_exceptions += 1
+            self._remove(sub, 0)
+            self._abandon(sub, batch[i + 1 :] if batch is not None else [])
+            raise
 
     def _handler_error(self, sub: Subscription, event: Event, e: BaseException) -> None:
         self._stats["handler_errors"] += 1
@@ -579,8 +748,37 @@ class EventBus:
             return True
         return False
 
+    def _in_dispatch(self) -> List[int]:
+        """The numbers of the events whose handlers run now, ascending."""
+        seqs = set(self._in_flight)
+        for dispatcher in list(self._dispatchers.values()):
+            seq = dispatcher.current_seq
+            if seq is not None:
+                seqs.add(seq)
+        return sorted(seqs)
+
+    def _remove_by_name(self, subs: List[Subscription]) -> None:
+        """Unsubscribing by name, as the seed does: the events being
+        dispatched now still reach these subscriptions (each event's
+        handlers are a snapshot taken when it was published); no later one."""
+        scope = _TEARDOWN_SCOPE.get()
+        kept: Optional[List[int]] = None
+        for sub in subs:
+            if scope is not None and id(sub) not in scope:
+                continue
+            if self._core.remove(sub.pattern, sub):
+                if kept is None:
+                    kept = self._in_dispatch()
+                sub.live = False
+                sub.skip_except(kept)
+
     def unsubscribe(self, event_pattern: str, plugin_name: str) -> None:
         """Unsubscribe plugin from event pattern.
+
+        As in the seed, an event being dispatched when this is called (a
+        handler calls it, or another task's ``await publish`` is under way)
+        still reaches the handlers it was published to; no later event does.
+        ``Subscription.unsubscribe()`` stops its handler at once.
 
         Args:
             event_pattern: Event pattern to unsubscribe from
@@ -588,25 +786,17 @@ class EventBus:
         """
         _check_str("event_pattern", event_pattern)
         _check_str("plugin_name", plugin_name)
-        scope = _TEARDOWN_SCOPE.get()
-        for pattern, subs in self._core.subscriptions():
-            if pattern == event_pattern:
-                for sub in subs:
-                    if sub.plugin_name == plugin_name and (scope is None or id(sub) in scope):
-                        self._remove(sub, 0)
+        self._remove_by_name(self._core.of_plugin(plugin_name, event_pattern))
 
     def unsubscribe_all(self, plugin_name: str) -> None:
-        """Unsubscribe plugin from all events.
+        """Unsubscribe plugin from all events (the events being dispatched
+        now still reach it, as with ``unsubscribe``).
 
         Args:
             plugin_name: Name of plugin
         """
         _check_str("plugin_name", plugin_name)
-        scope = _TEARDOWN_SCOPE.get()
-        for _pattern, subs in self._core.subscriptions():
-            for sub in subs:
-                if sub.plugin_name == plugin_name and (scope is None or id(sub) in scope):
-                    self._remove(sub, 0)
+        self._remove_by_name(self._core.of_plugin(plugin_name))
 
     def get_subscriptions(self, plugin_name: Optional[str] = None) -> Dict[str, List[str]]:
         """Get current subscriptions.
@@ -619,12 +809,8 @@ class EventBus:
         """
         if plugin_name is not None:
             _check_str("plugin_name", plugin_name)
-        result: Dict[str, List[str]] = {}
-        for pattern, subs in self._core.subscriptions():
-            names = [s.plugin_name for s in subs if plugin_name is None or s.plugin_name == plugin_name]
-            if names:
-                result[pattern] = names
-        return result
+        names: Dict[str, List[str]] = self._core.names(plugin_name)
+        return names
 
     # -- publishing ---------------------------------------------------------
 
@@ -652,23 +838,42 @@ class EventBus:
             self.logger.debug(f"No subscribers for: {event.name}")
             return
         stats = self._stats
-        for sub in subs:
-            if seq >= sub.cut and sub.skips(seq):
-                continue
-            if sub.buffer is not None:
-                sub.buffer.append((event, seq))
-                continue
-            try:
-                stats["events_dispatched"] += 1
-                result = sub.handler(event)
-                if result is not None and inspect.isawaitable(result):
-                    await result
-            except Exception as e:
-                stats["handler_errors"] += 1
-                self.logger.error(f"Error in {sub.plugin_name} handling {event.name}: {e}")
-            except BaseException:
-                self._base_exceptions += 1
-                raise
+        in_flight = self._in_flight
+        in_flight.add(seq)
+        replaying: Optional[List["asyncio.Future[None]"]] = None
+        try:
+            for sub in subs:
+                if seq >= sub.cut and sub.skips(seq):
+                    continue
+                if sub.buffer is not None:
+                    # A replay runs: the event waits for it, and this waits
+                    # for the event's call (not from a replay or from the
+                    # dispatcher's handlers, which the replay may wait for).
+                    waiter: Optional[_Waiter] = None
+                    if not _IN_REPLAY.get() and _IN_DISPATCH.get() is None:
+                        loop = asyncio.get_running_loop()
+                        waiter = (loop, loop.create_future())
+                    if sub.offer(event, seq, waiter):
+                        if waiter is not None:
+                            if replaying is None:
+                                replaying = []
+                            replaying.append(waiter[1])
+                        continue
+                try:
+                    stats["events_dispatched"] += 1
+                    result = sub.handler(event)
+                    if result is not None and inspect.isawaitable(result):
+                        await result
+                except Exception as e:
+                    stats["handler_errors"] += 1
+                    self.logger.error(f"Error in {sub.plugin_name} handling {event.name}: {e}")
+                except BaseException:
+                    self._base_exceptions += 1
+                    raise
+            if replaying is not None:
+                await asyncio.gather(*replaying)
+        finally:
+            in_flight.discard(seq)
 
     def publish_nowait(self, event: Event) -> None:
         """Publish without waiting for handlers: the engine matches the event
@@ -739,8 +944,10 @@ class EventBus:
         ``publish_nowait`` before the call has been handled, with the events
         their handlers published in turn (and once running replays are done;
         not from a replay, which would wait for itself or for a replay waiting
-        for it). From inside a handler the dispatcher runs (or a task it
-        started) it returns at once: it would wait for itself."""
+        for it). From inside a handler the dispatcher runs it returns at once:
+        it would wait for itself; so it does from a task such a handler
+        started, while that handler still runs (it may be waiting for the
+        task), and waits as anywhere else once the handler is done."""
         loop = asyncio.get_running_loop()
         while self._replays and not _IN_REPLAY.get():
             current = asyncio.current_task()
@@ -749,8 +956,17 @@ class EventBus:
                 break
             await asyncio.wait(others)
         dispatcher = self._dispatchers.get(loop)
-        if dispatcher is None or _IN_DISPATCH.get() is dispatcher:
+        if dispatcher is None:
             return
+        if _IN_DISPATCH.get() is dispatcher:
+            if asyncio.current_task() is dispatcher.task:
+                # A handler the dispatcher runs: it would wait for itself.
+                return
+            started_by = _HANDLING.get()
+            if started_by is not None and started_by == dispatcher.current_seq:
+                # A task a handler started, while that handler still runs:
+                # the handler may be waiting for this very task.
+                return
         self._purge()
         # Every event accepted before this belongs to this generation or an
         # older one; later ones (a flood from another thread) do not hold it.
@@ -829,7 +1045,7 @@ class EventBus:
             "lost_loop_closed": self._lost_loop_closed + lost - self._lost_by_inbox_close,
             "lost_at_close": self._lost_at_close,
             "handler_base_exceptions": self._base_exceptions,
-            "subscriptions": sum(len(subs) for _, subs in self._core.subscriptions()),
+            "subscriptions": self._core.count,
         }
 
     # -- lifecycle ----------------------------------------------------------
@@ -875,7 +1091,7 @@ class EventBus:
         self.close()
 
     def __repr__(self) -> str:
-        return f"EventBus(subscriptions={sum(len(s) for _, s in self._core.subscriptions())}, closed={self.closed})"
+        return f"EventBus(subscriptions={self._core.count}, closed={self.closed})"
 
 
 def _close_at_exit() -> None:
