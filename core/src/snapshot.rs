@@ -20,9 +20,22 @@
 //! bounded number of entries on average and a dead entry (an id and a
 //! pattern: its handler is reclaimed separately) never lingers in a level
 //! that is mostly dead.
+//!
+//! **The match cache.** A bot publishes a few hundred distinct names, and
+//! matching a name costs as much the thousandth time as the first: each
+//! worker's [`Scratch`] keeps the matches of the names it saw last, in a
+//! direct-mapped table keyed by the name and the snapshot's *generation*
+//! (a process-wide number no other snapshot ever has). A snapshot never
+//! changes, so an entry is right for as long as its snapshot is the one
+//! matched against; the first match against another snapshot empties the
+//! table, which needs no invalidation from anywhere else. An entry is
+//! overwritten in place (its buffers reused), so a stream of fresh names
+//! costs one hash and one copy each and allocates nothing once warm.
 
+use std::hash::Hasher;
 use std::sync::Arc;
 
+use rustc_hash::FxHasher;
 use switchboard_matcher::PatternSet;
 
 use crate::loom::{AtomicUsize, Ordering};
@@ -68,12 +81,46 @@ impl Level {
 }
 
 /// The subscriptions as workers see them. Never changed once published.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Snapshot {
     levels: Vec<Arc<Level>>,
     /// Ordered subscriptions, which publishers route themselves (see
     /// `mailbox.rs`): few, so rebuilt whole when one comes or goes.
     ordered: Option<Arc<Level>>,
+    /// This snapshot's own number, never another's (the match cache's key).
+    generation: u64,
+}
+
+impl Default for Snapshot {
+    fn default() -> Snapshot {
+        Snapshot::new(Vec::new(), None)
+    }
+}
+
+/// The next snapshot's generation (not a modelled protocol: a counter, so
+/// plain std even under loom).
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Slots of a worker's match cache (a power of two).
+const CACHE_SLOTS: usize = 256;
+/// Names longer than this are matched every time.
+const CACHE_NAME_MAX: usize = 128;
+/// Matches longer than this are not cached (a slot's buffer stays small).
+const CACHE_MATCHES_MAX: usize = 256;
+
+/// One cached name and its matches against the cache's snapshot.
+#[derive(Debug, Default)]
+struct Slot {
+    hash: u64,
+    name: String,
+    matched: Vec<u64>,
+    valid: bool,
+}
+
+fn name_hash(name: &str) -> u64 {
+    let mut hasher = FxHasher::default();
+    hasher.write(name.as_bytes());
+    hasher.finish()
 }
 
 thread_local! {
@@ -89,13 +136,55 @@ pub(crate) struct Scratch {
     head_ranks: Vec<u64>,
     /// The event's handlers in dispatch order, as `level << 32 | index`.
     pub(crate) matched: Vec<u64>,
+    /// The match cache (see the module docs): empty until first used.
+    cache: Vec<Slot>,
+    /// The generation of the snapshot the cache's entries are for.
+    cache_generation: u64,
 }
 
 impl Snapshot {
+    fn new(levels: Vec<Arc<Level>>, ordered: Option<Arc<Level>>) -> Snapshot {
+        let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Snapshot { levels, ordered, generation }
+    }
+
     /// Fills `scratch.matched` with the subscriptions whose pattern matches
     /// `name`, by subscription priority then subscription order. Closed
-    /// ones may be among them: the caller's check skips them.
+    /// ones may be among them: the caller's check skips them. Answered from
+    /// the worker's match cache when it holds `name` for this snapshot.
     pub(crate) fn matching(&self, name: &str, scratch: &mut Scratch) {
+        if name.len() > CACHE_NAME_MAX {
+            return self.match_now(name, scratch);
+        }
+        if scratch.cache_generation != self.generation {
+            if scratch.cache.is_empty() {
+                scratch.cache.resize_with(CACHE_SLOTS, Slot::default);
+            }
+            scratch.cache.iter_mut().for_each(|slot| slot.valid = false);
+            scratch.cache_generation = self.generation;
+        }
+        let hash = name_hash(name);
+        let at = hash as usize & (CACHE_SLOTS - 1);
+        let slot = &scratch.cache[at];
+        if slot.valid && slot.hash == hash && slot.name == name {
+            scratch.matched.clear();
+            scratch.matched.extend_from_slice(&slot.matched);
+            return;
+        }
+        self.match_now(name, scratch);
+        if scratch.matched.len() <= CACHE_MATCHES_MAX {
+            let slot = &mut scratch.cache[at];
+            slot.name.clear();
+            slot.name.push_str(name);
+            slot.matched.clear();
+            slot.matched.extend_from_slice(&scratch.matched);
+            slot.hash = hash;
+            slot.valid = true;
+        }
+    }
+
+    /// [`matching`](Snapshot::matching), without the cache.
+    fn match_now(&self, name: &str, scratch: &mut Scratch) {
         scratch.matched.clear();
         if scratch.runs.len() < self.levels.len() {
             scratch.runs.resize_with(self.levels.len(), Vec::new);
@@ -205,10 +294,7 @@ impl Snapshot {
             let mut subs: Vec<Arc<Subscription>> =
                 self.ordered.iter().flat_map(|o| o.live().cloned()).collect();
             subs.push(sub);
-            return Snapshot {
-                levels: self.levels.clone(),
-                ordered: Some(Arc::new(Level::new(subs))),
-            };
+            return Snapshot::new(self.levels.clone(), Some(Arc::new(Level::new(subs))));
         }
         // `levels` is kept smallest first; an empty level is an empty set.
         let mut levels = self.levels.clone();
@@ -232,7 +318,7 @@ impl Snapshot {
         if !carry.is_empty() {
             levels.push(Arc::new(Level::new(carry)));
         }
-        Snapshot { levels, ordered: self.ordered.clone() }
+        Snapshot::new(levels, self.ordered.clone())
     }
 
     /// Counts `removed` (closed, and in this snapshot) as dead in their
@@ -254,7 +340,7 @@ impl Snapshot {
             }
         }
         if !self.levels.iter().any(|l| l.needs_rebuild()) {
-            return ordered_gone.then(|| Snapshot { levels: self.levels.clone(), ordered });
+            return ordered_gone.then(|| Snapshot::new(self.levels.clone(), ordered));
         }
         let levels = self
             .levels
@@ -267,7 +353,7 @@ impl Snapshot {
                 }
             })
             .collect();
-        Some(Snapshot { levels, ordered })
+        Some(Snapshot::new(levels, ordered))
     }
 
     /// How many levels hold subscriptions.
@@ -382,5 +468,62 @@ mod tests {
             .collect();
         let got: Vec<u64> = order(&rebuilt, "plugin7.x").into_iter().map(|(_, id)| id).collect();
         assert_eq!(got, live);
+    }
+
+    /// The cache against matching afresh: names that collide in its slots
+    /// (more names than slots), names too long to cache, matches too many
+    /// to cache, snapshots replaced by subscribes and by rebuilds after
+    /// removals, and a snapshot left unchanged by a removal (its closed
+    /// subscriptions still among the matches, as uncached).
+    #[test]
+    fn the_match_cache_answers_as_matching_afresh() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let shapes = ["*", "a.*", "a.b", "*.b", "a?.c", "[ab]*", "b.*.c", "x*"];
+        let mut names: Vec<String> = (0..1_500)
+            .map(|i| match i % 5 {
+                0 => format!("a.{i}"),
+                1 => format!("b.{}.c", i % 40),
+                2 => "a.b".to_owned(),
+                3 => format!("x{}", i % 300),
+                _ => format!("q{i}.b"),
+            })
+            .collect();
+        names.push("a.".repeat(100)); // past the name limit
+        let mut cached = Scratch::default();
+        let mut snapshot = Snapshot::default();
+        let mut subs: Vec<Arc<Subscription>> = Vec::new();
+        let mut id = 0;
+        for step in 0..400 {
+            if step % 3 == 0 || subs.is_empty() {
+                // A burst of "*" now and then: more matches than a slot keeps.
+                let burst = if step % 97 == 0 { 300 } else { 1 };
+                for _ in 0..burst {
+                    let pattern = shapes[(next() % shapes.len() as u64) as usize];
+                    let s = sub(id, pattern, priority(id));
+                    id += 1;
+                    snapshot = snapshot.with(s.clone());
+                    subs.push(s);
+                }
+            } else if step % 3 == 1 {
+                let victim = subs.swap_remove((next() % subs.len() as u64) as usize);
+                victim.close();
+                if let Some(rebuilt) = snapshot.without(std::slice::from_ref(&victim)) {
+                    snapshot = rebuilt;
+                }
+            }
+            for _ in 0..60 {
+                let name = &names[(next() % names.len() as u64) as usize];
+                snapshot.matching(name, &mut cached);
+                let mut fresh = Scratch::default();
+                snapshot.match_now(name, &mut fresh);
+                assert_eq!(cached.matched, fresh.matched, "step {step}, name {name:?}");
+            }
+        }
     }
 }
