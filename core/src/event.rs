@@ -380,6 +380,15 @@ impl Event {
 
     /// Forgets the sequence number of an earlier publish (a republished
     /// clone gets a new one).
+    /// Drops what a finished event holds that the user may see dropped
+    /// (its payload, lineage and origin), keeping the block, its name and
+    /// source for a publisher to overwrite (see `Shared::recycle`).
+    pub(crate) fn release(&mut self) {
+        self.payload = Payload::Json(Value::Null);
+        self.lineage = None;
+        self.origin = None;
+    }
+
     pub(crate) fn clear_sequence(&mut self) {
         *self.seq.0.get_mut() = 0;
     }

@@ -27,8 +27,8 @@ use crate::flush::Epochs;
 use crate::gate::Gate;
 use crate::history::History;
 use crate::loom::{
-    ArcCell, AtomicBool, AtomicU64, AtomicUsize, Condvar, JoinHandle, Mutex, Ordering,
-    UnboundedQueue,
+    ArcCell, AtomicBool, AtomicU64, AtomicUsize, BoundedQueue, Condvar, JoinHandle, Mutex,
+    Ordering, UnboundedQueue,
 };
 use crate::mailbox::Env;
 use crate::panic::discard_panic;
@@ -100,6 +100,9 @@ pub(crate) struct Shared {
     pub(crate) calls: Calls,
     /// Ordered subscriptions whose mailboxes have events, for the workers.
     pub(crate) ready: UnboundedQueue<Arc<Subscription>>,
+    /// Event blocks the workers were done with, for publishers to fill
+    /// again (see [`Shared::recycle`]).
+    spare: BoundedQueue<Arc<Event>>,
     /// Whether any ordered subscription is live (publishers route to them).
     pub(crate) ordered_live: AtomicUsize,
     /// Live async subscriptions on current-thread runtimes: a blocking
@@ -127,7 +130,39 @@ pub(crate) struct Shared {
     life_changed: Condvar,
 }
 
+/// How many finished event blocks wait for a publisher to fill them again.
+const SPARE_EVENTS: usize = 512;
+
 impl Shared {
+    /// `event` in a block of its own: a spare one when a worker left one,
+    /// else a new allocation. A spare block's old name and source are
+    /// dropped here (its payload and everything else already were, on the
+    /// worker: see [`recycle`](Shared::recycle)).
+    pub(crate) fn event_block(&self, event: Event) -> Arc<Event> {
+        if let Some(mut spare) = self.spare.pop() {
+            if let Some(slot) = Arc::get_mut(&mut spare) {
+                *slot = event;
+                return spare;
+            }
+        }
+        Arc::new(event)
+    }
+
+    /// A worker is done with `event`. If that was its last reference, what
+    /// the user may see dropped (the payload, whose `Drop` may be user code,
+    /// its lineage and origin) is dropped now, as the event itself would
+    /// be, and the block goes back to the publishers: the allocation and
+    /// its free then both happen on a publisher's thread, never one thread
+    /// allocating what another frees, which made both contend on the
+    /// allocator's arena lock for every event.
+    pub(crate) fn recycle(&self, mut event: Arc<Event>) {
+        if let Some(finished) = Arc::get_mut(&mut event) {
+            finished.release();
+            // A full stock: the block is freed here, as before.
+            let _ = self.spare.push(event);
+        }
+    }
+
     pub(crate) fn new(config: Config, error_hook: Option<ErrorHook>) -> Shared {
         static NEXT_BUS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
         Shared {
@@ -145,6 +180,7 @@ impl Shared {
             waits: WaitGraph::new(),
             calls: Calls::new(config.workers),
             ready: UnboundedQueue::new(),
+            spare: BoundedQueue::new(SPARE_EVENTS),
             ordered_live: AtomicUsize::new(0),
             async_on_current_thread: AtomicUsize::new(0),
             sequence: crossbeam_utils::CachePadded::new(AtomicU64::new(0)),

@@ -202,7 +202,7 @@ impl Bus {
         event.inherit(cause, span);
         let id = event.id();
         let priority = event.priority();
-        let event = Arc::new(event);
+        let event = shared.event_block(event);
         // Numbered and in history once it is sure to be accepted, before any
         // worker can take it.
         let record = |event: &Arc<Event>| {

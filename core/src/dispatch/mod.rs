@@ -138,12 +138,24 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
     context::leave_worker();
 }
 
-/// Calls every live handler matching the event, then drops the event (the
-/// last reference may be this one).
+/// Calls every live handler matching the event, then lets it go (the last
+/// reference may be this one: its block then goes back to the publishers).
 fn dispatch(
     shared: &Arc<Shared>,
     snapshot: &Snapshot,
     queued: Queued<Arc<Event>>,
+    worker: usize,
+    scratch: &mut Scratch,
+    sampler: &mut Sampler,
+) {
+    call_all(shared, snapshot, &queued, worker, scratch, sampler);
+    shared.recycle(queued.item);
+}
+
+fn call_all(
+    shared: &Arc<Shared>,
+    snapshot: &Snapshot,
+    queued: &Queued<Arc<Event>>,
     worker: usize,
     scratch: &mut Scratch,
     sampler: &mut Sampler,
