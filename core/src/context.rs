@@ -119,9 +119,25 @@ pub(crate) struct HandlerScope {
     saved: Option<Saved>,
 }
 
-/// What a [`HandlerScope`] changes: handler bus, owner, the event being
-/// handled, call.
-type Saved = (usize, Option<Owner>, Handling, usize);
+/// What a [`HandlerScope`] changes: handler bus, owner (`None`: left as
+/// it is, as on the bus's own worker, whose owner is its bus: no reference
+/// count is touched), the event being handled, call.
+struct Saved {
+    handler_bus: usize,
+    owner: Option<Option<Owner>>,
+    handling: Handling,
+    call: usize,
+}
+
+/// Puts `s` in this thread's context; returns what it replaced.
+fn swap_in(c: &mut Context, s: Saved) -> Saved {
+    Saved {
+        handler_bus: std::mem::replace(&mut c.handler_bus, s.handler_bus),
+        owner: s.owner.map(|owner| std::mem::replace(&mut c.owner, owner)),
+        handling: std::mem::replace(&mut c.handling, s.handling),
+        call: std::mem::replace(&mut c.call, s.call),
+    }
+}
 
 impl HandlerScope {
     /// Enters a call of subscription `call` (its reclamation key) of bus
@@ -137,14 +153,14 @@ impl HandlerScope {
         let handling = Handling::of(event, bucket);
         let saved = CONTEXT.with(|c| {
             let mut c = c.borrow_mut();
-            let saved = (c.handler_bus, c.owner.clone(), c.handling, c.call);
-            if c.bus != bus {
-                c.handler_bus = bus;
-                c.owner = Some(owner());
-            }
-            c.handling = handling;
-            c.call = call;
-            saved
+            let foreign = c.bus != bus;
+            let scope = Saved {
+                handler_bus: if foreign { bus } else { c.handler_bus },
+                owner: foreign.then(|| Some(owner())),
+                handling,
+                call,
+            };
+            swap_in(&mut c, scope)
         });
         HandlerScope { saved: Some(saved) }
     }
@@ -153,21 +169,12 @@ impl HandlerScope {
 impl Drop for HandlerScope {
     fn drop(&mut self) {
         if let Some(saved) = self.saved.take() {
-            CONTEXT.with(|c| restore(&mut c.borrow_mut(), saved));
+            // What the scope put in (its owner, if any) is dropped after the
+            // context is released: a drop may run user code.
+            let replaced = CONTEXT.with(|c| swap_in(&mut c.borrow_mut(), saved));
+            drop(replaced);
         }
     }
-}
-
-/// Puts back what a [`HandlerScope`] changed (the owner only on a thread
-/// that is not a worker: a worker's stays its own bus).
-fn restore(c: &mut Context, saved: Saved) {
-    let (handler_bus, owner, handling, call) = saved;
-    c.handler_bus = handler_bus;
-    if c.bus == 0 {
-        c.owner = owner;
-    }
-    c.handling = handling;
-    c.call = call;
 }
 
 /// The handler context of this thread, to carry into work it hands to
@@ -186,19 +193,19 @@ impl CarriedContext {
         CONTEXT.with(|c| {
             let c = c.borrow();
             (c.handler_bus == bus && c.call != 0).then(|| CarriedContext {
-                saved: (c.handler_bus, c.owner.clone(), c.handling, c.call),
+                saved: Saved {
+                    handler_bus: c.handler_bus,
+                    owner: Some(c.owner.clone()),
+                    handling: c.handling,
+                    call: c.call,
+                },
             })
         })
     }
 
     /// Makes this thread run in the carried context until the guard drops.
     pub(crate) fn enter(self) -> HandlerScope {
-        let saved = CONTEXT.with(|c| {
-            let mut c = c.borrow_mut();
-            let saved = (c.handler_bus, c.owner.clone(), c.handling, c.call);
-            restore(&mut c, self.saved);
-            saved
-        });
+        let saved = CONTEXT.with(|c| swap_in(&mut c.borrow_mut(), self.saved));
         HandlerScope { saved: Some(saved) }
     }
 }
