@@ -611,3 +611,80 @@ fn errors_say_what_they_are_and_where_they_come_from() {
     let err = bus.publish(ev("x")).unwrap_err();
     assert!(matches!(err, PublishError::Closed(_)) && err.is_closed());
 }
+
+// 9. Event blocks go back to the publishers, and nothing of an old event
+// comes with them.
+
+/// A payload that counts its drops.
+#[derive(serde::Serialize)]
+struct Tracked {
+    id: u64,
+    #[serde(skip)]
+    drops: Arc<AtomicUsize>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_finished_events_payload_is_dropped_when_the_worker_is_done_and_its_block_carries_nothing_over()
+{
+    watchdog(30, || {
+        let bus = Bus::builder().workers(1).history_size(0).build().unwrap();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let seen: Arc<Mutex<Vec<(String, u64, bool)>>> = Arc::default();
+        let s = seen.clone();
+        bus.subscribe(
+            "*",
+            Handler::sync(move |e: &Event| {
+                let id = e.downcast_ref::<Tracked>().map_or(u64::MAX, |t| t.id);
+                s.lock().unwrap().push((e.name().to_owned(), id, e.parent().is_some()));
+                Ok(())
+            }),
+            "watch",
+        )
+        .unwrap();
+        // Cascades give some events a parent; the blocks they leave are
+        // filled again with top-level ones.
+        let b = bus.clone();
+        bus.subscribe(
+            "n0",
+            Handler::sync(move |e: &Event| {
+                b.publish(Event::new(
+                    "child",
+                    Value::from(e.downcast_ref::<Tracked>().map(|t| t.id)),
+                    "c",
+                ))?;
+                Ok(())
+            }),
+            "cascade",
+        )
+        .unwrap();
+        for round in 0..20u64 {
+            for i in 0..100u64 {
+                let id = round * 100 + i;
+                let event =
+                    Event::typed(format!("n{}", id % 7), Tracked { id, drops: drops.clone() }, "t");
+                bus.publish(event).unwrap();
+            }
+            bus.flush();
+            // Every payload went when the worker was done with its event, not
+            // when a publisher later filled its block again.
+            assert_eq!(drops.load(Ordering::SeqCst), ((round + 1) * 100) as usize);
+        }
+        let seen = seen.lock().unwrap();
+        let top: Vec<&(String, u64, bool)> = seen.iter().filter(|(n, _, _)| n != "child").collect();
+        assert_eq!(top.len(), 2_000);
+        for (k, (name, id, has_parent)) in top.iter().enumerate() {
+            assert_eq!((*id, name.as_str()), (k as u64, format!("n{}", k % 7).as_str()));
+            assert!(!has_parent, "a top-level event {k} came with a parent");
+        }
+        let children = seen.iter().filter(|(n, _, p)| n == "child" && *p).count();
+        assert_eq!(children, seen.iter().filter(|(n, _, _)| n == "child").count());
+        assert_eq!(children, (0..2_000).filter(|k| k % 7 == 0).count());
+        bus.shutdown();
+    });
+}
