@@ -298,10 +298,13 @@ pub(crate) struct Subscription {
     /// this instead.
     replaying: crate::loom::AtomicUsize,
     /// For ordered, blocking and async subscriptions, which do not run
-    /// inline (their handler lives there, not in `handler`).
-    pub(crate) mailbox: Option<crate::mailbox::Mailbox>,
+    /// inline (their handler lives there, not in `handler`). Boxed, as
+    /// `observed` is: an inline subscription (the most common kind) then
+    /// takes two pointers for them, not 208 bytes, and a call's look at
+    /// the pointer stays on the line of `active` and `handler`.
+    pub(crate) mailbox: Option<Box<crate::mailbox::Mailbox>>,
     /// Its call counts and sampled timings, on an observed bus.
-    pub(crate) observed: Option<crate::observe::Observed>,
+    pub(crate) observed: Option<Box<crate::observe::Observed>>,
 }
 
 // SAFETY: the handler is `Send + Sync`; the cell is read concurrently by
@@ -333,14 +336,14 @@ impl Subscription {
             panics: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             replaying: crate::loom::AtomicUsize::new(0),
-            mailbox,
+            mailbox: mailbox.map(Box::new),
             observed: None,
         }
     }
 
     /// The same, observed.
     pub(crate) fn with_observed(mut self, observed: Option<crate::observe::Observed>) -> Self {
-        self.observed = observed;
+        self.observed = observed.map(Box::new);
         self
     }
 
@@ -400,7 +403,7 @@ impl Subscription {
         #[cfg(feature = "tokio")]
         if let Some(crate::mailbox::Mailbox {
             runner: crate::mailbox::Runner::Tokio(runner), ..
-        }) = &self.mailbox
+        }) = self.mailbox.as_deref()
         {
             return runner.on_current_thread();
         }

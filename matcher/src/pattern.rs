@@ -24,8 +24,9 @@ enum Step {
     Literal(Box<[u8]>),
     /// Any one character.
     AnyChar,
-    /// One character of a bracket expression.
-    Class(Class),
+    /// One character of a bracket expression (boxed: a class is large and
+    /// rare, and every other step stays 24 bytes).
+    Class(Box<Class>),
 }
 
 /// A run of steps between two stars (or a pattern end).
@@ -342,7 +343,7 @@ fn compile(tokens: &[Token]) -> Shape {
                 continue;
             }
             Token::AnyChar => Some(Step::AnyChar),
-            Token::Class(class) => Some(Step::Class(class.clone())),
+            Token::Class(class) => Some(Step::Class(Box::new(class.clone()))),
             Token::Never => return Shape::Never,
             Token::Star => None,
         };
@@ -358,13 +359,19 @@ fn compile(tokens: &[Token]) -> Shape {
         }
     }
     segments.last_mut().expect("segments is never empty").push_literal(&literal);
+    // Compiled once and kept as long as the pattern: no spare capacity.
+    for seg in &mut segments {
+        seg.steps.shrink_to_fit();
+    }
     if !starred {
         return Shape::Exact(segments.pop().expect("one segment"));
     }
     let tail = segments.pop().expect("two segments");
     let mut rest = segments.into_iter();
     let head = rest.next().expect("two segments");
-    Shape::Starred { head, middles: rest.collect(), tail }
+    let mut middles: Vec<Segment> = rest.collect();
+    middles.shrink_to_fit();
+    Shape::Starred { head, middles, tail }
 }
 
 impl fmt::Debug for Pattern {

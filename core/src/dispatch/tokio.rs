@@ -46,7 +46,9 @@ pub(crate) async fn on_blocking_pool<R: Send + 'static>(
 
 /// Starts a runner task for `sub`'s backlog (it is scheduled).
 pub(crate) fn spawn_runner(shared: &Arc<Shared>, sub: &Arc<Subscription>) {
-    let Some(Mailbox { runner: Runner::Tokio(runner), .. }) = &sub.mailbox else { return };
+    let Some(Mailbox { runner: Runner::Tokio(runner), .. }) = sub.mailbox.as_deref() else {
+        return;
+    };
     // Made here and moved into the task, so that it is dropped with the
     // task even if the task never runs (its runtime has shut down).
     let guard = CallGuard { shared: shared.clone(), sub: sub.clone(), bucket: None, abandon: true };
