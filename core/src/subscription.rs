@@ -270,8 +270,9 @@ impl From<&SubscribeOptions> for SubscribeOptions {
 /// out and dropped on its own once no worker can call it any more (see
 /// `reclaim.rs`); the rest (id, pattern, plugin name) goes with the last
 /// `Arc`.
-// `repr(C)`, hot fields first: a call reads `active` and then `handler`,
-// and they should share a cache line.
+// `repr(C)`, hot fields first: a call reads `mailbox`, `active`, then
+// `handler` (and `observed` on an observed bus), and they share a cache
+// line.
 #[repr(C)]
 pub(crate) struct Subscription {
     /// Cleared once, by the unsubscribe that removes it.
@@ -283,6 +284,14 @@ pub(crate) struct Subscription {
     /// call and seen `active` (the protocol in `reclaim.rs`); taken only by
     /// the one owner of the retired subscription once no worker can.
     handler: UnsafeCell<Option<Handler>>,
+    /// For ordered, blocking and async subscriptions, which do not run
+    /// inline (their handler lives there, not in `handler`). Boxed, as
+    /// `observed` is: an inline subscription (the most common kind) then
+    /// takes two pointers for them, not 208 bytes, and a call's look at
+    /// the pointer stays on the line of `active` and `handler`.
+    pub(crate) mailbox: Option<Box<crate::mailbox::Mailbox>>,
+    /// Its call counts and sampled timings, on an observed bus.
+    pub(crate) observed: Option<Box<crate::observe::Observed>>,
     /// Where the subscription's handlers sort among one event's: priority
     /// (`High` first), then id.
     pub(crate) rank: u64,
@@ -297,14 +306,6 @@ pub(crate) struct Subscription {
     /// are in no worker slot, so the waiting forms of unsubscribe wait for
     /// this instead.
     replaying: crate::loom::AtomicUsize,
-    /// For ordered, blocking and async subscriptions, which do not run
-    /// inline (their handler lives there, not in `handler`). Boxed, as
-    /// `observed` is: an inline subscription (the most common kind) then
-    /// takes two pointers for them, not 208 bytes, and a call's look at
-    /// the pointer stays on the line of `active` and `handler`.
-    pub(crate) mailbox: Option<Box<crate::mailbox::Mailbox>>,
-    /// Its call counts and sampled timings, on an observed bus.
-    pub(crate) observed: Option<Box<crate::observe::Observed>>,
 }
 
 // SAFETY: the handler is `Send + Sync`; the cell is read concurrently by
