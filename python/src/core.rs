@@ -94,6 +94,13 @@ impl Lists {
         self.len += 1;
     }
 
+    /// The list at `at`, to edit in place, when no index (nor any other
+    /// chunk) shares it.
+    fn get_mut(&mut self, at: usize) -> Option<&mut Subs> {
+        let chunk = Arc::get_mut(&mut self.chunks[at / CHUNK])?;
+        Arc::get_mut(&mut chunk[at % CHUNK])
+    }
+
     /// Puts `subs` at `at`; returns what was there (for the caller to drop
     /// outside the lock).
     fn replace(&mut self, at: usize, subs: Arc<Subs>) -> Arc<Subs> {
@@ -349,9 +356,18 @@ impl Registry {
         dead: &mut Dead,
         f: impl FnOnce(&mut Vec<Py<PyAny>>, &mut Vec<Arc<str>>),
     ) {
+        self.dirty = true;
+        // Not shared (nothing routed since the last change): edited in place,
+        // so a run of subscribes to one pattern costs one copy, not one each.
+        if let Some(subs) = self.subs.get_mut(at) {
+            if let Some(tuple) = subs.tuple.take() {
+                dead.tuples.push(tuple);
+            }
+            f(&mut subs.subs, &mut subs.names);
+            return;
+        }
         let edited = Arc::new(self.subs.get(at).edited(py, f));
         dead.subs.push(self.subs.replace(at, edited));
-        self.dirty = true;
     }
 }
 
@@ -361,6 +377,7 @@ struct Dead {
     index: Option<Arc<Index>>,
     recorded: Option<Recorded>,
     subs: Vec<Arc<Subs>>,
+    tuples: Vec<Py<PyTuple>>,
     removed: Option<Py<PyAny>>,
 }
 

@@ -63,11 +63,6 @@ _IN_DISPATCH: contextvars.ContextVar[Optional["_Dispatcher"]] = contextvars.Cont
     "switchboard_bus_in_dispatch", default=None
 )
 
-# Set by the dispatcher of a loop, in its own context, to the number of the
-# event whose handlers it runs (so a task a handler starts knows which
-# event's handler started it: see ``flush``).
-_HANDLING: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("switchboard_bus_handling", default=None)
-
 # Held while a replay's buffer of live events is filled or emptied (a
 # replay and the dispatchers of other threads' loops meet there; only
 # subscriptions in a replay are ever looked at under it).
@@ -385,7 +380,6 @@ class _Dispatcher:
                 for k, (event, seq, subs, gen) in enumerate(batch):
                     self.current_gen = gen
                     self.current_seq = seq
-                    _HANDLING.set(seq)
                     for m, sub in enumerate(subs):
                         if seq >= sub.cut and sub.skips(seq):
                             continue
@@ -424,6 +418,7 @@ class _Dispatcher:
                             inbox.done(k)
                             raise
                 self.current_seq = None
+                self.current_gen = None
                 inbox.done(len(batch))
                 self.settle()
                 # Let the loop's other work in between batches.
@@ -544,10 +539,12 @@ class EventBus:
         self._lost_loop_closed = 0
         self._lost_at_close = 0
         self._lost_by_inbox_close = 0
-        self._retired: List[Tuple[int, int, int, int, int]] = []
+        # The counters of the inboxes of loops gone, summed.
+        self._retired = [0, 0, 0, 0, 0]
         self._dispatchers: Dict[asyncio.AbstractEventLoop, _Dispatcher] = {}
         self._home: Optional[_Dispatcher] = None
-        self._replays: "set[asyncio.Task[None]]" = set()
+        # Running coroutine replays, each with its subscription.
+        self._replays: "Dict[asyncio.Task[None], Subscription]" = {}
         # The numbers of the events ``await publish`` calls are dispatching
         # now: an unsubscribe by name keeps them (the seed's snapshot).
         self._in_flight: "set[int]" = set()
@@ -604,18 +601,26 @@ class EventBus:
             sub.buffer = []
         seam, replayed = self._core.subscribe(event_pattern, sub, plugin_name, replay)
         sub.seam = seam
-        self.logger.debug(f"{plugin_name} subscribed to {event_pattern}")
-        if replay:
-            items: List[_Buffered] = [(e, s, None, False) for e, s in replayed if s < replay_below]
-            try:
-                self._replay(sub, items)
-            except BaseException:
-                # A replay that cannot go on (no loop for a coroutine handler,
-                # a handler's BaseException): the subscribe failed, and the
-                # subscription is removed, as if it was never made.
-                self._remove(sub, 0)
-                self._abandon(sub, [])
-                raise
+        if not replay:
+            self.logger.debug(f"{plugin_name} subscribed to {event_pattern}")
+            return sub
+        items: List[_Buffered] = [(e, s, None, False) for e, s in replayed if s < replay_below]
+        # Marked as a replay (a publish from its handler does not wait for
+        # replays, which may be waiting for it).
+        token = _IN_REPLAY.set(True)
+        try:
+            self.logger.debug(f"{plugin_name} subscribed to {event_pattern}")
+            self._replay(sub, items)
+        except BaseException:
+            # A replay that cannot go on (no loop for a coroutine handler, a
+            # handler's BaseException, anything raised meanwhile): the
+            # subscribe failed, and the subscription is removed, as if it was
+            # never made (removed first: no live event reaches it after).
+            self._remove(sub, 0)
+            self._abandon(sub, [])
+            raise
+        finally:
+            _IN_REPLAY.reset(token)
         return sub
 
     def _replays_now(self, sub: Subscription, seq: int, live: bool) -> bool:
@@ -663,6 +668,7 @@ class EventBus:
                 except BaseException:
                     self._base_exceptions += 1
                     _release(waiter)
+                    self._remove(sub, 0)
                     self._abandon(sub, batch[i + 1 :])
                     raise
                 if result is None:
@@ -673,6 +679,7 @@ class EventBus:
                     if inspect.iscoroutine(result):
                         result.close()
                     _release(waiter)
+                    self._remove(sub, 0)
                     self._abandon(sub, batch[i + 1 :])
                     raise RuntimeError(
                         "subscribe(..., replay=n) with a handler that returns an awaitable needs a running event loop"
@@ -681,8 +688,8 @@ class EventBus:
                 context.run(_IN_REPLAY.set, True)
                 rest = self._replay_rest(sub, event, result, waiter, batch[i + 1 :])
                 task = context.run(loop.create_task, rest)
-                self._replays.add(task)
-                task.add_done_callback(self._replays.discard)
+                self._replays[task] = sub
+                task.add_done_callback(self._replay_done)
                 return
             batch = self._next_buffered(sub)
 
@@ -713,6 +720,10 @@ class EventBus:
                 await first
             except Exception as e:
                 self._handler_error(sub, first_event, e)
+            except asyncio.CancelledError as e:
+                if _dispatcher_cancelled():
+                    raise
+                self._handler_error(sub, first_event, e)
             finally:
                 _release(first_waiter)
             while batch is not None:
@@ -724,6 +735,12 @@ class EventBus:
                                 try:
                                     await pending
                                 except Exception as e:
+                                    self._handler_error(sub, event, e)
+                                except asyncio.CancelledError as e:
+                                    if _dispatcher_cancelled():
+                                        raise
+                                    # The handler's own (it awaited something
+                                    # cancelled): its error, as in dispatch.
                                     self._handler_error(sub, event, e)
                     finally:
                         _release(waiter)
@@ -849,6 +866,7 @@ class EventBus:
                     # A replay runs: the event waits for it, and this waits
                     # for the event's call (not from a replay or from the
                     # dispatcher's handlers, which the replay may wait for).
+                    self._purge_replays()
                     waiter: Optional[_Waiter] = None
                     if not _IN_REPLAY.get() and _IN_DISPATCH.get() is None:
                         loop = asyncio.get_running_loop()
@@ -899,7 +917,15 @@ class EventBus:
         except KeyError:
             dispatcher = self._dispatcher_here()
             local = dispatcher.loop is _get_running_loop()
-        gen = dispatcher.current_gen if _IN_DISPATCH.get() is dispatcher else None
+        # A cascade: published by a handler the dispatcher runs, it belongs to
+        # the generation of the event handled (a flush waits for it). Not from
+        # a task a handler started: a task that goes on publishing would hold
+        # every flush forever.
+        gen = (
+            dispatcher.current_gen
+            if _IN_DISPATCH.get() is dispatcher and asyncio.current_task() is dispatcher.task
+            else None
+        )
         result, idle = self._core.publish_nowait(event, dispatcher.inbox, local, gen)
         if idle:
             dispatcher.loop.call_soon(dispatcher.on_wake)
@@ -944,14 +970,20 @@ class EventBus:
         ``publish_nowait`` before the call has been handled, with the events
         their handlers published in turn (and once running replays are done;
         not from a replay, which would wait for itself or for a replay waiting
-        for it). From inside a handler the dispatcher runs it returns at once:
-        it would wait for itself; so it does from a task such a handler
-        started, while that handler still runs (it may be waiting for the
-        task), and waits as anywhere else once the handler is done."""
+        for it; only this loop's replays). From inside a handler the
+        dispatcher runs, or a task such a handler started, it returns at once:
+        the dispatcher runs one handler at a time, and a handler may be
+        awaiting that task, so the wait could never end. A task a handler
+        starts to publish and then wait can be started in a context of its
+        own, ``contextvars.Context().run(asyncio.ensure_future, coro)``: its
+        flush waits as anywhere else (and no handler may await it)."""
         loop = asyncio.get_running_loop()
         while self._replays and not _IN_REPLAY.get():
+            self._purge_replays()
             current = asyncio.current_task()
-            others = [t for t in self._replays if t is not current]
+            # This loop's only: a task of another loop's would wake this one
+            # from the wrong thread.
+            others = [t for t in self._replays if t is not current and t.get_loop() is loop]
             if not others:
                 break
             await asyncio.wait(others)
@@ -959,14 +991,11 @@ class EventBus:
         if dispatcher is None:
             return
         if _IN_DISPATCH.get() is dispatcher:
-            if asyncio.current_task() is dispatcher.task:
-                # A handler the dispatcher runs: it would wait for itself.
-                return
-            started_by = _HANDLING.get()
-            if started_by is not None and started_by == dispatcher.current_seq:
-                # A task a handler started, while that handler still runs:
-                # the handler may be waiting for this very task.
-                return
+            # A handler the dispatcher runs would wait for itself; a task
+            # such a handler started (it inherits the dispatcher's context)
+            # may be awaited by a handler, this one or a later one, and the
+            # dispatcher runs one handler at a time: waiting could never end.
+            return
         self._purge()
         # Every event accepted before this belongs to this generation or an
         # older one; later ones (a flood from another thread) do not hold it.
@@ -1028,7 +1057,7 @@ class EventBus:
         self._purge()
         totals = [0, 0, 0, 0, 0]
         pending = 0
-        for counters in self._retired + [d.inbox.counters() for d in self._dispatchers.values()]:
+        for counters in [self._retired] + [list(d.inbox.counters()) for d in self._dispatchers.values()]:
             for i, v in enumerate(counters):
                 totals[i] += v
         for d in self._dispatchers.values():
@@ -1050,6 +1079,22 @@ class EventBus:
 
     # -- lifecycle ----------------------------------------------------------
 
+    def _retire(self, dispatcher: _Dispatcher) -> None:
+        for i, v in enumerate(dispatcher.inbox.counters()):
+            self._retired[i] += v
+
+    def _replay_done(self, task: "asyncio.Task[None]") -> None:
+        self._replays.pop(task, None)
+
+    def _purge_replays(self) -> None:
+        """Coroutine replays whose loop closed without running them to the
+        end will never end: their subscriptions stop waiting for them (live
+        events go straight to the handler) and their publishers are told."""
+        for task, sub in list(self._replays.items()):
+            if task.get_loop().is_closed():
+                self._replays.pop(task, None)
+                self._abandon(sub, [])
+
     def _purge(self) -> None:
         """Closes the dispatchers of loops that closed; their calls are lost, counted."""
         for loop, dispatcher in list(self._dispatchers.items()):
@@ -1057,7 +1102,7 @@ class EventBus:
                 from_inbox, left = dispatcher.close()
                 self._lost_by_inbox_close += from_inbox
                 self._lost_loop_closed += from_inbox + left
-                self._retired.append(dispatcher.inbox.counters())
+                self._retire(dispatcher)
                 del self._dispatchers[loop]
 
     @property
@@ -1079,7 +1124,7 @@ class EventBus:
             from_inbox, left = dispatcher.close()
             self._lost_by_inbox_close += from_inbox
             lost += from_inbox + left
-            self._retired.append(dispatcher.inbox.counters())
+            self._retire(dispatcher)
         self._lost_at_close += lost
         self._dispatchers.clear()
         _live_buses.discard(self)
