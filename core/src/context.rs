@@ -153,10 +153,14 @@ impl HandlerScope {
         let handling = Handling::of(event, bucket);
         let saved = CONTEXT.with(|c| {
             let mut c = c.borrow_mut();
-            let foreign = c.bus != bus;
+            let own_worker = c.bus == bus;
+            // On its own worker the owner is the bus's already, unless a
+            // scope of another bus (a replay of it, say) is open around
+            // this one.
+            let owner_ours = own_worker && (c.handler_bus == 0 || c.handler_bus == bus);
             let scope = Saved {
-                handler_bus: if foreign { bus } else { c.handler_bus },
-                owner: foreign.then(|| Some(owner())),
+                handler_bus: if own_worker { c.handler_bus } else { bus },
+                owner: (!owner_ours).then(|| Some(owner())),
                 handling,
                 call,
             };

@@ -378,8 +378,6 @@ impl Event {
         let _ = self.seq.0.compare_exchange(0, seq + 1, Ordering::Release, Ordering::Relaxed);
     }
 
-    /// Forgets the sequence number of an earlier publish (a republished
-    /// clone gets a new one).
     /// Drops what a finished event holds that the user may see dropped
     /// (its payload, lineage and origin), keeping the block, its name and
     /// source for a publisher to overwrite (see `Shared::recycle`).
@@ -389,6 +387,13 @@ impl Event {
         self.origin = None;
     }
 
+    /// The bytes a finished block keeps until a publisher fills it again.
+    pub(crate) fn kept_bytes(&self) -> usize {
+        self.name.len() + self.source.len()
+    }
+
+    /// Forgets the sequence number of an earlier publish (a republished
+    /// clone gets a new one).
     pub(crate) fn clear_sequence(&mut self) {
         *self.seq.0.get_mut() = 0;
     }

@@ -133,6 +133,11 @@ pub(crate) struct Shared {
 /// How many finished event blocks wait for a publisher to fill them again.
 const SPARE_EVENTS: usize = 512;
 
+/// A finished block whose name and source are longer than this together is
+/// freed, not kept: what spare blocks hold stays under
+/// `SPARE_EVENTS * (block + KEPT_MAX)` (about 220 KiB).
+const KEPT_MAX: usize = 256;
+
 impl Shared {
     /// `event` in a block of its own: a spare one when a worker left one,
     /// else a new allocation. A spare block's old name and source are
@@ -151,12 +156,17 @@ impl Shared {
     /// A worker is done with `event`. If that was its last reference, what
     /// the user may see dropped (the payload, whose `Drop` may be user code,
     /// its lineage and origin) is dropped now, as the event itself would
-    /// be, and the block goes back to the publishers: the allocation and
-    /// its free then both happen on a publisher's thread, never one thread
-    /// allocating what another frees, which made both contend on the
-    /// allocator's arena lock for every event.
+    /// be, and the block goes back to the publishers: the block's allocation
+    /// and its free, and those of its name and source, then happen on
+    /// publishers' threads, not one allocating what another frees, which
+    /// made both contend on the allocator's arena lock for every event.
+    /// (What the payload, lineage and origin allocated is still freed here.)
+    /// A block with a long name or source is freed at once instead.
     pub(crate) fn recycle(&self, mut event: Arc<Event>) {
         if let Some(finished) = Arc::get_mut(&mut event) {
+            if finished.kept_bytes() > KEPT_MAX {
+                return;
+            }
             finished.release();
             // A full stock: the block is freed here, as before.
             let _ = self.spare.push(event);

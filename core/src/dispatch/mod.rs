@@ -162,12 +162,15 @@ fn call_all(
 ) {
     let counters = &shared.counters.workers[worker];
     let event = &queued.item;
+    // Set even with no match: the payload's `Drop`, which runs after this
+    // on this thread, is user code that may publish (its events are the
+    // children of this one, counted in its flush bucket).
+    context::set_event(event, queued.epoch);
     snapshot.matching(event.name(), scratch);
     WorkerCounters::add(&counters.events, 1);
     if scratch.matched.is_empty() {
         return;
     }
-    context::set_event(event, queued.epoch);
     let mut calls = 0;
     // Read once: a bus neither traced nor observed (the default) makes each
     // call as it always did.

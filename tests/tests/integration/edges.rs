@@ -688,3 +688,120 @@ fn a_finished_events_payload_is_dropped_when_the_worker_is_done_and_its_block_ca
         bus.shutdown();
     });
 }
+
+/// A payload that runs `f` when it is dropped.
+struct OnDrop(Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+impl OnDrop {
+    fn new(f: impl FnOnce() + Send + 'static) -> OnDrop {
+        OnDrop(Mutex::new(Some(Box::new(f))))
+    }
+}
+
+impl serde::Serialize for OnDrop {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.lock().unwrap().take() {
+            f();
+        }
+    }
+}
+
+#[test]
+fn a_publish_from_the_drop_of_an_unmatched_events_payload_is_that_events_child() {
+    watchdog(30, || {
+        let bus = Bus::builder().workers(1).history_size(0).build().unwrap();
+        let parents: Arc<Mutex<Vec<Option<switchboard::EventId>>>> = Arc::default();
+        let p = parents.clone();
+        bus.subscribe(
+            "child",
+            Handler::sync(move |e: &Event| {
+                p.lock().unwrap().push(e.parent().map(|c| c.id()));
+                Ok(())
+            }),
+            "watch",
+        )
+        .unwrap();
+        bus.subscribe("handled", Handler::sync(|_| Ok(())), "h").unwrap();
+        // The worker handled another event just before.
+        bus.publish(ev("handled")).unwrap();
+        bus.flush();
+        let unmatched = Event::typed(
+            "nobody.listens",
+            OnDrop::new(|| {
+                Bus::current().expect("on the worker").publish(ev("child")).unwrap();
+            }),
+            "t",
+        );
+        let id = unmatched.id();
+        bus.publish(unmatched).unwrap();
+        // The child counts in its parent's flush bucket: this waits for it.
+        bus.flush();
+        assert_eq!(*parents.lock().unwrap(), vec![Some(id)]);
+        bus.shutdown();
+    });
+}
+
+#[test]
+fn nested_replays_of_two_buses_on_a_worker_each_see_their_own_bus() {
+    watchdog(30, || {
+        let a = Bus::builder().name("a").workers(1).history_size(10).build().unwrap();
+        let b = Bus::builder().name("b").workers(1).history_size(10).build().unwrap();
+        b.publish(ev("x")).unwrap();
+        a.publish(ev("y")).unwrap();
+        a.flush();
+        b.flush();
+        let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let (s, a2, b2) = (seen.clone(), a.clone(), b.clone());
+        a.subscribe(
+            "go",
+            Handler::sync(move |_| {
+                let (outer, a3) = (s.clone(), a2.clone());
+                // On a's worker: a replay of b, and in its replayed call, a
+                // replay of a.
+                b2.subscribe_replay(
+                    "x",
+                    Handler::sync(move |_| {
+                        let s = outer.clone();
+                        s.lock().unwrap().push(Bus::current().map(|bus| bus.name().to_owned()));
+                        let inner = s.clone();
+                        a3.subscribe_replay(
+                            "y",
+                            Handler::sync(move |_| {
+                                inner
+                                    .lock()
+                                    .unwrap()
+                                    .push(Bus::current().map(|bus| bus.name().to_owned()));
+                                Ok(())
+                            }),
+                            "inner",
+                            1,
+                        )
+                        .unwrap();
+                        s.lock().unwrap().push(Bus::current().map(|bus| bus.name().to_owned()));
+                        Ok(())
+                    }),
+                    "outer",
+                    1,
+                )
+                .unwrap();
+                s.lock().unwrap().push(Bus::current().map(|bus| bus.name().to_owned()));
+                Ok(())
+            }),
+            "p",
+        )
+        .unwrap();
+        a.publish(ev("go")).unwrap();
+        a.flush();
+        let names = |v: &[&str]| v.iter().map(|n| Some(n.to_string())).collect::<Vec<_>>();
+        // b's replayed call, a's inside it, b's again, and a's handler after.
+        assert_eq!(*seen.lock().unwrap(), names(&["b", "a", "b", "a"]));
+        a.shutdown();
+        b.shutdown();
+    });
+}
