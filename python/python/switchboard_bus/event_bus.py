@@ -717,13 +717,7 @@ class EventBus:
         i = -1
         try:
             try:
-                await first
-            except Exception as e:
-                self._handler_error(sub, first_event, e)
-            except asyncio.CancelledError as e:
-                if _dispatcher_cancelled():
-                    raise
-                self._handler_error(sub, first_event, e)
+                await self._isolated(sub, first_event, first)
             finally:
                 _release(first_waiter)
             while batch is not None:
@@ -732,16 +726,7 @@ class EventBus:
                         if self._replays_now(sub, seq, live):
                             pending = self._call(sub, event)
                             if pending is not None:
-                                try:
-                                    await pending
-                                except Exception as e:
-                                    self._handler_error(sub, event, e)
-                                except asyncio.CancelledError as e:
-                                    if _dispatcher_cancelled():
-                                        raise
-                                    # The handler's own (it awaited something
-                                    # cancelled): its error, as in dispatch.
-                                    self._handler_error(sub, event, e)
+                                await self._isolated(sub, event, pending)
                     finally:
                         _release(waiter)
                 batch, i = self._next_buffered(sub), -1
@@ -753,6 +738,20 @@ class EventBus:
             self._remove(sub, 0)
             self._abandon(sub, batch[i + 1 :] if batch is not None else [])
             raise
+
+    async def _isolated(self, sub: Subscription, event: Event, pending: Awaitable[Any]) -> None:
+        """Awaits what a replayed call returned, its errors isolated: an
+        ``Exception``, or its own ``CancelledError`` (it awaited something
+        cancelled), is counted and logged; the replay task's cancellation
+        goes on up."""
+        try:
+            await pending
+        except Exception as e:
+            self._handler_error(sub, event, e)
+        except asyncio.CancelledError as e:
+            if _dispatcher_cancelled():
+                raise
+            self._handler_error(sub, event, e)
 
     def _handler_error(self, sub: Subscription, event: Event, e: BaseException) -> None:
         self._stats["handler_errors"] += 1
