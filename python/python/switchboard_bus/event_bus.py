@@ -63,6 +63,11 @@ _IN_DISPATCH: contextvars.ContextVar[Optional["_Dispatcher"]] = contextvars.Cont
     "switchboard_bus_in_dispatch", default=None
 )
 
+# Set by the dispatcher of a loop, in its own context, to the number of the
+# event whose handlers it runs, so a task a handler starts carries the number
+# of the event it was started for (see ``publish_nowait``).
+_HANDLING: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("switchboard_bus_handling", default=None)
+
 # Held while a replay's buffer of live events is filled or emptied (a
 # replay and the dispatchers of other threads' loops meet there; only
 # subscriptions in a replay are ever looked at under it).
@@ -81,6 +86,11 @@ _TEARDOWN_SCOPE: contextvars.ContextVar[Optional[FrozenSet[int]]] = contextvars.
 )
 
 _live_buses: "weakref.WeakSet[EventBus]" = weakref.WeakSet()
+
+# The buffer of a subscription whose replay failed: what a dispatcher that
+# routed an event to it before its removal offers is dropped, never run (a
+# dispatcher on another thread may have looked at it before the removal).
+_FAILED: List[Any] = []
 
 #: What an awaiting publisher waits on while a replaying subscription holds
 #: its event: the publisher's loop and a future there.
@@ -229,11 +239,15 @@ class Subscription:
 
     def offer(self, event: Event, seq: int, waiter: Optional[_Waiter]) -> bool:
         """During a replay, buffers a live event, run once the replay is
-        over; ``False`` when it is over already (the caller runs it)."""
+        over; ``False`` when it is over already (the caller runs it). After a
+        failed replay the event is dropped (``True``: not to be run)."""
         with _BUFFER_LOCK:
             buffer = self.buffer
             if buffer is None:
                 return False
+            if buffer is _FAILED:
+                _release(waiter)
+                return True
             buffer.append((event, seq, waiter, True))
             return True
 
@@ -380,6 +394,7 @@ class _Dispatcher:
                 for k, (event, seq, subs, gen) in enumerate(batch):
                     self.current_gen = gen
                     self.current_seq = seq
+                    _HANDLING.set(seq)
                     for m, sub in enumerate(subs):
                         if seq >= sub.cut and sub.skips(seq):
                             continue
@@ -649,10 +664,13 @@ class EventBus:
 
     def _abandon(self, sub: Subscription, items: Sequence[_Buffered]) -> None:
         """A replay that stops: what it has not run is not run; awaiting
-        publishers are told."""
+        publishers are told. A removed subscription's buffer stays closed
+        (see ``_FAILED``); a live one's opens (live events go straight to
+        the handler)."""
         with _BUFFER_LOCK:
-            left = list(items) + (sub.buffer or [])
-            sub.buffer = None
+            buffered = sub.buffer if sub.buffer is not _FAILED else None
+            left = list(items) + (buffered or [])
+            sub.buffer = None if sub.live else _FAILED
         for item in left:
             _release(item[2])
 
@@ -687,7 +705,9 @@ class EventBus:
                 context = contextvars.copy_context()
                 context.run(_IN_REPLAY.set, True)
                 rest = self._replay_rest(sub, event, result, waiter, batch[i + 1 :])
-                task = context.run(loop.create_task, rest)
+                # A task that tells its own cancellation from a handler's
+                # CancelledError (on every Python version).
+                task = context.run(_new_dispatcher_task, loop, rest)
                 self._replays[task] = sub
                 task.add_done_callback(self._replay_done)
                 return
@@ -916,13 +936,15 @@ class EventBus:
         except KeyError:
             dispatcher = self._dispatcher_here()
             local = dispatcher.loop is _get_running_loop()
-        # A cascade: published by a handler the dispatcher runs, it belongs to
-        # the generation of the event handled (a flush waits for it). Not from
-        # a task a handler started: a task that goes on publishing would hold
-        # every flush forever.
+        # A cascade: published by a handler the dispatcher runs, or by a task
+        # it started while that handler still runs (one it awaits, say), it
+        # belongs to the generation of the event handled (a flush waits for
+        # it). Not once the handler is done: a task that goes on publishing
+        # would hold every flush forever.
+        handling = dispatcher.current_seq
         gen = (
             dispatcher.current_gen
-            if _IN_DISPATCH.get() is dispatcher and asyncio.current_task() is dispatcher.task
+            if handling is not None and _IN_DISPATCH.get() is dispatcher and _HANDLING.get() == handling
             else None
         )
         result, idle = self._core.publish_nowait(event, dispatcher.inbox, local, gen)
