@@ -170,11 +170,13 @@ impl Bus {
     /// the publish sequence ending just below the seam, live events numbered
     /// below the seam are skipped, and live events that arrive during the
     /// replay wait for it (buffered; no worker waits), then are called on
-    /// this thread too. (An inline subscription, whose calls run on many
-    /// workers at once anyway, takes live calls again as soon as this thread
-    /// has taken what was buffered, so a flood cannot keep it here; the
-    /// others, one call at a time or in order, drain the buffer first.) (On
-    /// a bus without history there is nothing to replay.)
+    /// this thread too. (An inline subscription on a bus with more than one
+    /// worker, whose calls run on many workers at once anyway, takes live
+    /// calls again as soon as this thread has taken what was buffered, so a
+    /// flood cannot keep it here; the others (one call at a time, in order,
+    /// or inline on a one-worker bus, whose calls then come in publish
+    /// order) drain the buffer first, and keep that order across the seam.)
+    /// (On a bus without history there is nothing to replay.)
     ///
     /// Replayed calls are handler calls: they run inside the handler's
     /// context (so [`Bus::current`] works, a publish from them is one level
@@ -328,12 +330,14 @@ impl Bus {
         shared.drop_caught(replayed);
         // The live events that came meanwhile, a batch at a time, each taken
         // under the lock and called outside it. An inline subscription's
-        // calls run on any number of workers at once anyway: its buffer ends
-        // with the first batch taken, so live calls start at once and a
-        // flood cannot keep this thread draining for as long as it lasts.
-        // The others (one call at a time, or in order) end it once it is
-        // found empty.
-        let inline = sub.mailbox.is_none();
+        // calls run on every worker at once anyway: on a bus with more than
+        // one, its buffer ends with the first batch taken, so live calls
+        // start at once and a flood cannot keep this thread draining for as
+        // long as it lasts. The others (one call at a time, in order, or
+        // inline with one worker, whose live calls come in publish order)
+        // end it once it is found empty, so no live call overtakes a
+        // buffered one.
+        let inline = sub.mailbox.is_none() && shared.config.workers > 1;
         loop {
             let batch = {
                 let mut replay = state.lock();

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde_json::Value;
 use switchboard::{Bus, Event, Handler, SubscribeOptions, Target};
 
+mod support;
+
 struct OnDrop(Arc<AtomicBool>);
 impl Drop for OnDrop {
     fn drop(&mut self) {
@@ -266,4 +268,70 @@ fn an_async_handler_cannot_be_replayed_to() {
         other => panic!("expected CannotReplay, got {other:?}"),
     }
     assert!(bus.subscriptions(Target::All).is_empty());
+}
+
+/// On a one-worker bus an inline subscription's calls come in publish
+/// order, and a replay keeps that order across the seam: a live event that
+/// arrives while the subscribing thread is still calling the buffered ones
+/// waits behind them. (The replay used to end the buffer with the first
+/// batch it took, so the worker called later live events while that batch
+/// was still being called: a reordering at the seam that a late joiner in
+/// the plugin tests hit once under load.) Deterministic: the replayed call
+/// of the first buffered event holds the subscribing thread while 200 more
+/// events are published and the worker has time to run them.
+#[test]
+fn a_one_worker_inline_replay_keeps_publish_order_across_the_seam() {
+    support::watchdog(60, || {
+        let bus = Bus::builder().workers(1).history_size(100).build().unwrap();
+        let ev = |i: u64| Event::new("e.x", serde_json::json!(i), "p");
+        for i in 0..5 {
+            bus.publish(ev(i)).unwrap();
+        }
+        bus.flush();
+        let (started_tx, started_rx) = mpsc::channel::<()>(); // history's first call runs
+        let (history_tx, history_rx) = mpsc::channel::<()>(); // live events 5..8 are in
+        let (seam_tx, seam_rx) = mpsc::channel::<()>(); // the first buffered call runs
+        let (go_tx, go_rx) = mpsc::channel::<()>(); // 200 more were published
+        let waits = Mutex::new((started_tx, history_rx, seam_tx, go_rx));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let handler = Handler::sync(move |e: &Event| {
+            let i = e.data().as_u64().unwrap();
+            s.lock().unwrap().push(i);
+            let waits = waits.lock().unwrap();
+            match i {
+                0 => {
+                    waits.0.send(()).unwrap();
+                    waits.1.recv().unwrap();
+                }
+                5 => {
+                    waits.2.send(()).unwrap();
+                    waits.3.recv().unwrap();
+                }
+                _ => {}
+            }
+            Ok(())
+        });
+        let b = bus.clone();
+        let replay =
+            std::thread::spawn(move || b.subscribe_replay("e.*", handler, "r", 5).unwrap());
+        started_rx.recv().unwrap(); // past the seam: what comes now is live
+        for i in 5..8 {
+            bus.publish(ev(i)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100)); // the worker buffers them
+        history_tx.send(()).unwrap();
+        seam_rx.recv().unwrap();
+        for i in 8..208 {
+            bus.publish(ev(i)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200)); // the worker has had time to call them
+        go_tx.send(()).unwrap();
+        let r = replay.join().unwrap();
+        assert_eq!((r.replayed, r.seam), (5, 5));
+        bus.flush();
+        let seen = seen.lock().unwrap();
+        assert_eq!(*seen, (0..208).collect::<Vec<u64>>(), "every event once, in publish order");
+        bus.shutdown();
+    });
 }
