@@ -690,3 +690,56 @@ fn loom_a_full_worker_fed_backlog_holds_publishers_at_the_gate_until_its_runner_
         assert!(!shared.gate.is_held());
     });
 }
+
+/// A worker's batch of an ordered subscription's events (taken at once)
+/// against an unsubscribe-and-wait: once the wait returns no call of the
+/// batch runs or starts, the batch's events are all counted out of flush,
+/// and the mailbox is idle. (Not counting the batch as running in
+/// `Mailbox::next_batch` makes this model fail: a call runs after the wait.
+/// Removing the retire check before each call does not, the wait still
+/// waits for the whole batch;
+/// `an_unsubscribe_during_a_batch_starts_none_of_its_remaining_events`
+/// checks that one.)
+#[test]
+fn loom_a_wait_on_a_retired_mailbox_outlasts_the_batch_a_worker_took() {
+    use crate::mailbox::{Mailbox, Runner, Work};
+    model(|| {
+        let config = crate::BusBuilder::default().workers(1).history_size(0).into_config();
+        let shared = Arc::new(crate::shared::Shared::new(config, None));
+        let waited = Arc::new(AtomicBool::new(false));
+        let late = Arc::new(AtomicBool::new(false));
+        let (w, l) = (waited.clone(), late.clone());
+        let work = Work::Sync(Arc::new(move |_e: &Event| {
+            if w.load(Ordering::SeqCst) {
+                l.store(true, Ordering::SeqCst);
+            }
+            Ok(())
+        }));
+        let mailbox = Mailbox::new(work, Runner::Pool, true, 2, Overflow::Block);
+        let sub = Arc::new(Subscription::new(
+            SubscriptionId::new(1),
+            Pattern::new("x").unwrap(),
+            Arc::from("p"),
+            Priority::Normal,
+            None,
+            Some(mailbox),
+        ));
+        for n in 0..2u64 {
+            let event = Arc::new(Event::new("x", serde_json::Value::from(n), "t"));
+            crate::dispatch::push(&shared, &sub, &event, 0);
+        }
+        let worker = {
+            let (shared, sub) = (shared.clone(), sub.clone());
+            thread::spawn(move || crate::dispatch::pool::run_on_worker(&shared, &sub, 2))
+        };
+        let backlog = sub.mailbox.as_ref().unwrap();
+        let (work, _discarded) = backlog.retire(&shared.env());
+        drop(work);
+        assert!(backlog.wait_idle(|| 0, None));
+        waited.store(true, Ordering::SeqCst);
+        worker.join().unwrap();
+        assert!(!late.load(Ordering::SeqCst), "a call ran after the wait returned");
+        assert_eq!(shared.epochs.pending(), 0, "an event of the batch stayed counted in flush");
+        assert_eq!(backlog.running(), 0);
+    });
+}

@@ -37,8 +37,10 @@
 //!   `Stats::backlog_dropped`, and logged at `warn`.
 //! * **Unsubscribe.** The handler lives in the mailbox state, under its
 //!   lock; a runner checks and clones it under the lock and counts the call
-//!   as running before it lets go. Retiring takes it out under the same
-//!   lock and discards the backlog, so once that returns no call starts; the
+//!   as running before it lets go (a batch of calls, see `next_batch`,
+//!   counts as one, and asks `is_retired` before each). Retiring takes it
+//!   out under the same lock and discards the backlog, so once that returns
+//!   no call starts; the
 //!   closure is dropped by whoever holds its last clone (the last running
 //!   call), outside every lock, after its event is counted out of its flush
 //!   bucket and before the call stops counting as running: its `Drop` may
@@ -60,7 +62,7 @@ use crate::event::Event;
 use crate::flush::Epochs;
 use crate::gate::Gate;
 use crate::handler::HandlerResult;
-use crate::loom::{backoff, AtomicU64, Condvar, Mutex, Ordering};
+use crate::loom::{backoff, AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
 use crate::queue::Overflow;
 
 /// A synchronous handler run from a mailbox.
@@ -130,6 +132,11 @@ pub(crate) struct Mailbox {
     /// or was sealed or abandoned.
     room: Condvar,
     pub(crate) backlog_dropped: AtomicU64,
+    /// Set once the subscription is retired (its work taken out).
+    retired: AtomicBool,
+    /// The backlog's length as of the last change, for
+    /// [`room_for`](Mailbox::room_for)'s look without the lock.
+    queued: AtomicUsize,
 }
 
 /// Whether an event may go into a backlog now, for a publisher that checks
@@ -242,6 +249,8 @@ impl Mailbox {
             changed: Condvar::new(),
             room: Condvar::new(),
             backlog_dropped: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
         }
     }
 
@@ -253,6 +262,15 @@ impl Mailbox {
     /// Whether an event may go in now (see [`Room`]). A handler never
     /// waits: under `Block` it may overshoot the capacity by as much again.
     pub(crate) fn room_for(&self, from_handler: bool) -> Room {
+        // Without the lock while there is room, which is nearly always: the
+        // publisher of an ordered subscription's event asks this for every
+        // event, and the lock is the one the runner takes. Relaxed: the
+        // answer is a snapshot either way (publishers checking at once may
+        // overshoot by one each, see `push`), and a thread's own pushes are
+        // in its own reads.
+        if self.queued.load(Ordering::Relaxed) < self.capacity {
+            return Room::Free;
+        }
         let state = self.state.lock();
         if state.work.is_none() || state.sealed || state.entries.len() < self.capacity {
             return Room::Free;
@@ -307,6 +325,7 @@ impl Mailbox {
                 .flatten();
             env.epochs.begin_in(bucket);
             state.entries.push_back(Entry { event: event.clone(), bucket });
+            self.queued.store(state.entries.len(), Ordering::Relaxed);
             if !self.ordered
                 && self.overflow == Overflow::Block
                 && !state.holding
@@ -340,6 +359,61 @@ impl Mailbox {
     pub(crate) fn count_lost(&self, n: u64) {
         // Relaxed: a statistic.
         self.backlog_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Up to `max` of the next events, in order, into `batch`, and the work
+    /// to do with them, counted as one running call until
+    /// [`done_batch`](Mailbox::done_batch); or `None` when the backlog is
+    /// empty (then the mailbox is no longer scheduled) or the subscription
+    /// retired. One lock for the batch, where [`next`](Mailbox::next) takes
+    /// it per event and contends with the publisher pushing each one. The
+    /// caller asks [`is_retired`](Mailbox::is_retired) before each call, so
+    /// a retire that returns while it still holds events starts none of
+    /// them (as `next` then finds the backlog discarded).
+    pub(crate) fn next_batch(
+        &self,
+        env: &Env<'_>,
+        max: usize,
+        batch: &mut impl Extend<Entry>,
+    ) -> Option<Work> {
+        let mut state = self.state.lock();
+        let work = state.work.clone();
+        match work {
+            Some(work) if !state.entries.is_empty() => {
+                let n = max.min(state.entries.len());
+                batch.extend(state.entries.drain(..n));
+                state.running += 1;
+                self.made_room(&mut state, env);
+                Some(work)
+            }
+            _ => {
+                state.scheduled = false;
+                None
+            }
+        }
+    }
+
+    /// Whether the subscription is retired: a batch taken before stops
+    /// there.
+    pub(crate) fn is_retired(&self) -> bool {
+        // Acquire: pairs with the Release in `retire`, under whose lock the
+        // work was taken out.
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Ends a batch begun by [`next_batch`](Mailbox::next_batch), as
+    /// [`done`](Mailbox::done) ends one call: `ended[b]` events counted out
+    /// of flush bucket `b`, then `work` dropped outside every lock, then the
+    /// batch stops counting as running.
+    pub(crate) fn done_batch(&self, env: &Env<'_>, ended: [usize; 2], work: Option<Work>) {
+        env.epochs.end(0, ended[0]);
+        env.epochs.end(1, ended[1]);
+        env.drop_caught(work);
+        let mut state = self.state.lock();
+        state.running -= 1;
+        if state.running == 0 {
+            self.changed.notify_all();
+        }
     }
 
     /// The next event and the work to do with it, counted as running; or
@@ -382,6 +456,7 @@ impl Mailbox {
     /// An event left (or all did): wakes those waiting for room, and lets go
     /// of the gate once there is room.
     fn made_room(&self, state: &mut State, env: &Env<'_>) {
+        self.queued.store(state.entries.len(), Ordering::Relaxed);
         if state.room_waiters > 0 {
             self.room.notify_all();
         }
@@ -423,6 +498,8 @@ impl Mailbox {
         let (work, discarded) = {
             let mut state = self.state.lock();
             let work = state.work.take();
+            // Release: see `is_retired`.
+            self.retired.store(true, Ordering::Release);
             let discarded = std::mem::take(&mut state.entries);
             self.changed.notify_all();
             self.made_room(&mut state, env);

@@ -5,20 +5,41 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
+use crate::mailbox::Entry;
+
 use crate::shared::Shared;
 use crate::subscription::Subscription;
 
-/// A worker's turn at a ready mailbox: up to `max` of its events, then
-/// back on the ready queue (whoever next finds it empty unschedules it).
+/// A worker's turn at a ready mailbox: up to `max` of its events, taken
+/// at once and called in order, then back on the ready queue (whoever next
+/// finds it empty unschedules it). A retire meanwhile stops the batch: its
+/// events not yet called are counted out of flush and dropped, as the
+/// retire discarded the backlog.
 pub(crate) fn run_on_worker(shared: &Arc<Shared>, sub: &Arc<Subscription>, max: usize) {
     let Some(mailbox) = &sub.mailbox else { return };
     let env = shared.env();
-    for _ in 0..max {
-        let Some((entry, work)) = mailbox.next(&env) else { return };
+    let mut batch: SmallVec<[Entry; 32]> = SmallVec::new();
+    let Some(work) = mailbox.next_batch(&env, max, &mut batch) else { return };
+    let mut ended = [0usize; 2];
+    let mut entries = batch.into_iter();
+    for entry in entries.by_ref() {
+        if mailbox.is_retired() {
+            ended[entry.bucket] += 1;
+            break;
+        }
         if let Some(f) = work.sync() {
             super::call_sync(shared, sub, &entry, f);
         }
-        mailbox.done(&env, entry.bucket, Some(work));
+        ended[entry.bucket] += 1;
     }
+    // The retired rest, if any.
+    let rest: SmallVec<[Entry; 32]> = entries.collect();
+    for entry in &rest {
+        ended[entry.bucket] += 1;
+    }
+    shared.drop_caught(rest);
+    mailbox.done_batch(&env, ended, Some(work));
     shared.make_ready(sub.clone());
 }

@@ -51,7 +51,14 @@ pub(crate) fn spawn_runner(shared: &Arc<Shared>, sub: &Arc<Subscription>) {
     };
     // Made here and moved into the task, so that it is dropped with the
     // task even if the task never runs (its runtime has shut down).
-    let guard = CallGuard { shared: shared.clone(), sub: sub.clone(), bucket: None, abandon: true };
+    let guard = CallGuard {
+        shared: shared.clone(),
+        sub: sub.clone(),
+        bucket: None,
+        batch: None,
+        rest: std::collections::VecDeque::new(),
+        abandon: true,
+    };
     runner.handle.spawn(run(guard));
 }
 
@@ -59,6 +66,10 @@ async fn run(mut guard: CallGuard) {
     let (shared, sub) = (guard.shared.clone(), guard.sub.clone());
     let Some(mailbox) = &sub.mailbox else { return };
     let Runner::Tokio(runner) = &mailbox.runner else { return };
+    if runner.permits.is_none() {
+        run_in_batches(guard).await;
+        return;
+    }
     loop {
         let permit = match &runner.permits {
             // The semaphore is never closed.
@@ -84,6 +95,8 @@ async fn run(mut guard: CallGuard) {
                     shared: shared.clone(),
                     sub: sub.clone(),
                     bucket: Some(entry.bucket),
+                    batch: None,
+                    rest: std::collections::VecDeque::new(),
                     abandon: false,
                 };
                 let timeout = runner.timeout;
@@ -98,6 +111,41 @@ async fn run(mut guard: CallGuard) {
     }
 }
 
+/// The runner of a subscription whose calls run one at a time, in this
+/// task: a batch of events taken at once (one lock, where an event at a
+/// time contended with the workers pushing each one), called in order, and
+/// ended together. A retire meanwhile stops the batch; a runtime that drops
+/// the task mid-batch has the guard end the whole batch.
+async fn run_in_batches(mut guard: CallGuard) {
+    let (shared, sub) = (guard.shared.clone(), guard.sub.clone());
+    let Some(mailbox) = &sub.mailbox else { return };
+    let Runner::Tokio(runner) = &mailbox.runner else { return };
+    loop {
+        let env = shared.env();
+        let Some(work) = mailbox.next_batch(&env, shared.config.batch_size, &mut guard.rest) else {
+            guard.abandon = false;
+            return;
+        };
+        let mut open = [0usize; 2];
+        for entry in &guard.rest {
+            open[entry.bucket] += 1;
+        }
+        guard.batch = Some(open);
+        if let Work::Async(f) = &work {
+            while let Some(entry) = guard.rest.pop_front() {
+                if mailbox.is_retired() {
+                    guard.rest.push_front(entry);
+                    break;
+                }
+                call(&shared, &sub, &entry, f, runner.timeout).await;
+            }
+        }
+        // The retired rest, dropped before their flush count ends.
+        shared.drop_caught(std::mem::take(&mut guard.rest));
+        guard.end_batch(Some(work));
+    }
+}
+
 /// Ends what a runner or call task leaves behind when it is dropped before
 /// it finishes (its runtime shut down): the call it was in is ended, and
 /// (for a runner) the backlog is given up, counted as dropped, so `flush`
@@ -107,6 +155,11 @@ struct CallGuard {
     sub: Arc<Subscription>,
     /// The flush bucket of the call in progress.
     bucket: Option<usize>,
+    /// The batch in progress ([`run_in_batches`]): how many of its events
+    /// are in each flush bucket.
+    batch: Option<[usize; 2]>,
+    /// Its events not yet called: lost if the task is dropped.
+    rest: std::collections::VecDeque<Entry>,
     /// Give up the backlog when dropped.
     abandon: bool,
 }
@@ -119,12 +172,31 @@ impl CallGuard {
             mailbox.done(&self.shared.env(), bucket, work);
         }
     }
+
+    /// Ends the batch in progress, dropping `work` as
+    /// [`Mailbox::done_batch`] says.
+    fn end_batch(&mut self, work: Option<Work>) {
+        if let (Some(open), Some(mailbox)) = (self.batch.take(), &self.sub.mailbox) {
+            mailbox.done_batch(&self.shared.env(), open, work);
+        }
+    }
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
+        let sub = self.sub.clone();
+        let Some(mailbox) = &sub.mailbox else { return };
+        // A batch's events not yet called are lost as the backlog is (unless
+        // the subscription retired: they were discarded), and counted so
+        // before they leave their flush count.
+        let rest = std::mem::take(&mut self.rest);
+        if let Some(first) = rest.front().filter(|_| !mailbox.is_retired()) {
+            let n = rest.len() as u64;
+            super::count_lost(&self.shared, &self.sub, mailbox, first.event.name(), n, "abandoned");
+        }
+        self.shared.drop_caught(rest);
         self.end_call(None);
-        let Some(mailbox) = &self.sub.mailbox else { return };
+        self.end_batch(None);
         if self.abandon {
             let lost = mailbox.abandon(&self.shared.env());
             if let Some(first) = &lost.first {
@@ -154,17 +226,36 @@ async fn call(
         .observed
         .as_ref()
         .map(|_| (crate::observe::since(entry.event.timestamp()), std::time::Instant::now()));
-    let started = {
+    // The future is made, and (with no span or time limit to poll it in)
+    // polled the first time, in one handler scope: most handlers' futures
+    // are ready at once, and then that is the whole call, with no boxing
+    // and no scope entered again to poll or drop it.
+    let started = std::future::poll_fn(|cx| {
         let _scope = super::scope(shared, sub, entry);
         let (trace, event, pattern) =
             (shared.config.trace_dispatch, &entry.event, sub.pattern.as_str());
-        catch_unwind(AssertUnwindSafe(|| {
-            crate::trace::start(trace, event, &sub.plugin, pattern, || f(event.clone()))
-        }))
-    };
+        Poll::Ready(catch_unwind(AssertUnwindSafe(|| {
+            let (mut future, span) =
+                crate::trace::start(trace, event, &sub.plugin, pattern, || f(event.clone()));
+            if span.is_some() || timeout.is_some() {
+                return First::Pending(future, span);
+            }
+            match future.as_mut().poll(cx) {
+                Poll::Ready(result) => {
+                    // As `Scoped`'s `Drop`: a panicking `Drop` is a stray
+                    // panic, not the call's.
+                    shared.drop_caught(future);
+                    First::Ready(result)
+                }
+                Poll::Pending => First::Pending(future, None),
+            }
+        })))
+    })
+    .await;
     let outcome = match started {
         Err(panic) => Err(panic),
-        Ok((future, span)) => {
+        Ok(First::Ready(result)) => Ok(result),
+        Ok(First::Pending(future, span)) => {
             let scoped =
                 Scoped { future: Some(future), shared: shared.clone(), sub: sub.clone(), entry };
             let limited: Pin<Box<dyn Future<Output = HandlerResult> + Send + '_>> = match timeout {
@@ -183,6 +274,13 @@ async fn call(
         observed.finished(waited, at);
     }
     super::report(shared, sub, &entry.event, outcome);
+}
+
+/// What the first poll of a call left: its result, or the future to poll
+/// on (with the span to poll it in).
+enum First {
+    Ready(HandlerResult),
+    Pending(HandlerFuture, Option<tracing::Span>),
 }
 
 /// Polls a handler's future inside its handler scope, and drops it there

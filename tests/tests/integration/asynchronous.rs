@@ -534,3 +534,52 @@ fn async_plugins_set_up_reload_and_tear_down_without_losing_events() {
         });
     });
 }
+
+/// An async subscription whose calls run one at a time takes its events a
+/// batch at a time: an unsubscribe that returns while the batch's first
+/// call runs starts none of the rest, and flush does not wait for them.
+/// (The runtime is a current-thread one not yet driven, so the runner
+/// finds all ten events waiting when it first runs.)
+#[test]
+fn an_unsubscribe_during_an_async_batch_starts_none_of_its_remaining_events() {
+    support::watchdog(30, || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let bus = Bus::builder().workers(1).history_size(0).runtime(rt.handle().clone()).build();
+        let bus = bus.unwrap();
+        let calls = Arc::new(AtomicU64::new(0));
+        let started = Arc::new(tokio::sync::Notify::new());
+        let go = Arc::new(tokio::sync::Notify::new());
+        let (c, s, g) = (calls.clone(), started.clone(), go.clone());
+        let id = bus
+            .subscribe(
+                "x",
+                Handler::future(move |e| {
+                    let (c, s, g) = (c.clone(), s.clone(), g.clone());
+                    async move {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        if e.data() == &json!(0) {
+                            s.notify_one();
+                            g.notified().await;
+                        }
+                        Ok(())
+                    }
+                }),
+                "p",
+            )
+            .unwrap();
+        for i in 0..10 {
+            bus.publish(Event::new("x", json!(i), "t")).unwrap();
+        }
+        let backlog = || bus.subscriptions(id).first().map(|s| s.stats.backlog);
+        support::eventually(5, "the worker to hand all ten over", || backlog() == Some(10));
+        rt.block_on(async {
+            started.notified().await;
+            assert_eq!(backlog(), Some(0), "taken as one batch");
+            assert_eq!(bus.unsubscribe(id).count(), 1);
+            go.notify_one();
+            bus.flush_async().await;
+        });
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a call started after unsubscribe returned");
+        bus.shutdown();
+    });
+}

@@ -293,3 +293,48 @@ fn blocking_handlers_unsubscribing_each_other_and_waiting_do_not_deadlock() {
         bus.shutdown();
     });
 }
+
+/// A worker takes an ordered subscription's events a batch at a time; an
+/// unsubscribe that returns while the batch is being called starts none of
+/// its remaining events (as it started none of a backlog it discarded),
+/// and they are counted out of flush.
+#[test]
+fn an_unsubscribe_during_a_batch_starts_none_of_its_remaining_events() {
+    watchdog(30, || {
+        let bus = Bus::builder().workers(1).history_size(0).build().unwrap();
+        let hold = support::hold_worker(&bus);
+        let calls = Arc::new(AtomicU64::new(0));
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let waits = Mutex::new((started_tx, go_rx));
+        let c = calls.clone();
+        let id = bus
+            .subscribe(
+                "x",
+                Handler::sync(move |e: &Event| {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    if e.data() == &json!(0) {
+                        let waits = waits.lock().unwrap();
+                        waits.0.send(()).unwrap();
+                        waits.1.recv().unwrap();
+                    }
+                    Ok(())
+                }),
+                SubscribeOptions::new().plugin("p").ordered(),
+            )
+            .unwrap();
+        for i in 0..10 {
+            bus.publish(Event::new("x", json!(i), "t")).unwrap();
+        }
+        let backlog = || bus.subscriptions(id).first().map(|s| s.stats.backlog);
+        assert_eq!(backlog(), Some(10), "the held worker took none yet");
+        hold.send(()).unwrap(); // the worker takes all ten at once
+        started_rx.recv().unwrap();
+        assert_eq!(backlog(), Some(0), "taken as one batch");
+        assert_eq!(bus.unsubscribe(id).count(), 1);
+        go_tx.send(()).unwrap();
+        bus.flush();
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a call started after unsubscribe returned");
+        bus.shutdown();
+    });
+}
