@@ -73,6 +73,13 @@ impl Epochs {
         bucket
     }
 
+    /// [`begin_in`](Epochs::begin_in) for `n` events at once.
+    #[inline]
+    pub(crate) fn begin_in_n(&self, bucket: usize, n: usize) {
+        // Relaxed: as `begin_in`.
+        self.inflight[bucket].fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts `n` events of `bucket` out (dispatched, or never accepted).
     #[inline]
     pub(crate) fn end(&self, bucket: usize, n: usize) {

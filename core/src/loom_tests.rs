@@ -664,6 +664,7 @@ fn loom_a_full_worker_fed_backlog_holds_publishers_at_the_gate_until_its_runner_
         let (shared, sub) = backlog_of_one(Runner::Threads, false);
         let event = Arc::new(Event::new("x", serde_json::Value::Null, "t"));
         // The worker's hand-over: it never waits.
+        shared.epochs.begin_in(0);
         crate::dispatch::deliver(&shared, &sub, &event, 0);
         assert!(shared.gate.is_held(), "a full backlog holds the gate");
         let published = Arc::new(AtomicBool::new(false));

@@ -315,6 +315,23 @@ impl Mailbox {
     /// `None` when the subscription is retired or the mailbox sealed (the
     /// event is skipped).
     pub(crate) fn push(&self, env: &Env<'_>, event: &Arc<Event>, bucket: usize) -> Option<Pushed> {
+        env.epochs.begin_in(bucket);
+        let pushed = self.push_counted(env, event, bucket);
+        if pushed.is_none() {
+            env.epochs.end(bucket, 1);
+        }
+        pushed
+    }
+
+    /// [`push`](Mailbox::push), for a caller that counted the event in
+    /// `bucket` already (a publisher counts its pushes to every ordered
+    /// subscription at once): on `None` it counts it out again.
+    pub(crate) fn push_counted(
+        &self,
+        env: &Env<'_>,
+        event: &Arc<Event>,
+        bucket: usize,
+    ) -> Option<Pushed> {
         let (wake, shed) = {
             let mut state = self.state.lock();
             if state.work.is_none() || state.sealed {
@@ -323,7 +340,6 @@ impl Mailbox {
             let shed = (self.overflow == Overflow::Shed && state.entries.len() >= self.capacity)
                 .then(|| state.entries.pop_front())
                 .flatten();
-            env.epochs.begin_in(bucket);
             state.entries.push_back(Entry { event: event.clone(), bucket });
             self.queued.store(state.entries.len(), Ordering::Relaxed);
             if !self.ordered

@@ -274,7 +274,11 @@ impl Snapshot {
     }
 
     /// Calls `f` with each ordered subscription matching `name`.
-    pub(crate) fn route_ordered(&self, name: &str, mut f: impl FnMut(&Arc<Subscription>)) {
+    pub(crate) fn route_ordered<'s>(
+        &'s self,
+        name: &str,
+        mut f: impl FnMut(&'s Arc<Subscription>),
+    ) {
         let Some(ordered) = &self.ordered else { return };
         ROUTE_SCRATCH.with(|scratch| {
             // A nested publish (from `f`? no: `f` only queues) cannot

@@ -163,13 +163,14 @@ impl Bus {
         // Ordered subscriptions get the event from this thread, in its
         // publish order (see `mailbox.rs`); their backlogs are checked for
         // room before anything is reserved, so a wait holds nothing.
-        let mut ordered: SmallVec<[Arc<Subscription>; 4]> = SmallVec::new();
-        let mut routed = None;
-        if shared.ordered_live.load(Ordering::SeqCst) > 0 {
-            let snapshot = shared.snapshot.load_full();
-            snapshot.route_ordered(event.name(), |sub| ordered.push(sub.clone()));
-            routed = Some(snapshot);
-            for sub in &ordered {
+        // Borrowed from the snapshot, which outlives them here: no count of
+        // each subscription touched per event.
+        let routed =
+            (shared.ordered_live.load(Ordering::SeqCst) > 0).then(|| shared.snapshot.load_full());
+        let mut ordered: SmallVec<[&Arc<Subscription>; 16]> = SmallVec::new();
+        if let Some(snapshot) = &routed {
+            snapshot.route_ordered(event.name(), |sub| ordered.push(sub));
+            for &sub in &ordered {
                 let Some(mailbox) = &sub.mailbox else { continue };
                 let refusal = match mailbox.room_for(from_handler) {
                     Room::Free => continue,
@@ -214,8 +215,11 @@ impl Bus {
         };
         let route = |event: &Arc<Event>| {
             record(event);
-            for sub in &ordered {
-                dispatch::push(&self.handle.shared, sub, event, bucket);
+            if !ordered.is_empty() {
+                shared.epochs.begin_in_n(bucket, ordered.len());
+                for &sub in &ordered {
+                    dispatch::push_counted(&self.handle.shared, sub, event, bucket);
+                }
             }
             // An ordered subscription made between the routing above and the
             // number just taken gets the event too: every event numbered at
@@ -228,7 +232,7 @@ impl Bus {
                 let now = shared.snapshot.load();
                 if routed.as_ref().is_none_or(|before| !Arc::ptr_eq(before, &now)) {
                     now.route_ordered(event.name(), |sub| {
-                        if !ordered.iter().any(|known| Arc::ptr_eq(known, sub)) {
+                        if !ordered.iter().any(|&known| Arc::ptr_eq(known, sub)) {
                             dispatch::push(&self.handle.shared, sub, event, bucket);
                         }
                     });

@@ -176,9 +176,19 @@ fn call_all(
     // call as it always did.
     let trace = shared.config.trace_dispatch;
     let plain = !trace && shared.config.observer.0.is_none();
-    for &at in &scratch.matched {
+    // Hand-overs to mailboxes counted in flush and not yet made: counted
+    // all at once at the first (one add on a line every runner's end
+    // contends for, where one per hand-over cost as much as the rest).
+    let mut counted = 0usize;
+    for (i, &at) in scratch.matched.iter().enumerate() {
         let sub = snapshot.get(at);
         if sub.mailbox.is_some() {
+            if counted == 0 {
+                let rest = &scratch.matched[i..];
+                counted = rest.iter().filter(|&&at| snapshot.get(at).mailbox.is_some()).count();
+                shared.epochs.begin_in_n(queued.epoch, counted);
+            }
+            counted -= 1;
             // Runs elsewhere: hand the event over (never waiting: its
             // runner never waits for a worker).
             deliver(shared, snapshot.get_arc(at), event, queued.epoch);
@@ -228,9 +238,10 @@ fn call_all(
     WorkerCounters::add(&counters.dispatched, calls);
 }
 
-/// A dispatching worker's hand-over of `event` to `sub`'s mailbox (counted
-/// in flush bucket `bucket`), under the subscription's policy. It never
-/// waits: under `Block` a full backlog takes the event anyway and holds the
+/// A dispatching worker's hand-over of `event` to `sub`'s mailbox, under
+/// the subscription's policy. The caller counted it in flush bucket
+/// `bucket` (a worker counts an event's hand-overs at once); one that does
+/// not put it in counts it out. It never waits: under `Block` a full backlog takes the event anyway and holds the
 /// bus's gate until it has room again, so outside publishers wait instead;
 /// `Shed` drops the oldest waiting event; `Error` refuses the event for this
 /// subscription and reports it to the error hook.
@@ -240,16 +251,20 @@ pub(crate) fn deliver(
     event: &Arc<Event>,
     bucket: usize,
 ) {
-    let Some(mailbox) = &sub.mailbox else { return };
+    let Some(mailbox) = &sub.mailbox else {
+        shared.epochs.end(bucket, 1);
+        return;
+    };
     if mailbox.overflow == Overflow::Error
         && mailbox.room_for(false) == crate::mailbox::Room::Refused
     {
         count_lost(shared, sub, mailbox, event.name(), 1, "refused");
         let refused = BacklogFull { capacity: mailbox.capacity() };
         shared.report_backlog_refusal(event, sub, &refused);
+        shared.epochs.end(bucket, 1);
         return;
     }
-    push(shared, sub, event, bucket);
+    push_counted(shared, sub, event, bucket);
 }
 
 /// Puts `event` in `sub`'s mailbox (see [`Mailbox::push`]), then counts
@@ -262,6 +277,33 @@ pub(crate) fn push(
 ) {
     let Some(mailbox) = &sub.mailbox else { return };
     let Some(pushed) = mailbox.push(&shared.env(), event, bucket) else { return };
+    after_push(shared, sub, mailbox, pushed);
+}
+
+/// [`push`], for a publisher that counted the event in `bucket` for every
+/// ordered subscription it pushes to at once (one atomic add for all, on a
+/// line the workers' ends contend for): a push that does not take it
+/// counts it out.
+pub(crate) fn push_counted(
+    shared: &Arc<Shared>,
+    sub: &Arc<Subscription>,
+    event: &Arc<Event>,
+    bucket: usize,
+) {
+    let env = shared.env();
+    match sub.mailbox.as_ref().map(|m| (m, m.push_counted(&env, event, bucket))) {
+        Some((mailbox, Some(pushed))) => after_push(shared, sub, mailbox, pushed),
+        _ => shared.epochs.end(bucket, 1),
+    }
+}
+
+/// Counts what a push shed and wakes the runner as it says.
+fn after_push(
+    shared: &Arc<Shared>,
+    sub: &Arc<Subscription>,
+    mailbox: &Mailbox,
+    pushed: crate::mailbox::Pushed,
+) {
     if let Some(victim) = pushed.shed {
         count_lost(shared, sub, mailbox, victim.event.name(), 1, "shed");
         shared.epochs.end(victim.bucket, 1);
