@@ -390,7 +390,7 @@ pub(crate) fn report(
     event: &Event,
     outcome: std::thread::Result<HandlerResult>,
 ) {
-    let counters = &shared.counters.runners;
+    let counters = shared.counters.runner();
     // Relaxed: a statistic.
     counters.dispatched.fetch_add(1, Ordering::Relaxed);
     report_failure(shared, event, sub, outcome, counters);
