@@ -919,10 +919,74 @@ fn memory(report: &mut Report, plan: &Plan) {
     );
     bus.shutdown();
     drop(handlers);
+    queued_bytes(report);
     println!(
         "== memory (live heap bytes counted by the bench's allocator; resident from the OS) =="
     );
     report.print("memory");
+}
+
+/// Heap bytes per event waiting in the queue under a flood: the one worker
+/// is held in a handler while 50,000 events are made and published, for
+/// three small payloads. What the event holds (its block, name, source and
+/// payload) and its queue slot's share, as the allocator was asked for them
+/// (malloc's own overhead not counted).
+fn queued_bytes(report: &mut Report) {
+    const N: usize = 50_000;
+    type Make = fn(usize) -> Event;
+    let kinds: [(&str, Make); 3] = [
+        ("a number", |i| Event::new(NAME, Value::from(i as u64), "bench")),
+        ("a one-key JSON object", |i| Event::new(NAME, json!({ "n": i }), "bench")),
+        ("a typed u64", |i| Event::typed(NAME, i as u64, "bench")),
+    ];
+    for (what, make) in kinds {
+        let bus = Bus::builder().workers(1).build().expect("bus");
+        let delivered = Arc::new(AtomicU64::new(0));
+        let d = delivered.clone();
+        bus.subscribe(
+            NAME,
+            switchboard::Handler::sync(move |_| {
+                d.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }),
+            "counter",
+        )
+        .expect("subscribe");
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Mutex::new(held);
+        let holding = Arc::new(AtomicBool::new(false));
+        let h = holding.clone();
+        bus.subscribe(
+            "hold",
+            switchboard::Handler::sync(move |_| {
+                h.store(true, Ordering::SeqCst);
+                let _ = held.lock().expect("lock").recv();
+                Ok(())
+            }),
+            "holder",
+        )
+        .expect("subscribe");
+        bus.publish(Event::new("hold", Value::Null, "bench")).expect("publish");
+        while !holding.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        CountingAlloc::start();
+        for i in 0..N {
+            bus.publish(make(i)).expect("publish");
+        }
+        let counted = CountingAlloc::stop();
+        release.send(()).expect("release");
+        bus.flush();
+        assert_eq!(delivered.load(Ordering::Relaxed), N as u64, "queued events lost");
+        bus.shutdown();
+        report.add(
+            "memory",
+            &format!("bytes per queued event, {what}"),
+            "switchboard",
+            &[counted.live_bytes as f64 / N as f64],
+            "B",
+        );
+    }
 }
 
 /// The NATS server for the bridge scenario, or `None` (after saying why)
