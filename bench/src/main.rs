@@ -82,6 +82,10 @@ struct Args {
     /// (to compare instruction counts under callgrind).
     #[arg(long, requires = "profile")]
     observed: bool,
+    /// With --profile: the scaling sweep's names workload instead, events
+    /// cycling over this many names, 3 of 10,000 subscriptions matching each.
+    #[arg(long, requires = "profile", conflicts_with = "fanout")]
+    names: Option<usize>,
 }
 
 /// How big a run is.
@@ -898,6 +902,12 @@ struct Point {
     names: Option<usize>,
 }
 
+impl Point {
+    fn base(axis: &'static str, case: String) -> Point {
+        Point { axis, case, publishers: 1, workers: 1, payload: None, names: None }
+    }
+}
+
 /// The events of one run at `point`: `n` of them, made before the clock
 /// starts.
 fn sweep_events(point: &Point, n: usize) -> Vec<Event> {
@@ -924,14 +934,7 @@ fn sweep_events(point: &Point, n: usize) -> Vec<Event> {
 fn scaling(report: &mut Report, plan: &Plan) {
     let base = Subs::mixed(SWEEP_SUBSCRIPTIONS);
     let named = Subs::mixed_around(SWEEP_SUBSCRIPTIONS, &SWEEP_MATCHING, "bench.tick.0");
-    let point = |axis, case: String| Point {
-        axis,
-        case,
-        publishers: 1,
-        workers: 1,
-        payload: None,
-        names: None,
-    };
+    let point = Point::base;
     let mut points = Vec::new();
     for p in [1, 2] {
         points.push(Point { publishers: p, ..point("publishers", format!("{p} publisher(s)")) });
@@ -945,25 +948,35 @@ fn scaling(report: &mut Report, plan: &Plan) {
     for k in [10, 1_000, 100_000] {
         points.push(Point { names: Some(k), ..point("names", format!("{k} names")) });
     }
-    // (axis, switchboard rates, channel rates) at each point, in order.
-    let mut measured: Vec<(&str, Vec<f64>, Vec<f64>)> = Vec::new();
-    for point in &points {
-        let subs = if point.names.is_some() { &named } else { &base };
-        // Every name published at least once.
-        let n = plan.events.max(point.names.unwrap_or(0));
-        let bus = switchboard_bus(subs, point.workers);
-        let (mut sb, mut ch) = (Vec::new(), Vec::new());
-        for _ in 0..plan.rounds {
+    // Every point's bus is built first and every round visits every point,
+    // so that the points of an axis, not only the contenders at one point,
+    // are measured close together in time: the machine's load drifts.
+    let buses: Vec<Bus> = points
+        .iter()
+        .map(|point| {
+            switchboard_bus(if point.names.is_some() { &named } else { &base }, point.workers)
+        })
+        .collect();
+    // (switchboard rates, channel rates) at each point, in order.
+    let mut measured: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); points.len()];
+    for round in 0..plan.rounds {
+        for ((point, bus), (sb, ch)) in points.iter().zip(&buses).zip(&mut measured) {
+            let subs = if point.names.is_some() { &named } else { &base };
+            // Every name published at least once.
+            let n = plan.events.max(point.names.unwrap_or(0));
             let events = sweep_events(point, n);
             ch.push(run_channel_events(subs, events, point.publishers, point.workers));
             let events = sweep_events(point, n);
-            sb.push(run_switchboard_events(&bus, subs, events, point.publishers));
+            sb.push(run_switchboard_events(bus, subs, events, point.publishers));
         }
+        eprintln!("  scaling: round {} of {} done", round + 1, plan.rounds);
+    }
+    for bus in buses {
         bus.shutdown();
-        report.add("scaling", &point.case, "channel", &ch, "events/s");
-        report.add("scaling", &point.case, "switchboard", &sb, "events/s");
-        measured.push((point.axis, sb, ch));
-        eprintln!("  scaling: {} done", point.case);
+    }
+    for (point, (sb, ch)) in points.iter().zip(&measured) {
+        report.add("scaling", &point.case, "channel", ch, "events/s");
+        report.add("scaling", &point.case, "switchboard", sb, "events/s");
     }
     println!(
         "== scaling: one axis at a time from 1 publisher, 1 worker, {SWEEP_SUBSCRIPTIONS} subscriptions (3 matching), a number as payload, one name; {} events per run; the channel gets as many producers and consumers ==",
@@ -971,19 +984,20 @@ fn scaling(report: &mut Report, plan: &Plan) {
     );
     report.print("scaling");
     // Cost per event at each axis's high end over its low end, round by
-    // round (round i of one point against round i of the other).
+    // round (one point's round i against the other's).
     for (axis, case) in [
         ("publishers", "publishers 1 -> 2"),
         ("workers", "workers 1 -> 2"),
         ("payload", "payload 16 B -> 4096 B"),
         ("names", "names 10 -> 100000"),
     ] {
-        let on: Vec<_> = measured.iter().filter(|m| m.0 == axis).collect();
+        let on: Vec<_> =
+            points.iter().zip(&measured).filter(|(p, _)| p.axis == axis).map(|(_, m)| m).collect();
         let (low, high) = (on[0], on[on.len() - 1]);
         let grows =
             |l: &[f64], h: &[f64]| -> Vec<f64> { l.iter().zip(h).map(|(l, h)| l / h).collect() };
-        report.add("scaling-growth", case, "channel", &grows(&low.2, &high.2), "x");
-        report.add("scaling-growth", case, "switchboard", &grows(&low.1, &high.1), "x");
+        report.add("scaling-growth", case, "channel", &grows(&low.1, &high.1), "x");
+        report.add("scaling-growth", case, "switchboard", &grows(&low.0, &high.0), "x");
     }
     println!("== scaling: cost per event at the high end over the low end (vs channel: the bus's growth over the channel's) ==");
     report.print("scaling-growth");
@@ -1319,7 +1333,16 @@ fn rand_suffix() -> u64 {
         % 1_000_000_007
 }
 
-fn profile(events: usize, fanout: Option<usize>, observed: bool) {
+fn profile(events: usize, fanout: Option<usize>, observed: bool, names: Option<usize>) {
+    if let Some(k) = names {
+        let subs = Subs::mixed_around(SWEEP_SUBSCRIPTIONS, &SWEEP_MATCHING, "bench.tick.0");
+        let bus = switchboard_bus(&subs, 1);
+        let point = Point { names: Some(k), ..Point::base("names", String::new()) };
+        let per_second = run_switchboard_events(&bus, &subs, sweep_events(&point, events), 1);
+        bus.shutdown();
+        println!("{events} events over {k} names, 3 of {SWEEP_SUBSCRIPTIONS} subscriptions matching, {per_second:.0} events/s");
+        return;
+    }
     let subs = fanout.map_or_else(|| Subs::mixed(1), Subs::fan_out);
     let metrics = switchboard_metrics::Metrics::new();
     let mut builder = Bus::builder().workers(1);
@@ -1343,7 +1366,7 @@ fn main() {
         }
     }
     if let Some(events) = args.profile {
-        profile(events, args.fanout, args.observed);
+        profile(events, args.fanout, args.observed, args.names);
         return;
     }
     let plan = Plan::new(&args);
