@@ -82,10 +82,15 @@ struct Args {
     /// (to compare instruction counts under callgrind).
     #[arg(long, requires = "profile")]
     observed: bool,
-    /// With --profile: the scaling sweep's names workload instead, events
-    /// cycling over this many names, 3 of 10,000 subscriptions matching each.
+    /// With --profile: the scaling sweep's bus instead (10,000
+    /// subscriptions, 3 matching each event), events cycling over this many
+    /// names.
     #[arg(long, requires = "profile", conflicts_with = "fanout")]
     names: Option<usize>,
+    /// With --profile: the scaling sweep's bus instead, events carrying a
+    /// JSON string of this many bytes (at least 2).
+    #[arg(long, requires = "profile", conflicts_with = "fanout", value_parser = clap::value_parser!(u64).range(2..))]
+    payload: Option<u64>,
 }
 
 /// How big a run is.
@@ -1333,16 +1338,29 @@ fn rand_suffix() -> u64 {
         % 1_000_000_007
 }
 
-fn profile(events: usize, fanout: Option<usize>, observed: bool, names: Option<usize>) {
-    if let Some(k) = names {
-        let subs = Subs::mixed_around(SWEEP_SUBSCRIPTIONS, &SWEEP_MATCHING, "bench.tick.0");
+fn profile(args: &Args, events: usize) {
+    if args.names.is_some() || args.payload.is_some() {
+        let point = Point {
+            names: args.names,
+            payload: args.payload.map(|b| b as usize),
+            ..Point::base("profile", String::new())
+        };
+        let subs = if point.names.is_some() {
+            Subs::mixed_around(SWEEP_SUBSCRIPTIONS, &SWEEP_MATCHING, "bench.tick.0")
+        } else {
+            Subs::mixed(SWEEP_SUBSCRIPTIONS)
+        };
         let bus = switchboard_bus(&subs, 1);
-        let point = Point { names: Some(k), ..Point::base("names", String::new()) };
         let per_second = run_switchboard_events(&bus, &subs, sweep_events(&point, events), 1);
         bus.shutdown();
-        println!("{events} events over {k} names, 3 of {SWEEP_SUBSCRIPTIONS} subscriptions matching, {per_second:.0} events/s");
+        println!(
+            "{events} events over {} name(s), payload {}, 3 of {SWEEP_SUBSCRIPTIONS} subscriptions matching, {per_second:.0} events/s",
+            point.names.unwrap_or(1),
+            point.payload.map_or("a number".to_owned(), |b| format!("{b} B")),
+        );
         return;
     }
+    let (fanout, observed) = (args.fanout, args.observed);
     let subs = fanout.map_or_else(|| Subs::mixed(1), Subs::fan_out);
     let metrics = switchboard_metrics::Metrics::new();
     let mut builder = Bus::builder().workers(1);
@@ -1366,7 +1384,7 @@ fn main() {
         }
     }
     if let Some(events) = args.profile {
-        profile(events, args.fanout, args.observed, args.names);
+        profile(&args, events);
         return;
     }
     let plan = Plan::new(&args);
