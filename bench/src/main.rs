@@ -915,16 +915,22 @@ impl Point {
 
 /// The events of one run at `point`: `n` of them, made before the clock
 /// starts.
+///
+/// Each name is formatted for its event, not cloned from a table of names:
+/// a table of 100k names freed before the clock starts left the heap
+/// holes that the timed run's allocations filled, and made that point
+/// cheaper for the channel too (0.74x-0.77x the 10 names' cost in three
+/// runs), though the channel never reads a name.
 fn sweep_events(point: &Point, n: usize) -> Vec<Event> {
-    let names: Vec<String> = match point.names {
-        Some(k) => (0..k).map(|i| format!("bench.tick.{i}")).collect(),
-        None => vec![NAME.to_owned()],
-    };
     let payload = point.payload.map(|size| Value::String("x".repeat(size - 2)));
     (0..n)
         .map(|i| {
             let data = payload.clone().unwrap_or_else(|| Value::from(i as u64));
-            Event::new(names[i % names.len()].clone(), data, "bench")
+            let name = match point.names {
+                Some(k) => format!("bench.tick.{}", i % k),
+                None => NAME.to_owned(),
+            };
+            Event::new(name, data, "bench")
         })
         .collect()
 }
