@@ -64,7 +64,7 @@ struct Args {
     /// file (its name must end in `.svg`).
     #[arg(long)]
     chart: Option<PathBuf>,
-    /// Run only these scenarios (memory, subscriptions, fanout, priority, workers, churn, nats, metrics).
+    /// Run only these scenarios (memory, subscriptions, fanout, priority, workers, scaling, churn, nats, metrics).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Rounds per scenario (default 7, or 3 with --quick).
@@ -82,6 +82,15 @@ struct Args {
     /// (to compare instruction counts under callgrind).
     #[arg(long, requires = "profile")]
     observed: bool,
+    /// With --profile: the scaling sweep's bus instead (10,000
+    /// subscriptions, 3 matching each event), events cycling over this many
+    /// names.
+    #[arg(long, requires = "profile", conflicts_with = "fanout")]
+    names: Option<usize>,
+    /// With --profile: the scaling sweep's bus instead, events carrying a
+    /// JSON string of this many bytes (at least 2).
+    #[arg(long, requires = "profile", conflicts_with = "fanout", value_parser = clap::value_parser!(u64).range(2..))]
+    payload: Option<u64>,
 }
 
 /// How big a run is.
@@ -96,7 +105,8 @@ struct Plan {
     sizes: Vec<usize>,
     fanouts: Vec<usize>,
     priority_run: Duration,
-    scaling_events: usize,
+    /// Events per run of the `workers` scenario (its handlers spin).
+    worker_events: usize,
     churn_events: usize,
     nats_events: usize,
 }
@@ -111,7 +121,7 @@ impl Plan {
             sizes: vec![1, 100, 1_000, 10_000, 100_000],
             fanouts: vec![1, 10, 100],
             priority_run: Duration::from_millis(if quick { 400 } else { 2_000 }),
-            scaling_events: if quick { 20_000 } else { 100_000 },
+            worker_events: if quick { 20_000 } else { 100_000 },
             churn_events: if quick { 100_000 } else { 1_000_000 },
             nats_events: if quick { 20_000 } else { 200_000 },
         }
@@ -137,15 +147,23 @@ struct Subs {
 impl Subs {
     /// `n` subscriptions of the mixed workload, `min(n, 3)` of them matching.
     fn mixed(n: usize) -> Subs {
-        let matching = n.min(MATCHING.len());
-        let mut patterns: Vec<String> =
-            MATCHING[..matching].iter().map(|p| p.to_string()).collect();
+        Subs::mixed_around(n, &MATCHING, NAME)
+    }
+
+    /// `n` subscriptions: the first `min(n, matches.len())` of `matches`,
+    /// then patterns of the mixed workload that do not match `probe` (one
+    /// name stands for all that are published: the workload's patterns
+    /// never match a `bench.` name unless they match every name; the runs'
+    /// misfire count checks it).
+    fn mixed_around(n: usize, matches: &[&str], probe: &str) -> Subs {
+        let matching = n.min(matches.len());
+        let mut patterns: Vec<String> = matches[..matching].iter().map(|p| p.to_string()).collect();
         let mut seed = 1;
         while patterns.len() < n {
             let workload = matcher_workload((n - patterns.len()) * 11 / 10 + 16, 0, seed);
             seed += 1;
             for p in workload.patterns {
-                if patterns.len() < n && !Pattern::new(&p).expect("valid").is_match(NAME) {
+                if patterns.len() < n && !Pattern::new(&p).expect("valid").is_match(probe) {
                     patterns.push(p);
                 }
             }
@@ -214,26 +232,78 @@ fn rate(events: usize, took: Duration) -> f64 {
 // returns events per second.
 
 fn run_channel(subs: &Subs, n: usize) -> f64 {
+    run_channel_events(subs, events(n), 1, 1)
+}
+
+/// [`run_channel`] on events made by the caller, sent by `producers`
+/// threads (see [`publish_from`]) to `consumers` threads that share the
+/// channel.
+fn run_channel_events(subs: &Subs, events: Vec<Event>, producers: usize, consumers: usize) -> f64 {
     subs.reset();
+    let n = events.len();
     let handlers = subs.matching_handlers();
-    let events = events(n);
     let (tx, rx) = crossbeam_channel::bounded::<Arc<Event>>(65_536);
     let start = Instant::now();
-    let consumer = std::thread::spawn(move || {
-        for event in rx {
-            for h in &handlers {
-                h(&event).expect("counting handler");
-            }
-        }
-    });
-    for event in events {
+    let consumers: Vec<_> = (0..consumers)
+        .map(|_| {
+            let (rx, handlers) = (rx.clone(), handlers.clone());
+            std::thread::spawn(move || {
+                for event in rx {
+                    for h in &handlers {
+                        h(&event).expect("counting handler");
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(rx);
+    let start = publish_from(events, producers, |event| {
         tx.send(Arc::new(event)).expect("consumer alive");
-    }
+    })
+    .unwrap_or(start);
     drop(tx);
-    consumer.join().expect("consumer");
+    for consumer in consumers {
+        consumer.join().expect("consumer");
+    }
     let took = start.elapsed();
     subs.check("channel", n);
     rate(n, took)
+}
+
+/// Publishes `events` with `publish` from `producers` threads, event `i`
+/// from thread `i % producers`: this thread takes the first share, and the
+/// threads it spawns wait on a barrier with it so that all start together.
+/// Returns when every event is published, with the instant the others
+/// were released (`None` with one producer: nothing was waited for).
+fn publish_from(
+    events: Vec<Event>,
+    producers: usize,
+    publish: impl Fn(Event) + Sync,
+) -> Option<Instant> {
+    if producers <= 1 {
+        events.into_iter().for_each(&publish);
+        return None;
+    }
+    let mut shares: Vec<Vec<Event>> = (0..producers).map(|_| Vec::new()).collect();
+    for (i, event) in events.into_iter().enumerate() {
+        shares[i % producers].push(event);
+    }
+    let barrier = std::sync::Barrier::new(producers);
+    let mut shares = shares.into_iter();
+    let mine = shares.next().expect("one share at least");
+    std::thread::scope(|scope| {
+        for share in shares {
+            let (barrier, publish) = (&barrier, &publish);
+            scope.spawn(move || {
+                barrier.wait();
+                share.into_iter().for_each(publish);
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        mine.into_iter().for_each(&publish);
+        Some(start)
+    })
 }
 
 fn run_disruptor(subs: &Subs, n: usize, cores: usize) -> f64 {
@@ -372,13 +442,20 @@ fn subscribed(bus: Bus, subs: &Subs) -> Bus {
 }
 
 fn run_switchboard(bus: &Bus, subs: &Subs, n: usize) -> f64 {
+    run_switchboard_events(bus, subs, events(n), 1)
+}
+
+/// [`run_switchboard`] on events made by the caller, published by
+/// `publishers` threads (see [`publish_from`]).
+fn run_switchboard_events(bus: &Bus, subs: &Subs, events: Vec<Event>, publishers: usize) -> f64 {
     subs.reset();
-    let events = events(n);
+    let n = events.len();
     let before = bus.stats();
     let start = Instant::now();
-    for event in events {
+    let start = publish_from(events, publishers, |event| {
         bus.publish(event).expect("publish");
-    }
+    })
+    .unwrap_or(start);
     bus.flush();
     let took = start.elapsed();
     let after = bus.stats();
@@ -790,7 +867,7 @@ fn workers(report: &mut Report, plan: &Plan) {
     let mut results: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for _ in 0..plan.rounds {
         for (w, bus) in &buses {
-            results.entry(*w).or_default().push(run_switchboard(bus, &subs, plan.scaling_events));
+            results.entry(*w).or_default().push(run_switchboard(bus, &subs, plan.worker_events));
         }
     }
     for (w, values) in &results {
@@ -807,6 +884,134 @@ fn workers(report: &mut Report, plan: &Plan) {
     }
     println!("== worker scaling: 4 handlers per event, each spinning 1 us ({cores} cores) ==");
     report.print("workers");
+}
+
+/// Subscriptions on the buses of the scaling sweep: the `subscriptions`
+/// scenario's 10k case, so its base lines up with that row.
+const SWEEP_SUBSCRIPTIONS: usize = 10_000;
+/// The three subscriptions that match every name of the names axis
+/// (`bench.tick.0`, `bench.tick.1`, ...): a prefix, a wider prefix, a glob.
+const SWEEP_MATCHING: [&str; 3] = ["bench.tick.*", "bench.*", "b?nch.t[a-z]ck.*"];
+
+/// One point of the scaling sweep: the base (1 publisher, 1 worker, the
+/// event's number as payload, [`NAME`] alone) with one axis moved.
+struct Point {
+    axis: &'static str,
+    case: String,
+    publishers: usize,
+    workers: usize,
+    /// The payload's size as JSON (a string of that many bytes, quotes
+    /// included), or `None` for the event's number.
+    payload: Option<usize>,
+    /// How many names the events cycle over, or `None` for [`NAME`] alone.
+    names: Option<usize>,
+}
+
+impl Point {
+    fn base(axis: &'static str, case: String) -> Point {
+        Point { axis, case, publishers: 1, workers: 1, payload: None, names: None }
+    }
+}
+
+/// The events of one run at `point`: `n` of them, made before the clock
+/// starts.
+///
+/// Each name is formatted for its event, not cloned from a table of names:
+/// a table of 100k names freed before the clock starts left the heap
+/// holes that the timed run's allocations filled, and made that point
+/// cheaper for the channel too (0.74x-0.77x the 10 names' cost in three
+/// runs), though the channel never reads a name.
+fn sweep_events(point: &Point, n: usize) -> Vec<Event> {
+    let payload = point.payload.map(|size| Value::String("x".repeat(size - 2)));
+    (0..n)
+        .map(|i| {
+            let data = payload.clone().unwrap_or_else(|| Value::from(i as u64));
+            let name = match point.names {
+                Some(k) => format!("bench.tick.{}", i % k),
+                None => NAME.to_owned(),
+            };
+            Event::new(name, data, "bench")
+        })
+        .collect()
+}
+
+/// How the cost per event grows, one axis at a time, for the bus and for a
+/// bare channel carrying the same events to the same handlers: publishers
+/// 1 and 2 (the channel gets as many producers), workers 1 and 2 (the
+/// channel as many consumers), payloads of 16 B, 256 B and 4 KB, and 10,
+/// 1k and 100k distinct names (past the 256 slots of a worker's match
+/// cache, names go to the matcher). The subscriptions axis is the
+/// `subscriptions` scenario.
+fn scaling(report: &mut Report, plan: &Plan) {
+    let base = Subs::mixed(SWEEP_SUBSCRIPTIONS);
+    let named = Subs::mixed_around(SWEEP_SUBSCRIPTIONS, &SWEEP_MATCHING, "bench.tick.0");
+    let point = Point::base;
+    let mut points = Vec::new();
+    for p in [1, 2] {
+        points.push(Point { publishers: p, ..point("publishers", format!("{p} publisher(s)")) });
+    }
+    for w in [1, 2] {
+        points.push(Point { workers: w, ..point("workers", format!("{w} worker(s)")) });
+    }
+    for size in [16, 256, 4096] {
+        points.push(Point { payload: Some(size), ..point("payload", format!("payload {size} B")) });
+    }
+    for k in [10, 1_000, 100_000] {
+        points.push(Point { names: Some(k), ..point("names", format!("{k} names")) });
+    }
+    // Every point's bus is built first and every round visits every point,
+    // so that the points of an axis, not only the contenders at one point,
+    // are measured close together in time: the machine's load drifts.
+    let buses: Vec<Bus> = points
+        .iter()
+        .map(|point| {
+            switchboard_bus(if point.names.is_some() { &named } else { &base }, point.workers)
+        })
+        .collect();
+    // (switchboard rates, channel rates) at each point, in order.
+    let mut measured: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); points.len()];
+    for round in 0..plan.rounds {
+        for ((point, bus), (sb, ch)) in points.iter().zip(&buses).zip(&mut measured) {
+            let subs = if point.names.is_some() { &named } else { &base };
+            // Every name published at least once.
+            let n = plan.events.max(point.names.unwrap_or(0));
+            let events = sweep_events(point, n);
+            ch.push(run_channel_events(subs, events, point.publishers, point.workers));
+            let events = sweep_events(point, n);
+            sb.push(run_switchboard_events(bus, subs, events, point.publishers));
+        }
+        eprintln!("  scaling: round {} of {} done", round + 1, plan.rounds);
+    }
+    for bus in buses {
+        bus.shutdown();
+    }
+    for (point, (sb, ch)) in points.iter().zip(&measured) {
+        report.add("scaling", &point.case, "channel", ch, "events/s");
+        report.add("scaling", &point.case, "switchboard", sb, "events/s");
+    }
+    println!(
+        "== scaling: one axis at a time from 1 publisher, 1 worker, {SWEEP_SUBSCRIPTIONS} subscriptions (3 matching), a number as payload, one name; {} events per run; the channel gets as many producers and consumers ==",
+        plan.events
+    );
+    report.print("scaling");
+    // Cost per event at each axis's high end over its low end, round by
+    // round (one point's round i against the other's).
+    for (axis, case) in [
+        ("publishers", "publishers 1 -> 2"),
+        ("workers", "workers 1 -> 2"),
+        ("payload", "payload 16 B -> 4096 B"),
+        ("names", "names 10 -> 100000"),
+    ] {
+        let on: Vec<_> =
+            points.iter().zip(&measured).filter(|(p, _)| p.axis == axis).map(|(_, m)| m).collect();
+        let (low, high) = (on[0], on[on.len() - 1]);
+        let grows =
+            |l: &[f64], h: &[f64]| -> Vec<f64> { l.iter().zip(h).map(|(l, h)| l / h).collect() };
+        report.add("scaling-growth", case, "channel", &grows(&low.1, &high.1), "x");
+        report.add("scaling-growth", case, "switchboard", &grows(&low.0, &high.0), "x");
+    }
+    println!("== scaling: cost per event at the high end over the low end (vs channel: the bus's growth over the channel's) ==");
+    report.print("scaling-growth");
 }
 
 /// Subscribes and unsubscribes as fast as one thread can while a publisher
@@ -1203,7 +1408,29 @@ fn rand_suffix() -> u64 {
         % 1_000_000_007
 }
 
-fn profile(events: usize, fanout: Option<usize>, observed: bool) {
+fn profile(args: &Args, events: usize) {
+    if args.names.is_some() || args.payload.is_some() {
+        let point = Point {
+            names: args.names,
+            payload: args.payload.map(|b| b as usize),
+            ..Point::base("profile", String::new())
+        };
+        let subs = if point.names.is_some() {
+            Subs::mixed_around(SWEEP_SUBSCRIPTIONS, &SWEEP_MATCHING, "bench.tick.0")
+        } else {
+            Subs::mixed(SWEEP_SUBSCRIPTIONS)
+        };
+        let bus = switchboard_bus(&subs, 1);
+        let per_second = run_switchboard_events(&bus, &subs, sweep_events(&point, events), 1);
+        bus.shutdown();
+        println!(
+            "{events} events over {} name(s), payload {}, 3 of {SWEEP_SUBSCRIPTIONS} subscriptions matching, {per_second:.0} events/s",
+            point.names.unwrap_or(1),
+            point.payload.map_or("a number".to_owned(), |b| format!("{b} B")),
+        );
+        return;
+    }
+    let (fanout, observed) = (args.fanout, args.observed);
     let subs = fanout.map_or_else(|| Subs::mixed(1), Subs::fan_out);
     let metrics = switchboard_metrics::Metrics::new();
     let mut builder = Bus::builder().workers(1);
@@ -1227,7 +1454,7 @@ fn main() {
         }
     }
     if let Some(events) = args.profile {
-        profile(events, args.fanout, args.observed);
+        profile(&args, events);
         return;
     }
     let plan = Plan::new(&args);
@@ -1272,6 +1499,9 @@ fn main() {
     }
     if wants("workers") {
         workers(&mut report, &plan);
+    }
+    if wants("scaling") {
+        scaling(&mut report, &plan);
     }
     if wants("churn") {
         churn(&mut report, &plan);
