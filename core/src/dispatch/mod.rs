@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use crate::context::{self, HandlerScope, Owner};
 use crate::error::{BacklogFull, HandlerPanic};
-use crate::event::Event;
+use crate::event::{Event, Priority};
 use crate::handler::HandlerResult;
 use crate::loom::{idle_turn, Ordering};
 use crate::mailbox::{Entry, Mailbox, SyncFn, Wake};
@@ -120,6 +120,18 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
             }
             shared.epochs.end(0, ended[0]);
             shared.epochs.end(1, ended[1]);
+            if ended[0] + ended[1] < shared.config.batch_size {
+                // A short batch: let the next one fill, unless a High event,
+                // a ready mailbox or the close comes first (see `linger`).
+                let full = shared.config.batch_size;
+                crate::loom::linger(|| {
+                    let depths = shared.queues.depths();
+                    depths[Priority::High as usize] > 0
+                        || depths.iter().any(|&d| d >= full)
+                        || !shared.ready.is_empty()
+                        || shared.queues.is_closed()
+                });
+            }
             continue;
         }
         if shared.queues.is_closed() && shared.queues.is_drained() && shared.ready.is_empty() {
