@@ -17,7 +17,6 @@
 //! The event a slot pushes out is dropped by the publisher, outside the
 //! slot's lock.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
@@ -47,26 +46,21 @@ impl History {
 
     /// Records an accepted event, numbered `seq` by the bus's publish
     /// sequence, as the newest.
-    pub(crate) fn record(&self, event: &Arc<Event>, seq: u64) {
+    ///
+    /// Returns the event it evicted, for the caller to let go of outside
+    /// the lock (the publisher recycles its block; a payload whose `Drop`
+    /// panics must not make an unrelated publish panic).
+    #[must_use]
+    pub(crate) fn record(&self, event: &Arc<Event>, seq: u64) -> Option<Arc<Event>> {
         let slot = &self.slots[(seq % self.slots.len() as u64) as usize];
-        let evicted = {
-            let mut slot = slot.lock();
-            if slot.stamp > seq {
-                // A full lap of newer events went by while we were getting
-                // here: ours is already out of the window.
-                return;
-            }
-            slot.stamp = seq + 1;
-            slot.event.replace(event.clone())
-        };
-        if let Some(old) = evicted {
-            // Outside the lock. A payload whose `Drop` panics must not make
-            // an unrelated publish panic.
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(old))) {
-                crate::panic::discard_panic(panic);
-                tracing::error!("an event's payload panicked while it was dropped from history");
-            }
+        let mut slot = slot.lock();
+        if slot.stamp > seq {
+            // A full lap of newer events went by while we were getting
+            // here: ours is already out of the window.
+            return None;
         }
+        slot.stamp = seq + 1;
+        slot.event.replace(event.clone())
     }
 
     /// The events numbered in `[start, end)` whose name matches `pattern`,

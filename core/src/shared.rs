@@ -173,6 +173,25 @@ impl Shared {
         }
     }
 
+    /// [`recycle`](Shared::recycle) off the workers' dispatch loop (a
+    /// mailbox's runner, the publisher evicting from history, a shed):
+    /// a panic of the payload's `Drop` is caught, counted and logged, as
+    /// [`drop_caught`](Shared::drop_caught) does. The block goes back to
+    /// the publishers instead of being freed on a thread that did not
+    /// allocate it (with a blocking subscriber beside ten inline ones, the
+    /// publisher's `malloc` and the worker's `free` of every event met on
+    /// glibc's arena lock, a futex each time).
+    pub(crate) fn recycle_caught(&self, event: Arc<Event>) {
+        let recycled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.recycle(event)));
+        if let Err(panic) = recycled {
+            crate::panic::discard_panic(panic);
+            // Relaxed: a statistic.
+            self.counters.stray.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!("an event's payload panicked while it was dropped");
+        }
+    }
+
     pub(crate) fn new(config: Config, error_hook: Option<ErrorHook>) -> Shared {
         static NEXT_BUS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
         Shared {

@@ -15,8 +15,8 @@
 //! dropped from its backlog is every event).
 //!
 //! `cargo run --release -p switchboard-bench --bin handler_kinds -- [--rounds N]
-//! [--profile sync|async|ordered]` (the last runs one kind alone, for a
-//! profiler)
+//! [--profile sync|async|ordered|slow]` (the last runs one kind alone, for
+//! a profiler; `slow`: sync beside the blocking subscriber)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -151,16 +151,17 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    // `--profile sync|async|ordered`: that kind alone, for a profiler.
+    // `--profile sync|async|ordered|slow`: that kind alone, for a profiler.
     if let Some(kind) = args.iter().position(|a| a == "--profile").and_then(|i| args.get(i + 1)) {
-        let kind = match kind.as_str() {
-            "sync" => Kind::Sync,
-            "async" => Kind::Async,
-            "ordered" => Kind::Ordered,
-            other => panic!("--profile sync|async|ordered, not {other}"),
+        let (kind, slow) = match kind.as_str() {
+            "sync" => (Kind::Sync, false),
+            "async" => (Kind::Async, false),
+            "ordered" => (Kind::Ordered, false),
+            "slow" => (Kind::Sync, true),
+            other => panic!("--profile sync|async|ordered|slow, not {other}"),
         };
         for _ in 0..rounds {
-            println!("{:.1}M calls/s", run(kind, false, &runtime) / 1e6);
+            println!("{:.1}M calls/s", run(kind, slow, &runtime) / 1e6);
         }
         return;
     }

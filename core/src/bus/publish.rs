@@ -210,7 +210,9 @@ impl Bus {
             let seq = shared.next_sequence();
             event.set_sequence(seq);
             if let Some(history) = &shared.history {
-                history.record(event, seq);
+                if let Some(evicted) = history.record(event, seq) {
+                    shared.recycle_caught(evicted);
+                }
             }
         };
         let route = |event: &Arc<Event>| {

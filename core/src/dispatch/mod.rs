@@ -319,7 +319,7 @@ fn after_push(
     if let Some(victim) = pushed.shed {
         count_lost(shared, sub, mailbox, victim.event.name(), 1, "shed");
         shared.epochs.end(victim.bucket, 1);
-        shared.drop_caught(victim);
+        shared.recycle_caught(victim.event);
     }
     match pushed.wake {
         Wake::None => {}

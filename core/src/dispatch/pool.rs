@@ -33,6 +33,7 @@ pub(crate) fn run_on_worker(shared: &Arc<Shared>, sub: &Arc<Subscription>, max: 
             super::call_sync(shared, sub, &entry, f);
         }
         ended[entry.bucket] += 1;
+        shared.recycle_caught(entry.event);
     }
     // The retired rest, if any.
     let rest: SmallVec<[Entry; 32]> = entries.collect();

@@ -31,6 +31,9 @@ fn run(shared: Arc<Shared>, sub: Arc<Subscription>) {
         if let Some(f) = work.sync() {
             super::call_sync(&shared, &sub, &entry, f);
         }
-        mailbox.done(&env, entry.bucket, Some(work));
+        let bucket = entry.bucket;
+        // Before the call ends (a flush that returns has seen it go).
+        shared.recycle_caught(entry.event);
+        mailbox.done(&env, bucket, Some(work));
     }
 }

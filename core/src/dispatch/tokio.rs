@@ -138,6 +138,7 @@ async fn run_in_batches(mut guard: CallGuard) {
                     break;
                 }
                 call(&shared, &sub, &entry, f, runner.timeout).await;
+                shared.recycle_caught(entry.event);
             }
         }
         // The retired rest, dropped before their flush count ends.
