@@ -581,11 +581,22 @@ fn backlog_of_one(
     runner: crate::mailbox::Runner,
     ordered: bool,
 ) -> (Arc<crate::shared::Shared>, Arc<Subscription>) {
-    use crate::mailbox::{Mailbox, Work};
+    let work = crate::mailbox::Work::Sync(Arc::new(|_e: &Event| Ok(())));
+    backlog_of(work, runner, ordered, 1)
+}
+
+/// The parts of a bus a backlog needs, and a subscription doing `work`
+/// with a backlog of `capacity` under `Overflow::Block`, run by `runner`.
+fn backlog_of(
+    work: crate::mailbox::Work,
+    runner: crate::mailbox::Runner,
+    ordered: bool,
+    capacity: usize,
+) -> (Arc<crate::shared::Shared>, Arc<Subscription>) {
+    use crate::mailbox::Mailbox;
     let config = crate::BusBuilder::default().workers(1).history_size(0).into_config();
     let shared = Arc::new(crate::shared::Shared::new(config, None));
-    let work = Work::Sync(Arc::new(|_e: &Event| Ok(())));
-    let mailbox = Mailbox::new(work, runner, ordered, 1, Overflow::Block);
+    let mailbox = Mailbox::new(work, runner, ordered, capacity, Overflow::Block);
     let sub = Arc::new(Subscription::new(
         SubscriptionId::new(1),
         Pattern::new("x").unwrap(),
@@ -703,10 +714,8 @@ fn loom_a_full_worker_fed_backlog_holds_publishers_at_the_gate_until_its_runner_
 /// checks that one.)
 #[test]
 fn loom_a_wait_on_a_retired_mailbox_outlasts_the_batch_a_worker_took() {
-    use crate::mailbox::{Mailbox, Runner, Work};
+    use crate::mailbox::{Runner, Work};
     model(|| {
-        let config = crate::BusBuilder::default().workers(1).history_size(0).into_config();
-        let shared = Arc::new(crate::shared::Shared::new(config, None));
         let waited = Arc::new(AtomicBool::new(false));
         let late = Arc::new(AtomicBool::new(false));
         let (w, l) = (waited.clone(), late.clone());
@@ -716,15 +725,7 @@ fn loom_a_wait_on_a_retired_mailbox_outlasts_the_batch_a_worker_took() {
             }
             Ok(())
         }));
-        let mailbox = Mailbox::new(work, Runner::Pool, true, 2, Overflow::Block);
-        let sub = Arc::new(Subscription::new(
-            SubscriptionId::new(1),
-            Pattern::new("x").unwrap(),
-            Arc::from("p"),
-            Priority::Normal,
-            None,
-            Some(mailbox),
-        ));
+        let (shared, sub) = backlog_of(work, Runner::Pool, true, 2);
         for n in 0..2u64 {
             let event = Arc::new(Event::new("x", serde_json::Value::from(n), "t"));
             crate::dispatch::push(&shared, &sub, &event, 0);
