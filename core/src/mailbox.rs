@@ -134,6 +134,9 @@ pub(crate) struct Mailbox {
     pub(crate) backlog_dropped: AtomicU64,
     /// Set once the subscription is retired (its work taken out).
     retired: AtomicBool,
+    /// Set (before `retired`) when the retire was the drain timeout's at
+    /// shutdown: a batch's events its runner no longer calls are lost.
+    losing: AtomicBool,
     /// The backlog's length as of the last change, for
     /// [`room_for`](Mailbox::room_for)'s look without the lock.
     queued: AtomicUsize,
@@ -250,6 +253,7 @@ impl Mailbox {
             room: Condvar::new(),
             backlog_dropped: AtomicU64::new(0),
             retired: AtomicBool::new(false),
+            losing: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
         }
     }
@@ -415,6 +419,22 @@ impl Mailbox {
         // Acquire: pairs with the Release in `retire`, under whose lock the
         // work was taken out.
         self.retired.load(Ordering::Acquire)
+    }
+
+    /// Whether the retire was shutdown's, past the drain timeout: the
+    /// events of a batch taken before it and not called are lost, not
+    /// discarded (asked once `is_retired` said so).
+    pub(crate) fn retired_losing(&self) -> bool {
+        // Relaxed: stored before the Release of `retired`, read after an
+        // Acquire of it.
+        self.losing.load(Ordering::Relaxed)
+    }
+
+    /// [`retire`](Mailbox::retire) at shutdown: what it discards, and what
+    /// batches taken before it leave uncalled, is lost.
+    pub(crate) fn retire_losing(&self, env: &Env<'_>) -> (Option<Work>, Lost) {
+        self.losing.store(true, Ordering::Relaxed);
+        self.retire(env)
     }
 
     /// Ends a batch begun by [`next_batch`](Mailbox::next_batch), as

@@ -326,6 +326,23 @@ impl Shared {
         self.call_hook(event, sub, error);
     }
 
+    /// `n` events of a batch `sub`'s runner took before shutdown retired
+    /// it past the drain timeout: lost, counted and logged as the backlog's.
+    pub(crate) fn drain_lost(&self, sub: &Subscription, n: usize) {
+        if n == 0 {
+            return;
+        }
+        // Relaxed: a statistic.
+        self.counters.drain_dropped.fetch_add(n as u64, Ordering::Relaxed);
+        tracing::warn!(
+            plugin = &*sub.plugin,
+            pattern = sub.pattern.as_str(),
+            lost = n,
+            "shutdown: the drain timeout passed with events in a subscription's batch; they \
+             are dropped (counted in Stats::drain_dropped)"
+        );
+    }
+
     /// Called as `n` workers leave (or, when a spawn fails, never start).
     /// The last one drops every handler and the error hook, which breaks
     /// the cycles of those that hold a `Bus`, then marks the bus finished.
@@ -466,7 +483,7 @@ impl Shared {
             let Some(mailbox) = &sub.mailbox else { continue };
             // Past the drain timeout: the discarded events were accepted and
             // are lost, so they are counted and logged.
-            let (work, lost) = mailbox.retire(&self.env());
+            let (work, lost) = mailbox.retire_losing(&self.env());
             works.extend(work);
             if lost.count > 0 {
                 // Relaxed: a statistic.

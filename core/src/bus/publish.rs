@@ -219,7 +219,12 @@ impl Bus {
             record(event);
             if !ordered.is_empty() {
                 shared.epochs.begin_in_n(bucket, ordered.len());
+                // A panic out of a push (a logging subscriber's, counting a
+                // shed) counts the pushes not made out again.
+                let mut unmade =
+                    dispatch::Unmade { epochs: &shared.epochs, bucket, left: ordered.len() };
                 for &sub in &ordered {
+                    unmade.left -= 1;
                     dispatch::push_counted(&self.handle.shared, sub, event, bucket);
                 }
             }

@@ -191,16 +191,19 @@ fn call_all(
     // Hand-overs to mailboxes counted in flush and not yet made: counted
     // all at once at the first (one add on a line every runner's end
     // contends for, where one per hand-over cost as much as the rest).
-    let mut counted = 0usize;
+    // Whatever is still counted when this unwinds (a panic that escapes a
+    // call's `catch_unwind`, such as an observer's) is counted out again.
+    let mut counted = Unmade { epochs: &shared.epochs, bucket: queued.epoch, left: 0 };
     for (i, &at) in scratch.matched.iter().enumerate() {
         let sub = snapshot.get(at);
         if sub.mailbox.is_some() {
-            if counted == 0 {
+            if counted.left == 0 {
                 let rest = &scratch.matched[i..];
-                counted = rest.iter().filter(|&&at| snapshot.get(at).mailbox.is_some()).count();
-                shared.epochs.begin_in_n(queued.epoch, counted);
+                counted.left =
+                    rest.iter().filter(|&&at| snapshot.get(at).mailbox.is_some()).count();
+                shared.epochs.begin_in_n(queued.epoch, counted.left);
             }
-            counted -= 1;
+            counted.left -= 1;
             // Runs elsewhere: hand the event over (never waiting: its
             // runner never waits for a worker).
             deliver(shared, snapshot.get_arc(at), event, queued.epoch);
@@ -248,6 +251,23 @@ fn call_all(
         }
     }
     WorkerCounters::add(&counters.dispatched, calls);
+}
+
+/// Hand-overs (or a publisher's ordered pushes) counted in flush and not
+/// made yet: counted out on drop, so a panic between two of them leaves
+/// no count behind.
+pub(crate) struct Unmade<'a> {
+    pub(crate) epochs: &'a crate::flush::Epochs,
+    pub(crate) bucket: usize,
+    pub(crate) left: usize,
+}
+
+impl Drop for Unmade<'_> {
+    fn drop(&mut self) {
+        if self.left > 0 {
+            self.epochs.end(self.bucket, self.left);
+        }
+    }
 }
 
 /// A dispatching worker's hand-over of `event` to `sub`'s mailbox, under

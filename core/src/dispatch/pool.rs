@@ -23,22 +23,30 @@ pub(crate) fn run_on_worker(shared: &Arc<Shared>, sub: &Arc<Subscription>, max: 
     let mut batch: SmallVec<[Entry; 32]> = SmallVec::new();
     let Some(work) = mailbox.next_batch(&env, max, &mut batch) else { return };
     let mut ended = [0usize; 2];
+    let mut uncalled = 0;
     let mut entries = batch.into_iter();
     for entry in entries.by_ref() {
         if mailbox.is_retired() {
             ended[entry.bucket] += 1;
+            uncalled += 1;
             break;
         }
         if let Some(f) = work.sync() {
             super::call_sync(shared, sub, &entry, f);
         }
         ended[entry.bucket] += 1;
+        let scope = super::scope(shared, sub, &entry);
         shared.recycle_caught(entry.event);
+        drop(scope);
     }
     // The retired rest, if any.
     let rest: SmallVec<[Entry; 32]> = entries.collect();
     for entry in &rest {
         ended[entry.bucket] += 1;
+    }
+    uncalled += rest.len();
+    if uncalled > 0 && mailbox.retired_losing() {
+        shared.drain_lost(sub, uncalled);
     }
     shared.drop_caught(rest);
     mailbox.done_batch(&env, ended, Some(work));

@@ -32,8 +32,12 @@ fn run(shared: Arc<Shared>, sub: Arc<Subscription>) {
             super::call_sync(&shared, &sub, &entry, f);
         }
         let bucket = entry.bucket;
-        // Before the call ends (a flush that returns has seen it go).
+        // Before the call ends (a flush that returns has seen it go), in
+        // the call's handler scope: a payload's `Drop` that flushes or
+        // shuts down must not wait for its own event.
+        let scope = super::scope(&shared, &sub, &entry);
         shared.recycle_caught(entry.event);
+        drop(scope);
         mailbox.done(&env, bucket, Some(work));
     }
 }

@@ -138,10 +138,16 @@ async fn run_in_batches(mut guard: CallGuard) {
                     break;
                 }
                 call(&shared, &sub, &entry, f, runner.timeout).await;
+                let scope = super::scope(&shared, &sub, &entry);
                 shared.recycle_caught(entry.event);
+                drop(scope);
             }
         }
-        // The retired rest, dropped before their flush count ends.
+        // The retired rest, dropped before their flush count ends (lost if
+        // shutdown retired it).
+        if !guard.rest.is_empty() && mailbox.retired_losing() {
+            shared.drain_lost(&sub, guard.rest.len());
+        }
         shared.drop_caught(std::mem::take(&mut guard.rest));
         guard.end_batch(Some(work));
     }
@@ -194,6 +200,8 @@ impl Drop for CallGuard {
         if let Some(first) = rest.front().filter(|_| !mailbox.is_retired()) {
             let n = rest.len() as u64;
             super::count_lost(&self.shared, &self.sub, mailbox, first.event.name(), n, "abandoned");
+        } else if !rest.is_empty() && mailbox.retired_losing() {
+            self.shared.drain_lost(&self.sub, rest.len());
         }
         self.shared.drop_caught(rest);
         self.end_call(None);
@@ -235,22 +243,32 @@ async fn call(
         let _scope = super::scope(shared, sub, entry);
         let (trace, event, pattern) =
             (shared.config.trace_dispatch, &entry.event, sub.pattern.as_str());
-        Poll::Ready(catch_unwind(AssertUnwindSafe(|| {
-            let (mut future, span) =
-                crate::trace::start(trace, event, &sub.plugin, pattern, || f(event.clone()));
-            if span.is_some() || timeout.is_some() {
-                return First::Pending(future, span);
+        let made = catch_unwind(AssertUnwindSafe(|| {
+            crate::trace::start(trace, event, &sub.plugin, pattern, || f(event.clone()))
+        }));
+        let (mut future, span) = match made {
+            Ok(made) => made,
+            Err(panic) => return Poll::Ready(Err(panic)),
+        };
+        if span.is_some() || timeout.is_some() {
+            return Poll::Ready(Ok(First::Pending(future, span)));
+        }
+        // The future stays out of the unwinding frames: a panic in `poll`
+        // must not drop it mid-unwind (a panicking `Drop` would abort).
+        let polled = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
+        Poll::Ready(match polled {
+            Ok(Poll::Pending) => Ok(First::Pending(future, None)),
+            Ok(Poll::Ready(result)) => {
+                // As `Scoped`'s `Drop`: a panicking `Drop` is a stray
+                // panic, not the call's.
+                shared.drop_caught(future);
+                Ok(First::Ready(result))
             }
-            match future.as_mut().poll(cx) {
-                Poll::Ready(result) => {
-                    // As `Scoped`'s `Drop`: a panicking `Drop` is a stray
-                    // panic, not the call's.
-                    shared.drop_caught(future);
-                    First::Ready(result)
-                }
-                Poll::Pending => First::Pending(future, None),
+            Err(panic) => {
+                shared.drop_caught(future);
+                Err(panic)
             }
-        })))
+        })
     })
     .await;
     let outcome = match started {

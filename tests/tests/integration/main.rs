@@ -35,6 +35,8 @@ mod plugin_edges;
 mod plugins;
 #[path = "reentry.rs"]
 mod reentry;
+#[path = "runners.rs"]
+mod runners;
 #[path = "seam.rs"]
 mod seam;
 #[path = "seed_plugins.rs"]
