@@ -24,6 +24,8 @@ pub(crate) fn run_on_worker(shared: &Arc<Shared>, sub: &Arc<Subscription>, max: 
     let Some(work) = mailbox.next_batch(&env, max, &mut batch) else { return };
     let mut ended = [0usize; 2];
     let mut uncalled = 0;
+    // Let go of once the batch is counted out (see `threads::run`).
+    let mut finished: SmallVec<[Arc<crate::event::Event>; 32]> = SmallVec::new();
     let mut entries = batch.into_iter();
     for entry in entries.by_ref() {
         if mailbox.is_retired() {
@@ -35,9 +37,7 @@ pub(crate) fn run_on_worker(shared: &Arc<Shared>, sub: &Arc<Subscription>, max: 
             super::call_sync(shared, sub, &entry, f);
         }
         ended[entry.bucket] += 1;
-        let scope = super::scope(shared, sub, &entry);
-        shared.recycle_caught(entry.event);
-        drop(scope);
+        finished.push(entry.event);
     }
     // The retired rest, if any.
     let rest: SmallVec<[Entry; 32]> = entries.collect();
@@ -50,5 +50,8 @@ pub(crate) fn run_on_worker(shared: &Arc<Shared>, sub: &Arc<Subscription>, max: 
     }
     shared.drop_caught(rest);
     mailbox.done_batch(&env, ended, Some(work));
+    for event in finished {
+        shared.recycle_caught(event);
+    }
     shared.make_ready(sub.clone());
 }

@@ -31,13 +31,12 @@ fn run(shared: Arc<Shared>, sub: Arc<Subscription>) {
         if let Some(f) = work.sync() {
             super::call_sync(&shared, &sub, &entry, f);
         }
-        let bucket = entry.bucket;
-        // Before the call ends (a flush that returns has seen it go), in
-        // the call's handler scope: a payload's `Drop` that flushes or
-        // shuts down must not wait for its own event.
-        let scope = super::scope(&shared, &sub, &entry);
+        // Once the call is counted out: a payload's `Drop` (the last
+        // reference may be this one) that flushes or drops the last `Bus`
+        // must not wait for its own event. (A handler scope around it did
+        // the same, at the cost of one more scope, on a thread with no
+        // bus of its own an `Arc` count, per call.)
+        mailbox.done(&env, entry.bucket, Some(work));
         shared.recycle_caught(entry.event);
-        drop(scope);
-        mailbox.done(&env, bucket, Some(work));
     }
 }

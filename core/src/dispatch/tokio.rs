@@ -57,6 +57,7 @@ pub(crate) fn spawn_runner(shared: &Arc<Shared>, sub: &Arc<Subscription>) {
         bucket: None,
         batch: None,
         rest: std::collections::VecDeque::new(),
+        finished: Vec::new(),
         abandon: true,
     };
     runner.handle.spawn(run(guard));
@@ -97,6 +98,7 @@ async fn run(mut guard: CallGuard) {
                     bucket: Some(entry.bucket),
                     batch: None,
                     rest: std::collections::VecDeque::new(),
+                    finished: Vec::new(),
                     abandon: false,
                 };
                 let timeout = runner.timeout;
@@ -138,9 +140,7 @@ async fn run_in_batches(mut guard: CallGuard) {
                     break;
                 }
                 call(&shared, &sub, &entry, f, runner.timeout).await;
-                let scope = super::scope(&shared, &sub, &entry);
-                shared.recycle_caught(entry.event);
-                drop(scope);
+                guard.finished.push(entry.event);
             }
         }
         // The retired rest, dropped before their flush count ends (lost if
@@ -150,6 +150,7 @@ async fn run_in_batches(mut guard: CallGuard) {
         }
         shared.drop_caught(std::mem::take(&mut guard.rest));
         guard.end_batch(Some(work));
+        guard.let_go();
     }
 }
 
@@ -167,6 +168,9 @@ struct CallGuard {
     batch: Option<[usize; 2]>,
     /// Its events not yet called: lost if the task is dropped.
     rest: std::collections::VecDeque<Entry>,
+    /// Its events called, let go of once the batch is counted out (see
+    /// `threads::run`).
+    finished: Vec<Arc<crate::event::Event>>,
     /// Give up the backlog when dropped.
     abandon: bool,
 }
@@ -177,6 +181,14 @@ impl CallGuard {
     fn end_call(&mut self, work: Option<Work>) {
         if let (Some(bucket), Some(mailbox)) = (self.bucket.take(), &self.sub.mailbox) {
             mailbox.done(&self.shared.env(), bucket, work);
+        }
+    }
+
+    /// Lets go of the batch's called events (recycling their blocks), once
+    /// the batch is counted out.
+    fn let_go(&mut self) {
+        for event in self.finished.drain(..) {
+            self.shared.recycle_caught(event);
         }
     }
 
@@ -206,6 +218,7 @@ impl Drop for CallGuard {
         self.shared.drop_caught(rest);
         self.end_call(None);
         self.end_batch(None);
+        self.let_go();
         if self.abandon {
             let lost = mailbox.abandon(&self.shared.env());
             if let Some(first) = &lost.first {
