@@ -15,7 +15,7 @@ use switchboard::{
 
 mod support;
 
-use support::{ev, eventually, hold_worker, recorder, watchdog};
+use support::{ev, eventually, hold_worker, recorder, watchdog, OnDrop};
 
 fn names(events: &[Arc<Event>]) -> Vec<String> {
     events.iter().map(|e| e.name().to_owned()).collect()
@@ -687,29 +687,6 @@ fn a_finished_events_payload_is_dropped_when_the_worker_is_done_and_its_block_ca
         assert_eq!(children, (0..2_000).filter(|k| k % 7 == 0).count());
         bus.shutdown();
     });
-}
-
-/// A payload that runs `f` when it is dropped.
-struct OnDrop(Mutex<Option<Box<dyn FnOnce() + Send>>>);
-
-impl OnDrop {
-    fn new(f: impl FnOnce() + Send + 'static) -> OnDrop {
-        OnDrop(Mutex::new(Some(Box::new(f))))
-    }
-}
-
-impl serde::Serialize for OnDrop {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_unit()
-    }
-}
-
-impl Drop for OnDrop {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.lock().unwrap().take() {
-            f();
-        }
-    }
 }
 
 #[test]

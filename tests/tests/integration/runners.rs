@@ -18,40 +18,16 @@ use std::task::{Context, Poll};
 use std::thread;
 use std::time::Duration;
 
-use support::{ev, eventually, watchdog};
+use support::{ev, eventually, watchdog, OnDrop};
 #[cfg(feature = "tokio")]
 use switchboard::HandlerResult;
 use switchboard::{Bus, CallObserver, Event, Handler, Observer, SubscribeOptions, Subscribed};
 
-/// A payload that runs a closure when dropped.
-struct OnDrop(Mutex<Option<Box<dyn FnOnce() + Send>>>);
-
-impl OnDrop {
-    fn new(f: impl FnOnce() + Send + 'static) -> OnDrop {
-        OnDrop(Mutex::new(Some(Box::new(f))))
-    }
-}
-
-impl serde::Serialize for OnDrop {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_unit()
-    }
-}
-
-impl Drop for OnDrop {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.lock().unwrap().take() {
-            f();
-        }
-    }
-}
-
 /// A mailbox runner lets go of its event (recycling its block, dropping
-/// the payload) before counting it out of its flush bucket, so a flush
-/// that returns has seen it go. A payload whose `Drop` flushes the bus
-/// must not wait for its own event: the drop runs in the call's handler
-/// scope, where a flush returns at once. (Outside it, on a blocking
-/// runner's thread, the flush waited forever.)
+/// the payload) once the call is counted out of its flush bucket: a
+/// payload whose `Drop` flushes the bus must not wait for its own event.
+/// (Let go of before, outside any handler scope, on a blocking runner's
+/// thread, the flush waited forever.)
 #[test]
 fn a_payload_dropped_on_a_blocking_runner_may_flush() {
     watchdog(30, || {

@@ -132,3 +132,26 @@ impl Drop for FlushOnDrop {
         self.dropped.store(true, Ordering::SeqCst);
     }
 }
+
+/// A payload that runs a closure when dropped.
+pub(crate) struct OnDrop(Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+impl OnDrop {
+    pub(crate) fn new(f: impl FnOnce() + Send + 'static) -> OnDrop {
+        OnDrop(Mutex::new(Some(Box::new(f))))
+    }
+}
+
+impl serde::Serialize for OnDrop {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.lock().unwrap().take() {
+            f();
+        }
+    }
+}
